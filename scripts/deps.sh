@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing sipstream needs, idempotently.
+#   scripts/deps.sh build   -> build tools only (cmake for libopus)
+#   scripts/deps.sh test    -> build tools + the real peers the tests drive
+set -euo pipefail
+what=${1:-test}
+build_pkgs=(cmake pkg-config)
+test_pkgs=(sip-tester kamailio ffmpeg curl iproute2 libxml2-utils python3)
+pkgs=("${build_pkgs[@]}")
+[ "$what" = test ] && pkgs+=("${test_pkgs[@]}")
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "deps: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,13 @@
+//! sipstream: a gateway that places SIP calls on REST request and turns their media into
+//! named streams. `main.rs` only wires these modules together.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod call;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod media;
+pub mod registry;
+pub mod rtp;
+pub mod sip;

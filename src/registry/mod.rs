@@ -1,0 +1,1 @@
+//! The stream registry: named streams, tracks, one publisher and many bounded readers.
