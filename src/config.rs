@@ -1,0 +1,461 @@
+//! Configuration: `properties/sipstream.properties` (key=value, `#` comments), then
+//! `SIPSTREAM_<KEY>` environment variables, then `--set key=value` flags, in that order.
+//!
+//! Every key has a default here and a commented line in the shipped properties file; a test
+//! keeps the two in step. Unknown keys are an error (a typo must not silently fall back to a
+//! default that places calls somewhere else).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: line {line}: expected key=value, got {text:?}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        text: String,
+    },
+    #[error("{origin}: unknown key {key:?}")]
+    UnknownKey { origin: String, key: String },
+    #[error("{origin}: key {key}: {message} (value {value:?})")]
+    Value {
+        origin: String,
+        key: String,
+        value: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("command line: {0}")]
+    Args(String),
+}
+
+/// The gateway's settings. Field names are the property keys.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rest_address: IpAddr,
+    pub rest_port: u16,
+    pub api_keys: Vec<String>,
+    pub sip_address: IpAddr,
+    pub sip_port: u16,
+    pub sip_udp: bool,
+    pub sip_tcp: bool,
+    /// Host announced in Via/Contact; empty: the local address that routes to the peer.
+    pub sip_external_address: Option<IpAddr>,
+    pub sip_user_agent: String,
+    pub sip_t1: Duration,
+    pub sip_t2: Duration,
+    pub sip_t4: Duration,
+    pub sip_register_expires: u32,
+    pub sip_invite_timeout: Duration,
+    pub sip_socket_buffer: usize,
+    pub sip_max_message_size: usize,
+    pub media_ip: Option<IpAddr>,
+    pub rtp_address: IpAddr,
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    pub rtp_latching: bool,
+    pub rtp_send_silence: bool,
+    pub rtp_ptime_ms: u32,
+    pub rtcp_interval: Duration,
+    pub rtp_timeout: Duration,
+    pub stream_reader_queue: usize,
+    pub max_calls: usize,
+    pub record_dir: PathBuf,
+    pub sip_record_stream: bool,
+    pub webhook_url: Option<String>,
+    pub webhook_retries: u32,
+    pub webhook_timeout: Duration,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+}
+
+/// Keys with their defaults, in the order of the properties file.
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("rest_address", "127.0.0.1"),
+    ("rest_port", "9091"),
+    ("api_keys", ""),
+    ("sip_address", "0.0.0.0"),
+    ("sip_port", "5060"),
+    ("sip_udp", "true"),
+    ("sip_tcp", "true"),
+    ("sip_external_address", ""),
+    ("sip_user_agent", "sipstream"),
+    ("sip_t1_ms", "500"),
+    ("sip_t2_ms", "4000"),
+    ("sip_t4_ms", "5000"),
+    ("sip_register_expires", "3600"),
+    ("sip_invite_timeout_s", "120"),
+    ("sip_socket_buffer", "4194304"),
+    ("sip_max_message_size", "65535"),
+    ("media_ip", ""),
+    ("rtp_address", "0.0.0.0"),
+    ("rtp_port_min", "31000"),
+    ("rtp_port_max", "32999"),
+    ("rtp_latching", "true"),
+    ("rtp_send_silence", "true"),
+    ("rtp_ptime_ms", "20"),
+    ("rtcp_interval_ms", "5000"),
+    ("rtp_timeout_s", "0"),
+    ("stream_reader_queue", "512"),
+    ("max_calls", "2000"),
+    ("record_dir", "records"),
+    ("sip_record_stream", "false"),
+    ("webhook_url", ""),
+    ("webhook_retries", "3"),
+    ("webhook_timeout_ms", "3000"),
+    ("log_level", "info"),
+    ("shutdown_timeout_s", "5"),
+];
+
+/// Where the shipped properties file lives, relative to the working directory.
+pub const DEFAULT_PROPERTIES: &str = "properties/sipstream.properties";
+
+impl Default for Config {
+    fn default() -> Self {
+        let map: BTreeMap<String, (String, String)> = DEFAULTS
+            .iter()
+            .map(|(k, v)| (k.to_string(), (v.to_string(), "defaults".to_string())))
+            .collect();
+        // The defaults are constants checked by a test, so this cannot fail.
+        Self::from_map(&map).unwrap_or_else(|e| panic!("built-in defaults are invalid: {e}"))
+    }
+}
+
+impl Config {
+    /// Loads from command-line arguments (without the program name) and the environment.
+    pub fn load<I: IntoIterator<Item = String>>(
+        args: I,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut file: Option<PathBuf> = None;
+        let mut sets: Vec<(String, String)> = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f == "--config" => (f.to_string(), Some(v.to_string())),
+                _ => (arg.clone(), None),
+            };
+            match flag.as_str() {
+                "--config" | "-c" => {
+                    let v = inline
+                        .or_else(|| args.next())
+                        .ok_or_else(|| ConfigError::Args("--config needs a file".into()))?;
+                    file = Some(PathBuf::from(v));
+                }
+                "--set" => {
+                    let kv = args
+                        .next()
+                        .ok_or_else(|| ConfigError::Args("--set needs key=value".into()))?;
+                    let (k, v) = kv.split_once('=').ok_or_else(|| {
+                        ConfigError::Args(format!("--set {kv:?}: expected key=value"))
+                    })?;
+                    sets.push((k.trim().to_string(), v.trim().to_string()));
+                }
+                other => return Err(ConfigError::Args(format!("unknown argument {other:?}"))),
+            }
+        }
+
+        let mut map: BTreeMap<String, (String, String)> = DEFAULTS
+            .iter()
+            .map(|(k, v)| (k.to_string(), (v.to_string(), "defaults".to_string())))
+            .collect();
+
+        // The shipped file is optional when running from elsewhere; an explicit one is not.
+        let path = file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PROPERTIES));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let origin = path.display().to_string();
+                for (key, value) in parse_properties(&text, &origin)? {
+                    set_key(&mut map, &key, value, &origin)?;
+                }
+            }
+            Err(e) if file.is_none() && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        }
+
+        for (key, _) in DEFAULTS {
+            let var = format!("SIPSTREAM_{}", key.to_ascii_uppercase());
+            if let Some(value) = env(&var) {
+                set_key(&mut map, key, value, &var)?;
+            }
+        }
+        for (key, value) in sets {
+            set_key(&mut map, &key, value, "--set")?;
+        }
+        Self::from_map(&map)
+    }
+
+    fn from_map(map: &BTreeMap<String, (String, String)>) -> Result<Config, ConfigError> {
+        let r = Reader { map };
+        let cfg = Config {
+            rest_address: r.parse("rest_address")?,
+            rest_port: r.parse("rest_port")?,
+            api_keys: r.list("api_keys"),
+            sip_address: r.parse("sip_address")?,
+            sip_port: r.parse("sip_port")?,
+            sip_udp: r.bool("sip_udp")?,
+            sip_tcp: r.bool("sip_tcp")?,
+            sip_external_address: r.opt_parse("sip_external_address")?,
+            sip_user_agent: r.string("sip_user_agent"),
+            sip_t1: Duration::from_millis(r.parse("sip_t1_ms")?),
+            sip_t2: Duration::from_millis(r.parse("sip_t2_ms")?),
+            sip_t4: Duration::from_millis(r.parse("sip_t4_ms")?),
+            sip_register_expires: r.parse("sip_register_expires")?,
+            sip_invite_timeout: Duration::from_secs(r.parse("sip_invite_timeout_s")?),
+            sip_socket_buffer: r.parse("sip_socket_buffer")?,
+            sip_max_message_size: r.parse("sip_max_message_size")?,
+            media_ip: r.opt_parse("media_ip")?,
+            rtp_address: r.parse("rtp_address")?,
+            rtp_port_min: r.parse("rtp_port_min")?,
+            rtp_port_max: r.parse("rtp_port_max")?,
+            rtp_latching: r.bool("rtp_latching")?,
+            rtp_send_silence: r.bool("rtp_send_silence")?,
+            rtp_ptime_ms: r.parse("rtp_ptime_ms")?,
+            rtcp_interval: Duration::from_millis(r.parse("rtcp_interval_ms")?),
+            rtp_timeout: Duration::from_secs(r.parse("rtp_timeout_s")?),
+            stream_reader_queue: r.parse("stream_reader_queue")?,
+            max_calls: r.parse("max_calls")?,
+            record_dir: PathBuf::from(r.string("record_dir")),
+            sip_record_stream: r.bool("sip_record_stream")?,
+            webhook_url: Some(r.string("webhook_url")).filter(|s| !s.is_empty()),
+            webhook_retries: r.parse("webhook_retries")?,
+            webhook_timeout: Duration::from_millis(r.parse("webhook_timeout_ms")?),
+            log_level: r.string("log_level"),
+            shutdown_timeout: Duration::from_secs(r.parse("shutdown_timeout_s")?),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.rtp_port_min >= self.rtp_port_max {
+            return Err(ConfigError::Invalid(format!(
+                "rtp_port_min ({}) must be below rtp_port_max ({})",
+                self.rtp_port_min, self.rtp_port_max
+            )));
+        }
+        if !self.sip_udp && !self.sip_tcp {
+            return Err(ConfigError::Invalid(
+                "sip_udp and sip_tcp are both false: no SIP transport".into(),
+            ));
+        }
+        if self.sip_t1.is_zero() || self.sip_t2 < self.sip_t1 {
+            return Err(ConfigError::Invalid(
+                "sip_t1_ms must be > 0 and sip_t2_ms >= sip_t1_ms".into(),
+            ));
+        }
+        if !(10..=120).contains(&self.rtp_ptime_ms) || self.rtp_ptime_ms % 10 != 0 {
+            return Err(ConfigError::Invalid(
+                "rtp_ptime_ms must be 10, 20, ... 120".into(),
+            ));
+        }
+        if self.stream_reader_queue == 0 {
+            return Err(ConfigError::Invalid(
+                "stream_reader_queue must be > 0".into(),
+            ));
+        }
+        if let Some(url) = &self.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook_url must be an http:// or https:// URL, got {url:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The SIP timers handed to every transaction.
+    pub fn sip_timers(&self) -> crate::sip::transaction::Timers {
+        crate::sip::transaction::Timers {
+            t1: self.sip_t1,
+            t2: self.sip_t2,
+            t4: self.sip_t4,
+        }
+    }
+}
+
+/// Parses `key=value` lines; `#` and `!` start comments, blank lines are skipped.
+pub fn parse_properties(text: &str, origin: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| ConfigError::Syntax {
+            origin: origin.to_string(),
+            line: i + 1,
+            text: line.to_string(),
+        })?;
+        out.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(out)
+}
+
+fn set_key(
+    map: &mut BTreeMap<String, (String, String)>,
+    key: &str,
+    value: String,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    match map.get_mut(key) {
+        Some(slot) => {
+            *slot = (value, origin.to_string());
+            Ok(())
+        }
+        None => Err(ConfigError::UnknownKey {
+            origin: origin.to_string(),
+            key: key.to_string(),
+        }),
+    }
+}
+
+struct Reader<'a> {
+    map: &'a BTreeMap<String, (String, String)>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, key: &str) -> (&str, &str) {
+        self.map
+            .get(key)
+            .map(|(v, o)| (v.as_str(), o.as_str()))
+            .unwrap_or(("", "defaults"))
+    }
+
+    fn string(&self, key: &str) -> String {
+        self.raw(key).0.to_string()
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        self.raw(key)
+            .0
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn err(&self, key: &str, message: String) -> ConfigError {
+        let (value, origin) = self.raw(key);
+        ConfigError::Value {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+            message,
+        }
+    }
+
+    fn parse<T: std::str::FromStr>(&self, key: &str) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.raw(key)
+            .0
+            .parse()
+            .map_err(|e: T::Err| self.err(key, e.to_string()))
+    }
+
+    fn opt_parse<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        if self.raw(key).0.is_empty() {
+            Ok(None)
+        } else {
+            self.parse(key).map(Some)
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, ConfigError> {
+        match self.raw(key).0.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" | "on" => Ok(true),
+            "false" | "no" | "0" | "off" => Ok(false),
+            _ => Err(self.err(key, "expected true or false".into())),
+        }
+    }
+}
+
+/// Reads the shipped properties file (for the test that keeps it in step with DEFAULTS).
+pub fn read_properties_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_properties(&text, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        assert_eq!(c.rest_port, 9091);
+        assert_eq!(c.sip_port, 5060);
+        assert_eq!(c.rest_address.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn shipped_file_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_PROPERTIES);
+        let entries = read_properties_file(&path).expect("properties file");
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        let defaults: Vec<&str> = DEFAULTS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys, defaults,
+            "properties file and DEFAULTS disagree on keys/order"
+        );
+        for ((k, v), (dk, dv)) in entries.iter().zip(DEFAULTS) {
+            assert_eq!((k.as_str(), v.as_str()), (*dk, *dv), "default of {k}");
+        }
+    }
+
+    #[test]
+    fn env_then_flags_override() {
+        let args = vec![
+            "--config".to_string(),
+            "/nonexistent/ok-if-missing".to_string(),
+        ];
+        let err = Config::load(args, no_env).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+
+        let env = |k: &str| (k == "SIPSTREAM_REST_PORT").then(|| "9999".to_string());
+        let c = Config::load(Vec::new(), env).unwrap();
+        assert_eq!(c.rest_port, 9999);
+        let args = vec!["--set".to_string(), "rest_port=7777".to_string()];
+        let c = Config::load(args, env).unwrap();
+        assert_eq!(c.rest_port, 7777);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let args = vec!["--set".to_string(), "rest_port=http".to_string()];
+        let e = Config::load(args, no_env).unwrap_err().to_string();
+        assert!(e.contains("rest_port") && e.contains("http"), "{e}");
+        let args = vec!["--set".to_string(), "no_such_key=1".to_string()];
+        let e = Config::load(args, no_env).unwrap_err().to_string();
+        assert!(e.contains("no_such_key"), "{e}");
+        let args = vec!["--set".to_string(), "rtp_port_min=40000".to_string()];
+        let e = Config::load(args, no_env).unwrap_err().to_string();
+        assert!(e.contains("rtp_port_min"), "{e}");
+    }
+}

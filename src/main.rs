@@ -1,1 +1,111 @@
-fn main() {}
+//! sipstream binary: reads the configuration and wires the SIP driver, the stream registry,
+//! the call manager, the event bus and the REST API together. No logic lives here.
+
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use sipstream::api::{self, AppState};
+use sipstream::call::manager::CallManager;
+use sipstream::config::Config;
+use sipstream::events::{webhook, EventBus};
+use sipstream::registry::Registry;
+use sipstream::rtp::ports::PortPool;
+use sipstream::sip::driver::{self, DriverConfig};
+use sipstream::sip::ua::UaConfig;
+
+fn main() -> anyhow::Result<()> {
+    let cfg = Config::load(std::env::args().skip(1), |k| std::env::var(k).ok())?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .with_context(|| format!("log_level {:?}", cfg.log_level))?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(Arc::new(cfg)))
+}
+
+async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
+    let bus = EventBus::new(4096);
+    if let Some(url) = &cfg.webhook_url {
+        webhook::spawn(
+            &bus,
+            webhook::WebhookConfig {
+                url: url.clone(),
+                retries: cfg.webhook_retries,
+                timeout: cfg.webhook_timeout,
+            },
+        );
+    }
+    let (ua_tx, ua_rx) = mpsc::unbounded_channel();
+    let sip = driver::start(
+        DriverConfig {
+            bind: cfg.sip_address,
+            port: cfg.sip_port,
+            udp: cfg.sip_udp,
+            tcp: cfg.sip_tcp,
+            socket_buffer: cfg.sip_socket_buffer,
+            max_message_size: cfg.sip_max_message_size,
+            ua: UaConfig {
+                timers: cfg.sip_timers(),
+                user_agent: cfg.sip_user_agent.clone(),
+                register_expires: cfg.sip_register_expires,
+                invite_timeout: cfg.sip_invite_timeout,
+            },
+        },
+        ua_tx,
+    )
+    .await
+    .with_context(|| format!("binding SIP on {}:{}", cfg.sip_address, cfg.sip_port))?;
+    let registry = Registry::new(cfg.stream_reader_queue);
+    let ports = PortPool::new(cfg.rtp_port_min, cfg.rtp_port_max)
+        .map_err(|e| anyhow::anyhow!("rtp_port_min/rtp_port_max: {e}"))?;
+    let calls = CallManager::new(cfg.clone(), sip, registry, ports, bus);
+    tokio::spawn(calls.clone().run(ua_rx));
+
+    let state = web::Data::new(AppState {
+        calls: calls.clone(),
+        cfg: cfg.clone(),
+    });
+    let server =
+        HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
+            .bind((cfg.rest_address, cfg.rest_port))
+            .with_context(|| format!("binding REST on {}:{}", cfg.rest_address, cfg.rest_port))?
+            .disable_signals()
+            .shutdown_timeout(2)
+            .run();
+    let handle = server.handle();
+    tracing::info!(address = %cfg.rest_address, port = cfg.rest_port, "REST API listening");
+    let server_task = tokio::spawn(server);
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: hanging up calls and un-registering");
+    calls.shutdown(cfg.shutdown_timeout).await;
+    handle.stop(true).await;
+    let _ = server_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

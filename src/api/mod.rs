@@ -1,1 +1,90 @@
-//! api
+//! The REST API (actix-web) under `/rest-api`, WCS-compatible where WCS has the method, plus
+//! `/health`, `/openapi.json` and the static `web/` pages. Handlers only translate between
+//! JSON and the call manager / registry; they hold no state of their own.
+pub mod calls;
+pub mod json;
+pub mod openapi;
+pub mod streams;
+
+use actix_web::body::EitherBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpResponse, ResponseError};
+use std::sync::Arc;
+
+use crate::call::manager::CallManager;
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub calls: CallManager,
+    pub cfg: Arc<Config>,
+}
+
+/// Registers every route on an actix `App`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/rest-api")
+            .wrap(actix_web::middleware::from_fn(require_api_key))
+            .configure(calls::routes)
+            .configure(streams::routes),
+    )
+    .route("/health", web::get().to(streams::health))
+    .route("/openapi.json", web::get().to(openapi::serve))
+    .app_data(
+        web::JsonConfig::default()
+            .error_handler(|err, _| ApiError::BadRequest(format!("malformed JSON: {err}")).into()),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    ApiError::NotFound(format!("no such endpoint: {} {}", req.method(), req.path()))
+        .error_response()
+}
+
+/// With `api_keys` set, every `/rest-api` call needs `Authorization: Bearer KEY` or
+/// `X-Api-Key: KEY`.
+async fn require_api_key(
+    req: ServiceRequest,
+    next: Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, Error> {
+    let keys = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.cfg.api_keys.clone())
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let given = req
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                req.headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_string)
+            });
+        let ok = given.is_some_and(|g| {
+            keys.iter()
+                .any(|k| constant_time_eq(k.as_bytes(), g.trim().as_bytes()))
+        });
+        if !ok {
+            let resp = ApiError::Unauthorized(
+                "missing or wrong API key (Authorization: Bearer KEY or X-Api-Key)".into(),
+            )
+            .error_response();
+            return Ok(req.into_response(resp).map_into_right_body());
+        }
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,1 +1,4 @@
-//! call
+//! Calls: the API's call model (startup request, call object with legs) and the manager that
+//! joins SIP signalling, RTP legs and the stream registry.
+pub mod manager;
+pub mod model;

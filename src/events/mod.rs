@@ -1,1 +1,94 @@
-//! events
+//! The event bus: call status changes (and, later, stream, recording and SIPREC events) go to
+//! one broadcast bus; the webhook poster and WebSocket subscribers read from it. Publishing
+//! never blocks: a subscriber that falls behind loses the oldest events and is told how many.
+pub mod webhook;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// One event, serialised as WCS REST hooks are: `{"type": "CallStatusEvent", ...fields}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    #[serde(rename_all = "camelCase")]
+    CallStatusEvent {
+        call_id: String,
+        status: String,
+        sip_status: Option<u16>,
+        reason: Option<String>,
+        stream_name: String,
+        callee: String,
+        timestamp: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    RegistrationStatusEvent {
+        sip_login: String,
+        sip_domain: String,
+        status: String,
+        sip_status: Option<u16>,
+        timestamp: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    StreamStatusEvent {
+        name: String,
+        status: String,
+        call_id: Option<String>,
+        timestamp: u64,
+    },
+}
+
+/// Cloneable handle to the bus.
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl EventBus {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Self { tx }
+    }
+
+    /// Publishes without waiting; with no subscriber the event is simply not delivered.
+    pub fn publish(&self, event: Event) {
+        tracing::debug!(?event, "event");
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+/// Milliseconds since the Unix epoch, for event timestamps.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_reach_subscribers_as_wcs_json() {
+        let bus = EventBus::new(16);
+        let mut rx = bus.subscribe();
+        bus.publish(Event::CallStatusEvent {
+            call_id: "c1".into(),
+            status: "ESTABLISHED".into(),
+            sip_status: Some(200),
+            reason: None,
+            stream_name: "s1".into(),
+            callee: "sip:1@x".into(),
+            timestamp: 1,
+        });
+        let ev = rx.recv().await.unwrap();
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["type"], "CallStatusEvent");
+        assert_eq!(json["callId"], "c1");
+        assert_eq!(json["sipStatus"], 200);
+    }
+}

@@ -1,0 +1,1207 @@
+//! Tolerant SIP message layer in front of rsip 0.4.
+//!
+//! This module owns the bytes-to-`rsip::SipMessage` boundary: framing (datagrams and TCP
+//! streams), normalisation of what RFC 3261 allows but rsip does not parse (line folding, LWS
+//! around colons, compact header names, comma-joined values), the syntax checks RFC 4475 asks
+//! a UA to reject, and serialisation back to wire bytes. It does not interpret messages:
+//! transactions, dialogs and answers live elsewhere. A rejected request keeps the headers
+//! needed to answer it ([`ParseError::reply`]).
+//!
+//! Nothing here panics on input: every index is checked and every size is bounded.
+
+use bytes::Bytes;
+use rsip::{Header, Headers, Method, SipMessage, StatusCode};
+
+/// Largest header block accepted (start line + headers), to bound memory per connection.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Largest body accepted on a stream. SIP bodies (SDP, SIPREC multipart) are a few KiB.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What went wrong, without the position (see [`ParseError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseErrorKind {
+    #[error("empty message (only CRLF keepalives)")]
+    Empty,
+    #[error("no empty line ends the header block")]
+    MissingEmptyLine,
+    #[error("malformed start line")]
+    BadStartLine,
+    #[error("unsupported SIP version {0:?}")]
+    UnsupportedVersion(String),
+    #[error("extension method {0:?} is not supported")]
+    UnsupportedMethod(String),
+    #[error("Request-URI scheme of {0:?} is not supported")]
+    UnsupportedUriScheme(String),
+    #[error("malformed Request-URI")]
+    BadRequestUri,
+    #[error("malformed header line")]
+    BadHeaderLine,
+    #[error("header line is not UTF-8")]
+    NotUtf8,
+    #[error("malformed header value: {0}")]
+    BadHeaderValue(&'static str),
+    #[error("missing mandatory header")]
+    MissingHeader,
+    #[error("header appears more than once")]
+    DuplicateHeader,
+    #[error("CSeq method {cseq:?} does not match request method {request:?}")]
+    CSeqMismatch { request: String, cseq: String },
+    #[error("Content-Length values conflict")]
+    ConflictingContentLength,
+    #[error("body has {actual} bytes, Content-Length says {expected}")]
+    BodyTooShort { expected: usize, actual: usize },
+    #[error("no Content-Length on a stream transport")]
+    MissingContentLength,
+    #[error("header block larger than {MAX_HEADER_BLOCK} bytes")]
+    HeaderBlockTooLarge,
+    #[error("body larger than {MAX_BODY} bytes")]
+    BodyTooLarge,
+    #[error("rsip rejected the normalised message: {0}")]
+    Rsip(String),
+}
+
+/// A message that could not be accepted: what, where (byte offset and 1-based line in the
+/// input, and the header's full name when one is at fault), and, for requests, enough of the
+/// headers to answer it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} at byte {offset} (line {line}){}", .header.as_deref().map(|h| format!(" in header {h}")).unwrap_or_default())]
+pub struct ParseError {
+    pub kind: ParseErrorKind,
+    pub offset: usize,
+    pub line: usize,
+    pub header: Option<String>,
+    /// Normalised `Name: value` lines (all Via, From, To, Call-ID, CSeq) of a request.
+    reply_headers: Option<Vec<String>>,
+}
+
+impl ParseError {
+    fn new(kind: ParseErrorKind, offset: usize, line: usize, header: Option<&str>) -> Self {
+        Self {
+            kind,
+            offset,
+            line,
+            header: header.map(str::to_owned),
+            reply_headers: None,
+        }
+    }
+
+    /// A minimal stateless response (RFC 3261 §8.2.6) to the rejected request, or `None` when
+    /// the message was a response or too broken to answer: the caller then drops it.
+    pub fn reply(&self, code: u16, reason: &str) -> Option<Bytes> {
+        let headers = self.reply_headers.as_ref()?;
+        if !(100..=699).contains(&code) {
+            return None;
+        }
+        // The reason comes from our own code, but a CR/LF in it would forge headers.
+        let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
+        let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+        for line in headers {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str("Content-Length: 0\r\n\r\n");
+        Some(Bytes::from(out))
+    }
+}
+
+/// Result of looking for one message at the start of a stream buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Not enough bytes yet: append more and call again.
+    Incomplete,
+    /// This many leading CR/LF bytes are RFC 5626 keepalives: discard them.
+    KeepAlive(usize),
+    /// One whole message (headers and Content-Length body) is this many bytes long.
+    Message(usize),
+    /// The stream cannot be framed any further: close the connection.
+    Invalid(ParseError),
+}
+
+/// One header line after unfolding, with its name in full form and where it started.
+#[derive(Debug, Clone)]
+struct Line {
+    name: String,
+    value: String,
+    offset: usize,
+    line: usize,
+}
+
+/// The header block split out of the input.
+struct Block<'a> {
+    start: &'a str,
+    start_offset: usize,
+    start_line: usize,
+    headers: Vec<Line>,
+    /// First header problem found; kept so the reply headers can still be collected.
+    header_error: Option<ParseError>,
+    /// Offset of the body, or `None` when no empty line ended the headers.
+    body_offset: Option<usize>,
+    body_line: usize,
+}
+
+const COMPACT: &[(&str, &str)] = &[
+    ("i", "Call-ID"),
+    ("m", "Contact"),
+    ("e", "Content-Encoding"),
+    ("l", "Content-Length"),
+    ("c", "Content-Type"),
+    ("f", "From"),
+    ("s", "Subject"),
+    ("k", "Supported"),
+    ("t", "To"),
+    ("v", "Via"),
+    ("o", "Event"),
+    ("r", "Refer-To"),
+    ("u", "Allow-Events"),
+    ("x", "Session-Expires"),
+    ("b", "Referred-By"),
+];
+
+/// Headers whose comma-joined values are split into one line each (RFC 3261 §7.3.1).
+const LIST_HEADERS: &[&str] = &["Via", "Route", "Record-Route", "Contact"];
+/// Headers holding name-addr / addr-spec values.
+const ADDR_HEADERS: &[&str] = &["From", "To", "Contact", "Route", "Record-Route"];
+/// Headers a request or response must carry exactly once.
+const SINGLE_MANDATORY: &[&str] = &["From", "To", "Call-ID", "CSeq"];
+/// Headers that may be absent but never repeated.
+const SINGLE_OPTIONAL: &[&str] = &["Max-Forwards", "Content-Type"];
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token_char)
+}
+
+fn full_name(name: &str) -> String {
+    if name.len() == 1 {
+        if let Some((_, long)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
+            return (*long).to_owned();
+        }
+    }
+    // Canonical spelling for the headers we inspect, so later lookups are exact.
+    for known in [
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Route",
+        "Record-Route",
+        "Content-Length",
+        "Content-Type",
+        "Max-Forwards",
+    ] {
+        if known.eq_ignore_ascii_case(name) {
+            return known.to_owned();
+        }
+    }
+    name.to_owned()
+}
+
+/// Iterates the lines of `buf` as (line without CR/LF, offset, offset after the LF).
+fn lines(buf: &[u8]) -> impl Iterator<Item = (&[u8], usize, usize)> {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        let rest = buf.get(pos..)?;
+        if rest.is_empty() {
+            return None;
+        }
+        let (len, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, pos + i + 1),
+            None => (rest.len(), buf.len()),
+        };
+        let mut line = rest.get(..len)?;
+        if let Some(stripped) = line.strip_suffix(b"\r") {
+            line = stripped;
+        }
+        let start = pos;
+        pos = next;
+        Some((line, start, next))
+    })
+}
+
+fn split_block(buf: &[u8], base: usize) -> Result<Block<'_>, ParseError> {
+    let mut it = lines(buf).enumerate();
+    let (start, start_line) = match it.next() {
+        Some((_, (l, _, _))) => (l, 1),
+        None => return Err(ParseError::new(ParseErrorKind::Empty, base, 1, None)),
+    };
+    let start = std::str::from_utf8(start)
+        .map_err(|_| ParseError::new(ParseErrorKind::BadStartLine, base, 1, None))?;
+    let mut block = Block {
+        start,
+        start_offset: base,
+        start_line,
+        headers: Vec::new(),
+        header_error: None,
+        body_offset: None,
+        body_line: 0,
+    };
+    for (idx, (raw, off, next)) in it {
+        let line_no = idx + 1;
+        if raw.is_empty() {
+            block.body_offset = Some(next);
+            block.body_line = line_no + 1;
+            break;
+        }
+        let fail = |kind, header: Option<&str>| ParseError::new(kind, base + off, line_no, header);
+        let Ok(text) = std::str::from_utf8(raw) else {
+            block
+                .header_error
+                .get_or_insert(fail(ParseErrorKind::NotUtf8, None));
+            continue;
+        };
+        if text.starts_with([' ', '\t']) {
+            // Folded continuation (RFC 3261 §7.3.1): equivalent to a single SP.
+            match block.headers.last_mut() {
+                Some(prev) => {
+                    prev.value.push(' ');
+                    prev.value.push_str(text.trim_matches([' ', '\t']));
+                }
+                None => {
+                    block
+                        .header_error
+                        .get_or_insert(fail(ParseErrorKind::BadHeaderLine, None));
+                }
+            }
+            continue;
+        }
+        let Some((name, value)) = text.split_once(':') else {
+            block
+                .header_error
+                .get_or_insert(fail(ParseErrorKind::BadHeaderLine, None));
+            continue;
+        };
+        let name = name.trim_end_matches([' ', '\t']);
+        if !is_token(name) {
+            block
+                .header_error
+                .get_or_insert(fail(ParseErrorKind::BadHeaderLine, Some(name)));
+            continue;
+        }
+        block.headers.push(Line {
+            name: full_name(name),
+            value: value.trim_matches([' ', '\t']).to_owned(),
+            offset: base + off,
+            line: line_no,
+        });
+    }
+    Ok(block)
+}
+
+/// Scans `s` outside quoted strings (with `\` escapes) and, when `angle`, outside `<...>`.
+/// Calls `f(index, byte)` for every byte at depth 0; returns false on an unterminated quote.
+fn scan_outside(s: &str, angle: bool, mut f: impl FnMut(usize, u8)) -> bool {
+    let (mut quoted, mut escaped, mut depth) = (false, false, 0u32);
+    for (i, b) in s.bytes().enumerate() {
+        if quoted {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' if depth == 0 => quoted = true,
+            b'<' if angle => depth = depth.saturating_add(1),
+            b'>' if angle && depth > 0 => depth -= 1,
+            _ if depth == 0 => f(i, b),
+            _ => {}
+        }
+    }
+    !quoted
+}
+
+/// Splits on commas outside quotes and `<...>`.
+fn split_commas(s: &str) -> Option<Vec<&str>> {
+    let mut cuts = Vec::new();
+    if !scan_outside(s, true, |i, b| {
+        if b == b',' {
+            cuts.push(i);
+        }
+    }) {
+        return None;
+    }
+    let mut parts = Vec::with_capacity(cuts.len() + 1);
+    let mut from = 0;
+    for cut in cuts {
+        parts.push(s.get(from..cut)?.trim_matches([' ', '\t']));
+        from = cut + 1;
+    }
+    parts.push(s.get(from..)?.trim_matches([' ', '\t']));
+    Some(parts)
+}
+
+/// Removes LWS next to any of `seps` and collapses other LWS runs to one SP, outside quoted
+/// strings and `<...>`: `SIP / 2.0 / UDP host ; branch = x` becomes `SIP/2.0/UDP host;branch=x`.
+fn squeeze(s: &str, seps: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let (mut quoted, mut escaped, mut depth, mut pending_ws) = (false, false, 0u32, false);
+    for c in s.chars() {
+        if quoted {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = false;
+            }
+            continue;
+        }
+        if depth == 0 && (c == ' ' || c == '\t') {
+            pending_ws = true;
+            continue;
+        }
+        let is_sep = depth == 0 && c.is_ascii() && seps.contains(&(c as u8));
+        if pending_ws && !is_sep && !out.is_empty() {
+            let last_is_sep = out.bytes().last().is_some_and(|b| seps.contains(&b));
+            if !last_is_sep {
+                out.push(' ');
+            }
+        }
+        pending_ws = false;
+        match c {
+            '"' if depth == 0 => quoted = true,
+            '<' => depth = depth.saturating_add(1),
+            '>' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `;name[=value]` parameters after the URI part of a name-addr or Via value.
+fn params(value: &str) -> Vec<(&str, Option<&str>)> {
+    // With <...> the URI's own parameters are inside the brackets and are skipped; without
+    // brackets the first `;` ends the addr-spec (RFC 3261 §20.10) or the Via sent-by.
+    let mut semis = Vec::new();
+    scan_outside(value, true, |i, b| {
+        if b == b';' {
+            semis.push(i);
+        }
+    });
+    let mut out = Vec::new();
+    for (n, &at) in semis.iter().enumerate() {
+        let end = semis.get(n + 1).copied().unwrap_or(value.len());
+        let Some(p) = value.get(at + 1..end) else {
+            continue;
+        };
+        match p.split_once('=') {
+            Some((k, v)) => out.push((k.trim(), Some(v.trim()))),
+            None => out.push((p.trim(), None)),
+        }
+    }
+    out
+}
+
+fn check_params(value: &str) -> Result<(), &'static str> {
+    if params(value).iter().any(|(k, _)| !is_token(k)) {
+        return Err("empty or non-token parameter name");
+    }
+    Ok(())
+}
+
+fn check_via(value: &str) -> Result<(), &'static str> {
+    let (proto, rest) = value
+        .split_once(' ')
+        .ok_or("Via needs sent-protocol and sent-by")?;
+    let mut parts = proto.split('/');
+    let ok = matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(n), Some("2.0"), Some(t), None) if n.eq_ignore_ascii_case("SIP") && is_token(t)
+    );
+    if !ok {
+        return Err("Via sent-protocol is not SIP/2.0/transport");
+    }
+    let sent_by = rest.split(';').next().unwrap_or_default();
+    if sent_by.is_empty() || sent_by.contains([' ', ',', '"', '<', '>']) {
+        return Err("Via sent-by is malformed");
+    }
+    check_params(rest)
+}
+
+fn check_addr(value: &str, name: &str) -> Result<(), &'static str> {
+    if name == "Contact" && value == "*" {
+        return Ok(());
+    }
+    let mut open = None;
+    let mut close = None;
+    if !scan_outside(value, false, |i, b| match b {
+        b'<' if open.is_none() => open = Some(i),
+        b'>' if close.is_none() => close = Some(i),
+        _ => {}
+    }) {
+        return Err("unterminated quoted string");
+    }
+    match (open, close) {
+        (Some(o), Some(c)) if o < c => {
+            let display = value.get(..o).unwrap_or_default().trim();
+            let quoted = display.len() >= 2 && display.starts_with('"') && display.ends_with('"');
+            if !quoted && !display.split_whitespace().all(is_token) {
+                return Err("display name is neither tokens nor a quoted string");
+            }
+            let uri = value.get(o + 1..c).unwrap_or_default();
+            if uri.is_empty() || uri.contains([' ', '\t', '<']) {
+                return Err("whitespace or nesting inside <...>");
+            }
+        }
+        (None, None) => {
+            if matches!(name, "Route" | "Record-Route") {
+                return Err("Route values must be enclosed in <...>");
+            }
+            let spec = value.split(';').next().unwrap_or_default();
+            // RFC 3261 §20.10: an addr-spec with `,`, `?` or `;` must be in <...>.
+            if spec.is_empty() || spec.contains([' ', ',', '?', '"']) {
+                return Err("addr-spec with reserved characters is not enclosed in <...>");
+            }
+        }
+        _ => return Err("unbalanced <...>"),
+    }
+    check_params(value)
+}
+
+/// Normalises values (LWS, list splitting) and checks header syntax.
+fn normalise(lines: Vec<Line>) -> (Vec<Line>, Option<ParseError>) {
+    let mut out = Vec::with_capacity(lines.len());
+    let mut first_err = None;
+    for l in lines {
+        let fail = |why| {
+            ParseError::new(
+                ParseErrorKind::BadHeaderValue(why),
+                l.offset,
+                l.line,
+                Some(&l.name),
+            )
+        };
+        let is_list = LIST_HEADERS.contains(&l.name.as_str());
+        let values = if is_list && l.value != "*" {
+            match split_commas(&l.value) {
+                Some(v) => v.into_iter().map(str::to_owned).collect(),
+                None => {
+                    first_err.get_or_insert(fail("unterminated quoted string"));
+                    continue;
+                }
+            }
+        } else {
+            vec![l.value.clone()]
+        };
+        for v in values {
+            let v = match l.name.as_str() {
+                "Via" => squeeze(&v, b"/;=:,"),
+                n if ADDR_HEADERS.contains(&n) => squeeze(&v, b";="),
+                "CSeq" => squeeze(&v, b""),
+                _ => v,
+            };
+            let check = match l.name.as_str() {
+                _ if is_list && v.is_empty() => Err("empty element in a comma-separated list"),
+                "Via" => check_via(&v),
+                n if ADDR_HEADERS.contains(&n) => check_addr(&v, n),
+                _ => Ok(()),
+            };
+            if let Err(why) = check {
+                first_err.get_or_insert(fail(why));
+            }
+            out.push(Line {
+                value: v,
+                ..l.clone()
+            });
+        }
+    }
+    (out, first_err)
+}
+
+fn reply_headers(headers: &[Line]) -> Option<Vec<String>> {
+    let vias: Vec<String> = headers
+        .iter()
+        .filter(|l| l.name == "Via")
+        .map(|l| format!("Via: {}", l.value))
+        .collect();
+    if vias.is_empty() {
+        return None;
+    }
+    let mut out = vias;
+    for name in SINGLE_MANDATORY {
+        let mut found = headers.iter().filter(|l| l.name == *name);
+        let first = found.next()?;
+        if found.next().is_some() {
+            // Two Call-IDs (RFC 4475 multi01): the answer could not be matched; drop it.
+            return None;
+        }
+        out.push(format!("{}: {}", first.name, first.value));
+    }
+    Some(out)
+}
+
+enum StartLine {
+    Request { method: String, uri: String },
+    Response { code: u16, reason: String },
+}
+
+fn check_version(v: &str) -> Result<(), ParseErrorKind> {
+    let Some((sip, num)) = v.split_once('/') else {
+        return Err(ParseErrorKind::BadStartLine);
+    };
+    let Some((major, minor)) = num.split_once('.') else {
+        return Err(ParseErrorKind::BadStartLine);
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !sip.eq_ignore_ascii_case("SIP") || !digits(major) || !digits(minor) {
+        return Err(ParseErrorKind::BadStartLine);
+    }
+    if major != "2" || minor != "0" {
+        return Err(ParseErrorKind::UnsupportedVersion(v.to_owned()));
+    }
+    Ok(())
+}
+
+fn parse_start(line: &str) -> Result<StartLine, ParseErrorKind> {
+    if line
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
+    {
+        let (version, rest) = line.split_once(' ').ok_or(ParseErrorKind::BadStartLine)?;
+        check_version(version)?;
+        let (code, reason) = rest.split_once(' ').ok_or(ParseErrorKind::BadStartLine)?;
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseErrorKind::BadStartLine);
+        }
+        let code: u16 = code.parse().map_err(|_| ParseErrorKind::BadStartLine)?;
+        if !(100..=699).contains(&code) {
+            return Err(ParseErrorKind::BadStartLine);
+        }
+        return Ok(StartLine::Response {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+    // RFC 3261 §7.1: exactly one SP between elements; RFC 4475 lwsstart/trws may be rejected.
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParseErrorKind::BadStartLine);
+    };
+    if !is_token(method) || uri.is_empty() {
+        return Err(ParseErrorKind::BadStartLine);
+    }
+    check_version(version)?;
+    Ok(StartLine::Request {
+        method: method.to_owned(),
+        uri: uri.to_owned(),
+    })
+}
+
+/// SIP methods are case-sensitive (RFC 3261 §7.1); rsip's own parser is not.
+fn known_method(token: &str) -> Option<Method> {
+    Method::all().into_iter().find(|m| m.to_string() == token)
+}
+
+/// Builds the Request-URI ourselves for sip/sips: rsip's tokenizer stops a user part at the
+/// first `.` or `;` (RFC 4475 semiuri, esc01), while userinfo legally holds both.
+fn parse_uri(text: &str) -> Result<rsip::Uri, ParseErrorKind> {
+    if text.contains(['<', '>', '"', '?']) || text.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ParseErrorKind::BadRequestUri);
+    }
+    let (scheme, rest) = text.split_once(':').ok_or(ParseErrorKind::BadRequestUri)?;
+    let scheme = if scheme.eq_ignore_ascii_case("sip") {
+        rsip::Scheme::Sip
+    } else if scheme.eq_ignore_ascii_case("sips") {
+        rsip::Scheme::Sips
+    } else {
+        // Other schemes only if rsip can represent them (scheme://...); else answer 416.
+        return match rsip::Uri::try_from(text) {
+            Ok(uri) if uri.to_string() == text => Ok(uri),
+            _ => Err(ParseErrorKind::UnsupportedUriScheme(text.to_owned())),
+        };
+    };
+    let (auth, hostpart) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p.to_owned())),
+                None => (userinfo, None),
+            };
+            if user.is_empty() {
+                return Err(ParseErrorKind::BadRequestUri);
+            }
+            (
+                Some(rsip::Auth {
+                    user: user.to_owned(),
+                    password,
+                }),
+                host,
+            )
+        }
+        None => (None, rest),
+    };
+    let mut segments = hostpart.split(';');
+    let hostport = segments.next().unwrap_or_default();
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (hostport, None),
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| is_token_char(b) || b"[]:".contains(&b))
+    {
+        return Err(ParseErrorKind::BadRequestUri);
+    }
+    let port = match port {
+        Some(p) => Some(
+            p.parse::<u16>()
+                .map(rsip::Port::from)
+                .map_err(|_| ParseErrorKind::BadRequestUri)?,
+        ),
+        None => None,
+    };
+    let mut params = Vec::new();
+    for seg in segments {
+        let (k, v) = match seg.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (seg, None),
+        };
+        if k.is_empty() {
+            return Err(ParseErrorKind::BadRequestUri);
+        }
+        // Typed when rsip knows the parameter (transport, lr, ...), verbatim otherwise.
+        let typed = rsip::Param::try_from((k, v))
+            .ok()
+            .filter(|p| p.to_string() == format!(";{seg}"));
+        params.push(typed.unwrap_or_else(|| {
+            rsip::Param::Other(
+                rsip::param::OtherParam::new(k),
+                v.map(rsip::param::OtherParamValue::new),
+            )
+        }));
+    }
+    Ok(rsip::Uri {
+        scheme: Some(scheme),
+        auth,
+        host_with_port: rsip::HostWithPort {
+            host: rsip::Host::from(host),
+            port,
+        },
+        params,
+        headers: Vec::new(),
+    })
+}
+
+fn content_length(headers: &[Line]) -> Result<Option<usize>, ParseError> {
+    let mut found: Option<usize> = None;
+    for l in headers.iter().filter(|l| l.name == "Content-Length") {
+        let fail = |k| ParseError::new(k, l.offset, l.line, Some("Content-Length"));
+        let v = &l.value;
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(fail(ParseErrorKind::BadHeaderValue(
+                "Content-Length is not a number",
+            )));
+        }
+        let n = v
+            .parse::<usize>()
+            .map_err(|_| fail(ParseErrorKind::BodyTooLarge))?;
+        match found {
+            Some(prev) if prev != n => return Err(fail(ParseErrorKind::ConflictingContentLength)),
+            _ => found = Some(n),
+        }
+    }
+    Ok(found)
+}
+
+fn check_headers(headers: &[Line], at: (usize, usize)) -> Result<(), ParseError> {
+    let missing =
+        |name: &str| ParseError::new(ParseErrorKind::MissingHeader, at.0, at.1, Some(name));
+    if !headers.iter().any(|l| l.name == "Via") {
+        return Err(missing("Via"));
+    }
+    for name in SINGLE_MANDATORY.iter().chain(SINGLE_OPTIONAL) {
+        let mut found = headers.iter().filter(|l| l.name == *name);
+        match (found.next(), found.next()) {
+            (None, _) if SINGLE_MANDATORY.contains(name) => return Err(missing(name)),
+            (Some(_), Some(dup)) => {
+                return Err(ParseError::new(
+                    ParseErrorKind::DuplicateHeader,
+                    dup.offset,
+                    dup.line,
+                    Some(name),
+                ))
+            }
+            _ => {}
+        }
+    }
+    for l in headers {
+        let fail = |why| {
+            ParseError::new(
+                ParseErrorKind::BadHeaderValue(why),
+                l.offset,
+                l.line,
+                Some(&l.name),
+            )
+        };
+        match l.name.as_str() {
+            "Call-ID" if l.value.is_empty() || l.value.contains([' ', '\t']) => {
+                return Err(fail("Call-ID must be one word"))
+            }
+            "Max-Forwards"
+                if l.value.is_empty() || !l.value.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                return Err(fail("Max-Forwards is not a number"))
+            }
+            "CSeq" => {
+                let (seq, method) = l
+                    .value
+                    .split_once(' ')
+                    .ok_or_else(|| fail("CSeq needs number and method"))?;
+                if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) || !is_token(method) {
+                    return Err(fail("CSeq needs number and method"));
+                }
+                // 32 bits (RFC 3261 §25.1); RFC 4475 scalar02 and scalarlg overflow them.
+                if seq.parse::<u32>().is_err() {
+                    return Err(fail("CSeq number out of range"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn cseq_method(headers: &[Line]) -> Option<&str> {
+    let l = headers.iter().find(|l| l.name == "CSeq")?;
+    l.value.split_once(' ').map(|(_, m)| m)
+}
+
+/// Hands the normalised header lines to rsip. A fixed response line in front lets rsip's
+/// public message parser do the header mapping (`Header::Via`, `Header::Other`, ...).
+fn rsip_headers(headers: &[Line], at: (usize, usize)) -> Result<Headers, ParseError> {
+    let mut text = String::from("SIP/2.0 200 OK\r\n");
+    for l in headers {
+        text.push_str(&l.name);
+        text.push_str(": ");
+        text.push_str(&l.value);
+        text.push_str("\r\n");
+    }
+    text.push_str("\r\n");
+    rsip::Response::try_from(text.as_str())
+        .map(|r| r.headers)
+        .map_err(|e| ParseError::new(ParseErrorKind::Rsip(e.to_string()), at.0, at.1, None))
+}
+
+/// Parses one datagram (or one framed stream message) into an rsip message.
+///
+/// Leading CRLFs are skipped (RFC 3261 §7.5). Bytes beyond Content-Length are discarded
+/// (RFC 3261 §18.3); without Content-Length the body runs to the end of `buf`.
+pub fn parse(buf: &[u8]) -> Result<SipMessage, ParseError> {
+    let skip = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let rest = buf.get(skip..).unwrap_or_default();
+    let block = split_block(rest, skip)?;
+    let (headers, value_error) = normalise(block.headers);
+    let at = (block.start_offset, block.start_line);
+    let start = parse_start(block.start);
+    let is_request = matches!(start, Ok(StartLine::Request { .. }))
+        || !block
+            .start
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+    let reply = if is_request {
+        reply_headers(&headers)
+    } else {
+        None
+    };
+    let with_reply = |mut e: ParseError| {
+        e.reply_headers = reply.clone();
+        e
+    };
+
+    let start = start.map_err(|k| with_reply(ParseError::new(k, at.0, at.1, None)))?;
+    if let Some(e) = block.header_error.or(value_error) {
+        return Err(with_reply(e));
+    }
+    check_headers(&headers, at).map_err(with_reply)?;
+    let body_offset = block.body_offset.ok_or_else(|| {
+        let end = skip + rest.len();
+        with_reply(ParseError::new(
+            ParseErrorKind::MissingEmptyLine,
+            end,
+            block.body_line.max(1),
+            None,
+        ))
+    })?;
+    let (method, uri) = match &start {
+        StartLine::Request { method, uri } => {
+            let known = known_method(method).ok_or_else(|| {
+                with_reply(ParseError::new(
+                    ParseErrorKind::UnsupportedMethod(method.clone()),
+                    at.0,
+                    at.1,
+                    None,
+                ))
+            })?;
+            let cseq = cseq_method(&headers).unwrap_or_default();
+            if cseq != method {
+                let k = ParseErrorKind::CSeqMismatch {
+                    request: method.clone(),
+                    cseq: cseq.to_owned(),
+                };
+                return Err(with_reply(ParseError::new(k, at.0, at.1, Some("CSeq"))));
+            }
+            let uri =
+                parse_uri(uri).map_err(|k| with_reply(ParseError::new(k, at.0, at.1, None)))?;
+            (Some(known), Some(uri))
+        }
+        StartLine::Response { .. } => (None, None),
+    };
+    let body = rest.get(body_offset..).unwrap_or_default();
+    let body = match content_length(&headers).map_err(with_reply)? {
+        Some(n) => body.get(..n).ok_or_else(|| {
+            let k = ParseErrorKind::BodyTooShort {
+                expected: n,
+                actual: body.len(),
+            };
+            with_reply(ParseError::new(
+                k,
+                skip + body_offset,
+                block.body_line,
+                Some("Content-Length"),
+            ))
+        })?,
+        None => body,
+    };
+    let rsip_headers = rsip_headers(&headers, at).map_err(with_reply)?;
+    Ok(match (start, method, uri) {
+        (StartLine::Request { .. }, Some(method), Some(uri)) => {
+            SipMessage::Request(rsip::Request {
+                method,
+                uri,
+                version: rsip::Version::V2,
+                headers: rsip_headers,
+                body: body.to_vec(),
+            })
+        }
+        (StartLine::Response { code, reason }, _, _) => {
+            let status = match StatusCode::from(code) {
+                StatusCode::Other(..) => StatusCode::Other(code, reason),
+                known => known,
+            };
+            SipMessage::Response(rsip::Response {
+                status_code: status,
+                version: rsip::Version::V2,
+                headers: rsip_headers,
+                body: body.to_vec(),
+            })
+        }
+        _ => {
+            return Err(ParseError::new(
+                ParseErrorKind::BadStartLine,
+                at.0,
+                at.1,
+                None,
+            ))
+        }
+    })
+}
+
+/// Finds the first message in a stream buffer. Call again after appending bytes or after
+/// consuming a `KeepAlive`/`Message`.
+pub fn frame(buf: &[u8]) -> Frame {
+    let crlf = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    if crlf > 0 {
+        return Frame::KeepAlive(crlf);
+    }
+    let window = buf
+        .get(..buf.len().min(MAX_HEADER_BLOCK))
+        .unwrap_or_default();
+    let body_offset = lines(window)
+        .skip(1)
+        .find(|(l, _, next)| {
+            // An empty line only counts once its LF has arrived.
+            l.is_empty() && next.checked_sub(1).and_then(|i| window.get(i)) == Some(&b'\n')
+        })
+        .map(|(_, _, next)| next);
+    let Some(body_offset) = body_offset else {
+        if buf.len() >= MAX_HEADER_BLOCK {
+            return Frame::Invalid(ParseError::new(
+                ParseErrorKind::HeaderBlockTooLarge,
+                MAX_HEADER_BLOCK,
+                0,
+                None,
+            ));
+        }
+        return Frame::Incomplete;
+    };
+    let head = window.get(..body_offset).unwrap_or_default();
+    let block = match split_block(head, 0) {
+        Ok(b) => b,
+        Err(e) => return Frame::Invalid(e),
+    };
+    let (headers, _) = normalise(block.headers);
+    let len = match content_length(&headers) {
+        Ok(Some(n)) if n > MAX_BODY => {
+            return Frame::Invalid(ParseError::new(
+                ParseErrorKind::BodyTooLarge,
+                body_offset,
+                block.body_line,
+                Some("Content-Length"),
+            ))
+        }
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Frame::Invalid(ParseError::new(
+                ParseErrorKind::MissingContentLength,
+                body_offset,
+                block.body_line,
+                None,
+            ))
+        }
+        Err(e) => return Frame::Invalid(e),
+    };
+    match body_offset.checked_add(len) {
+        Some(total) if total <= buf.len() => Frame::Message(total),
+        _ => Frame::Incomplete,
+    }
+}
+
+/// Reason phrases for codes the UA sends; rsip would print its variant names ("BusyHere").
+fn reason_phrase(code: u16) -> Option<&'static str> {
+    Some(match code {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        603 => "Decline",
+        _ => return None,
+    })
+}
+
+/// Serialises a message for the wire: CRLF line ends, the body as raw bytes (rsip's Display
+/// would run it through `from_utf8_lossy`), and exactly one correct Content-Length.
+pub fn to_bytes(msg: &SipMessage) -> Bytes {
+    let (mut out, headers, body) = match msg {
+        SipMessage::Request(r) => (
+            format!("{} {} SIP/2.0\r\n", r.method, r.uri),
+            &r.headers,
+            &r.body,
+        ),
+        SipMessage::Response(r) => {
+            let code = r.status_code.code();
+            let line = match (&r.status_code, reason_phrase(code)) {
+                (StatusCode::Other(_, reason), _) => format!("SIP/2.0 {code} {reason}\r\n"),
+                (_, Some(reason)) => format!("SIP/2.0 {code} {reason}\r\n"),
+                (other, None) => format!("SIP/2.0 {other}\r\n"),
+            };
+            (line, &r.headers, &r.body)
+        }
+    };
+    for h in headers.iter() {
+        if !matches!(h, Header::ContentLength(_)) {
+            out.push_str(&h.to_string());
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    Bytes::from(bytes)
+}
+
+fn first_value<'a>(
+    msg: &'a SipMessage,
+    pick: impl Fn(&'a Header) -> Option<&'a str>,
+) -> Option<&'a str> {
+    use rsip::prelude::HasHeaders;
+    msg.headers().iter().find_map(pick)
+}
+
+fn param_of(value: &str, name: &str) -> Option<String> {
+    params(value)
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// The `branch` of the topmost Via: the transaction key (RFC 3261 §17.2.3).
+pub fn top_via_branch(msg: &SipMessage) -> Option<String> {
+    use rsip::headers::UntypedHeader;
+    let via = first_value(msg, |h| match h {
+        Header::Via(v) => Some(v.value()),
+        _ => None,
+    })?;
+    param_of(via, "branch")
+}
+
+/// CSeq number and method; `None` when absent or an extension method.
+pub fn cseq(msg: &SipMessage) -> Option<(u32, Method)> {
+    use rsip::headers::UntypedHeader;
+    let v = first_value(msg, |h| match h {
+        Header::CSeq(v) => Some(v.value()),
+        _ => None,
+    })?;
+    let (n, m) = v.split_once(' ')?;
+    Some((n.parse().ok()?, known_method(m)?))
+}
+
+/// The Call-ID value.
+pub fn call_id(msg: &SipMessage) -> Option<String> {
+    use rsip::headers::UntypedHeader;
+    first_value(msg, |h| match h {
+        Header::CallId(v) => Some(v.value()),
+        _ => None,
+    })
+    .map(str::to_owned)
+}
+
+/// The From tag (dialog id, RFC 3261 §12).
+pub fn from_tag(msg: &SipMessage) -> Option<String> {
+    use rsip::headers::UntypedHeader;
+    let v = first_value(msg, |h| match h {
+        Header::From(v) => Some(v.value()),
+        _ => None,
+    })?;
+    param_of(v, "tag")
+}
+
+/// The To tag; absent on out-of-dialog requests.
+pub fn to_tag(msg: &SipMessage) -> Option<String> {
+    use rsip::headers::UntypedHeader;
+    let v = first_value(msg, |h| match h {
+        Header::To(v) => Some(v.value()),
+        _ => None,
+    })?;
+    param_of(v, "tag")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsip::prelude::*;
+
+    const INVITE: &[u8] = b"INVITE sip:bob@example.com SIP/2.0\r\n\
+v: SIP/2.0/UDP 192.0.2.1:5060 ; branch = z9hG4bK776 , SIP/2.0/TCP proxy.example.com;branch=z9hG4bKp\r\n\
+f: \"Alice, A.\" <sip:alice@example.com>;tag=a1\r\n\
+t: <sip:bob@example.com>\r\n\
+i: call-1@192.0.2.1\r\n\
+CSeq: 7 INVITE\r\n\
+c: application/sdp\r\n\
+l: 5\r\n\
+\r\n\
+v=0\r\nextra";
+
+    fn invite() -> SipMessage {
+        parse(INVITE).expect("valid INVITE")
+    }
+
+    #[test]
+    fn helpers_read_the_dialog_and_transaction_keys() {
+        let msg = invite();
+        assert_eq!(top_via_branch(&msg).as_deref(), Some("z9hG4bK776"));
+        assert_eq!(cseq(&msg), Some((7, Method::Invite)));
+        assert_eq!(call_id(&msg).as_deref(), Some("call-1@192.0.2.1"));
+        assert_eq!(from_tag(&msg).as_deref(), Some("a1"));
+        assert_eq!(to_tag(&msg), None);
+        assert_eq!(msg.body(), b"v=0\r\n");
+    }
+
+    #[test]
+    fn to_bytes_writes_one_correct_content_length() {
+        let mut msg = invite();
+        *msg.body_mut() = b"longer body".to_vec();
+        let wire = to_bytes(&msg);
+        let text = String::from_utf8_lossy(&wire);
+        assert_eq!(text.matches("Content-Length").count(), 1, "{text}");
+        assert!(
+            text.ends_with("Content-Length: 11\r\n\r\nlonger body"),
+            "{text}"
+        );
+        assert!(
+            !text.replace("\r\n", "").contains('\n'),
+            "bare LF in {text}"
+        );
+        assert_eq!(frame(&wire), Frame::Message(wire.len()));
+        assert_eq!(
+            parse(&wire).map(|m| m.body().clone()),
+            Ok(b"longer body".to_vec())
+        );
+    }
+
+    #[test]
+    fn responses_get_real_reason_phrases() {
+        let resp = parse(b"SIP/2.0 486 Busy\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\r\n")
+            .expect("valid response");
+        assert!(to_bytes(&resp).starts_with(b"SIP/2.0 486 Busy Here\r\n"));
+        assert_eq!(to_tag(&resp).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_tolerated() {
+        let lf: Vec<u8> = INVITE.iter().copied().filter(|&b| b != b'\r').collect();
+        let msg = parse(&lf).expect("LF-only INVITE");
+        assert_eq!(call_id(&msg).as_deref(), Some("call-1@192.0.2.1"));
+    }
+
+    #[test]
+    fn reply_copies_the_request_headers() {
+        let text = String::from_utf8_lossy(INVITE)
+            .replace("INVITE sip", "FROB sip")
+            .replace("7 INVITE", "7 FROB");
+        let err = parse(text.as_bytes()).expect_err("extension method");
+        assert_eq!(err.kind, ParseErrorKind::UnsupportedMethod("FROB".into()));
+        let reply = err.reply(501, "Not Implemented").expect("answerable");
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("SIP/2.0 501 Not Implemented\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK776\r\nVia: SIP/2.0/TCP proxy.example.com;branch=z9hG4bKp\r\n"), "{reply}");
+        assert!(
+            reply.contains(
+                "\r\nCall-ID: call-1@192.0.2.1\r\nCSeq: 7 FROB\r\nContent-Length: 0\r\n\r\n"
+            ),
+            "{reply}"
+        );
+        assert_eq!(err.reply(1000, "x"), None);
+    }
+
+    #[test]
+    fn contact_star_is_not_split() {
+        let reg = b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: r\r\nCSeq: 2 REGISTER\r\nContact: *\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n";
+        let msg = parse(reg).expect("valid REGISTER");
+        assert_eq!(
+            msg.contact_header().map(|c| c.to_string()).ok().as_deref(),
+            Some("Contact: *")
+        );
+    }
+}

@@ -1,6 +1,12 @@
 //! SIP user agent: tolerant message layer over rsip types, sans-IO transactions, dialogs,
-//! digest authentication and SDP, plus the tokio driver that owns the sockets.
+//! digest authentication and SDP, the user agent core, and the tokio driver that owns the
+//! sockets.
+pub mod dialog;
 pub mod digest;
+pub mod driver;
+pub mod endpoint;
 pub mod message;
 pub mod sdp;
+pub mod timer;
 pub mod transaction;
+pub mod ua;

@@ -1,0 +1,784 @@
+//! SDP (RFC 4566) for the gateway's offers and the far end's answers (RFC 3264).
+//!
+//! This module owns the SDP text format and the codec choice: parsing what a peer sent
+//! (tolerant of LF line ends and lines it does not know), writing our offers, and reading an
+//! answer into the addresses and codec the RTP layer needs. It opens no sockets and keeps no
+//! call state.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// A parse or negotiation failure; syntax errors name the 1-based line of the SDP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("SDP line {line}: {reason}: {text:?}")]
+    Syntax {
+        line: usize,
+        reason: &'static str,
+        text: String,
+    },
+    #[error("SDP has no {0} line")]
+    Missing(&'static str),
+    #[error("no common codec: offered [{offered}], answered [{answered}]")]
+    NoCommonCodec { offered: String, answered: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaKind {
+    Audio,
+    Video,
+    Other(String),
+}
+
+impl fmt::Display for MediaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Audio => f.write_str("audio"),
+            Self::Video => f.write_str("video"),
+            Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Media direction attribute (RFC 3264 §5.1, §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    /// The direction seen from the other side: our sendonly is their recvonly.
+    /// Whether we send RTP in this direction (our side's view).
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    pub fn reversed(self) -> Self {
+        match self {
+            Self::SendOnly => Self::RecvOnly,
+            Self::RecvOnly => Self::SendOnly,
+            other => other,
+        }
+    }
+
+    fn from_attr(name: &str) -> Option<Self> {
+        Some(match name {
+            "sendrecv" => Self::SendRecv,
+            "sendonly" => Self::SendOnly,
+            "recvonly" => Self::RecvOnly,
+            "inactive" => Self::Inactive,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::SendRecv => "sendrecv",
+            Self::SendOnly => "sendonly",
+            Self::RecvOnly => "recvonly",
+            Self::Inactive => "inactive",
+        })
+    }
+}
+
+/// One payload format: `a=rtpmap` (or the static table) plus its `a=fmtp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpMap {
+    pub pt: u8,
+    pub encoding: String,
+    pub clock_rate: u32,
+    pub channels: u8,
+    pub fmtp: Option<String>,
+}
+
+impl RtpMap {
+    fn new(pt: u8, encoding: &str, clock_rate: u32, channels: u8, fmtp: Option<&str>) -> Self {
+        Self {
+            pt,
+            encoding: encoding.to_owned(),
+            clock_rate,
+            channels,
+            fmtp: fmtp.map(str::to_owned),
+        }
+    }
+
+    /// Same codec regardless of payload type (RFC 3264 §6.1: the answer may renumber).
+    fn same_codec(&self, other: &RtpMap) -> bool {
+        self.encoding.eq_ignore_ascii_case(&other.encoding)
+            && self.clock_rate == other.clock_rate
+            && self.channels == other.channels
+    }
+
+    fn is_dtmf(&self) -> bool {
+        self.encoding.eq_ignore_ascii_case("telephone-event")
+    }
+}
+
+impl fmt::Display for RtpMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.encoding, self.clock_rate)?;
+        if self.channels > 1 {
+            write!(f, "/{}", self.channels)?;
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3551 static payload types, used when an answer omits `a=rtpmap`.
+fn static_rtpmap(pt: u8) -> Option<RtpMap> {
+    let (enc, rate) = match pt {
+        0 => ("PCMU", 8000),
+        3 => ("GSM", 8000),
+        4 => ("G723", 8000),
+        8 => ("PCMA", 8000),
+        9 => ("G722", 8000),
+        13 => ("CN", 8000),
+        18 => ("G729", 8000),
+        26 => ("JPEG", 90000),
+        31 => ("H261", 90000),
+        34 => ("H263", 90000),
+        _ => return None,
+    };
+    Some(RtpMap::new(pt, enc, rate, 1, None))
+}
+
+pub fn codec_pcmu() -> RtpMap {
+    RtpMap::new(0, "PCMU", 8000, 1, None)
+}
+
+pub fn codec_pcma() -> RtpMap {
+    RtpMap::new(8, "PCMA", 8000, 1, None)
+}
+
+pub fn codec_opus() -> RtpMap {
+    RtpMap::new(111, "opus", 48000, 2, Some("minptime=10;useinbandfec=1"))
+}
+
+pub fn codec_telephone_event() -> RtpMap {
+    RtpMap::new(101, "telephone-event", 8000, 1, Some("0-16"))
+}
+
+pub fn codec_h264() -> RtpMap {
+    let fmtp = "packetization-mode=1;profile-level-id=42e01f;level-asymmetry-allowed=1";
+    RtpMap::new(96, "H264", 90000, 1, Some(fmtp))
+}
+
+/// One `m=` section with the attributes the gateway uses resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaDescription {
+    pub kind: MediaKind,
+    pub port: u16,
+    pub proto: String,
+    pub formats: Vec<u8>,
+    /// One per known format, in `formats` order.
+    pub rtpmaps: Vec<RtpMap>,
+    /// Media-level attribute, else session-level, else sendrecv.
+    pub direction: Direction,
+    /// Media-level `c=` only; see [`SessionDescription::connection`] for the fallback.
+    pub connection: Option<IpAddr>,
+    pub rtcp: Option<(u16, Option<IpAddr>)>,
+    pub rtcp_mux: bool,
+    pub ptime: Option<u32>,
+    pub label: Option<String>,
+    /// Every other `a=` line, name and optional value, in order.
+    pub attributes: Vec<(String, Option<String>)>,
+}
+
+impl MediaDescription {
+    fn new(kind: MediaKind, port: u16, proto: &str) -> Self {
+        Self {
+            kind,
+            port,
+            proto: proto.to_owned(),
+            formats: Vec::new(),
+            rtpmaps: Vec::new(),
+            direction: Direction::SendRecv,
+            connection: None,
+            rtcp: None,
+            rtcp_mux: false,
+            ptime: None,
+            label: None,
+            attributes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub username: String,
+    pub session_id: u64,
+    pub version: u64,
+    /// Usually an address; RFC 4566 also allows a host name.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDescription {
+    pub origin: Origin,
+    pub session_name: String,
+    pub connection: Option<IpAddr>,
+    pub media: Vec<MediaDescription>,
+}
+
+fn addr_type(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IP4"
+    } else {
+        "IP6"
+    }
+}
+
+/// `IN IP4 192.0.2.1[/ttl]`.
+fn parse_conn(v: &str) -> Option<IpAddr> {
+    let mut it = v.split_whitespace();
+    match (it.next(), it.next(), it.next()) {
+        (Some("IN"), Some("IP4" | "IP6"), Some(addr)) => addr.split('/').next()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Per-media state while parsing: rtpmap/fmtp lines arrive before or after each other.
+struct Pending {
+    media: MediaDescription,
+    maps: Vec<RtpMap>,
+    fmtps: Vec<(u8, String)>,
+    direction: Option<Direction>,
+}
+
+impl Pending {
+    fn finish(mut self, session_dir: Option<Direction>) -> MediaDescription {
+        for &pt in &self.media.formats {
+            let map = self
+                .maps
+                .iter()
+                .find(|m| m.pt == pt)
+                .cloned()
+                .or_else(|| static_rtpmap(pt));
+            if let Some(mut map) = map {
+                map.fmtp = self
+                    .fmtps
+                    .iter()
+                    .find(|(p, _)| *p == pt)
+                    .map(|(_, f)| f.clone());
+                self.media.rtpmaps.push(map);
+            }
+        }
+        self.media.direction = self.direction.or(session_dir).unwrap_or_default();
+        self.media
+    }
+}
+
+impl SessionDescription {
+    pub fn parse(text: &str) -> Result<Self, SdpError> {
+        let mut origin = None;
+        let mut session_name = None;
+        let mut connection = None;
+        let mut session_dir = None;
+        let mut done: Vec<Pending> = Vec::new();
+        let mut current: Option<Pending> = None;
+        let mut saw_version = false;
+        for (idx, raw) in text.split('\n').enumerate() {
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if line.trim().is_empty() {
+                continue;
+            }
+            let err = |reason| SdpError::Syntax {
+                line: idx + 1,
+                reason,
+                text: line.to_owned(),
+            };
+            let (kind, value) = match line.split_once('=') {
+                Some((k, v)) if k.len() == 1 => (k, v),
+                _ => return Err(err("not a <type>=<value> line")),
+            };
+            match kind {
+                "v" if value != "0" => return Err(err("unsupported SDP version")),
+                "v" => saw_version = true,
+                "o" => {
+                    let f: Vec<&str> = value.split_whitespace().collect();
+                    let [user, id, ver, "IN", _, addr] = f.as_slice() else {
+                        return Err(err("malformed origin"));
+                    };
+                    origin = Some(Origin {
+                        username: (*user).to_owned(),
+                        session_id: id.parse().map_err(|_| err("origin session id"))?,
+                        version: ver.parse().map_err(|_| err("origin version"))?,
+                        address: (*addr).to_owned(),
+                    });
+                }
+                // RFC 4566 §5.3: never empty; "-" stands for no name.
+                "s" if value.trim().is_empty() => session_name = Some("-".to_owned()),
+                "s" => session_name = Some(value.trim().to_owned()),
+                "c" => {
+                    let ip = parse_conn(value).ok_or_else(|| err("malformed connection"))?;
+                    match current.as_mut() {
+                        Some(p) => p.media.connection = Some(ip),
+                        None => connection = Some(ip),
+                    }
+                }
+                "m" => {
+                    let mut f = value.split_whitespace();
+                    let (Some(kind), Some(port), Some(proto)) = (f.next(), f.next(), f.next())
+                    else {
+                        return Err(err("malformed media line"));
+                    };
+                    // `port/count` (RFC 4566 §5.14): the first port is the RTP port.
+                    let port = port.split('/').next().unwrap_or_default();
+                    let port = port.parse().map_err(|_| err("media port"))?;
+                    let kind = match kind {
+                        "audio" => MediaKind::Audio,
+                        "video" => MediaKind::Video,
+                        other => MediaKind::Other(other.to_owned()),
+                    };
+                    let mut media = MediaDescription::new(kind, port, proto);
+                    if proto.contains("RTP") {
+                        for fmt in f {
+                            media
+                                .formats
+                                .push(fmt.parse().map_err(|_| err("RTP payload type"))?);
+                        }
+                    }
+                    done.extend(current.take());
+                    current = Some(Pending {
+                        media,
+                        maps: Vec::new(),
+                        fmtps: Vec::new(),
+                        direction: None,
+                    });
+                }
+                "a" => {
+                    let (name, val) = match value.split_once(':') {
+                        Some((n, v)) => (n, Some(v)),
+                        None => (value, None),
+                    };
+                    let Some(p) = current.as_mut() else {
+                        if let Some(d) = Direction::from_attr(name) {
+                            session_dir = Some(d);
+                        }
+                        continue;
+                    };
+                    match (name, val) {
+                        ("rtpmap", Some(v)) => p
+                            .maps
+                            .push(parse_rtpmap(v).ok_or_else(|| err("malformed rtpmap"))?),
+                        ("fmtp", Some(v)) => {
+                            let (pt, params) =
+                                v.split_once(' ').ok_or_else(|| err("malformed fmtp"))?;
+                            let pt = pt.parse().map_err(|_| err("fmtp payload type"))?;
+                            p.fmtps.push((pt, params.trim().to_owned()));
+                        }
+                        ("rtcp", Some(v)) => {
+                            let (port, conn) = match v.split_once(' ') {
+                                Some((port, conn)) => (
+                                    port,
+                                    Some(parse_conn(conn).ok_or_else(|| err("rtcp address"))?),
+                                ),
+                                None => (v, None),
+                            };
+                            p.media.rtcp =
+                                Some((port.trim().parse().map_err(|_| err("rtcp port"))?, conn));
+                        }
+                        ("rtcp-mux", None) => p.media.rtcp_mux = true,
+                        ("ptime", Some(v)) => {
+                            p.media.ptime = Some(v.trim().parse().map_err(|_| err("ptime"))?)
+                        }
+                        ("label", Some(v)) => p.media.label = Some(v.to_owned()),
+                        (n, None) if Direction::from_attr(n).is_some() => {
+                            p.direction = Direction::from_attr(n)
+                        }
+                        (n, v) => p
+                            .media
+                            .attributes
+                            .push((n.to_owned(), v.map(str::to_owned))),
+                    }
+                }
+                // t=, b=, k=, i=, u=, e=, p=, z=, r= and unknown types: nothing we use.
+                _ => {}
+            }
+        }
+        done.extend(current.take());
+        if !saw_version {
+            return Err(SdpError::Missing("v="));
+        }
+        Ok(Self {
+            origin: origin.ok_or(SdpError::Missing("o="))?,
+            session_name: session_name.unwrap_or_else(|| "-".to_owned()),
+            connection,
+            media: done.into_iter().map(|p| p.finish(session_dir)).collect(),
+        })
+    }
+}
+
+/// `96 H264/90000` or `111 opus/48000/2`.
+fn parse_rtpmap(v: &str) -> Option<RtpMap> {
+    let (pt, rest) = v.trim().split_once(' ')?;
+    let mut parts = rest.trim().split('/');
+    let encoding = parts.next().filter(|e| !e.is_empty())?;
+    let clock_rate = parts.next()?.parse().ok()?;
+    let channels = match parts.next() {
+        Some(c) => c.parse().ok().filter(|&n: &u8| n > 0)?,
+        None => 1,
+    };
+    Some(RtpMap::new(
+        pt.parse().ok()?,
+        encoding,
+        clock_rate,
+        channels,
+        None,
+    ))
+}
+
+impl fmt::Display for SessionDescription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.origin;
+        let o_type = match o.address.parse::<IpAddr>() {
+            Ok(ip) => addr_type(&ip),
+            Err(_) => "IP4",
+        };
+        write!(
+            f,
+            "v=0\r\no={} {} {} IN {} {}\r\n",
+            o.username, o.session_id, o.version, o_type, o.address
+        )?;
+        let name = if self.session_name.is_empty() {
+            "-"
+        } else {
+            &self.session_name
+        };
+        write!(f, "s={name}\r\n")?;
+        if let Some(ip) = &self.connection {
+            write!(f, "c=IN {} {ip}\r\n", addr_type(ip))?;
+        }
+        f.write_str("t=0 0\r\n")?;
+        for m in &self.media {
+            write!(f, "m={} {} {}", m.kind, m.port, m.proto)?;
+            for pt in &m.formats {
+                write!(f, " {pt}")?;
+            }
+            f.write_str("\r\n")?;
+            if let Some(ip) = &m.connection {
+                write!(f, "c=IN {} {ip}\r\n", addr_type(ip))?;
+            }
+            for map in &m.rtpmaps {
+                write!(f, "a=rtpmap:{} {map}\r\n", map.pt)?;
+                if let Some(fmtp) = &map.fmtp {
+                    write!(f, "a=fmtp:{} {fmtp}\r\n", map.pt)?;
+                }
+            }
+            match m.rtcp {
+                Some((port, Some(ip))) => {
+                    write!(f, "a=rtcp:{port} IN {} {ip}\r\n", addr_type(&ip))?
+                }
+                Some((port, None)) => write!(f, "a=rtcp:{port}\r\n")?,
+                None => {}
+            }
+            if m.rtcp_mux {
+                f.write_str("a=rtcp-mux\r\n")?;
+            }
+            if let Some(ptime) = m.ptime {
+                write!(f, "a=ptime:{ptime}\r\n")?;
+            }
+            if let Some(label) = &m.label {
+                write!(f, "a=label:{label}\r\n")?;
+            }
+            for (name, value) in &m.attributes {
+                match value {
+                    Some(v) => write!(f, "a={name}:{v}\r\n")?,
+                    None => write!(f, "a={name}\r\n")?,
+                }
+            }
+            write!(f, "a={}\r\n", m.direction)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the gateway offers; see [`build_offer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferParams {
+    pub session_id: u64,
+    pub version: u64,
+    pub ip: IpAddr,
+    /// RTP port and codecs in preference order.
+    pub audio: Option<(u16, Vec<RtpMap>)>,
+    pub video: Option<(u16, Vec<RtpMap>)>,
+    pub direction: Direction,
+}
+
+/// Builds the gateway's offer: one `m=` per requested kind, RTCP on the next port.
+pub fn build_offer(p: &OfferParams) -> SessionDescription {
+    let section = |kind: MediaKind, port: u16, codecs: &[RtpMap]| {
+        let mut m = MediaDescription::new(kind, port, "RTP/AVP");
+        m.formats = codecs.iter().map(|c| c.pt).collect();
+        m.rtpmaps = codecs.to_vec();
+        m.rtcp = port.checked_add(1).map(|p| (p, None));
+        m.direction = p.direction;
+        m
+    };
+    let mut media = Vec::new();
+    if let Some((port, codecs)) = &p.audio {
+        let mut m = section(MediaKind::Audio, *port, codecs);
+        m.ptime = Some(20);
+        media.push(m);
+    }
+    if let Some((port, codecs)) = &p.video {
+        media.push(section(MediaKind::Video, *port, codecs));
+    }
+    SessionDescription {
+        origin: Origin {
+            username: "-".to_owned(),
+            session_id: p.session_id,
+            version: p.version,
+            address: p.ip.to_string(),
+        },
+        session_name: "sipstream".to_owned(),
+        connection: Some(p.ip),
+        media,
+    }
+}
+
+/// The outcome of an offer/answer exchange for one media section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// First answered format that we offered, with the answer's payload type.
+    pub codec: RtpMap,
+    pub dtmf: Option<RtpMap>,
+    /// `None` when the stream was rejected (port 0) or put on hold (c=0.0.0.0).
+    pub remote_rtp: Option<SocketAddr>,
+    pub remote_rtcp: Option<SocketAddr>,
+    pub direction: Direction,
+    pub ptime: Option<u32>,
+}
+
+fn list(maps: &[RtpMap]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {m}", m.pt))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads one answered media section against the codecs we offered for it.
+pub fn negotiate(
+    offered: &[RtpMap],
+    answer: &MediaDescription,
+    session_conn: Option<IpAddr>,
+) -> Result<Negotiated, SdpError> {
+    let codec = answer
+        .rtpmaps
+        .iter()
+        .filter(|a| !a.is_dtmf())
+        .find(|a| offered.iter().any(|o| !o.is_dtmf() && o.same_codec(a)))
+        .cloned()
+        .ok_or_else(|| SdpError::NoCommonCodec {
+            offered: list(offered),
+            answered: list(&answer.rtpmaps),
+        })?;
+    let dtmf = answer
+        .rtpmaps
+        .iter()
+        .find(|a| {
+            a.is_dtmf()
+                && offered
+                    .iter()
+                    .any(|o| o.is_dtmf() && o.clock_rate == a.clock_rate)
+        })
+        .cloned();
+    let conn = answer
+        .connection
+        .or(session_conn)
+        .filter(|ip| !ip.is_unspecified());
+    let remote_rtp = conn
+        .filter(|_| answer.port != 0)
+        .map(|ip| SocketAddr::new(ip, answer.port));
+    let remote_rtcp = remote_rtp.and_then(|rtp| match answer.rtcp {
+        Some((port, ip)) => Some(SocketAddr::new(ip.unwrap_or(rtp.ip()), port)),
+        None if answer.rtcp_mux => Some(rtp),
+        None => rtp
+            .port()
+            .checked_add(1)
+            .map(|p| SocketAddr::new(rtp.ip(), p)),
+    });
+    Ok(Negotiated {
+        codec,
+        dtmf,
+        remote_rtp,
+        remote_rtcp,
+        direction: answer.direction,
+        ptime: answer.ptime,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIPP_PCMU: &str = include_str!("../../tests/fixtures/sipp_pcmu_answer.sdp");
+    const BARESIP_OPUS: &str = include_str!("../../tests/fixtures/baresip_opus_answer.sdp");
+    const MEDIA_CONN_RTCP: &str = include_str!("../../tests/fixtures/media_conn_rtcp_answer.sdp");
+    const EARLY_MEDIA: &str = include_str!("../../tests/fixtures/early_media_183_answer.sdp");
+    const HOLD: &str = include_str!("../../tests/fixtures/hold_inactive_answer.sdp");
+    const H264: &str = include_str!("../../tests/fixtures/h264_answer.sdp");
+
+    fn offered_audio() -> Vec<RtpMap> {
+        vec![
+            codec_opus(),
+            codec_pcmu(),
+            codec_pcma(),
+            codec_telephone_event(),
+        ]
+    }
+
+    fn first(text: &str) -> (SessionDescription, MediaDescription) {
+        let sdp = SessionDescription::parse(text).expect("valid SDP");
+        let media = sdp.media.first().cloned().expect("one m= line");
+        (sdp, media)
+    }
+
+    #[test]
+    fn sipp_answer_with_static_payload_type() {
+        let (sdp, m) = first(SIPP_PCMU);
+        assert_eq!(m.rtpmaps, vec![codec_pcmu()]);
+        let n = negotiate(&offered_audio(), &m, sdp.connection).expect("PCMU");
+        assert_eq!(n.codec, codec_pcmu());
+        assert_eq!(n.remote_rtp, Some("127.0.0.1:6000".parse().unwrap()));
+        assert_eq!(n.remote_rtcp, Some("127.0.0.1:6001".parse().unwrap()));
+        assert_eq!(n.dtmf, None);
+    }
+
+    #[test]
+    fn baresip_opus_uses_answer_payload_types() {
+        let (sdp, m) = first(BARESIP_OPUS);
+        let n = negotiate(&offered_audio(), &m, sdp.connection).expect("opus");
+        assert_eq!(n.codec.pt, 98);
+        assert_eq!(n.codec.encoding, "opus");
+        assert_eq!(n.codec.fmtp.as_deref(), Some("stereo=1;sprop-stereo=1"));
+        assert_eq!(n.dtmf.map(|d| d.pt), Some(100));
+        assert_eq!(n.remote_rtcp, n.remote_rtp, "rtcp-mux");
+        assert_eq!(n.ptime, Some(20));
+        assert_eq!(m.label.as_deref(), Some("1"));
+        assert!(m.attributes.iter().any(|(k, _)| k == "ssrc"));
+    }
+
+    #[test]
+    fn media_level_connection_and_rtcp_attribute() {
+        let (sdp, m) = first(MEDIA_CONN_RTCP);
+        let n = negotiate(&offered_audio(), &m, sdp.connection).expect("PCMA");
+        assert_eq!(n.codec, codec_pcma());
+        assert_eq!(n.remote_rtp, Some("192.0.2.10:40000".parse().unwrap()));
+        assert_eq!(n.remote_rtcp, Some("192.0.2.11:40101".parse().unwrap()));
+    }
+
+    #[test]
+    fn early_media_is_sendonly() {
+        let (sdp, m) = first(EARLY_MEDIA);
+        let n = negotiate(&offered_audio(), &m, sdp.connection).expect("PCMU");
+        assert_eq!(n.direction, Direction::SendOnly);
+        assert_eq!(n.direction.reversed(), Direction::RecvOnly);
+    }
+
+    #[test]
+    fn hold_answer_has_no_remote_address() {
+        let (sdp, m) = first(HOLD);
+        let n = negotiate(&offered_audio(), &m, sdp.connection).expect("PCMU");
+        assert_eq!(n.direction, Direction::Inactive);
+        assert_eq!((n.remote_rtp, n.remote_rtcp), (None, None));
+    }
+
+    #[test]
+    fn h264_video_section() {
+        let sdp = SessionDescription::parse(H264).expect("valid SDP");
+        let video = sdp
+            .media
+            .iter()
+            .find(|m| m.kind == MediaKind::Video)
+            .expect("video");
+        let n = negotiate(&[codec_h264()], video, sdp.connection).expect("H264");
+        assert_eq!(n.codec.pt, 97);
+        assert!(n
+            .codec
+            .fmtp
+            .as_deref()
+            .is_some_and(|f| f.contains("packetization-mode=1")));
+    }
+
+    #[test]
+    fn rejected_stream_keeps_codec_but_no_address() {
+        let (sdp, mut m) = first(SIPP_PCMU);
+        m.port = 0;
+        let n = negotiate(&offered_audio(), &m, sdp.connection).expect("PCMU");
+        assert_eq!(n.remote_rtp, None);
+    }
+
+    #[test]
+    fn negotiation_follows_answer_order() {
+        let (sdp, mut m) = first(SIPP_PCMU);
+        m.formats = vec![8, 0];
+        m.rtpmaps = vec![codec_pcma(), codec_pcmu()];
+        let n = negotiate(&offered_audio(), &m, sdp.connection).expect("codec");
+        assert_eq!(n.codec, codec_pcma());
+    }
+
+    #[test]
+    fn no_common_codec_names_both_sides() {
+        let (sdp, m) = first(H264);
+        let err = negotiate(&[codec_opus()], &m, sdp.connection).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("opus/48000/2") && text.contains("PCMA/8000"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn offer_round_trips() {
+        let offer = build_offer(&OfferParams {
+            session_id: 42,
+            version: 1,
+            ip: "192.0.2.7".parse().unwrap(),
+            audio: Some((30000, offered_audio())),
+            video: Some((30002, vec![codec_h264()])),
+            direction: Direction::SendRecv,
+        });
+        let text = offer.to_string();
+        assert!(
+            text.contains("m=audio 30000 RTP/AVP 111 0 8 101\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n")
+        );
+        assert!(text.contains("a=rtcp:30001\r\n") && text.contains("a=ptime:20\r\n"));
+        assert!(!text.replace("\r\n", "").contains('\n'));
+        assert_eq!(SessionDescription::parse(&text), Ok(offer));
+    }
+
+    #[test]
+    fn fuzz_found_round_trip_cases() {
+        // An empty s= is written back as "-"; zero channels cannot be written, so is refused.
+        let sdp = SessionDescription::parse("v=0\no=- 1 1 IN IP4 192.0.2.1\ns=\n").expect("valid");
+        assert_eq!(sdp.session_name, "-");
+        let bad = "v=0\no=- 1 1 IN IP4 192.0.2.1\nm=audio 1 RTP/AVP 8\na=rtpmap:8 PCMA/8/0\n";
+        assert!(matches!(
+            SessionDescription::parse(bad),
+            Err(SdpError::Syntax { line: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = SessionDescription::parse("v=0\no=- 1 1 IN IP4 192.0.2.1\nm=audio x RTP/AVP 0\n")
+            .unwrap_err();
+        assert!(matches!(err, SdpError::Syntax { line: 3, .. }), "{err}");
+        assert_eq!(
+            SessionDescription::parse("v=0\n"),
+            Err(SdpError::Missing("o="))
+        );
+        assert!(SessionDescription::parse("garbage").is_err());
+    }
+}

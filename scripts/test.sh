@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (idempotent), then runs the quality gates
+# and every test, unit and end-to-end against real peers on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh test
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"

@@ -1,0 +1,109 @@
+//! `/call/*`: start, terminate and find calls.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::json::parse_body;
+use super::AppState;
+use crate::call::model::{CallInfo, CallStartupRequest};
+use crate::error::{ApiError, ErrorBody};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/call/startup", web::post().to(startup))
+        .route("/call/terminate", web::post().to(terminate))
+        .route("/call/find", web::post().to(find))
+        .route("/call/find", web::get().to(find_get))
+        .route("/call/find_all", web::post().to(find_all))
+        .route("/call/find_all", web::get().to(find_all_get));
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallIdRequest {
+    pub call_id: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallFilter {
+    /// Only calls in this status (e.g. ESTABLISHED).
+    pub status: Option<String>,
+    pub call_id: Option<String>,
+}
+
+/// Place a SIP call whose media becomes a stream.
+#[utoipa::path(post, path = "/rest-api/call/startup", request_body = CallStartupRequest,
+    responses(
+        (status = 200, description = "Call accepted; status PENDING or TRYING, progress follows", body = CallInfo),
+        (status = 400, description = "A field is missing or invalid (the message names it)", body = ErrorBody),
+        (status = 409, description = "callId or toStream is in use", body = ErrorBody),
+        (status = 502, description = "The SIP proxy could not be resolved or reached", body = ErrorBody),
+        (status = 503, description = "Out of calls or RTP ports", body = ErrorBody)))]
+pub async fn startup(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req: CallStartupRequest = parse_body(&body)?;
+    let spec = req.validate(|| format!("call-{}", crate::sip::dialog::random_token(12)))?;
+    let info = state.calls.startup(spec).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// Hang up a call: BYE when established, CANCEL while ringing.
+#[utoipa::path(post, path = "/rest-api/call/terminate", request_body = CallIdRequest,
+    responses((status = 200, body = CallInfo), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody)))]
+pub async fn terminate(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req: CallIdRequest = parse_body(&body)?;
+    Ok(HttpResponse::Ok().json(state.calls.terminate(&req.call_id)?))
+}
+
+/// One call by callId (active or recently ended), as a one-element list as WCS returns it.
+#[utoipa::path(post, path = "/rest-api/call/find", request_body = CallIdRequest,
+    responses((status = 200, body = Vec<CallInfo>), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody)))]
+pub async fn find(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let req: CallIdRequest = parse_body(&body)?;
+    find_one(&state, &req.call_id)
+}
+
+async fn find_get(
+    state: web::Data<AppState>,
+    q: web::Query<CallFilter>,
+) -> Result<HttpResponse, ApiError> {
+    match &q.call_id {
+        Some(id) => find_one(&state, id),
+        None => Err(ApiError::BadRequest(
+            "callId: missing query parameter".into(),
+        )),
+    }
+}
+
+fn find_one(state: &AppState, call_id: &str) -> Result<HttpResponse, ApiError> {
+    let info = state
+        .calls
+        .find(call_id)
+        .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+    Ok(HttpResponse::Ok().json(vec![info]))
+}
+
+/// All active and recently ended calls, optionally filtered by status.
+#[utoipa::path(post, path = "/rest-api/call/find_all", request_body(content = Option<CallFilter>),
+    responses((status = 200, body = Vec<CallInfo>), (status = 400, body = ErrorBody)))]
+pub async fn find_all(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let filter: CallFilter = if body.iter().all(u8::is_ascii_whitespace) {
+        CallFilter::default()
+    } else {
+        parse_body(&body)?
+    };
+    Ok(HttpResponse::Ok().json(state.calls.find_all(filter.status.as_deref())))
+}
+
+async fn find_all_get(state: web::Data<AppState>, q: web::Query<CallFilter>) -> HttpResponse {
+    HttpResponse::Ok().json(state.calls.find_all(q.status.as_deref()))
+}

@@ -1,0 +1,53 @@
+//! The OpenAPI document, generated from the handlers by utoipa. `openapi/openapi.json` is the
+//! checked-in copy; a test fails when it is stale (regenerate with
+//! `UPDATE_OPENAPI=1 cargo test --lib openapi`).
+
+use actix_web::HttpResponse;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sipstream",
+        description = "SIP calls as named media streams (WCS-compatible REST)"
+    ),
+    paths(
+        super::calls::startup,
+        super::calls::terminate,
+        super::calls::find,
+        super::calls::find_all,
+        super::streams::find,
+        super::streams::find_all,
+        super::streams::health,
+    )
+)]
+pub struct ApiDoc;
+
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_json_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json");
+        let doc = super::document() + "\n";
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &doc).expect("write openapi.json");
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == doc,
+            "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --lib openapi` and commit it"
+        );
+    }
+}

@@ -1,0 +1,671 @@
+//! The call manager: turns a validated `/call/startup` into a SIP call whose media becomes a
+//! stream, follows the UA's events, and owns each call's media legs and stream publisher.
+//!
+//! It is the only place that joins SIP signalling, RTP and the registry. The call table sits
+//! behind one mutex that is never held across an `.await`; media work (binding ports,
+//! stopping legs) happens outside it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+use tracing::Instrument;
+
+use super::model::{CallInfo, CallSpec, LegInfo, LegTrackInfo};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::events::{unix_ms, Event, EventBus};
+use crate::registry::{Leg, Publisher, Registry, RegistryError, TrackId, TrackKind, TrackSpec};
+use crate::rtp::driver::{spawn_leg, LegHandle, LegUpdate};
+use crate::rtp::ports::{BoundPair, PortPool};
+use crate::rtp::session::{silence_payload, SessionConfig};
+use crate::sip::driver::{local_ip_for, SipHandle};
+use crate::sip::sdp::{self, Direction, MediaKind, OfferParams, RtpMap, SessionDescription};
+use crate::sip::ua::{Account, CallKey, CallPhase, Command, PlaceCall, RegStatus, Route, UaEvent};
+
+/// How many ended calls `/call/find` still shows.
+const HISTORY: usize = 1000;
+
+#[derive(Clone)]
+pub struct CallManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: Arc<Config>,
+    sip: SipHandle,
+    registry: Registry,
+    ports: PortPool,
+    bus: EventBus,
+    state: Mutex<State>,
+    next_key: AtomicU64,
+    idle: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<String, Entry>,
+    keys: HashMap<CallKey, String>,
+    history: VecDeque<String>,
+    active: usize,
+}
+
+struct Entry {
+    info: CallInfo,
+    key: CallKey,
+    publisher: Option<Arc<Publisher>>,
+    media: Vec<MediaLeg>,
+}
+
+/// One media line of the callee leg: ports reserved at startup, RTP running once negotiated.
+struct MediaLeg {
+    kind: TrackKind,
+    offered: Vec<RtpMap>,
+    local_port: u16,
+    pair: Option<BoundPair>,
+    running: Option<(LegHandle, TrackId)>,
+    codec: Option<RtpMap>,
+    remote: Option<SocketAddr>,
+    direction: Option<Direction>,
+}
+
+impl CallManager {
+    pub fn new(
+        cfg: Arc<Config>,
+        sip: SipHandle,
+        registry: Registry,
+        ports: PortPool,
+        bus: EventBus,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                sip,
+                registry,
+                ports,
+                bus,
+                state: Mutex::new(State::default()),
+                next_key: AtomicU64::new(1),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn sip(&self) -> &SipHandle {
+        &self.inner.sip
+    }
+
+    pub fn ports(&self) -> &PortPool {
+        &self.inner.ports
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.inner.state.lock().active
+    }
+
+    /// Places a call. Returns the call object with status PENDING; progress follows as events.
+    pub async fn startup(&self, spec: CallSpec) -> Result<CallInfo, ApiError> {
+        let inner = &self.inner;
+        let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+        // Reserve the callId first so that two concurrent startups cannot both take it.
+        {
+            let mut st = inner.state.lock();
+            if st.active >= inner.cfg.max_calls {
+                return Err(ApiError::Unavailable(format!(
+                    "{} calls are active, the limit (max_calls) is {}",
+                    st.active, inner.cfg.max_calls
+                )));
+            }
+            if let Some(e) = st.calls.get(&spec.call_id) {
+                if !e.info.status.is_final() {
+                    return Err(ApiError::Conflict(format!(
+                        "callId {:?} is already in use",
+                        spec.call_id
+                    )));
+                }
+            }
+            let info = initial_info(&spec);
+            st.history.retain(|id| id != &spec.call_id);
+            st.calls.insert(
+                spec.call_id.clone(),
+                Entry {
+                    info,
+                    key,
+                    publisher: None,
+                    media: Vec::new(),
+                },
+            );
+            st.keys.insert(key, spec.call_id.clone());
+            st.active += 1;
+        }
+        match self.prepare(key, &spec).await {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                let mut st = inner.state.lock();
+                st.calls.remove(&spec.call_id);
+                st.keys.remove(&key);
+                st.active = st.active.saturating_sub(1);
+                Err(e)
+            }
+        }
+    }
+
+    async fn prepare(&self, key: CallKey, spec: &CallSpec) -> Result<CallInfo, ApiError> {
+        let inner = &self.inner;
+        let publisher = inner
+            .registry
+            .create(&spec.stream, Some(spec.call_id.clone()))
+            .map_err(|e| match e {
+                RegistryError::AlreadyExists(_) => {
+                    ApiError::Conflict(format!("toStream: stream {:?} already exists", spec.stream))
+                }
+                other => ApiError::BadRequest(format!("toStream: {other}")),
+            })?;
+        let publisher = Arc::new(publisher);
+
+        let dest = resolve(&spec.proxy_host, spec.proxy_port).await?;
+        let local_ip = self.local_ip(dest)?;
+        let sip_port = inner.sip.port(spec.transport).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "sipTransport: {} is disabled in the gateway's properties",
+                spec.transport.via_token().to_ascii_lowercase()
+            ))
+        })?;
+        let media_ip = inner.cfg.media_ip.unwrap_or(local_ip);
+
+        let mut media = Vec::new();
+        let mut offer = OfferParams {
+            session_id: rand::random::<u32>() as u64,
+            version: 1,
+            ip: media_ip,
+            audio: None,
+            video: None,
+            direction: Direction::SendRecv,
+        };
+        if spec.has_audio {
+            let pair = self.allocate().await?;
+            let codecs = vec![
+                sdp::codec_pcmu(),
+                sdp::codec_pcma(),
+                sdp::codec_opus(),
+                sdp::codec_telephone_event(),
+            ];
+            let port = pair.lease.rtp_port();
+            offer.audio = Some((port, codecs.clone()));
+            media.push(MediaLeg::new(TrackKind::Audio, codecs, port, pair));
+        }
+        if spec.has_video {
+            let pair = self.allocate().await?;
+            let codecs = vec![sdp::codec_h264()];
+            let port = pair.lease.rtp_port();
+            offer.video = Some((port, codecs.clone()));
+            media.push(MediaLeg::new(TrackKind::Video, codecs, port, pair));
+        }
+        let sdp_offer = sdp::build_offer(&offer).to_string();
+
+        let info = {
+            let mut st = inner.state.lock();
+            let Some(entry) = st.calls.get_mut(&spec.call_id) else {
+                return Err(ApiError::Internal("call vanished during startup".into()));
+            };
+            entry.publisher = Some(publisher);
+            entry.media = media;
+            entry.info.legs = vec![leg_info(&spec.callee_uri, &entry.media)];
+            entry.info.clone()
+        };
+        let place = PlaceCall {
+            key,
+            account: Account {
+                login: spec.sip_login.clone(),
+                auth_name: spec.auth_name.clone(),
+                password: spec.password.clone(),
+                domain: spec.domain.clone(),
+            },
+            callee_uri: spec.callee_uri.clone(),
+            register: spec.register,
+            route: Route {
+                transport: spec.transport,
+                dest,
+                local: SocketAddr::new(local_ip, sip_port),
+                sticky: spec.proxy_host != spec.domain,
+            },
+            sdp_offer,
+            headers: spec.headers.clone(),
+        };
+        if !inner.sip.command(Command::PlaceCall(Box::new(place))) {
+            return Err(ApiError::Unavailable(
+                "the SIP stack is shutting down".into(),
+            ));
+        }
+        tracing::info!(call_id = %spec.call_id, stream = %spec.stream, callee = %spec.callee_uri, "call started");
+        self.publish_status(&info);
+        Ok(info)
+    }
+
+    async fn allocate(&self) -> Result<BoundPair, ApiError> {
+        self.inner
+            .ports
+            .allocate(self.inner.cfg.rtp_address)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("no RTP ports: {e}")))
+    }
+
+    fn local_ip(&self, dest: SocketAddr) -> Result<IpAddr, ApiError> {
+        let cfg = &self.inner.cfg;
+        if let Some(ip) = cfg.sip_external_address {
+            return Ok(ip);
+        }
+        if !cfg.sip_address.is_unspecified() {
+            return Ok(cfg.sip_address);
+        }
+        local_ip_for(dest)
+            .ok_or_else(|| ApiError::Upstream(format!("no local route towards {dest}")))
+    }
+
+    /// Hangs up: BYE when established, CANCEL while ringing.
+    pub fn terminate(&self, call_id: &str) -> Result<CallInfo, ApiError> {
+        let st = self.inner.state.lock();
+        let entry = st
+            .calls
+            .get(call_id)
+            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        if !entry.info.status.is_final() {
+            self.inner.sip.command(Command::Hangup(entry.key));
+        }
+        Ok(self.snapshot(entry))
+    }
+
+    pub fn find(&self, call_id: &str) -> Option<CallInfo> {
+        let st = self.inner.state.lock();
+        st.calls.get(call_id).map(|e| self.snapshot(e))
+    }
+
+    pub fn find_all(&self, status: Option<&str>) -> Vec<CallInfo> {
+        let st = self.inner.state.lock();
+        let mut calls: Vec<CallInfo> = st
+            .calls
+            .values()
+            .filter(|e| status.is_none_or(|s| e.info.status.as_str().eq_ignore_ascii_case(s)))
+            .map(|e| self.snapshot(e))
+            .collect();
+        calls.sort_by_key(|c| c.created_at);
+        calls
+    }
+
+    fn snapshot(&self, entry: &Entry) -> CallInfo {
+        let mut info = entry.info.clone();
+        if !entry.media.is_empty() {
+            info.legs = vec![leg_info(&info.callee, &entry.media)];
+        }
+        info
+    }
+
+    /// Follows the UA's events until the SIP driver stops.
+    pub async fn run(self, mut events: mpsc::UnboundedReceiver<UaEvent>) {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                UaEvent::CallState {
+                    key,
+                    phase,
+                    sip_status,
+                    reason,
+                    sdp,
+                    sip_call_id,
+                } => self.on_call_state(key, phase, sip_status, reason, sdp, sip_call_id),
+                UaEvent::RemoteMedia { key, sdp } => self.on_remote_media(key, &sdp),
+                UaEvent::Registration {
+                    login,
+                    domain,
+                    status,
+                    sip_status,
+                } => {
+                    let status = match status {
+                        RegStatus::Registered => "REGISTERED",
+                        RegStatus::Failed => "FAILED",
+                        RegStatus::Unregistered => "UNREGISTERED",
+                    };
+                    self.inner.bus.publish(Event::RegistrationStatusEvent {
+                        sip_login: login,
+                        sip_domain: domain,
+                        status: status.into(),
+                        sip_status,
+                        timestamp: unix_ms(),
+                    });
+                }
+                UaEvent::Idle => self.inner.idle.notify_waiters(),
+            }
+        }
+    }
+
+    fn on_call_state(
+        &self,
+        key: CallKey,
+        phase: CallPhase,
+        sip_status: Option<u16>,
+        reason: Option<String>,
+        sdp: Option<String>,
+        sip_call_id: String,
+    ) {
+        let mut ended: Option<(Option<Arc<Publisher>>, Vec<MediaLeg>, String)> = None;
+        let info = {
+            let mut st = self.inner.state.lock();
+            let Some(call_id) = st.keys.get(&key).cloned() else {
+                return;
+            };
+            let Some(entry) = st.calls.get_mut(&call_id) else {
+                return;
+            };
+            entry.info.status = phase;
+            if sip_status.is_some() {
+                entry.info.sip_status = sip_status;
+            }
+            entry.info.reason =
+                reason
+                    .clone()
+                    .or(entry.info.reason.take().filter(|_| !phase.is_final()));
+            entry.info.sip_call_id = Some(sip_call_id);
+            if phase == CallPhase::Established && entry.info.established_at.is_none() {
+                entry.info.established_at = Some(unix_ms());
+            }
+            if let Some(sdp) = &sdp {
+                self.apply_remote_sdp(entry, sdp);
+            }
+            if phase.is_final() {
+                entry.info.ended_at = Some(unix_ms());
+                entry.info.legs = vec![leg_info(&entry.info.callee, &entry.media)];
+                ended = Some((
+                    entry.publisher.take(),
+                    std::mem::take(&mut entry.media),
+                    phase.as_str().to_string(),
+                ));
+                st.keys.remove(&key);
+                st.active = st.active.saturating_sub(1);
+                st.history.push_back(call_id.clone());
+                while st.history.len() > HISTORY {
+                    if let Some(old) = st.history.pop_front() {
+                        st.calls.remove(&old);
+                    }
+                }
+            }
+            st.calls.get(&call_id).map(|e| e.info.clone())
+        };
+        if let Some(info) = info {
+            tracing::info!(call_id = %info.call_id, status = phase.as_str(), sip_status, reason = reason.as_deref().unwrap_or(""), "call status");
+            self.publish_status(&info);
+        }
+        if let Some((publisher, media, why)) = ended {
+            if let Some(p) = publisher {
+                p.end(&why);
+            }
+            // Stopping a leg waits for its task; the ports return to the pool when it is done.
+            tokio::spawn(async move {
+                for leg in media {
+                    if let Some((h, _)) = leg.running {
+                        h.stop().await;
+                    }
+                }
+            });
+        }
+    }
+
+    fn on_remote_media(&self, key: CallKey, sdp: &str) {
+        let info = {
+            let mut st = self.inner.state.lock();
+            let Some(call_id) = st.keys.get(&key).cloned() else {
+                return;
+            };
+            let Some(entry) = st.calls.get_mut(&call_id) else {
+                return;
+            };
+            self.apply_remote_sdp(entry, sdp);
+            // The far end holding us (sendonly/inactive towards us) shows as HOLD.
+            let held = entry
+                .media
+                .iter()
+                .filter_map(|m| m.direction)
+                .all(|d| matches!(d, Direction::SendOnly | Direction::Inactive));
+            let next = match (entry.info.status, held) {
+                (CallPhase::Established, true) => Some(CallPhase::Hold),
+                (CallPhase::Hold, false) => Some(CallPhase::Established),
+                _ => None,
+            };
+            match next {
+                Some(p) => {
+                    entry.info.status = p;
+                    Some(entry.info.clone())
+                }
+                None => None,
+            }
+        };
+        if let Some(info) = info {
+            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), "call status");
+            self.publish_status(&info);
+        }
+    }
+
+    /// Negotiates each media line against the remote SDP; starts RTP on first use, updates
+    /// the remote address, direction and codec afterwards.
+    fn apply_remote_sdp(&self, entry: &mut Entry, text: &str) {
+        let call_id = entry.info.call_id.clone();
+        let remote = match SessionDescription::parse(text) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "unreadable remote SDP ignored");
+                return;
+            }
+        };
+        let cfg = &self.inner.cfg;
+        for leg in entry.media.iter_mut() {
+            let want = match leg.kind {
+                TrackKind::Audio => MediaKind::Audio,
+                TrackKind::Video => MediaKind::Video,
+            };
+            let Some(m) = remote.media.iter().find(|m| m.kind == want) else {
+                continue;
+            };
+            let neg = match sdp::negotiate(&leg.offered, m, remote.connection) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(%call_id, error = %e, "media line not negotiated");
+                    continue;
+                }
+            };
+            leg.remote = neg.remote_rtp;
+            leg.direction = Some(neg.direction);
+            let track_spec = TrackSpec {
+                kind: leg.kind,
+                leg: Leg::Callee,
+                codec: neg.codec.encoding.clone(),
+                clock_rate: neg.codec.clock_rate,
+                channels: neg.codec.channels,
+                payload_type: neg.codec.pt,
+                fmtp: neg.codec.fmtp.clone(),
+            };
+            let silence =
+                silence_payload(&neg.codec.encoding, neg.codec.clock_rate, cfg.rtp_ptime_ms);
+            let ours = neg.direction.reversed();
+            match (&leg.running, leg.pair.take()) {
+                (None, Some(pair)) => {
+                    let Some(publisher) = entry.publisher.clone() else {
+                        continue;
+                    };
+                    let track = match publisher.add_track(track_spec) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(%call_id, error = %e, "track not added");
+                            continue;
+                        }
+                    };
+                    let session = SessionConfig {
+                        local_ssrc: rand::random(),
+                        payload_type: neg.codec.pt,
+                        clock_rate: neg.codec.clock_rate,
+                        ptime_ms: cfg.rtp_ptime_ms,
+                        latching: cfg.rtp_latching,
+                        remote_rtp: neg.remote_rtp,
+                        remote_rtcp: neg.remote_rtcp,
+                        send_silence: cfg.rtp_send_silence && leg.kind == TrackKind::Audio,
+                        silence_payload: silence,
+                        rtcp_interval: cfg.rtcp_interval,
+                        cname: format!("{call_id}@sipstream"),
+                        direction: ours,
+                        initial_seq: rand::random(),
+                        initial_timestamp: rand::random(),
+                    };
+                    let span = tracing::info_span!("rtp", call_id = %call_id, kind = ?leg.kind);
+                    leg.running = Some((spawn_leg(pair, session, publisher, track, span), track));
+                    tracing::info!(%call_id, kind = ?leg.kind, codec = %neg.codec.encoding, remote = ?neg.remote_rtp, "media started");
+                }
+                (Some((handle, track)), _) => {
+                    let mut updates = vec![
+                        LegUpdate::Remote {
+                            rtp: neg.remote_rtp,
+                            rtcp: neg.remote_rtcp,
+                        },
+                        LegUpdate::Direction(ours),
+                    ];
+                    if leg.codec.as_ref() != Some(&neg.codec) {
+                        if let Some(p) = &entry.publisher {
+                            let _ = p.update_track(*track, track_spec);
+                        }
+                        updates.push(LegUpdate::Codec {
+                            payload_type: neg.codec.pt,
+                            clock_rate: neg.codec.clock_rate,
+                            silence_payload: silence,
+                        });
+                    }
+                    for u in updates {
+                        if let Err(e) = handle.update(u) {
+                            tracing::warn!(%call_id, error = %e, "media update not applied");
+                        }
+                    }
+                }
+                (None, None) => {}
+            }
+            leg.codec = Some(neg.codec);
+        }
+    }
+
+    fn publish_status(&self, info: &CallInfo) {
+        self.inner.bus.publish(Event::CallStatusEvent {
+            call_id: info.call_id.clone(),
+            status: info.status.as_str().to_string(),
+            sip_status: info.sip_status,
+            reason: info.reason.clone(),
+            stream_name: info.to_stream.clone(),
+            callee: info.callee.clone(),
+            timestamp: unix_ms(),
+        });
+    }
+
+    /// Hangs up every call and un-REGISTERs, waiting at most `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let idle = self.inner.idle.notified();
+        if !self.inner.sip.command(Command::Shutdown) {
+            return;
+        }
+        if tokio::time::timeout(timeout, idle).await.is_err() {
+            tracing::warn!("shutdown: calls or registrations still open after the timeout");
+        }
+        // Give the last BYE/REGISTER responses' media cleanup a moment.
+        tokio::time::sleep(Duration::from_millis(50))
+            .in_current_span()
+            .await;
+    }
+}
+
+impl MediaLeg {
+    fn new(kind: TrackKind, offered: Vec<RtpMap>, local_port: u16, pair: BoundPair) -> Self {
+        Self {
+            kind,
+            offered,
+            local_port,
+            pair: Some(pair),
+            running: None,
+            codec: None,
+            remote: None,
+            direction: None,
+        }
+    }
+}
+
+fn initial_info(spec: &CallSpec) -> CallInfo {
+    CallInfo {
+        call_id: spec.call_id.clone(),
+        callee: spec.callee_uri.clone(),
+        sip_login: spec.sip_login.clone(),
+        sip_domain: spec.domain.clone(),
+        sip_outbound_proxy: spec.proxy_host.clone(),
+        sip_port: spec.proxy_port,
+        sip_transport: spec.transport.via_token().to_ascii_lowercase(),
+        sip_register_required: spec.register,
+        has_audio: spec.has_audio,
+        has_video: spec.has_video,
+        to_stream: spec.stream.clone(),
+        record: spec.record,
+        status: CallPhase::Pending,
+        sip_status: None,
+        reason: None,
+        sip_call_id: None,
+        created_at: unix_ms(),
+        established_at: None,
+        ended_at: None,
+        legs: Vec::new(),
+    }
+}
+
+fn leg_info(uri: &str, media: &[MediaLeg]) -> LegInfo {
+    LegInfo {
+        name: "callee".into(),
+        uri: uri.to_string(),
+        tracks: media
+            .iter()
+            .map(|m| {
+                let stats = m.running.as_ref().map(|(h, _)| h.stats().session);
+                LegTrackInfo {
+                    kind: match m.kind {
+                        TrackKind::Audio => "audio".into(),
+                        TrackKind::Video => "video".into(),
+                    },
+                    codec: m.codec.as_ref().map(|c| c.encoding.clone()),
+                    payload_type: m.codec.as_ref().map(|c| c.pt),
+                    local_rtp_port: m.local_port,
+                    remote_rtp: m.remote.map(|a| a.to_string()),
+                    direction: m.direction.map(|d| d.to_string()),
+                    packets_received: stats.as_ref().map(|s| s.rx_packets).unwrap_or(0),
+                    packets_sent: stats.as_ref().map(|s| s.tx_packets).unwrap_or(0),
+                    invalid_packets: stats.as_ref().map(|s| s.invalid).unwrap_or(0),
+                }
+            })
+            .collect(),
+    }
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ApiError> {
+    let host_trim = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host_trim.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addrs = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    .map_err(|_| ApiError::Upstream(format!("sipOutboundProxy: resolving {host:?} timed out")))?
+    .map_err(|e| ApiError::Upstream(format!("sipOutboundProxy: cannot resolve {host:?}: {e}")))?;
+    let addrs: Vec<SocketAddr> = addrs.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| ApiError::Upstream(format!("sipOutboundProxy: {host:?} has no address")))
+}

@@ -1,0 +1,307 @@
+use super::*;
+
+fn pcmu(leg: Leg) -> TrackSpec {
+    TrackSpec {
+        kind: TrackKind::Audio,
+        leg,
+        codec: "PCMU".into(),
+        clock_rate: 8000,
+        channels: 1,
+        payload_type: 0,
+        fmtp: None,
+    }
+}
+
+fn unit(track: TrackId, seq: u16) -> MediaUnit {
+    MediaUnit {
+        track,
+        payload_type: 0,
+        seq,
+        timestamp: u32::from(seq) * 160,
+        marker: seq == 0,
+        ssrc: 42,
+        payload: Bytes::from_static(&[0xFF; 160]),
+        arrival: Instant::now(),
+    }
+}
+
+fn drain(r: &mut Reader) -> Vec<ReaderEvent> {
+    let mut v = Vec::new();
+    while let Ok(ev) = r.try_recv() {
+        v.push(ev);
+    }
+    v
+}
+
+fn media_seqs(evs: &[ReaderEvent]) -> Vec<u16> {
+    evs.iter()
+        .filter_map(|e| match e {
+            ReaderEvent::Media(u) => Some(u.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn names_are_validated_and_unique() {
+    let reg = Registry::new(16);
+    for bad in ["", "a b", "x/y", "é", &"a".repeat(129)] {
+        assert!(
+            matches!(
+                reg.create(bad, None),
+                Err(RegistryError::InvalidName { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    let _p = reg.create(&"a".repeat(128), None).unwrap();
+    let p = reg.create("call-1.audio_x", Some("c1".into())).unwrap();
+    assert_eq!(
+        reg.create("call-1.audio_x", None).unwrap_err(),
+        RegistryError::AlreadyExists("call-1.audio_x".into())
+    );
+    assert_eq!(reg.len(), 2);
+    drop(p);
+    assert_eq!(reg.len(), 1);
+    // The name is free again once the stream ended.
+    let _p = reg.create("call-1.audio_x", None).unwrap();
+}
+
+#[test]
+fn subscribe_unknown_is_not_found() {
+    let reg = Registry::new(4);
+    assert_eq!(
+        reg.subscribe("nope", "recorder").unwrap_err(),
+        RegistryError::NotFound("nope".into())
+    );
+}
+
+#[test]
+fn slow_reader_drops_only_for_itself() {
+    let reg = Registry::new(8);
+    let p = reg.create("s", None).unwrap();
+    let t = p.add_track(pcmu(Leg::Callee)).unwrap();
+    let mut fast: Vec<Reader> = (0..10)
+        .map(|_| reg.subscribe("s", "whep").unwrap())
+        .collect();
+    let mut slow = reg.subscribe("s", "recorder").unwrap();
+    let mut got: Vec<Vec<u16>> = vec![Vec::new(); fast.len()];
+    for seq in 0..100u16 {
+        p.publish(unit(t, seq));
+        // Fast readers keep up; the slow one never reads.
+        for (r, g) in fast.iter_mut().zip(got.iter_mut()) {
+            g.extend(media_seqs(&drain(r)));
+        }
+    }
+    for g in &got {
+        assert_eq!(*g, (0..100).collect::<Vec<_>>());
+    }
+    for r in &fast {
+        assert_eq!((r.received(), r.dropped()), (100, 0));
+    }
+    // The slow reader (joined after the track, so told it outside its queue) holds the
+    // first 8 units; the rest were dropped for it alone.
+    let evs = drain(&mut slow);
+    assert!(matches!(evs[0], ReaderEvent::TrackChanged(0, _)));
+    assert_eq!(media_seqs(&evs), (0..8).collect::<Vec<_>>());
+    assert_eq!(slow.dropped(), 92);
+    let info = reg.find("s").unwrap();
+    assert_eq!(info.tracks[0].packets, 100);
+    assert_eq!(info.tracks[0].bytes, 16000);
+    let slow_info = info.readers.iter().find(|r| r.id == slow.id()).unwrap();
+    assert_eq!((slow_info.received, slow_info.dropped), (8, 92));
+    assert_eq!(info.readers.len(), 11);
+}
+
+#[test]
+fn track_change_survives_full_queue() {
+    let reg = Registry::new(2);
+    let p = reg.create("s", None).unwrap();
+    let mut r = reg.subscribe("s", "rtmp").unwrap();
+    let t = p.add_track(pcmu(Leg::Caller)).unwrap();
+    p.publish(unit(t, 0));
+    p.publish(unit(t, 1)); // queue full (track + unit 0), dropped
+    let mut pcma = pcmu(Leg::Caller);
+    pcma.codec = "PCMA".into();
+    pcma.payload_type = 8;
+    p.update_track(t, pcma.clone()).unwrap(); // does not fit: flagged
+    let evs = drain(&mut r);
+    // Resync comes first, then what was queued.
+    assert_eq!(evs[0], ReaderEvent::TrackChanged(0, pcma.clone()));
+    assert!(matches!(evs[1], ReaderEvent::TrackChanged(0, ref s) if s.codec == "PCMU"));
+    assert_eq!(media_seqs(&evs), vec![0]);
+    // A no-op update is not announced.
+    p.update_track(t, pcma).unwrap();
+    assert!(drain(&mut r).is_empty());
+    assert!(matches!(
+        p.update_track(5, pcmu(Leg::Caller)),
+        Err(RegistryError::NoSuchTrack { track: 5, .. })
+    ));
+}
+
+#[test]
+fn late_joiner_is_told_tracks_first() {
+    let reg = Registry::new(16);
+    let p = reg.create("s", None).unwrap();
+    let a = p.add_track(pcmu(Leg::Caller)).unwrap();
+    let b = p.add_track(pcmu(Leg::Callee)).unwrap();
+    p.publish(unit(a, 0));
+    let mut r = reg.subscribe("s", "whep").unwrap();
+    p.publish(unit(b, 1));
+    let evs = drain(&mut r);
+    assert_eq!(evs.len(), 3);
+    assert_eq!(evs[0], ReaderEvent::TrackChanged(0, pcmu(Leg::Caller)));
+    assert_eq!(evs[1], ReaderEvent::TrackChanged(1, pcmu(Leg::Callee)));
+    assert_eq!(media_seqs(&evs), vec![1]);
+}
+
+#[test]
+fn dropped_reader_unsubscribes() {
+    let reg = Registry::new(4);
+    let p = reg.create("s", None).unwrap();
+    let r1 = reg.subscribe("s", "a").unwrap();
+    let r2 = reg.subscribe("s", "b").unwrap();
+    assert_eq!(p.readers().len(), 2);
+    drop(r1);
+    let readers = p.readers();
+    assert_eq!(readers.len(), 1);
+    assert_eq!(readers[0].id, r2.id());
+    drop(r2);
+    assert!(p.readers().is_empty());
+    p.publish(unit(0, 0)); // no readers: fine
+}
+
+#[tokio::test]
+async fn end_reaches_readers_after_queued_units() {
+    let reg = Registry::new(16);
+    let p = reg.create("s", Some("call-9".into())).unwrap();
+    let t = p.add_track(pcmu(Leg::Callee)).unwrap();
+    let mut readers: Vec<_> = (0..3).map(|_| reg.subscribe("s", "x").unwrap()).collect();
+    let tasks: Vec<_> = readers
+        .drain(..)
+        .map(|mut r| {
+            tokio::spawn(async move {
+                let mut evs = Vec::new();
+                while let Some(ev) = r.recv().await {
+                    evs.push(ev);
+                }
+                evs
+            })
+        })
+        .collect();
+    for seq in 0..5 {
+        p.publish(unit(t, seq));
+    }
+    p.end("BYE from callee");
+    assert!(reg.find("s").is_none());
+    assert!(matches!(
+        reg.subscribe("s", "x"),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        p.add_track(pcmu(Leg::Caller)),
+        Err(RegistryError::Ended(_))
+    ));
+    for t in tasks {
+        let evs = t.await.unwrap();
+        assert_eq!(media_seqs(&evs), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            evs.last(),
+            Some(&ReaderEvent::Ended("BYE from callee".into()))
+        );
+    }
+}
+
+#[tokio::test]
+async fn dropping_publisher_ends_stream() {
+    let reg = Registry::new(4);
+    let p = reg.create("s", None).unwrap();
+    let mut r = reg.subscribe("s", "x").unwrap();
+    let waiter = tokio::spawn(async move { (r.recv().await, r.recv().await) });
+    tokio::task::yield_now().await;
+    drop(p);
+    let (first, second) = waiter.await.unwrap();
+    assert_eq!(first, Some(ReaderEvent::Ended("publisher gone".into())));
+    assert_eq!(second, None);
+    assert!(reg.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_readers_receive_everything_in_order() {
+    let reg = Registry::new(1024);
+    let p = Arc::new(reg.create("s", None).unwrap());
+    let t = p.add_track(pcmu(Leg::Callee)).unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let mut r = reg.subscribe("s", "x").unwrap();
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                while let Some(ev) = r.recv().await {
+                    if let ReaderEvent::Media(u) = ev {
+                        seqs.push(u.seq);
+                    }
+                }
+                (seqs, r.dropped())
+            })
+        })
+        .collect();
+    let pp = p.clone();
+    std::thread::spawn(move || {
+        for seq in 0..1000 {
+            pp.publish(unit(t, seq));
+        }
+        pp.end("done");
+    })
+    .join()
+    .unwrap();
+    for t in tasks {
+        let (seqs, dropped) = t.await.unwrap();
+        assert_eq!(seqs.len() as u64 + dropped, 1000);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    }
+}
+
+#[test]
+fn stream_info_serialises_camel_case() {
+    let reg = Registry::new(4);
+    let p = reg.create("s", Some("c-1".into())).unwrap();
+    let t = p.add_track(pcmu(Leg::Callee)).unwrap();
+    p.record_rtp_stats(t, 3, 1.5);
+    let _r = reg.subscribe("s", "recorder").unwrap();
+    let v = serde_json::to_value(reg.find("s").unwrap()).unwrap();
+    assert_eq!(v["callId"], "c-1");
+    assert_eq!(v["status"], "PUBLISHING");
+    assert!(v["createdAt"].as_u64().unwrap() > 1_600_000_000_000);
+    let tr = &v["tracks"][0];
+    assert_eq!(tr["clockRate"], 8000);
+    assert_eq!(tr["payloadType"], 0);
+    assert_eq!(tr["kind"], "audio");
+    assert_eq!(tr["leg"], "callee");
+    assert_eq!(tr["lost"], 3);
+    assert_eq!(tr["jitter"], 1.5);
+    assert_eq!(v["readers"][0]["kind"], "recorder");
+    assert_eq!(reg.list().len(), 1);
+}
+
+#[test]
+fn too_many_tracks() {
+    let reg = Registry::new(4);
+    let p = reg.create("s", None).unwrap();
+    for _ in 0..MAX_TRACKS {
+        p.add_track(pcmu(Leg::Mixed)).unwrap();
+    }
+    assert!(matches!(
+        p.add_track(pcmu(Leg::Mixed)),
+        Err(RegistryError::TooManyTracks { .. })
+    ));
+}
+
+#[test]
+fn handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Registry>();
+    send_sync::<Publisher>();
+    send::<Reader>();
+    send::<MediaUnit>();
+}

@@ -1,0 +1,335 @@
+//! The tokio driver of one call leg's RTP session: the only code here that owns sockets and
+//! reads the clock.
+//!
+//! One task per leg selects on the RTP socket, the RTCP socket, the session's next deadline
+//! and a control channel; it feeds the sans-IO [`RtpSession`], publishes accepted media to
+//! the stream registry and sends what the session returns. Sends use `try_send_to` (a full
+//! socket buffer drops the datagram and counts it) so the loop never waits on the network.
+//! The task ends on [`LegHandle::stop`] or when the handle is dropped; the port pair goes
+//! back to the pool when the task ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::packet::is_rtcp;
+use super::ports::BoundPair;
+use super::rtcp::{ntp_from_system_time, ReportBlock};
+use super::session::{Direction, RtpSession, SessionConfig, SessionCounters};
+use super::stats::RxStatsSnapshot;
+use crate::registry::{MediaUnit, Publisher, TrackId};
+
+/// Largest datagram we read; bigger ones are truncated by the kernel and then fail
+/// validation or carry a cut payload, so keep it above any sane MTU.
+const RECV_BUF: usize = 8192;
+/// How often loss and jitter are pushed to the registry track.
+const STATS_PUSH_EVERY: Duration = Duration::from_secs(1);
+const CONTROL_QUEUE: usize = 256;
+
+/// A snapshot of a leg's state and counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LegStats {
+    pub local_rtp: Option<SocketAddr>,
+    pub local_rtcp: Option<SocketAddr>,
+    pub remote_rtp: Option<SocketAddr>,
+    pub remote_rtcp: Option<SocketAddr>,
+    pub latched: bool,
+    pub session: SessionCounters,
+    pub rx: RxStatsSnapshot,
+    /// The remote's last report on what we send.
+    pub report_about_us: Option<ReportBlock>,
+    pub bye_received: bool,
+    pub keyframe_requests: u64,
+    pub send_errors: u64,
+    pub recv_errors: u64,
+    pub running: bool,
+}
+
+/// A change to a running leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegUpdate {
+    /// New remote addresses from a re-INVITE (re-arms latching).
+    Remote {
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+    },
+    Direction(Direction),
+    /// New codec; the caller updates the registry track itself.
+    Codec {
+        payload_type: u8,
+        clock_rate: u32,
+        silence_payload: Bytes,
+    },
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LegError {
+    #[error("RTP leg has stopped")]
+    Stopped,
+    #[error("RTP leg control queue is full")]
+    Busy,
+}
+
+enum Control {
+    Update(LegUpdate),
+    Inject(Bytes),
+    Stop,
+}
+
+/// Handle on a running leg. Dropping it stops the leg.
+#[derive(Debug)]
+pub struct LegHandle {
+    ctrl: mpsc::Sender<Control>,
+    stats: Arc<Mutex<LegStats>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl LegHandle {
+    pub fn stats(&self) -> LegStats {
+        self.stats.lock().clone()
+    }
+
+    fn send(&self, c: Control) -> Result<(), LegError> {
+        self.ctrl.try_send(c).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LegError::Busy,
+            mpsc::error::TrySendError::Closed(_) => LegError::Stopped,
+        })
+    }
+
+    pub fn update(&self, u: LegUpdate) -> Result<(), LegError> {
+        self.send(Control::Update(u))
+    }
+
+    /// Queues a payload to send instead of silence (see [`RtpSession::inject`]).
+    pub fn inject(&self, payload: Bytes) -> Result<(), LegError> {
+        self.send(Control::Inject(payload))
+    }
+
+    /// Stops the leg, waits for its task (the ports are back in the pool when this returns)
+    /// and returns the final stats.
+    pub async fn stop(mut self) -> LegStats {
+        // If the queue is full the task is alive and will reach Stop; if closed it is gone.
+        let _ = self.ctrl.send(Control::Stop).await;
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "RTP leg task failed");
+            }
+        }
+        self.stats()
+    }
+}
+
+/// Starts the leg's task on the current tokio runtime. Media accepted by the session is
+/// published on `track` of `publisher`.
+pub fn spawn_leg(
+    pair: BoundPair,
+    cfg: SessionConfig,
+    publisher: Arc<Publisher>,
+    track: TrackId,
+    span: tracing::Span,
+) -> LegHandle {
+    let now = tokio::time::Instant::now().into_std();
+    let mut session = RtpSession::new(cfg, now);
+    session.set_ntp_reference(now, ntp_from_system_time(SystemTime::now()));
+    let stats = Arc::new(Mutex::new(LegStats {
+        local_rtp: pair.rtp_addr().ok(),
+        local_rtcp: pair.rtcp_addr().ok(),
+        running: true,
+        ..Default::default()
+    }));
+    let (ctrl, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
+    let leg = Leg {
+        pair,
+        session,
+        publisher,
+        track,
+        stats: stats.clone(),
+        extra: Extra::default(),
+        last_push: now,
+    };
+    let task = tokio::spawn(leg.run(ctrl_rx).instrument(span));
+    LegHandle {
+        ctrl,
+        stats,
+        task: Some(task),
+    }
+}
+
+#[derive(Default)]
+struct Extra {
+    bye_received: bool,
+    keyframe_requests: u64,
+    send_errors: u64,
+    recv_errors: u64,
+}
+
+struct Leg {
+    pair: BoundPair,
+    session: RtpSession,
+    publisher: Arc<Publisher>,
+    track: TrackId,
+    stats: Arc<Mutex<LegStats>>,
+    extra: Extra,
+    last_push: Instant,
+}
+
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Leg {
+    async fn run(mut self, mut ctrl: mpsc::Receiver<Control>) {
+        tracing::debug!(local = ?self.pair.rtp_addr().ok(), "RTP leg started");
+        let mut rtp_buf = vec![0u8; RECV_BUF];
+        let mut rtcp_buf = vec![0u8; RECV_BUF];
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
+            tokio::select! {
+                biased;
+                c = ctrl.recv() => match c {
+                    None | Some(Control::Stop) => break,
+                    Some(Control::Update(u)) => self.apply(u),
+                    Some(Control::Inject(p)) => {
+                        self.session.inject(p);
+                    }
+                },
+                r = self.pair.rtp.recv_from(&mut rtp_buf) => match r {
+                    Ok((n, from)) => {
+                        let data = rtp_buf.get(..n).unwrap_or(&[]);
+                        if is_rtcp(data) {
+                            self.on_rtcp(from, data);
+                        } else {
+                            self.on_rtp(from, data);
+                        }
+                    }
+                    Err(e) => self.recv_error(e),
+                },
+                r = self.pair.rtcp.recv_from(&mut rtcp_buf) => match r {
+                    Ok((n, from)) => self.on_rtcp(from, rtcp_buf.get(..n).unwrap_or(&[])),
+                    Err(e) => self.recv_error(e),
+                },
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            self.flush();
+        }
+        self.push_rtp_stats();
+        self.snapshot(false);
+        tracing::debug!(counters = ?self.session.counters(), "RTP leg stopped");
+        // `self.pair` drops here: sockets close, then the lease returns the ports.
+    }
+
+    fn apply(&mut self, u: LegUpdate) {
+        tracing::debug!(update = ?u, "RTP leg update");
+        match u {
+            LegUpdate::Remote { rtp, rtcp } => self.session.set_remote(rtp, rtcp),
+            LegUpdate::Direction(d) => self.session.set_direction(d),
+            LegUpdate::Codec {
+                payload_type,
+                clock_rate,
+                silence_payload,
+            } => self
+                .session
+                .set_codec(payload_type, clock_rate, silence_payload),
+        }
+    }
+
+    fn recv_error(&mut self, e: std::io::Error) {
+        // E.g. ECONNREFUSED from an ICMP error on a previous send: not fatal for UDP.
+        self.extra.recv_errors += 1;
+        tracing::trace!(error = %e, "RTP recv error");
+    }
+
+    fn on_rtp(&mut self, from: SocketAddr, data: &[u8]) {
+        let now = clock();
+        match self.session.handle_rtp(now, from, data) {
+            Ok(Some(rx)) => {
+                let payload = data
+                    .get(rx.payload.clone())
+                    .map(Bytes::copy_from_slice)
+                    .unwrap_or_default();
+                self.publisher.publish(MediaUnit {
+                    track: self.track,
+                    payload_type: rx.payload_type,
+                    seq: rx.seq,
+                    timestamp: rx.timestamp,
+                    marker: rx.marker,
+                    ssrc: rx.ssrc,
+                    payload,
+                    arrival: now,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::trace!(%from, error = %e, "invalid RTP dropped"),
+        }
+    }
+
+    fn on_rtcp(&mut self, from: SocketAddr, data: &[u8]) {
+        match self.session.handle_rtcp(clock(), from, data) {
+            Ok(Some(sum)) => {
+                if sum.bye && !self.extra.bye_received {
+                    tracing::debug!(%from, "RTCP BYE received");
+                    self.extra.bye_received = true;
+                }
+                if sum.keyframe_request {
+                    self.extra.keyframe_requests += 1;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::trace!(%from, error = %e, "invalid RTCP dropped"),
+        }
+    }
+
+    fn flush(&mut self) {
+        let now = clock();
+        while let Some(t) = self.session.poll_transmit(now) {
+            let sock = if t.rtcp {
+                &self.pair.rtcp
+            } else {
+                &self.pair.rtp
+            };
+            if let Err(e) = sock.try_send_to(&t.data, t.to) {
+                self.extra.send_errors += 1;
+                tracing::trace!(to = %t.to, error = %e, "RTP send failed");
+            }
+        }
+        if now.saturating_duration_since(self.last_push) >= STATS_PUSH_EVERY {
+            self.last_push = now;
+            self.push_rtp_stats();
+        }
+        self.snapshot(true);
+    }
+
+    fn push_rtp_stats(&self) {
+        let rx = self.session.rx_stats();
+        self.publisher.record_rtp_stats(
+            self.track,
+            u64::try_from(rx.lost).unwrap_or(0),
+            rx.jitter_ms,
+        );
+    }
+
+    fn snapshot(&self, running: bool) {
+        let mut s = self.stats.lock();
+        s.remote_rtp = self.session.remote_rtp();
+        s.remote_rtcp = self.session.remote_rtcp();
+        s.latched = self.session.is_latched();
+        s.session = self.session.counters();
+        s.rx = self.session.rx_stats();
+        s.report_about_us = self.session.report_about_us();
+        s.bye_received = self.extra.bye_received;
+        s.keyframe_requests = self.extra.keyframe_requests;
+        s.send_errors = self.extra.send_errors;
+        s.recv_errors = self.extra.recv_errors;
+        s.running = running;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+//! Integration test of the leg driver on 127.0.0.1 with a plain UDP peer.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+
+use super::*;
+use crate::registry::{Leg as CallLeg, ReaderEvent, Registry, TrackKind, TrackSpec};
+use crate::rtp::packet::{RtpHeader, RtpPacket};
+use crate::rtp::ports::PortPool;
+use crate::rtp::rtcp::{self, RtcpPacket};
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn free_range(n: u16) -> (u16, u16) {
+    for base in (42000u16..60000).step_by(64) {
+        let max = base + 2 * n - 1;
+        let socks: Vec<_> = (base..=max)
+            .map(|p| std::net::UdpSocket::bind((LO, p)))
+            .collect();
+        if socks.iter().all(|s| s.is_ok()) {
+            return (base, max);
+        }
+    }
+    panic!("no free port range");
+}
+
+fn rtp(seq: u16) -> Vec<u8> {
+    RtpHeader {
+        pt: 0,
+        marker: seq == 0,
+        seq,
+        timestamp: u32::from(seq) * 160,
+        ssrc: 0xCAFE,
+    }
+    .to_vec(&[seq as u8; 160])
+}
+
+#[tokio::test]
+async fn leg_receives_publishes_sends_silence_and_rr() {
+    let (min, max) = free_range(2);
+    let pool = PortPool::new(min, max).unwrap();
+    let pair = pool.allocate(LO).await.unwrap();
+    let leg_rtp = pair.rtp_addr().unwrap();
+    let leg_rtcp = pair.rtcp_addr().unwrap();
+
+    let reg = Registry::new(256);
+    let publisher = Arc::new(reg.create("leg-test", Some("call-1".into())).unwrap());
+    let track = publisher
+        .add_track(TrackSpec {
+            kind: TrackKind::Audio,
+            leg: CallLeg::Callee,
+            codec: "PCMU".into(),
+            clock_rate: 8000,
+            channels: 1,
+            payload_type: 0,
+            fmtp: None,
+        })
+        .unwrap();
+    let mut reader = reg.subscribe("leg-test", "test").unwrap();
+
+    let peer = UdpSocket::bind((LO, 0)).await.unwrap();
+    let peer_rtcp = UdpSocket::bind((LO, 0)).await.unwrap();
+    let mut cfg = SessionConfig::for_codec(0x5151, "PCMU", 0, 8000);
+    cfg.rtcp_interval = Duration::from_millis(200);
+    // SDP gave an RTCP address; the RTP address is learnt by latching.
+    cfg.remote_rtcp = Some(peer_rtcp.local_addr().unwrap());
+    let leg = spawn_leg(
+        pair,
+        cfg,
+        publisher.clone(),
+        track,
+        tracing::info_span!("leg"),
+    );
+    assert_eq!(pool.in_use(), 1);
+
+    // Garbage first: nothing latches, the task keeps running.
+    for junk in [
+        &[0u8; 3][..],
+        &[0x40; 20][..],
+        &[0x8F, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0][..],
+    ] {
+        peer.send_to(junk, leg_rtp).await.unwrap();
+    }
+    peer_rtcp
+        .send_to(&[0x81, 201, 0, 40], leg_rtcp)
+        .await
+        .unwrap();
+    for seq in 0..50u16 {
+        peer.send_to(&rtp(seq), leg_rtp).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // The reader gets the track, then all 50 units in order.
+    let ev = timeout(Duration::from_secs(2), reader.recv())
+        .await
+        .unwrap();
+    assert!(matches!(ev, Some(ReaderEvent::TrackChanged(0, _))));
+    for seq in 0..50u16 {
+        match timeout(Duration::from_secs(2), reader.recv())
+            .await
+            .unwrap()
+        {
+            Some(ReaderEvent::Media(u)) => {
+                assert_eq!(u.seq, seq);
+                assert_eq!(u.track, track);
+                assert_eq!(u.ssrc, 0xCAFE);
+                assert_eq!(&u.payload[..], &[seq as u8; 160]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // The peer gets silence every ~20 ms from the leg's RTP port.
+    let mut buf = [0u8; 2048];
+    let mut got = Vec::new();
+    let t0 = tokio::time::Instant::now();
+    while got.len() < 15 {
+        let (n, from) = timeout(Duration::from_secs(2), peer.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, leg_rtp);
+        let p = RtpPacket::parse(&buf[..n]).unwrap();
+        got.push((p.seq(), p.timestamp(), p.marker(), p.payload().to_vec()));
+    }
+    let elapsed = t0.elapsed();
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0.wrapping_add(1));
+        assert_eq!(w[1].1, w[0].1.wrapping_add(160));
+    }
+    assert!(got.iter().all(|g| g.3 == [0xFF; 160]));
+    // 14 intervals of 20 ms (some may already have been queued): loose bounds for CI.
+    assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
+
+    // A report (SR, since the leg sends) reaches the peer's RTCP socket.
+    let (n, from) = timeout(Duration::from_secs(2), peer_rtcp.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, leg_rtcp);
+    let pkts = rtcp::parse_compound(&buf[..n]).unwrap();
+    // The leg sends silence, so its report is an SR (with the same report blocks an RR
+    // would carry).
+    let (ssrc, reports) = match &pkts[0] {
+        RtcpPacket::SenderReport(sr) => {
+            assert!(sr.packet_count >= 1);
+            (sr.ssrc, sr.reports.clone())
+        }
+        RtcpPacket::ReceiverReport { ssrc, reports } => (*ssrc, reports.clone()),
+        p => panic!("{p:?}"),
+    };
+    assert_eq!(ssrc, 0x5151);
+    // The first report may leave while the peer is still sending.
+    if let Some(b) = reports.first() {
+        assert_eq!(b.ssrc, 0xCAFE);
+        assert!(b.highest_seq <= 49);
+    }
+    assert!(matches!(pkts[1], RtcpPacket::Sdes(_)));
+
+    let st = leg.stats();
+    assert!(st.running);
+    assert!(st.latched);
+    assert_eq!(st.remote_rtp, Some(peer.local_addr().unwrap()));
+    assert_eq!(st.session.rx_packets, 50);
+    assert_eq!(st.session.rx_bytes, 50 * 160);
+    assert_eq!(st.session.invalid, 3);
+    assert_eq!(st.session.rtcp_invalid, 1);
+    assert!(st.session.tx_packets >= 15);
+    assert!(st.session.rtcp_tx >= 1);
+    assert_eq!(st.rx.lost, 0);
+
+    // A stranger's packets are dropped after latching.
+    let stranger = UdpSocket::bind((LO, 0)).await.unwrap();
+    stranger.send_to(&rtp(50), leg_rtp).await.unwrap();
+    peer.send_to(&rtp(51), leg_rtp).await.unwrap();
+    match timeout(Duration::from_secs(2), reader.recv())
+        .await
+        .unwrap()
+    {
+        Some(ReaderEvent::Media(u)) => assert_eq!(u.seq, 51),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(leg.stats().session.from_unknown_source, 1);
+
+    // Direction change: recvonly stops our RTP.
+    leg.update(LegUpdate::Direction(Direction::RecvOnly))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let tx_before = leg.stats().session.tx_packets;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(leg.stats().session.tx_packets, tx_before);
+
+    let fin = leg.stop().await;
+    assert!(!fin.running);
+    assert_eq!(pool.in_use(), 0);
+    // The ports are really closed.
+    std::net::UdpSocket::bind(leg_rtp).unwrap();
+    std::net::UdpSocket::bind(leg_rtcp).unwrap();
+    assert_eq!(reg.find("leg-test").unwrap().tracks[0].packets, 51);
+}
+
+#[tokio::test]
+async fn dropping_handle_stops_leg() {
+    let (min, max) = free_range(1);
+    let pool = PortPool::new(min, max).unwrap();
+    let pair = pool.allocate(LO).await.unwrap();
+    let reg = Registry::new(4);
+    let publisher = Arc::new(reg.create("x", None).unwrap());
+    let leg = spawn_leg(
+        pair,
+        SessionConfig::for_codec(1, "PCMA", 8, 8000),
+        publisher,
+        0,
+        tracing::Span::none(),
+    );
+    drop(leg);
+    for _ in 0..100 {
+        if pool.in_use() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("ports not released");
+}

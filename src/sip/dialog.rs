@@ -1,0 +1,366 @@
+//! A SIP dialog seen from its UAC side (RFC 3261 §12) and the request/response builders the
+//! user agent needs: the dialog's identifiers, route set and remote target, and the CSeq
+//! counter. Pure data: no I/O, no clock.
+
+use std::net::SocketAddr;
+
+use rand::Rng;
+use rsip::prelude::*;
+
+use super::endpoint::Transport;
+
+/// The local end's identity and where it is reached (Via sent-by and Contact).
+#[derive(Debug, Clone)]
+pub struct LocalEnd {
+    pub transport: Transport,
+    /// Address put in Via and Contact.
+    pub addr: SocketAddr,
+    pub user_agent: String,
+}
+
+impl LocalEnd {
+    pub fn via(&self, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch={};rport",
+            self.transport.via_token(),
+            self.addr,
+            branch
+        )
+    }
+
+    pub fn contact(&self, user: &str) -> String {
+        let user = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        match self.transport {
+            Transport::Udp => format!("<sip:{user}{}>", self.addr),
+            Transport::Tcp => format!("<sip:{user}{};transport=tcp>", self.addr),
+        }
+    }
+}
+
+/// Random token for tags and Call-IDs (RFC 3261 asks for at least 32 bits of randomness).
+pub fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// A fresh RFC 3261 branch with the magic cookie.
+pub fn new_branch() -> String {
+    format!("z9hG4bK{}", random_token(16))
+}
+
+/// The parts of a request that a builder fills in.
+pub struct RequestSpec<'a> {
+    pub method: rsip::Method,
+    pub uri: &'a str,
+    pub local: &'a LocalEnd,
+    pub branch: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub call_id: &'a str,
+    pub cseq: u32,
+    pub contact: Option<&'a str>,
+    pub routes: &'a [String],
+    pub extra: &'a [(String, String)],
+    pub body: Option<(&'a str, Vec<u8>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid URI {uri:?}: {message}")]
+pub struct UriError {
+    pub uri: String,
+    pub message: String,
+}
+
+/// Parses a SIP URI with rsip, keeping the input in the error.
+pub fn parse_uri(uri: &str) -> Result<rsip::Uri, UriError> {
+    rsip::Uri::try_from(uri).map_err(|e| UriError {
+        uri: uri.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Builds a request; Content-Length is always written.
+pub fn build_request(spec: RequestSpec<'_>) -> Result<rsip::Request, UriError> {
+    let uri = parse_uri(spec.uri)?;
+    let mut headers = rsip::Headers::default();
+    headers.push(rsip::headers::Via::new(spec.local.via(spec.branch)).into());
+    headers.push(rsip::headers::MaxForwards::new("70").into());
+    for route in spec.routes {
+        headers.push(rsip::headers::Route::new(route.clone()).into());
+    }
+    headers.push(rsip::headers::From::new(spec.from).into());
+    headers.push(rsip::headers::To::new(spec.to).into());
+    headers.push(rsip::headers::CallId::new(spec.call_id).into());
+    headers.push(rsip::headers::CSeq::new(format!("{} {}", spec.cseq, spec.method)).into());
+    if let Some(contact) = spec.contact {
+        headers.push(rsip::headers::Contact::new(contact).into());
+    }
+    headers.push(rsip::headers::UserAgent::new(spec.local.user_agent.clone()).into());
+    for (name, value) in spec.extra {
+        headers.push(rsip::Header::Other(name.clone(), value.clone()));
+    }
+    let body = match spec.body {
+        Some((content_type, body)) => {
+            headers.push(rsip::headers::ContentType::new(content_type).into());
+            body
+        }
+        None => Vec::new(),
+    };
+    headers.push(rsip::headers::ContentLength::new(body.len().to_string()).into());
+    Ok(rsip::Request {
+        method: spec.method,
+        uri,
+        version: rsip::Version::V2,
+        headers,
+        body,
+    })
+}
+
+/// Builds a response to `req` (RFC 3261 §8.2.6): Via, From, To (with `to_tag` added when the
+/// request's To has none), Call-ID and CSeq copied; Content-Length always written.
+pub fn build_response(
+    req: &rsip::Request,
+    code: u16,
+    to_tag: Option<&str>,
+    extra: Vec<rsip::Header>,
+    body: Option<(&str, Vec<u8>)>,
+) -> rsip::Response {
+    let mut headers = rsip::Headers::default();
+    for h in req.headers.iter() {
+        match h {
+            rsip::Header::Via(_)
+            | rsip::Header::From(_)
+            | rsip::Header::CallId(_)
+            | rsip::Header::CSeq(_)
+            | rsip::Header::RecordRoute(_) => headers.push(h.clone()),
+            rsip::Header::To(to) => {
+                let has_tag = to.typed().ok().and_then(|t| t.tag().cloned()).is_some();
+                match to_tag {
+                    Some(tag) if !has_tag && code != 100 => headers
+                        .push(rsip::headers::To::new(format!("{};tag={}", to.value(), tag)).into()),
+                    _ => headers.push(h.clone()),
+                }
+            }
+            _ => {}
+        }
+    }
+    for h in extra {
+        headers.push(h);
+    }
+    let body = match body {
+        Some((content_type, body)) => {
+            headers.push(rsip::headers::ContentType::new(content_type).into());
+            body
+        }
+        None => Vec::new(),
+    };
+    headers.push(rsip::headers::ContentLength::new(body.len().to_string()).into());
+    rsip::Response {
+        status_code: rsip::StatusCode::from(code),
+        version: rsip::Version::V2,
+        headers,
+        body,
+    }
+}
+
+/// A confirmed (or early) dialog created by our INVITE.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: Option<String>,
+    /// From header value we send (with our tag).
+    pub local: String,
+    /// To header value we send (the remote URI, plus the remote tag once known).
+    pub remote: String,
+    pub remote_uri: String,
+    /// The remote target: the Contact of the 2xx, else the request URI.
+    pub remote_target: String,
+    /// Route set: Record-Route of the 2xx in reverse order (we are the UAC).
+    pub route_set: Vec<String>,
+    pub local_cseq: u32,
+}
+
+impl Dialog {
+    /// Fills the dialog state from a 2xx (or 1xx with a To tag) to our INVITE (§12.1.2).
+    pub fn update_from_response(&mut self, resp: &rsip::Response) {
+        if let Some(tag) = resp
+            .to_header()
+            .ok()
+            .and_then(|h| h.typed().ok())
+            .and_then(|t| t.tag().map(|t| t.value().to_string()))
+        {
+            self.remote = format!("<{}>;tag={}", self.remote_uri, tag);
+            self.remote_tag = Some(tag);
+        }
+        if let Some(contact) = resp.headers.iter().find_map(|h| match h {
+            rsip::Header::Contact(c) => Some(c.value().to_string()),
+            _ => None,
+        }) {
+            if let Some(uri) = angle_uri(&contact) {
+                self.remote_target = uri;
+            }
+        }
+        let mut routes: Vec<String> = resp
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                rsip::Header::RecordRoute(r) => Some(r.value().to_string()),
+                _ => None,
+            })
+            .collect();
+        if !routes.is_empty() {
+            routes.reverse();
+            self.route_set = routes;
+        }
+    }
+
+    /// Request URI and Route headers for a request inside the dialog (§12.2.1.1): loose
+    /// routing when the first route has `lr`, strict routing otherwise.
+    pub fn target_and_routes(&self) -> (String, Vec<String>) {
+        match self.route_set.first() {
+            Some(first) if !first.contains(";lr") => {
+                let uri = angle_uri(first).unwrap_or_else(|| first.clone());
+                let mut routes: Vec<String> = self.route_set[1..].to_vec();
+                routes.push(format!("<{}>", self.remote_target));
+                (uri, routes)
+            }
+            _ => (self.remote_target.clone(), self.route_set.clone()),
+        }
+    }
+
+    /// The address a request inside the dialog goes to when it can be read without DNS: the
+    /// first route, else the remote target, if its host is an IP literal.
+    pub fn next_hop(&self) -> Option<SocketAddr> {
+        let (uri, routes) = self.target_and_routes();
+        let hop = routes.first().and_then(|r| angle_uri(r)).unwrap_or(uri);
+        uri_socket_addr(&hop)
+    }
+}
+
+/// The URI inside `<...>`, or the bare value up to its parameters.
+pub fn angle_uri(value: &str) -> Option<String> {
+    let value = value.trim();
+    if let Some(start) = value.find('<') {
+        let rest = &value[start + 1..];
+        let end = rest.find('>')?;
+        return Some(rest[..end].to_string());
+    }
+    let bare = value.split(';').next()?.trim();
+    (!bare.is_empty()).then(|| bare.to_string())
+}
+
+/// `sip:user@1.2.3.4:5070;transport=udp` → 1.2.3.4:5070 (5060 when no port); None for names.
+pub fn uri_socket_addr(uri: &str) -> Option<SocketAddr> {
+    let parsed = rsip::Uri::try_from(uri).ok()?;
+    let ip: std::net::IpAddr = match &parsed.host_with_port.host {
+        rsip::Host::IpAddr(ip) => *ip,
+        rsip::Host::Domain(d) => d.to_string().parse().ok()?,
+    };
+    let port = parsed
+        .host_with_port
+        .port
+        .map(|p| *p.value())
+        .unwrap_or(5060);
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> LocalEnd {
+        LocalEnd {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5060".parse().unwrap(),
+            user_agent: "test".into(),
+        }
+    }
+
+    #[test]
+    fn request_has_mandatory_headers_and_length() {
+        let l = local();
+        let req = build_request(RequestSpec {
+            method: rsip::Method::Invite,
+            uri: "sip:bob@127.0.0.1:5070",
+            local: &l,
+            branch: "z9hG4bKabc",
+            from: "<sip:alice@example.com>;tag=1",
+            to: "<sip:bob@example.com>",
+            call_id: "cid",
+            cseq: 1,
+            contact: Some(&l.contact("alice")),
+            routes: &[],
+            extra: &[("X-Test".into(), "1".into())],
+            body: Some(("application/sdp", b"v=0\r\n".to_vec())),
+        })
+        .unwrap();
+        let text = req.to_string();
+        assert!(
+            text.starts_with("INVITE sip:bob@127.0.0.1:5070 SIP/2.0\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc;rport"));
+        assert!(text.contains("CSeq: 1 INVITE"));
+        assert!(text.contains("Content-Length: 5"));
+        assert!(text.contains("X-Test: 1"));
+    }
+
+    #[test]
+    fn dialog_learns_tag_target_and_reversed_routes() {
+        let resp = rsip::Response::try_from(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc\r\n\
+             Record-Route: <sip:p1.example.com;lr>\r\nRecord-Route: <sip:10.0.0.2;lr>\r\n\
+             From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=rt\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:b@10.0.0.9:5070>\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let mut d = Dialog {
+            call_id: "c".into(),
+            local_tag: "1".into(),
+            remote_tag: None,
+            local: "<sip:a@x>;tag=1".into(),
+            remote: "<sip:b@x>".into(),
+            remote_uri: "sip:b@x".into(),
+            remote_target: "sip:b@x".into(),
+            route_set: vec![],
+            local_cseq: 1,
+        };
+        d.update_from_response(&resp);
+        assert_eq!(d.remote_tag.as_deref(), Some("rt"));
+        assert_eq!(d.remote_target, "sip:b@10.0.0.9:5070");
+        assert_eq!(
+            d.route_set,
+            vec!["<sip:10.0.0.2;lr>", "<sip:p1.example.com;lr>"]
+        );
+        let (uri, routes) = d.target_and_routes();
+        assert_eq!(uri, "sip:b@10.0.0.9:5070");
+        assert_eq!(routes.len(), 2);
+        assert_eq!(d.next_hop(), Some("10.0.0.2:5060".parse().unwrap()));
+    }
+
+    #[test]
+    fn strict_route_moves_target_into_routes() {
+        let d = Dialog {
+            call_id: "c".into(),
+            local_tag: "1".into(),
+            remote_tag: Some("2".into()),
+            local: String::new(),
+            remote: String::new(),
+            remote_uri: "sip:b@x".into(),
+            remote_target: "sip:b@10.0.0.9".into(),
+            route_set: vec!["<sip:10.0.0.1>".into()],
+            local_cseq: 1,
+        };
+        let (uri, routes) = d.target_and_routes();
+        assert_eq!(uri, "sip:10.0.0.1");
+        assert_eq!(routes, vec!["<sip:b@10.0.0.9>"]);
+    }
+}

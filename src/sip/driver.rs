@@ -1,0 +1,355 @@
+//! The tokio driver of the SIP user agent: owns the UDP socket, the TCP listener and
+//! connections, and the clock; feeds the sans-IO [`UserAgent`] and carries out what it asks.
+//! One task runs the UA; one reader and one writer task run per TCP connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::endpoint::{EndpointStats, Transmit, Transport};
+use super::message::{self, Frame};
+use super::ua::{Command, UaConfig, UaEvent, UserAgent};
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub bind: IpAddr,
+    pub port: u16,
+    pub udp: bool,
+    pub tcp: bool,
+    pub socket_buffer: usize,
+    pub max_message_size: usize,
+    pub ua: UaConfig,
+}
+
+enum DriverCmd {
+    Ua(Command),
+    Stats(oneshot::Sender<EndpointStats>),
+}
+
+/// Handle to the running SIP driver.
+#[derive(Clone)]
+pub struct SipHandle {
+    tx: mpsc::UnboundedSender<DriverCmd>,
+    pub udp_local: Option<SocketAddr>,
+    pub tcp_local: Option<SocketAddr>,
+}
+
+impl SipHandle {
+    /// Queues a command for the UA; false when the driver has stopped.
+    pub fn command(&self, cmd: Command) -> bool {
+        self.tx.send(DriverCmd::Ua(cmd)).is_ok()
+    }
+
+    pub async fn stats(&self) -> Option<EndpointStats> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(DriverCmd::Stats(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// The port our SIP sockets listen on for `transport`.
+    pub fn port(&self, transport: Transport) -> Option<u16> {
+        match transport {
+            Transport::Udp => self.udp_local.map(|a| a.port()),
+            Transport::Tcp => self.tcp_local.map(|a| a.port()),
+        }
+    }
+}
+
+enum NetInput {
+    Tcp(SocketAddr, Bytes),
+    TcpAccepted(SocketAddr, mpsc::UnboundedSender<Bytes>),
+    TcpFailed(SocketAddr),
+    TcpClosed(SocketAddr),
+}
+
+/// Binds the sockets and starts the driver task. UA events go to `events`.
+pub async fn start(
+    cfg: DriverConfig,
+    events: mpsc::UnboundedSender<UaEvent>,
+) -> io::Result<SipHandle> {
+    let udp = if cfg.udp {
+        Some(Arc::new(bind_udp(
+            SocketAddr::new(cfg.bind, cfg.port),
+            cfg.socket_buffer,
+        )?))
+    } else {
+        None
+    };
+    let tcp = if cfg.tcp {
+        // With port 0 the TCP listener takes the UDP port, so that one port serves both.
+        let port = match (&udp, cfg.port) {
+            (Some(u), 0) => u.local_addr()?.port(),
+            _ => cfg.port,
+        };
+        Some(TcpListener::bind(SocketAddr::new(cfg.bind, port)).await?)
+    } else {
+        None
+    };
+    let udp_local = udp.as_ref().map(|u| u.local_addr()).transpose()?;
+    let tcp_local = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (net_tx, net_rx) = mpsc::unbounded_channel();
+    if let Some(listener) = tcp {
+        tokio::spawn(accept_loop(listener, net_tx.clone(), cfg.max_message_size));
+    }
+    let ua = UserAgent::new(Instant::now().into_std(), cfg.ua.clone());
+    let driver = Driver {
+        ua,
+        udp,
+        tcp_conns: HashMap::new(),
+        net_tx,
+        events,
+        max: cfg.max_message_size,
+    };
+    tokio::spawn(
+        driver
+            .run(rx, net_rx)
+            .instrument(tracing::info_span!("sip")),
+    );
+    tracing::info!(?udp_local, ?tcp_local, "SIP listening");
+    Ok(SipHandle {
+        tx,
+        udp_local,
+        tcp_local,
+    })
+}
+
+fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // A large receive buffer keeps call bursts from turning into retransmission storms.
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        tracing::warn!(error = %e, "cannot set SIP SO_RCVBUF");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        tracing::warn!(error = %e, "cannot set SIP SO_SNDBUF");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+struct Driver {
+    ua: UserAgent,
+    udp: Option<Arc<UdpSocket>>,
+    tcp_conns: HashMap<SocketAddr, mpsc::UnboundedSender<Bytes>>,
+    net_tx: mpsc::UnboundedSender<NetInput>,
+    events: mpsc::UnboundedSender<UaEvent>,
+    max: usize,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<DriverCmd>,
+        mut net: mpsc::UnboundedReceiver<NetInput>,
+    ) {
+        let mut buf = vec![0u8; 65536];
+        let udp = self.udp.clone();
+        loop {
+            let deadline = self
+                .ua
+                .poll_timeout()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                r = async { match &udp { Some(u) => u.recv_from(&mut buf).await, None => std::future::pending().await } } => {
+                    match r {
+                        Ok((n, from)) => {
+                            let now = Instant::now().into_std();
+                            match buf.get(..n) {
+                                Some(data) if n <= self.max => self.ua.handle_input(now, Transport::Udp, from, data),
+                                _ => tracing::debug!(%from, n, "oversized SIP datagram dropped"),
+                            }
+                        }
+                        // ICMP port unreachable surfaces here on Linux; the transaction
+                        // timers take care of the peer that is gone.
+                        Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
+                    }
+                }
+                Some(input) = net.recv() => {
+                    let now = Instant::now().into_std();
+                    match input {
+                        NetInput::Tcp(from, data) => self.ua.handle_input(now, Transport::Tcp, from, &data),
+                        NetInput::TcpFailed(peer) => {
+                            self.tcp_conns.remove(&peer);
+                            self.ua.handle_transport_error(now, Transport::Tcp, peer);
+                        }
+                        NetInput::TcpAccepted(peer, writer) => { self.tcp_conns.insert(peer, writer); }
+                        NetInput::TcpClosed(peer) => { self.tcp_conns.remove(&peer); }
+                    }
+                }
+                cmd = cmds.recv() => {
+                    let now = Instant::now().into_std();
+                    match cmd {
+                        Some(DriverCmd::Ua(c)) => self.ua.handle_command(now, c),
+                        Some(DriverCmd::Stats(reply)) => { let _ = reply.send(self.ua.stats()); }
+                        None => break,
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.ua.handle_timeout(Instant::now().into_std());
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.ua.poll_transmit() {
+            self.send(t).await;
+        }
+        while let Some(ev) = self.ua.poll_event() {
+            let _ = self.events.send(ev);
+        }
+    }
+
+    async fn send(&mut self, t: Transmit) {
+        match t.transport {
+            Transport::Udp => {
+                let Some(udp) = &self.udp else {
+                    tracing::warn!(dest = %t.dest, "UDP transport disabled; message not sent");
+                    return;
+                };
+                if let Err(e) = udp.send_to(&t.data, t.dest).await {
+                    tracing::debug!(dest = %t.dest, error = %e, "SIP UDP send failed");
+                }
+            }
+            Transport::Tcp => {
+                let conn = self
+                    .tcp_conns
+                    .get(&t.dest)
+                    .filter(|c| !c.is_closed())
+                    .cloned();
+                let conn = match conn {
+                    Some(c) => c,
+                    None => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        tokio::spawn(connect_and_run(t.dest, rx, self.net_tx.clone(), self.max));
+                        self.tcp_conns.insert(t.dest, tx.clone());
+                        tx
+                    }
+                };
+                let _ = conn.send(t.data);
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, net: mpsc::UnboundedSender<NetInput>, max: usize) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                // Responses to requests that came in on this connection go back on it
+                // (RFC 3261 §18.2.2): the driver keys its writer by the peer address.
+                let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+                if net.send(NetInput::TcpAccepted(peer, tx)).is_err() {
+                    return;
+                }
+                tokio::spawn(run_connection(stream, peer, rx, net.clone(), max));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connect_and_run(
+    peer: SocketAddr,
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    net: mpsc::UnboundedSender<NetInput>,
+    max: usize,
+) {
+    match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(peer)).await {
+        Ok(Ok(stream)) => run_connection(stream, peer, rx, net, max).await,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "SIP TCP connect failed");
+            let _ = net.send(NetInput::TcpFailed(peer));
+        }
+        Err(_) => {
+            tracing::info!(%peer, "SIP TCP connect timed out");
+            let _ = net.send(NetInput::TcpFailed(peer));
+        }
+    }
+}
+
+async fn run_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    net: mpsc::UnboundedSender<NetInput>,
+    max: usize,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let write_net = net.clone();
+    let writer_task = tokio::spawn(async move {
+        while let Some(data) = rx.recv().await {
+            if let Err(e) = writer.write_all(&data).await {
+                tracing::debug!(%peer, error = %e, "SIP TCP write failed");
+                let _ = write_net.send(NetInput::TcpFailed(peer));
+                break;
+            }
+        }
+    });
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        // Partial reads accumulate until `frame` finds a whole message by Content-Length.
+        loop {
+            match message::frame(&buf) {
+                Frame::Incomplete => break,
+                Frame::KeepAlive(n) => {
+                    let _ = buf.split_to(n.min(buf.len()));
+                }
+                Frame::Message(n) => {
+                    let msg = buf.split_to(n.min(buf.len())).freeze();
+                    if net.send(NetInput::Tcp(peer, msg)).is_err() {
+                        return;
+                    }
+                }
+                Frame::Invalid(e) => {
+                    tracing::info!(%peer, error = %e, "unframeable SIP over TCP; closing");
+                    writer_task.abort();
+                    let _ = net.send(NetInput::TcpClosed(peer));
+                    return;
+                }
+            }
+        }
+        if buf.len() > max {
+            tracing::info!(%peer, "SIP TCP message over the size limit; closing");
+            break;
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    writer_task.abort();
+    let _ = net.send(NetInput::TcpClosed(peer));
+}
+
+/// The local address the OS would use to reach `dest` (no packet is sent).
+pub fn local_ip_for(dest: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if dest.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(dest).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}

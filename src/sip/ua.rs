@@ -1,0 +1,1487 @@
+//! The SIP user agent core (sans-IO): outgoing calls as UAC (INVITE with digest retry,
+//! CANCEL, ACK, BYE, answer timeout), registrations (REGISTER, refresh before expiry,
+//! un-REGISTER when the last call of the account ends or on shutdown), and the requests that
+//! arrive inside our dialogs (BYE, re-INVITE, UPDATE, OPTIONS, INFO, NOTIFY). It sits on the
+//! [`Endpoint`], which owns the transactions.
+//!
+//! Drive contract (the same as the endpoint's): feed `handle_input`, `handle_command` and
+//! `handle_timeout(now)`; after each, drain `poll_transmit` and `poll_event`; sleep until
+//! `poll_timeout`. The UA never resolves names and never reads the clock: the caller hands it
+//! resolved destinations ([`Route`]) and `now`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rsip::prelude::*;
+
+use super::dialog::{
+    build_request, build_response, new_branch, random_token, Dialog, LocalEnd, RequestSpec,
+};
+use super::digest::{Challenge, ChallengeKind, ChallengeVerdict, Credentials, DigestSession};
+use super::endpoint::{Endpoint, EndpointEvent, EndpointStats, Transmit, Transport};
+use super::sdp::{Direction, SessionDescription};
+use super::timer::TimerQueue;
+use super::transaction::{ClientEvent, Timers, TransactionKey};
+
+/// Identifies a call inside the UA (assigned by the caller).
+pub type CallKey = u64;
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE";
+
+/// A SIP account. The password never leaves this struct except inside a digest response.
+#[derive(Clone)]
+pub struct Account {
+    pub login: String,
+    pub auth_name: String,
+    pub password: String,
+    pub domain: String,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("login", &self.login)
+            .field("auth_name", &self.auth_name)
+            .field("password", &"<hidden>")
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+/// Where requests go: resolved by the caller (the UA does no DNS).
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub transport: Transport,
+    /// The outbound proxy or the domain's address.
+    pub dest: SocketAddr,
+    /// Our address as the peer should see it (Via, Contact).
+    pub local: SocketAddr,
+    /// Requests inside dialogs keep going to `dest` (an outbound proxy) instead of the
+    /// remote target.
+    pub sticky: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlaceCall {
+    pub key: CallKey,
+    pub account: Account,
+    pub callee_uri: String,
+    pub register: bool,
+    pub route: Route,
+    pub sdp_offer: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    PlaceCall(Box<PlaceCall>),
+    /// BYE when established, CANCEL while ringing, nothing (but the end) before sending.
+    Hangup(CallKey),
+    /// Hang up every call, un-REGISTER every account; `UaEvent::Idle` follows.
+    Shutdown,
+}
+
+/// WCS's call status set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CallPhase {
+    Pending,
+    Trying,
+    Ring,
+    RingMedia,
+    SessionProgress,
+    Established,
+    Hold,
+    Busy,
+    Failed,
+    Finish,
+}
+
+impl CallPhase {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CallPhase::Busy | CallPhase::Failed | CallPhase::Finish
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallPhase::Pending => "PENDING",
+            CallPhase::Trying => "TRYING",
+            CallPhase::Ring => "RING",
+            CallPhase::RingMedia => "RING_MEDIA",
+            CallPhase::SessionProgress => "SESSION_PROGRESS",
+            CallPhase::Established => "ESTABLISHED",
+            CallPhase::Hold => "HOLD",
+            CallPhase::Busy => "BUSY",
+            CallPhase::Failed => "FAILED",
+            CallPhase::Finish => "FINISH",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegStatus {
+    Registered,
+    Failed,
+    Unregistered,
+}
+
+#[derive(Debug)]
+pub enum UaEvent {
+    /// A call changed phase. `sdp` is the remote SDP when this response carried one.
+    CallState {
+        key: CallKey,
+        phase: CallPhase,
+        sip_status: Option<u16>,
+        reason: Option<String>,
+        sdp: Option<String>,
+        sip_call_id: String,
+    },
+    /// The far end changed the media inside the dialog (re-INVITE or UPDATE with SDP).
+    RemoteMedia { key: CallKey, sdp: String },
+    Registration {
+        login: String,
+        domain: String,
+        status: RegStatus,
+        sip_status: Option<u16>,
+    },
+    /// After `Shutdown`: no calls and no registrations are left.
+    Idle,
+}
+
+#[derive(Debug, Clone)]
+pub struct UaConfig {
+    pub timers: Timers,
+    pub user_agent: String,
+    pub register_expires: u32,
+    pub invite_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the account's registration.
+    WaitRegister,
+    /// INVITE sent, no provisional yet.
+    Calling,
+    /// Provisional received.
+    Early,
+    Confirmed,
+    /// BYE sent.
+    Ending,
+}
+
+struct Call {
+    account: Account,
+    reg_key: Option<String>,
+    route: Route,
+    local: LocalEnd,
+    dialog: Dialog,
+    sdp_offer: String,
+    headers: Vec<(String, String)>,
+    stage: Stage,
+    phase: CallPhase,
+    invite: Option<(TransactionKey, rsip::Request)>,
+    cancel_wanted: bool,
+    cancel_sent: bool,
+    ack: Option<Bytes>,
+    auth: DigestSession,
+    /// Challenges answered for the current request; capped so a server that says
+    /// `stale=true` forever cannot loop us.
+    auth_rounds: u32,
+    deadline: Option<Instant>,
+    /// A 2xx we sent to a re-INVITE, retransmitted until its ACK arrives (§13.3.1.4).
+    pending_2xx: Option<Retransmit>,
+    hangup_status: Option<u16>,
+}
+
+struct Retransmit {
+    cseq: u32,
+    data: Bytes,
+    dest: SocketAddr,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegState {
+    Registering,
+    Registered,
+    Unregistering,
+    Failed,
+}
+
+struct Registration {
+    account: Account,
+    route: Route,
+    local: LocalEnd,
+    call_id: String,
+    local_tag: String,
+    cseq: u32,
+    state: RegState,
+    auth: DigestSession,
+    auth_rounds: u32,
+    expires: u32,
+    refresh_at: Option<Instant>,
+    users: usize,
+    waiting: Vec<CallKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TxOwner {
+    Invite(CallKey),
+    Cancel(CallKey),
+    Bye(CallKey),
+    Register(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Call(CallKey),
+    Register(u64),
+}
+
+pub struct UserAgent {
+    cfg: UaConfig,
+    endpoint: Endpoint,
+    calls: HashMap<CallKey, Call>,
+    /// (SIP Call-ID, our tag) → call, for requests inside our dialogs.
+    dialogs: HashMap<(String, String), CallKey>,
+    registrations: HashMap<u64, Registration>,
+    reg_ids: HashMap<String, u64>,
+    next_reg: u64,
+    owners: HashMap<TransactionKey, TxOwner>,
+    timers: TimerQueue<Timer>,
+    events: std::collections::VecDeque<UaEvent>,
+    shutting_down: bool,
+    /// The `now` of the latest input, for work scheduled from inside a handler.
+    now: Instant,
+}
+
+impl UserAgent {
+    pub fn new(now: Instant, cfg: UaConfig) -> Self {
+        Self {
+            now,
+            endpoint: Endpoint::new(cfg.timers),
+            cfg,
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            registrations: HashMap::new(),
+            reg_ids: HashMap::new(),
+            next_reg: 1,
+            owners: HashMap::new(),
+            timers: TimerQueue::default(),
+            events: Default::default(),
+            shutting_down: false,
+        }
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        self.endpoint.stats()
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.endpoint.poll_transmit()
+    }
+
+    pub fn poll_event(&mut self) -> Option<UaEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.endpoint.poll_timeout(), self.timers.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        data: &[u8],
+    ) {
+        self.now = now;
+        self.endpoint.handle_input(now, transport, source, data);
+        self.process(now);
+    }
+
+    pub fn handle_transport_error(&mut self, now: Instant, transport: Transport, dest: SocketAddr) {
+        self.now = now;
+        self.endpoint.handle_transport_error(now, transport, dest);
+        self.process(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.endpoint.handle_timeout(now);
+        while let Some(t) = self.timers.pop_due(now) {
+            match t {
+                Timer::Call(key) => self.call_timer(now, key),
+                Timer::Register(id) => self.register_timer(now, id),
+            }
+        }
+        self.process(now);
+    }
+
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.now = now;
+        match cmd {
+            Command::PlaceCall(pc) => self.place_call(now, *pc),
+            Command::Hangup(key) => self.hangup(now, key, None),
+            Command::Shutdown => {
+                self.shutting_down = true;
+                let keys: Vec<CallKey> = self.calls.keys().copied().collect();
+                for key in keys {
+                    self.hangup(now, key, None);
+                }
+                let ids: Vec<u64> = self.registrations.keys().copied().collect();
+                for id in ids {
+                    self.unregister(now, id);
+                }
+                self.check_idle();
+            }
+        }
+        self.process(now);
+    }
+
+    /// Handles the endpoint's events until none is left.
+    fn process(&mut self, now: Instant) {
+        while let Some(ev) = self.endpoint.poll_event() {
+            match ev {
+                EndpointEvent::Client { key, event } => {
+                    let owner = match &event {
+                        ClientEvent::Provisional(_) | ClientEvent::Retransmitted2xx(_) => {
+                            self.owners.get(&key).copied()
+                        }
+                        _ => self.owners.remove(&key),
+                    };
+                    match owner {
+                        Some(TxOwner::Invite(c)) => self.on_invite_event(now, c, event),
+                        Some(TxOwner::Cancel(c)) => self.on_cancel_event(c, event),
+                        Some(TxOwner::Bye(c)) => self.on_bye_event(c, event),
+                        Some(TxOwner::Register(r)) => self.on_register_event(now, r, event),
+                        None => {}
+                    }
+                }
+                EndpointEvent::Request {
+                    key,
+                    request,
+                    transport,
+                    source,
+                } => self.on_request(now, key, request, transport, source),
+                EndpointEvent::Ack { request, .. } => self.on_ack(&request),
+            }
+        }
+    }
+
+    // ---- outgoing calls ----
+
+    fn place_call(&mut self, now: Instant, pc: PlaceCall) {
+        let local = LocalEnd {
+            transport: pc.route.transport,
+            addr: pc.route.local,
+            user_agent: self.cfg.user_agent.clone(),
+        };
+        let local_tag = random_token(10);
+        let from_uri = format!("sip:{}@{}", pc.account.login, pc.account.domain);
+        let dialog = Dialog {
+            call_id: format!("{}@{}", random_token(20), pc.route.local.ip()),
+            local: format!("<{from_uri}>;tag={local_tag}"),
+            local_tag,
+            remote_tag: None,
+            remote: format!("<{}>", pc.callee_uri),
+            remote_uri: pc.callee_uri.clone(),
+            remote_target: pc.callee_uri.clone(),
+            route_set: Vec::new(),
+            local_cseq: 0,
+        };
+        let credentials =
+            Credentials::new(pc.account.auth_name.clone(), pc.account.password.clone());
+        let mut call = Call {
+            account: pc.account.clone(),
+            reg_key: None,
+            route: pc.route,
+            local,
+            dialog,
+            sdp_offer: pc.sdp_offer,
+            headers: pc.headers,
+            stage: Stage::WaitRegister,
+            phase: CallPhase::Pending,
+            invite: None,
+            cancel_wanted: false,
+            cancel_sent: false,
+            ack: None,
+            auth: DigestSession::new(credentials),
+            auth_rounds: 0,
+            deadline: Some(now + self.cfg.invite_timeout),
+            pending_2xx: None,
+            hangup_status: None,
+        };
+        self.timers
+            .push(now + self.cfg.invite_timeout, Timer::Call(pc.key));
+        tracing::info!(call = pc.key, sip_call_id = %call.dialog.call_id, callee = %pc.callee_uri, "placing call");
+        if pc.register {
+            let reg_key = format!(
+                "{}@{}|{:?}|{}",
+                pc.account.login, pc.account.domain, pc.route.transport, pc.route.dest
+            );
+            call.reg_key = Some(reg_key.clone());
+            let id = match self.reg_ids.get(&reg_key) {
+                Some(id) => *id,
+                None => {
+                    let id = self.next_reg;
+                    self.next_reg += 1;
+                    self.reg_ids.insert(reg_key, id);
+                    let creds =
+                        Credentials::new(pc.account.auth_name.clone(), pc.account.password.clone());
+                    self.registrations.insert(
+                        id,
+                        Registration {
+                            account: pc.account.clone(),
+                            route: pc.route,
+                            local: call.local.clone(),
+                            call_id: format!("{}@{}", random_token(20), pc.route.local.ip()),
+                            local_tag: random_token(10),
+                            cseq: 0,
+                            state: RegState::Failed,
+                            auth: DigestSession::new(creds),
+                            auth_rounds: 0,
+                            expires: self.cfg.register_expires,
+                            refresh_at: None,
+                            users: 0,
+                            waiting: Vec::new(),
+                        },
+                    );
+                    id
+                }
+            };
+            let key = pc.key;
+            self.calls.insert(key, call);
+            let Some(reg) = self.registrations.get_mut(&id) else {
+                return;
+            };
+            reg.users += 1;
+            match reg.state {
+                RegState::Registered => self.send_invite(now, key),
+                RegState::Registering => reg.waiting.push(key),
+                RegState::Failed | RegState::Unregistering => {
+                    reg.waiting.push(key);
+                    self.send_register(now, id, self.cfg.register_expires);
+                }
+            }
+        } else {
+            let key = pc.key;
+            self.calls.insert(key, call);
+            self.send_invite(now, key);
+        }
+    }
+
+    fn send_invite(&mut self, now: Instant, key: CallKey) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.dialog.local_cseq += 1;
+        let branch = new_branch();
+        let contact = call.local.contact(&call.account.login);
+        let mut extra = call.headers.clone();
+        extra.push(("Allow".into(), ALLOW.into()));
+        extra.extend(auth_headers(
+            &mut call.auth,
+            "INVITE",
+            &call.dialog.remote_uri,
+        ));
+        let req = build_request(RequestSpec {
+            method: rsip::Method::Invite,
+            uri: &call.dialog.remote_uri,
+            local: &call.local,
+            branch: &branch,
+            from: &call.dialog.local,
+            to: &call.dialog.remote,
+            call_id: &call.dialog.call_id,
+            cseq: call.dialog.local_cseq,
+            contact: Some(&contact),
+            routes: &[],
+            extra: &extra,
+            body: Some(("application/sdp", call.sdp_offer.clone().into_bytes())),
+        });
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                self.end_call(key, CallPhase::Failed, None, Some(e.to_string()));
+                return;
+            }
+        };
+        let (transport, dest) = (call.route.transport, call.route.dest);
+        match self
+            .endpoint
+            .send_request(now, req.clone(), transport, dest)
+        {
+            Ok(tx) => {
+                self.owners.insert(tx.clone(), TxOwner::Invite(key));
+                if let Some(call) = self.calls.get_mut(&key) {
+                    call.invite = Some((tx, req));
+                    call.stage = Stage::Calling;
+                    if call.dialog.local_cseq == 1 || call.phase == CallPhase::Pending {
+                        self.set_phase(key, CallPhase::Trying, None, None, None);
+                    }
+                }
+            }
+            Err(e) => self.end_call(key, CallPhase::Failed, None, Some(e.to_string())),
+        }
+    }
+
+    fn on_invite_event(&mut self, now: Instant, key: CallKey, event: ClientEvent) {
+        match event {
+            ClientEvent::Provisional(resp) => {
+                let code = resp.status_code.code();
+                let sdp = sdp_body(&resp);
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                if call.stage == Stage::Calling {
+                    call.stage = Stage::Early;
+                }
+                if code > 100 {
+                    call.dialog.update_from_response(&resp);
+                }
+                if call.cancel_wanted && !call.cancel_sent {
+                    self.send_cancel(now, key);
+                }
+                let phase = match (code, sdp.is_some()) {
+                    (100, _) => CallPhase::Trying,
+                    (183, _) => CallPhase::SessionProgress,
+                    (_, true) => CallPhase::RingMedia,
+                    (_, false) => CallPhase::Ring,
+                };
+                self.set_phase(key, phase, Some(code), None, sdp);
+            }
+            ClientEvent::Final(resp) => {
+                let code = resp.status_code.code();
+                if (200..300).contains(&code) {
+                    self.on_invite_2xx(now, key, &resp);
+                } else if code == 401 || code == 407 {
+                    self.on_invite_challenge(now, key, &resp);
+                } else {
+                    let phase = match code {
+                        486 | 600 => CallPhase::Busy,
+                        487 if self.calls.get(&key).is_some_and(|c| c.cancel_sent) => {
+                            CallPhase::Finish
+                        }
+                        _ => CallPhase::Failed,
+                    };
+                    let reason = Some(reason_phrase(&resp));
+                    let hangup = self.calls.get(&key).and_then(|c| c.hangup_status);
+                    let reason = match hangup {
+                        Some(408) => Some("no answer within sip_invite_timeout_s".into()),
+                        _ => reason,
+                    };
+                    let phase = if hangup == Some(408) {
+                        CallPhase::Failed
+                    } else {
+                        phase
+                    };
+                    self.end_call(key, phase, Some(hangup.unwrap_or(code)), reason);
+                }
+            }
+            ClientEvent::Retransmitted2xx(_) => {
+                // Our ACK was lost: send it again (RFC 3261 §13.2.2.4).
+                if let Some(call) = self.calls.get(&key) {
+                    if let Some(ack) = call.ack.clone() {
+                        let (t, d) = in_dialog_dest(call);
+                        self.endpoint.send_stateless(ack, t, d);
+                    }
+                }
+            }
+            ClientEvent::Timeout => self.end_call(
+                key,
+                CallPhase::Failed,
+                Some(408),
+                Some("no response to INVITE (timer B)".into()),
+            ),
+            ClientEvent::TransportError => self.end_call(
+                key,
+                CallPhase::Failed,
+                Some(503),
+                Some("transport error sending INVITE".into()),
+            ),
+        }
+    }
+
+    fn on_invite_challenge(&mut self, now: Instant, key: CallKey, resp: &rsip::Response) {
+        let code = resp.status_code.code();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.auth_rounds += 1;
+        match challenge(&mut call.auth, resp, call.auth_rounds) {
+            Verdict::Retry if !call.cancel_wanted => {
+                tracing::info!(
+                    call = key,
+                    code,
+                    "INVITE challenged; retrying with credentials"
+                );
+                self.send_invite(now, key);
+            }
+            Verdict::Retry => {
+                self.end_call(key, CallPhase::Finish, Some(code), Some("cancelled".into()))
+            }
+            Verdict::WrongCredentials => self.end_call(
+                key,
+                CallPhase::Failed,
+                Some(code),
+                Some("authentication failed: credentials rejected".into()),
+            ),
+            Verdict::Unsupported(why) => self.end_call(
+                key,
+                CallPhase::Failed,
+                Some(code),
+                Some(format!("authentication failed: {why}")),
+            ),
+        }
+    }
+
+    fn on_invite_2xx(&mut self, now: Instant, key: CallKey, resp: &rsip::Response) {
+        let code = resp.status_code.code();
+        let sdp = sdp_body(resp);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.dialog.update_from_response(resp);
+        let cseq = call.dialog.local_cseq;
+        let (uri, routes) = call.dialog.target_and_routes();
+        let ack = build_request(RequestSpec {
+            method: rsip::Method::Ack,
+            uri: &uri,
+            local: &call.local,
+            branch: &new_branch(),
+            from: &call.dialog.local,
+            to: &call.dialog.remote,
+            call_id: &call.dialog.call_id,
+            cseq,
+            contact: None,
+            routes: &routes,
+            extra: &[],
+            body: None,
+        });
+        let ack = match ack {
+            Ok(a) => Bytes::from(a.to_string()),
+            Err(e) => {
+                tracing::warn!(call = key, error = %e, "2xx remote target unusable");
+                self.end_call(key, CallPhase::Failed, Some(code), Some(e.to_string()));
+                return;
+            }
+        };
+        call.ack = Some(ack.clone());
+        call.stage = Stage::Confirmed;
+        call.deadline = None;
+        let dialog_id = (call.dialog.call_id.clone(), call.dialog.local_tag.clone());
+        let (t, d) = in_dialog_dest(call);
+        self.endpoint.send_stateless(ack, t, d);
+        self.dialogs.insert(dialog_id, key);
+        let cancel = self.calls.get(&key).is_some_and(|c| c.cancel_wanted);
+        self.set_phase(key, CallPhase::Established, Some(code), None, sdp);
+        if cancel {
+            // Hung up while the 2xx was on its way: the call exists now, so end it with BYE.
+            self.send_bye(now, key);
+        }
+    }
+
+    fn hangup(&mut self, now: Instant, key: CallKey, status: Option<u16>) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.hangup_status = status;
+        match call.stage {
+            Stage::WaitRegister => self.end_call(
+                key,
+                CallPhase::Finish,
+                None,
+                Some("terminated before the INVITE was sent".into()),
+            ),
+            Stage::Calling => {
+                // CANCEL may only follow a provisional (RFC 3261 §9.1); it goes out when one
+                // arrives. If none does, timer B ends the call.
+                call.cancel_wanted = true;
+            }
+            Stage::Early => {
+                call.cancel_wanted = true;
+                if !call.cancel_sent {
+                    self.send_cancel(now, key);
+                }
+            }
+            Stage::Confirmed => self.send_bye(now, key),
+            Stage::Ending => {}
+        }
+    }
+
+    fn send_cancel(&mut self, now: Instant, key: CallKey) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some((_, invite)) = &call.invite else {
+            return;
+        };
+        // CANCEL copies the INVITE's Request-URI, top Via (same branch), Call-ID, From, To,
+        // Route and CSeq number (RFC 3261 §9.1).
+        let mut headers = rsip::Headers::default();
+        for h in invite.headers.iter() {
+            match h {
+                rsip::Header::Via(_)
+                | rsip::Header::From(_)
+                | rsip::Header::To(_)
+                | rsip::Header::CallId(_)
+                | rsip::Header::Route(_)
+                | rsip::Header::MaxForwards(_) => headers.push(h.clone()),
+                _ => {}
+            }
+        }
+        headers.push(rsip::headers::CSeq::new(format!("{} CANCEL", call.dialog.local_cseq)).into());
+        headers.push(rsip::headers::UserAgent::new(call.local.user_agent.clone()).into());
+        headers.push(rsip::headers::ContentLength::new("0").into());
+        let cancel = rsip::Request {
+            method: rsip::Method::Cancel,
+            uri: invite.uri.clone(),
+            version: rsip::Version::V2,
+            headers,
+            body: Vec::new(),
+        };
+        call.cancel_sent = true;
+        let (t, d) = (call.route.transport, call.route.dest);
+        tracing::info!(call = key, "sending CANCEL");
+        match self.endpoint.send_request(now, cancel, t, d) {
+            Ok(tx) => {
+                self.owners.insert(tx, TxOwner::Cancel(key));
+            }
+            Err(e) => tracing::warn!(call = key, error = %e, "CANCEL not sent"),
+        }
+    }
+
+    fn on_cancel_event(&mut self, key: CallKey, event: ClientEvent) {
+        if let ClientEvent::Final(resp) = event {
+            tracing::debug!(
+                call = key,
+                status = resp.status_code.code(),
+                "CANCEL answered"
+            );
+        }
+    }
+
+    fn send_bye(&mut self, now: Instant, key: CallKey) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.stage = Stage::Ending;
+        call.dialog.local_cseq += 1;
+        let (uri, routes) = call.dialog.target_and_routes();
+        let bye = build_request(RequestSpec {
+            method: rsip::Method::Bye,
+            uri: &uri,
+            local: &call.local,
+            branch: &new_branch(),
+            from: &call.dialog.local,
+            to: &call.dialog.remote,
+            call_id: &call.dialog.call_id,
+            cseq: call.dialog.local_cseq,
+            contact: None,
+            routes: &routes,
+            extra: &[],
+            body: None,
+        });
+        let (t, d) = in_dialog_dest(call);
+        tracing::info!(call = key, "sending BYE");
+        let sent = bye.map_err(|e| e.to_string()).and_then(|bye| {
+            self.endpoint
+                .send_request(now, bye, t, d)
+                .map_err(|e| e.to_string())
+        });
+        match sent {
+            Ok(tx) => {
+                self.owners.insert(tx, TxOwner::Bye(key));
+            }
+            Err(e) => self.end_call(
+                key,
+                CallPhase::Finish,
+                None,
+                Some(format!("BYE not sent: {e}")),
+            ),
+        }
+    }
+
+    fn on_bye_event(&mut self, key: CallKey, event: ClientEvent) {
+        let (status, reason) = match &event {
+            ClientEvent::Final(resp) => {
+                (Some(resp.status_code.code()), "hung up by API".to_string())
+            }
+            ClientEvent::Timeout => (Some(408), "hung up by API; BYE unanswered".to_string()),
+            ClientEvent::TransportError => {
+                (Some(503), "hung up by API; BYE not delivered".to_string())
+            }
+            _ => return,
+        };
+        let status = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.hangup_status)
+            .or(status);
+        self.end_call(key, CallPhase::Finish, status, Some(reason));
+    }
+
+    fn call_timer(&mut self, now: Instant, key: CallKey) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if let Some(p) = &mut call.pending_2xx {
+            if now >= p.give_up {
+                tracing::warn!(call = key, "no ACK for our 2xx to a re-INVITE");
+                call.pending_2xx = None;
+            } else if now >= p.next {
+                let (data, dest) = (p.data.clone(), p.dest);
+                p.interval = (p.interval * 2).min(self.cfg.timers.t2);
+                p.next = now + p.interval;
+                let next = p.next;
+                let t = call.route.transport;
+                self.endpoint.send_stateless(data, t, dest);
+                self.timers.push(next, Timer::Call(key));
+            }
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.deadline.is_some_and(|d| now >= d)
+            && matches!(
+                call.stage,
+                Stage::Calling | Stage::Early | Stage::WaitRegister
+            )
+        {
+            call.deadline = None;
+            tracing::info!(call = key, "no answer in time; cancelling");
+            self.hangup(now, key, Some(408));
+            if let Some(call) = self.calls.get(&key) {
+                if call.stage == Stage::WaitRegister {
+                    self.end_call(
+                        key,
+                        CallPhase::Failed,
+                        Some(408),
+                        Some("registration did not complete in time".into()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn set_phase(
+        &mut self,
+        key: CallKey,
+        phase: CallPhase,
+        sip_status: Option<u16>,
+        reason: Option<String>,
+        sdp: Option<String>,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.phase == phase && sdp.is_none() {
+            return;
+        }
+        call.phase = phase;
+        self.events.push_back(UaEvent::CallState {
+            key,
+            phase,
+            sip_status,
+            reason,
+            sdp,
+            sip_call_id: call.dialog.call_id.clone(),
+        });
+    }
+
+    fn end_call(
+        &mut self,
+        key: CallKey,
+        phase: CallPhase,
+        sip_status: Option<u16>,
+        reason: Option<String>,
+    ) {
+        let Some(call) = self.calls.remove(&key) else {
+            return;
+        };
+        tracing::info!(
+            call = key,
+            status = phase.as_str(),
+            sip_status,
+            reason = reason.as_deref().unwrap_or(""),
+            "call ended"
+        );
+        self.dialogs
+            .remove(&(call.dialog.call_id.clone(), call.dialog.local_tag.clone()));
+        self.owners.retain(|_, o| match o {
+            TxOwner::Invite(c) | TxOwner::Cancel(c) | TxOwner::Bye(c) => *c != key,
+            TxOwner::Register(_) => true,
+        });
+        self.events.push_back(UaEvent::CallState {
+            key,
+            phase,
+            sip_status,
+            reason,
+            sdp: None,
+            sip_call_id: call.dialog.call_id.clone(),
+        });
+        if let Some(id) = call
+            .reg_key
+            .as_ref()
+            .and_then(|k| self.reg_ids.get(k))
+            .copied()
+        {
+            if let Some(reg) = self.registrations.get_mut(&id) {
+                reg.users = reg.users.saturating_sub(1);
+                reg.waiting.retain(|c| *c != key);
+                if reg.users == 0 {
+                    self.unregister_later(id);
+                }
+            }
+        }
+        self.check_idle();
+    }
+
+    /// Un-REGISTER is sent from the next timer pass, outside the borrow of the ended call.
+    fn unregister_later(&mut self, id: u64) {
+        self.timers.push(self.now, Timer::Register(id));
+    }
+
+    // ---- registrations ----
+
+    fn send_register(&mut self, now: Instant, id: u64, expires: u32) {
+        let Some(reg) = self.registrations.get_mut(&id) else {
+            return;
+        };
+        reg.cseq += 1;
+        reg.state = if expires == 0 {
+            RegState::Unregistering
+        } else {
+            RegState::Registering
+        };
+        let aor = format!("sip:{}@{}", reg.account.login, reg.account.domain);
+        let ruri = format!("sip:{}", reg.account.domain);
+        let mut extra = vec![("Expires".to_string(), expires.to_string())];
+        extra.extend(auth_headers(&mut reg.auth, "REGISTER", &ruri));
+        let contact = reg.local.contact(&reg.account.login);
+        let req = build_request(RequestSpec {
+            method: rsip::Method::Register,
+            uri: &ruri,
+            local: &reg.local,
+            branch: &new_branch(),
+            from: &format!("<{aor}>;tag={}", reg.local_tag),
+            to: &format!("<{aor}>"),
+            call_id: &reg.call_id,
+            cseq: reg.cseq,
+            contact: Some(&contact),
+            routes: &[],
+            extra: &extra,
+            body: None,
+        });
+        let (t, d) = (reg.route.transport, reg.route.dest);
+        tracing::info!(account = %aor, expires, "sending REGISTER");
+        let sent = req.map_err(|e| e.to_string()).and_then(|r| {
+            self.endpoint
+                .send_request(now, r, t, d)
+                .map_err(|e| e.to_string())
+        });
+        match sent {
+            Ok(tx) => {
+                self.owners.insert(tx, TxOwner::Register(id));
+            }
+            Err(e) => self.registration_failed(id, None, format!("REGISTER not sent: {e}")),
+        }
+    }
+
+    fn on_register_event(&mut self, now: Instant, id: u64, event: ClientEvent) {
+        let resp = match event {
+            ClientEvent::Final(resp) => resp,
+            ClientEvent::Timeout => {
+                return self.registration_failed(id, Some(408), "REGISTER timed out".into())
+            }
+            ClientEvent::TransportError => {
+                return self.registration_failed(id, Some(503), "REGISTER transport error".into())
+            }
+            _ => return,
+        };
+        let code = resp.status_code.code();
+        let Some(reg) = self.registrations.get_mut(&id) else {
+            return;
+        };
+        let unregistering = reg.state == RegState::Unregistering;
+        if code == 401 || code == 407 {
+            reg.auth_rounds += 1;
+            match challenge(&mut reg.auth, &resp, reg.auth_rounds) {
+                Verdict::Retry => {
+                    let expires = if unregistering { 0 } else { reg.expires };
+                    return self.send_register(now, id, expires);
+                }
+                Verdict::WrongCredentials => {
+                    return self.registration_failed(
+                        id,
+                        Some(code),
+                        "REGISTER: credentials rejected".into(),
+                    )
+                }
+                Verdict::Unsupported(why) => {
+                    return self.registration_failed(id, Some(code), format!("REGISTER: {why}"))
+                }
+            }
+        }
+        if code == 423 && !unregistering {
+            if let Some(min) =
+                header_other(&resp.headers, "Min-Expires").and_then(|v| v.trim().parse().ok())
+            {
+                reg.expires = min;
+                return self.send_register(now, id, min);
+            }
+        }
+        if !(200..300).contains(&code) {
+            if unregistering {
+                return self.remove_registration(id, Some(code));
+            }
+            return self.registration_failed(
+                id,
+                Some(code),
+                format!("REGISTER rejected: {}", reason_phrase(&resp)),
+            );
+        }
+        if unregistering {
+            return self.remove_registration(id, Some(code));
+        }
+        let granted =
+            granted_expires(&resp, &reg.local.contact(&reg.account.login)).unwrap_or(reg.expires);
+        reg.state = RegState::Registered;
+        reg.auth_rounds = 0;
+        // Refresh at 80 % of the granted time, at least 5 s ahead of expiry.
+        let lead = (granted as u64 / 5).max(5).min(granted as u64);
+        let at = now + Duration::from_secs(granted as u64 - lead);
+        reg.refresh_at = Some(at);
+        self.timers.push(at, Timer::Register(id));
+        let waiting = std::mem::take(&mut reg.waiting);
+        let (login, domain) = (reg.account.login.clone(), reg.account.domain.clone());
+        tracing::info!(account = %login, domain = %domain, granted, "registered");
+        self.events.push_back(UaEvent::Registration {
+            login,
+            domain,
+            status: RegStatus::Registered,
+            sip_status: Some(code),
+        });
+        for key in waiting {
+            self.send_invite(now, key);
+        }
+    }
+
+    fn registration_failed(&mut self, id: u64, code: Option<u16>, reason: String) {
+        let Some(reg) = self.registrations.get_mut(&id) else {
+            return;
+        };
+        reg.state = RegState::Failed;
+        reg.refresh_at = None;
+        let waiting = std::mem::take(&mut reg.waiting);
+        let (login, domain) = (reg.account.login.clone(), reg.account.domain.clone());
+        tracing::warn!(account = %login, domain = %domain, ?code, %reason, "registration failed");
+        self.events.push_back(UaEvent::Registration {
+            login,
+            domain,
+            status: RegStatus::Failed,
+            sip_status: code,
+        });
+        for key in waiting {
+            self.end_call(key, CallPhase::Failed, code, Some(reason.clone()));
+        }
+        if self.registrations.get(&id).is_some_and(|r| r.users == 0) {
+            self.drop_registration(id);
+        }
+    }
+
+    fn unregister(&mut self, now: Instant, id: u64) {
+        let Some(reg) = self.registrations.get(&id) else {
+            return;
+        };
+        match reg.state {
+            RegState::Registered => self.send_register(now, id, 0),
+            RegState::Unregistering => {}
+            RegState::Registering | RegState::Failed => self.drop_registration(id),
+        }
+    }
+
+    fn remove_registration(&mut self, id: u64, code: Option<u16>) {
+        if let Some(reg) = self.registrations.get(&id) {
+            if reg.users > 0 && !self.shutting_down {
+                // A call arrived while the un-REGISTER was in flight: register again.
+                let expires = reg.expires;
+                return self.send_register(self.now, id, expires);
+            }
+            self.events.push_back(UaEvent::Registration {
+                login: reg.account.login.clone(),
+                domain: reg.account.domain.clone(),
+                status: RegStatus::Unregistered,
+                sip_status: code,
+            });
+        }
+        self.drop_registration(id);
+    }
+
+    fn drop_registration(&mut self, id: u64) {
+        if let Some(reg) = self.registrations.remove(&id) {
+            self.reg_ids.retain(|_, v| *v != id);
+            tracing::info!(account = %reg.account.login, domain = %reg.account.domain, "registration removed");
+        }
+        self.check_idle();
+    }
+
+    fn register_timer(&mut self, now: Instant, id: u64) {
+        let Some(reg) = self.registrations.get(&id) else {
+            return;
+        };
+        if reg.users == 0 && reg.state == RegState::Registered {
+            return self.send_register(now, id, 0);
+        }
+        if reg.state == RegState::Registered && reg.refresh_at.is_some_and(|t| now >= t) {
+            let expires = reg.expires;
+            self.send_register(now, id, expires);
+        }
+    }
+
+    fn check_idle(&mut self) {
+        if self.shutting_down && self.calls.is_empty() && self.registrations.is_empty() {
+            self.events.push_back(UaEvent::Idle);
+        }
+    }
+
+    // ---- incoming requests ----
+
+    fn on_request(
+        &mut self,
+        now: Instant,
+        key: TransactionKey,
+        req: rsip::Request,
+        transport: Transport,
+        source: SocketAddr,
+    ) {
+        let to_tag = req
+            .to_header()
+            .ok()
+            .and_then(|h| h.typed().ok())
+            .and_then(|t| t.tag().map(|t| t.value().to_string()));
+        let call_id = req
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        let dialog_call = to_tag
+            .as_ref()
+            .and_then(|tag| self.dialogs.get(&(call_id.clone(), tag.clone())))
+            .copied();
+        let method = req.method;
+        let response = match (method, dialog_call) {
+            (rsip::Method::Cancel, _) => {
+                build_response(&req, 481, Some(&random_token(8)), vec![], None)
+            }
+            (rsip::Method::Options, None) if to_tag.is_none() => build_response(
+                &req,
+                200,
+                Some(&random_token(8)),
+                vec![
+                    rsip::Header::Allow(rsip::headers::Allow::new(ALLOW)),
+                    accept_sdp(),
+                ],
+                None,
+            ),
+            (rsip::Method::Invite, None) if to_tag.is_none() => {
+                // Incoming calls are not routed to streams yet (the gateway places calls).
+                build_response(&req, 480, Some(&random_token(8)), vec![], None)
+            }
+            (
+                rsip::Method::Register
+                | rsip::Method::Subscribe
+                | rsip::Method::Publish
+                | rsip::Method::Message,
+                None,
+            ) if to_tag.is_none() => build_response(
+                &req,
+                405,
+                Some(&random_token(8)),
+                vec![rsip::Header::Allow(rsip::headers::Allow::new(ALLOW))],
+                None,
+            ),
+            (_, None) => build_response(&req, 481, Some(&random_token(8)), vec![], None),
+            (rsip::Method::Bye, Some(c)) => {
+                let resp = build_response(&req, 200, None, vec![], None);
+                let _ = self.endpoint.respond(now, &key, resp);
+                if let Some(call) = self.calls.get_mut(&c) {
+                    call.pending_2xx = None;
+                }
+                tracing::info!(call = c, "BYE from the far end");
+                self.end_call(
+                    c,
+                    CallPhase::Finish,
+                    Some(200),
+                    Some("hung up by the far end".into()),
+                );
+                return;
+            }
+            (rsip::Method::Invite | rsip::Method::Update, Some(c)) => {
+                return self.on_remote_offer(now, key, c, req, transport, source);
+            }
+            (
+                rsip::Method::Options
+                | rsip::Method::Info
+                | rsip::Method::Notify
+                | rsip::Method::Message,
+                Some(_),
+            ) => build_response(&req, 200, None, vec![], None),
+            (_, Some(_)) => build_response(
+                &req,
+                405,
+                None,
+                vec![rsip::Header::Allow(rsip::headers::Allow::new(ALLOW))],
+                None,
+            ),
+        };
+        if let Err(e) = self.endpoint.respond(now, &key, response) {
+            tracing::debug!(error = %e, "response not sent");
+        }
+    }
+
+    /// A re-INVITE or UPDATE from the far end: answer with our SDP, mirroring its direction
+    /// (hold), and tell the media layer about the new remote description.
+    fn on_remote_offer(
+        &mut self,
+        now: Instant,
+        key: TransactionKey,
+        c: CallKey,
+        req: rsip::Request,
+        transport: Transport,
+        source: SocketAddr,
+    ) {
+        let offer = sdp_text(&req.body);
+        let Some(call) = self.calls.get_mut(&c) else {
+            return;
+        };
+        let answer = match offer.as_deref().map(SessionDescription::parse) {
+            None => call.sdp_offer.clone(),
+            Some(Err(e)) => {
+                tracing::info!(call = c, error = %e, "re-INVITE with unreadable SDP");
+                let resp = build_response(&req, 488, None, vec![], None);
+                let _ = self.endpoint.respond(now, &key, resp);
+                return;
+            }
+            Some(Ok(remote)) => answer_for(&call.sdp_offer, &remote),
+        };
+        let contact = rsip::headers::Contact::new(call.local.contact(&call.account.login)).into();
+        let resp = build_response(
+            &req,
+            200,
+            None,
+            vec![contact],
+            Some(("application/sdp", answer.into_bytes())),
+        );
+        if req.method == rsip::Method::Invite {
+            let cseq = req
+                .cseq_header()
+                .ok()
+                .and_then(|h| h.typed().ok())
+                .map(|c| c.seq)
+                .unwrap_or(0);
+            let data = Bytes::from(resp.to_string());
+            let interval = self.cfg.timers.t1;
+            if !transport.is_reliable() {
+                call.pending_2xx = Some(Retransmit {
+                    cseq,
+                    data,
+                    dest: source,
+                    next: now + interval,
+                    interval,
+                    give_up: now + self.cfg.timers.t1 * 64,
+                });
+                self.timers.push(now + interval, Timer::Call(c));
+            }
+        }
+        let _ = self.endpoint.respond(now, &key, resp);
+        if let Some(sdp) = offer {
+            self.events.push_back(UaEvent::RemoteMedia { key: c, sdp });
+        }
+    }
+
+    fn on_ack(&mut self, req: &rsip::Request) {
+        let to_tag = req
+            .to_header()
+            .ok()
+            .and_then(|h| h.typed().ok())
+            .and_then(|t| t.tag().map(|t| t.value().to_string()));
+        let call_id = req
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        let cseq = req
+            .cseq_header()
+            .ok()
+            .and_then(|h| h.typed().ok())
+            .map(|c| c.seq);
+        if let Some(c) = to_tag
+            .and_then(|t| self.dialogs.get(&(call_id, t)))
+            .copied()
+        {
+            if let Some(call) = self.calls.get_mut(&c) {
+                if call.pending_2xx.as_ref().map(|p| p.cseq) == cseq {
+                    call.pending_2xx = None;
+                }
+            }
+        }
+    }
+}
+
+/// Where requests inside the call's dialog go: the outbound proxy when it is sticky, else
+/// the first route or remote target when it is an IP literal, else the original destination.
+fn in_dialog_dest(call: &Call) -> (Transport, SocketAddr) {
+    let dest = if call.route.sticky {
+        call.route.dest
+    } else {
+        call.dialog.next_hop().unwrap_or(call.route.dest)
+    };
+    (call.route.transport, dest)
+}
+
+/// Challenges answered per request before giving up.
+const MAX_AUTH_ROUNDS: u32 = 3;
+
+enum Verdict {
+    Retry,
+    WrongCredentials,
+    Unsupported(String),
+}
+
+/// Feeds every challenge of a 401/407 to the account's digest session.
+fn challenge(auth: &mut DigestSession, resp: &rsip::Response, rounds: u32) -> Verdict {
+    if rounds > MAX_AUTH_ROUNDS {
+        return Verdict::WrongCredentials;
+    }
+    let proxy = resp.status_code.code() == 407;
+    let values: Vec<&str> = resp
+        .headers
+        .iter()
+        .filter_map(|h| match h {
+            rsip::Header::WwwAuthenticate(v) if !proxy => Some(v.value()),
+            rsip::Header::ProxyAuthenticate(v) if proxy => Some(v.value()),
+            _ => None,
+        })
+        .collect();
+    let kind = if proxy {
+        ChallengeKind::Proxy
+    } else {
+        ChallengeKind::Www
+    };
+    let mut verdict = Verdict::Unsupported("no digest challenge in the response".into());
+    for value in values {
+        match Challenge::parse(value) {
+            Ok(ch) => match auth.on_challenge(kind, ch) {
+                ChallengeVerdict::WrongCredentials => return Verdict::WrongCredentials,
+                ChallengeVerdict::Retry => verdict = Verdict::Retry,
+            },
+            Err(e) => {
+                if !matches!(verdict, Verdict::Retry) {
+                    verdict = Verdict::Unsupported(e.to_string());
+                }
+            }
+        }
+    }
+    verdict
+}
+
+/// The Authorization/Proxy-Authorization headers for a request (none before a challenge).
+fn auth_headers(auth: &mut DigestSession, method: &str, uri: &str) -> Vec<(String, String)> {
+    match auth.authorizations(method, uri, &random_token(16)) {
+        Ok(headers) => headers
+            .into_iter()
+            .map(|h| (h.name().to_string(), h.value))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "digest answer not computed");
+            Vec::new()
+        }
+    }
+}
+
+fn accept_sdp() -> rsip::Header {
+    rsip::Header::Accept(rsip::headers::Accept::new("application/sdp"))
+}
+
+fn reason_phrase(resp: &rsip::Response) -> String {
+    resp.status_code.to_string()
+}
+
+fn header_other<'a>(headers: &'a rsip::Headers, name: &str) -> Option<&'a str> {
+    headers.iter().find_map(|h| match h {
+        rsip::Header::Other(n, v) if n.eq_ignore_ascii_case(name) => Some(v.as_str()),
+        rsip::Header::MinExpires(v) if name.eq_ignore_ascii_case("Min-Expires") => Some(v.value()),
+        _ => None,
+    })
+}
+
+fn sdp_text(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(body).ok().map(str::to_string)
+}
+
+fn sdp_body(resp: &rsip::Response) -> Option<String> {
+    let is_sdp = resp.headers.iter().any(|h| match h {
+        rsip::Header::ContentType(ct) => {
+            ct.value().to_ascii_lowercase().contains("application/sdp")
+        }
+        _ => false,
+    });
+    if is_sdp {
+        sdp_text(&resp.body)
+    } else {
+        None
+    }
+}
+
+/// The expiry the registrar granted: our Contact's `expires` param, else the Expires header.
+fn granted_expires(resp: &rsip::Response, _our_contact: &str) -> Option<u32> {
+    let from_contact = resp.headers.iter().find_map(|h| match h {
+        rsip::Header::Contact(c) => c
+            .value()
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("expires="))
+            .and_then(|v| v.trim().parse().ok()),
+        _ => None,
+    });
+    from_contact.or_else(|| {
+        resp.headers.iter().find_map(|h| match h {
+            rsip::Header::Expires(e) => e.value().trim().parse().ok(),
+            _ => None,
+        })
+    })
+}
+
+/// Our answer to a re-offer: our own description with the direction mirrored.
+fn answer_for(our_sdp: &str, remote: &SessionDescription) -> String {
+    let Ok(mut ours) = SessionDescription::parse(our_sdp) else {
+        return our_sdp.to_string();
+    };
+    ours.origin.version = ours.origin.version.wrapping_add(1);
+    for m in ours.media.iter_mut() {
+        let remote_dir = remote
+            .media
+            .iter()
+            .find(|r| r.kind == m.kind)
+            .map(|r| r.direction)
+            .unwrap_or(Direction::SendRecv);
+        m.direction = remote_dir.reversed();
+    }
+    ours.to_string()
+}

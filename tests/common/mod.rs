@@ -1,0 +1,444 @@
+//! Test harness: runs the real gateway binary and real peers (sipp, kamailio) on 127.0.0.1.
+//! Every test takes its own ports (free ports found by binding port 0, RTP ranges from a
+//! counter) so tests run in parallel.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn free_udp_port() -> u16 {
+    // A port free for both UDP and TCP, as SIP uses both.
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A block of 40 even-aligned ports per call of this function, distinct per process.
+pub fn port_block() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = 20000 + (std::process::id() % 100) as u16 * 400 + (n % 10) * 40;
+    (base, base + 39)
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+pub struct Gateway {
+    child: Child,
+    pub rest: String,
+    pub sip_port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(extra: &[(&str, String)]) -> Gateway {
+        let dir = tempdir();
+        let rest_port = free_tcp_port();
+        let sip_port = free_udp_port();
+        let (rtp_min, rtp_max) = port_block();
+        let log = dir.path().join("gateway.log");
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/properties/sipstream.properties"
+            )
+            .into(),
+        ];
+        let mut sets: Vec<(String, String)> = vec![
+            ("rest_port".into(), rest_port.to_string()),
+            ("sip_address".into(), "127.0.0.1".into()),
+            ("sip_port".into(), sip_port.to_string()),
+            ("rtp_address".into(), "127.0.0.1".into()),
+            ("rtp_port_min".into(), rtp_min.to_string()),
+            ("rtp_port_max".into(), rtp_max.to_string()),
+            (
+                "record_dir".into(),
+                dir.path().join("records").display().to_string(),
+            ),
+            ("log_level".into(), "sipstream=debug,info".into()),
+        ];
+        for (k, v) in extra {
+            sets.retain(|(sk, _)| sk != k);
+            sets.push((k.to_string(), v.clone()));
+        }
+        for (k, v) in sets {
+            args.push("--set".into());
+            args.push(format!("{k}={v}"));
+        }
+        let logfile = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sipstream"))
+            .args(&args)
+            .current_dir(dir.path())
+            .stdout(logfile.try_clone().unwrap())
+            .stderr(logfile)
+            .spawn()
+            .expect("start sipstream");
+        let gw = Gateway {
+            child,
+            rest: format!("http://127.0.0.1:{rest_port}"),
+            sip_port,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/health", gw.rest)).await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start:\n{}",
+                gw.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gw
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// POSTs JSON (or raw text) to `/rest-api{path}`; returns status and parsed body.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/rest-api{}", self.rest, path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("REST request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post(path, &body.to_string()).await
+    }
+
+    pub async fn call(&self, call_id: &str) -> Value {
+        let (status, v) = self
+            .post_json("/call/find", serde_json::json!({"callId": call_id}))
+            .await;
+        assert_eq!(status, 200, "find {call_id}: {v}");
+        v[0].clone()
+    }
+
+    /// Polls `/call/find` until the call's status is one of `want`.
+    pub async fn wait_status(&self, call_id: &str, want: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.call(call_id).await;
+            if want.iter().any(|w| c["status"] == *w) {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {call_id} never reached {want:?}; last: {c}\n--- gateway log ---\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stream(&self, name: &str) -> Option<Value> {
+        let (status, v) = self
+            .post_json("/stream/find", serde_json::json!({"name": name}))
+            .await;
+        (status == 200).then(|| v[0].clone())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for exit; returns whether it exited on its own in time.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ---\n{}", self.logs());
+        }
+    }
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Fails the test (never skips) when a peer is missing: CI installs them all.
+pub fn require(cmd: &str) {
+    assert!(
+        have(cmd),
+        "{cmd} is not installed: run scripts/deps.sh test"
+    );
+}
+
+/// A μ-law file with a 440 Hz tone (for sipp's rtp_stream).
+pub fn tone_file(dir: &Path, seconds: u32, alaw: bool) -> PathBuf {
+    let path = dir.join(if alaw { "tone.alaw" } else { "tone.ulaw" });
+    let mut f = std::fs::File::create(&path).unwrap();
+    let n = 8000 * seconds;
+    let mut buf = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let s = ((i as f64) * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0;
+        let s = s as i16;
+        buf.push(if alaw {
+            sipstream::media::g711::linear_to_alaw(s)
+        } else {
+            sipstream::media::g711::linear_to_ulaw(s)
+        });
+    }
+    f.write_all(&buf).unwrap();
+    path
+}
+
+pub struct Sipp {
+    child: Child,
+    pub port: u16,
+    pub media_port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sipp {
+    /// Starts sipp as UAS with `scenario` (a file in tests/sipp/, `@AUDIO@` replaced by a
+    /// tone file), handling one call.
+    pub fn uas(scenario: &str, transport: &str, alaw: bool) -> Sipp {
+        require("sipp");
+        let dir = tempdir();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/sipp")
+            .join(scenario);
+        let text = std::fs::read_to_string(&src).unwrap();
+        let tone = tone_file(dir.path(), 30, alaw);
+        let text = text.replace("@AUDIO@", &tone.display().to_string());
+        let sf = dir.path().join(scenario);
+        std::fs::write(&sf, text).unwrap();
+        let port = free_udp_port();
+        let media_port = loop {
+            let p = free_udp_port();
+            if p % 2 == 0 && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok() {
+                break p;
+            }
+        };
+        let log = dir.path().join("sipp.log");
+        let t = if transport == "tcp" { "t1" } else { "u1" };
+        let child = Command::new("sipp")
+            .args(["-sf", sf.to_str().unwrap()])
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-mi", "127.0.0.1", "-mp", &media_port.to_string()])
+            .args(["-t", t, "-m", "1", "-timeout", "60s", "-timeout_error"])
+            .args(["-trace_err", "-trace_msg", "-nostdin"])
+            .current_dir(dir.path())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sipp");
+        std::thread::sleep(Duration::from_millis(300));
+        Sipp {
+            child,
+            port,
+            media_port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for sipp to finish its one call; returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The messages sipp exchanged (its -trace_msg file).
+    pub fn messages(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self._dir.path()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.ends_with("_messages.log") || name.ends_with("_errors.log") {
+                    out += &std::fs::read_to_string(e.path()).unwrap_or_default();
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- sipp messages ---\n{}", self.messages());
+        }
+    }
+}
+
+/// The usual startup body towards a sipp UAS on `port`.
+pub fn startup_body(call_id: &str, port: u16, transport: &str) -> Value {
+    serde_json::json!({
+        "callId": call_id,
+        "callee": "10005",
+        "sipLogin": "alice",
+        "sipAuthenticationName": "alice",
+        "sipPassword": "s3cret-Pa55",
+        "sipDomain": "127.0.0.1",
+        "sipPort": port.to_string(),
+        "sipTransport": transport,
+        "sipRegisterRequired": "false",
+        "hasAudio": "true",
+        "hasVideo": "false",
+        "toStream": format!("{call_id}_stream"),
+    })
+}
+
+pub struct Kamailio {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    /// Starts kamailio with tests/kamailio/kamailio.cfg, relaying INVITEs to `callee_port`.
+    pub fn start(callee_port: u16) -> Kamailio {
+        require("kamailio");
+        let dir = tempdir();
+        let port = free_udp_port();
+        let cfg = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/kamailio/kamailio.cfg"
+        ))
+        .unwrap()
+        .replace("@PORT@", &port.to_string())
+        .replace("@CALLEE@", &callee_port.to_string());
+        let cfg_path = dir.path().join("kamailio.cfg");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let log = dir.path().join("kamailio.log");
+        let child = Command::new("kamailio")
+            .args([
+                "-f",
+                cfg_path.to_str().unwrap(),
+                "-DD",
+                "-E",
+                "-Y",
+                dir.path().to_str().unwrap(),
+            ])
+            .args([
+                "-m",
+                "64",
+                "-M",
+                "8",
+                "-P",
+                dir.path().join("k.pid").to_str().unwrap(),
+            ])
+            .stdout(std::fs::File::create(dir.path().join("kamailio.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start kamailio");
+        let k = Kamailio {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !k.log().contains("INFO: <core>") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        k
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (or the timeout); returns the log.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // kamailio's children follow their parent's process group; make sure they are gone.
+        let pidfile = self._dir.path().join("k.pid");
+        if let Ok(pid) = std::fs::read_to_string(pidfile) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", self._dir.path().to_str().unwrap()])
+            .status();
+    }
+}

@@ -1,0 +1,255 @@
+//! End-to-end calls against sipp on 127.0.0.1: the gateway binary places real SIP calls and
+//! the callee's RTP becomes a stream.
+mod common;
+
+use std::time::Duration;
+
+use common::{startup_body, Gateway, Sipp};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(15);
+
+fn track_packets(stream: &serde_json::Value) -> u64 {
+    stream["tracks"][0]["packets"].as_u64().unwrap_or(0)
+}
+
+async fn answered_call_streams(scenario: &str, transport: &str, alaw: bool, codec: &str) {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas(scenario, transport, alaw);
+    let id = format!("c-{}", scenario.replace(['.', '_'], "-"));
+    let (status, call) = gw
+        .post_json("/call/startup", startup_body(&id, sipp.port, transport))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    assert!(
+        ["PENDING", "TRYING"].contains(&call["status"].as_str().unwrap()),
+        "{call}"
+    );
+    assert!(
+        call.to_string().find("s3cret").is_none(),
+        "password leaked: {call}"
+    );
+
+    let call = gw.wait_status(&id, &["ESTABLISHED"], T).await;
+    assert_eq!(call["sipStatus"], 200);
+    let stream_name = format!("{id}_stream");
+    // The callee's media becomes the stream; its counters grow while the callee talks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s1 = gw.stream(&stream_name).await.expect("stream exists");
+    assert_eq!(s1["tracks"][0]["codec"], codec, "{s1}");
+    assert_eq!(s1["callId"], id.as_str());
+    if codec != "opus" {
+        let p1 = track_packets(&s1);
+        assert!(p1 > 20, "few packets: {s1}");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let s2 = gw.stream(&stream_name).await.unwrap();
+        let p2 = track_packets(&s2);
+        assert!(p2 >= p1 + 30, "counters do not grow: {p1} -> {p2}");
+        assert!(s2["tracks"][0]["bytes"].as_u64().unwrap() >= p2 * 160);
+    }
+    let call = gw.call(&id).await;
+    let leg = &call["legs"][0]["tracks"][0];
+    assert_eq!(leg["codec"], codec, "{call}");
+    assert!(
+        leg["packetsSent"].as_u64().unwrap() > 10,
+        "gateway sends silence: {call}"
+    );
+
+    let (status, _) = gw.post_json("/call/terminate", json!({"callId": id})).await;
+    assert_eq!(status, 200);
+    let call = gw.wait_status(&id, &["FINISH"], T).await;
+    assert!(call["endedAt"].as_u64().is_some());
+    assert_eq!(
+        sipp.wait(T),
+        Some(0),
+        "sipp saw a clean call:\n{}",
+        sipp.messages()
+    );
+    // A stream ends when its call ends.
+    assert!(gw.stream(&stream_name).await.is_none());
+    assert!(!gw.logs().contains("s3cret-Pa55"), "password in the logs");
+}
+
+#[tokio::test]
+async fn pcmu_call_becomes_a_stream_and_terminate_sends_bye() {
+    answered_call_streams("uas_pcmu_stream.xml", "udp", false, "PCMU").await;
+}
+
+#[tokio::test]
+async fn pcmu_call_over_tcp() {
+    answered_call_streams("uas_pcmu_stream.xml", "tcp", false, "PCMU").await;
+}
+
+#[tokio::test]
+async fn pcma_answer_gives_a_pcma_stream() {
+    answered_call_streams("uas_pcma_stream.xml", "udp", true, "PCMA").await;
+}
+
+#[tokio::test]
+async fn opus_answer_with_its_own_payload_type() {
+    answered_call_streams("uas_opus_answer.xml", "udp", false, "opus").await;
+}
+
+#[tokio::test]
+async fn busy_callee_gives_busy() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_busy.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("busy1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    let call = gw.wait_status("busy1", &["BUSY"], T).await;
+    assert_eq!(call["sipStatus"], 486);
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(gw.stream("busy1_stream").await.is_none());
+}
+
+#[tokio::test]
+async fn terminate_while_ringing_sends_cancel() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_ring_cancel.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("ring1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("ring1", &["RING"], T).await;
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "ring1"}))
+        .await;
+    assert_eq!(status, 200);
+    let call = gw.wait_status("ring1", &["FINISH"], T).await;
+    assert_eq!(call["sipStatus"], 487, "{call}");
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(sipp.messages().contains("CANCEL sip:10005@127.0.0.1"));
+}
+
+#[tokio::test]
+async fn digest_401_is_answered_with_credentials() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_auth401.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("auth1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("auth1", &["ESTABLISHED"], T).await;
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "auth1"}))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("auth1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let msgs = sipp.messages();
+    assert!(msgs.contains("Authorization: Digest"), "{msgs}");
+    assert!(!gw.logs().contains("s3cret-Pa55"), "password in the logs");
+}
+
+#[tokio::test]
+async fn wrong_password_fails_the_call_with_the_challenge_status() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_auth401.xml", "udp", false);
+    let mut body = startup_body("auth2", sipp.port, "udp");
+    body["sipPassword"] = json!("wrong");
+    let (status, _) = gw.post_json("/call/startup", body).await;
+    assert_eq!(status, 200);
+    let call = gw.wait_status("auth2", &["FAILED"], T).await;
+    assert_eq!(call["sipStatus"], 403, "{call}");
+    let _ = sipp.wait(T);
+}
+
+#[tokio::test]
+async fn far_end_bye_finishes_the_call() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_far_bye.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("farbye", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("farbye", &["ESTABLISHED"], T).await;
+    let call = gw.wait_status("farbye", &["FINISH"], T).await;
+    assert_eq!(call["reason"], "hung up by the far end", "{call}");
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(gw.stream("farbye_stream").await.is_none());
+}
+
+#[tokio::test]
+async fn unanswered_call_times_out_with_cancel() {
+    let gw = Gateway::start(&[("sip_invite_timeout_s", "1".to_string())]).await;
+    let mut sipp = Sipp::uas("uas_ring_cancel.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("noans", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    let call = gw.wait_status("noans", &["FAILED"], T).await;
+    assert_eq!(call["sipStatus"], 408, "{call}");
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
+#[tokio::test]
+async fn unreachable_peer_fails_after_timer_b() {
+    // T1 = 20 ms makes timer B (64·T1) 1.28 s.
+    let gw = Gateway::start(&[
+        ("sip_t1_ms", "20".to_string()),
+        ("sip_t2_ms", "160".to_string()),
+    ])
+    .await;
+    let dead = common::free_udp_port();
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("dead1", dead, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    let call = gw.wait_status("dead1", &["FAILED"], T).await;
+    assert_eq!(call["sipStatus"], 408, "{call}");
+    // The ports of the failed call went back to the pool.
+    let health: serde_json::Value = reqwest::get(format!("{}/health", gw.rest))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["rtpPortsInUse"], 0, "{health}");
+}
+
+/// kamailio on 127.0.0.1 as registrar and proxy: REGISTER answered 401, INVITE answered 407,
+/// both retried with digest credentials; the call is relayed to sipp and BYE follows the
+/// Record-Route; the account is un-REGISTERed when its last call ends.
+#[tokio::test]
+async fn register_and_407_through_kamailio() {
+    common::require("kamailio");
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let mut kam = common::Kamailio::start(sipp.port);
+    let body = json!({
+        "callId": "kam1",
+        "callee": "10005",
+        "sipLogin": "alice",
+        "sipPassword": "s3cret-Pa55",
+        "sipDomain": "sipstream.test",
+        "sipOutboundProxy": "127.0.0.1",
+        "sipPort": kam.port,
+        "sipRegisterRequired": "true",
+        "toStream": "kam1_stream",
+    });
+    let (status, v) = gw.post_json("/call/startup", body).await;
+    assert_eq!(status, 200, "{v}");
+    gw.wait_status("kam1", &["ESTABLISHED"], T).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let s = gw.stream("kam1_stream").await.expect("stream");
+    assert!(track_packets(&s) > 10, "{s}");
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "kam1"}))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("kam1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let log = kam.wait_log("expires=0", T);
+    assert!(
+        log.contains("REGISTER-OK alice expires=600") || log.contains("REGISTER-OK alice expires="),
+        "{log}"
+    );
+    assert!(log.contains("INVITE-AUTH-OK alice -> 10005"), "{log}");
+    assert!(log.contains("IN-DIALOG BYE via loose_route"), "{log}");
+    assert!(
+        log.contains("REGISTER-OK alice expires=0"),
+        "un-REGISTER: {log}"
+    );
+}
