@@ -10,4 +10,4 @@ cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"

@@ -11,3 +11,20 @@ pub mod session;
 pub mod stats;
 
 pub use packet::{is_rtcp, RtpError, RtpHeader, RtpPacket};
+
+/// Port ranges for tests that bind real sockets: each call gets a range no other test of this
+/// process was given, and that was free when probed (the machine is shared).
+#[cfg(test)]
+pub(crate) fn free_test_range(pairs: u16) -> (u16, u16) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(41000);
+    loop {
+        let base = NEXT.fetch_add(64, Ordering::Relaxed);
+        assert!(base < 60000, "no free port range");
+        let max = base + 2 * pairs - 1;
+        let free = (base..=max).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return (base, max);
+        }
+    }
+}

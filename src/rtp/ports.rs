@@ -220,20 +220,6 @@ mod tests {
 
     const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-    /// Finds a range of `n` pairs that is free right now (tests share the machine).
-    fn free_range(n: u16) -> (u16, u16) {
-        for base in (41000u16..60000).step_by(64) {
-            let max = base + 2 * n - 1;
-            let socks: Vec<_> = (base..=max)
-                .map(|p| std::net::UdpSocket::bind((LO, p)))
-                .collect();
-            if socks.iter().all(|s| s.is_ok()) {
-                return (base, max);
-            }
-        }
-        panic!("no free port range");
-    }
-
     #[test]
     fn ranges() {
         assert_eq!(PortPool::new(10000, 10009).unwrap().capacity(), 5);
@@ -249,7 +235,7 @@ mod tests {
 
     #[tokio::test]
     async fn allocate_skip_exhaust_release() {
-        let (min, max) = free_range(3);
+        let (min, max) = crate::rtp::free_test_range(3);
         let pool = PortPool::new(min, max).unwrap();
         // Another "process" holds the second pair's RTCP port.
         let squatter = std::net::UdpSocket::bind((LO, min + 3)).unwrap();
@@ -281,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_allocations_are_distinct() {
-        let (min, max) = free_range(8);
+        let (min, max) = crate::rtp::free_test_range(8);
         let pool = PortPool::new(min, max).unwrap();
         let tasks: Vec<_> = (0..8)
             .map(|_| {

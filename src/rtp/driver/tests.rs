@@ -14,19 +14,6 @@ use crate::rtp::rtcp::{self, RtcpPacket};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn free_range(n: u16) -> (u16, u16) {
-    for base in (42000u16..60000).step_by(64) {
-        let max = base + 2 * n - 1;
-        let socks: Vec<_> = (base..=max)
-            .map(|p| std::net::UdpSocket::bind((LO, p)))
-            .collect();
-        if socks.iter().all(|s| s.is_ok()) {
-            return (base, max);
-        }
-    }
-    panic!("no free port range");
-}
-
 fn rtp(seq: u16) -> Vec<u8> {
     RtpHeader {
         pt: 0,
@@ -40,7 +27,7 @@ fn rtp(seq: u16) -> Vec<u8> {
 
 #[tokio::test]
 async fn leg_receives_publishes_sends_silence_and_rr() {
-    let (min, max) = free_range(2);
+    let (min, max) = crate::rtp::free_test_range(2);
     let pool = PortPool::new(min, max).unwrap();
     let pair = pool.allocate(LO).await.unwrap();
     let leg_rtp = pair.rtp_addr().unwrap();
@@ -204,7 +191,7 @@ async fn leg_receives_publishes_sends_silence_and_rr() {
 
 #[tokio::test]
 async fn dropping_handle_stops_leg() {
-    let (min, max) = free_range(1);
+    let (min, max) = crate::rtp::free_test_range(1);
     let pool = PortPool::new(min, max).unwrap();
     let pair = pool.allocate(LO).await.unwrap();
     let reg = Registry::new(4);
