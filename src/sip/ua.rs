@@ -359,12 +359,21 @@ impl UserAgent {
         while let Some(ev) = self.endpoint.poll_event() {
             match ev {
                 EndpointEvent::Client { key, event } => {
-                    let owner = match &event {
-                        ClientEvent::Provisional(_) | ClientEvent::Retransmitted2xx(_) => {
-                            self.owners.get(&key).copied()
+                    // An INVITE transaction that got a 2xx lives on (RFC 6026 Accepted) to
+                    // pass up retransmissions of that 2xx: its owner stays until the call
+                    // ends. Other transactions are done at their final response.
+                    let owner = self.owners.get(&key).copied();
+                    let keep = match &event {
+                        ClientEvent::Provisional(_) | ClientEvent::Retransmitted2xx(_) => true,
+                        ClientEvent::Final(r) => {
+                            matches!(owner, Some(TxOwner::Invite(_)))
+                                && r.status_code.code() / 100 == 2
                         }
-                        _ => self.owners.remove(&key),
+                        ClientEvent::Timeout | ClientEvent::TransportError => false,
                     };
+                    if !keep {
+                        self.owners.remove(&key);
+                    }
                     match owner {
                         Some(TxOwner::Invite(c)) => self.on_invite_event(now, c, event),
                         Some(TxOwner::Cancel(c)) => self.on_cancel_event(c, event),
@@ -1484,4 +1493,361 @@ fn answer_for(our_sdp: &str, remote: &SessionDescription) -> String {
         m.direction = remote_dir.reversed();
     }
     ours.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The UA in virtual time: a fake peer answers by hand-written responses.
+    use super::*;
+
+    const PEER: &str = "127.0.0.1:5070";
+
+    fn ua(t0: Instant) -> UserAgent {
+        UserAgent::new(
+            t0,
+            UaConfig {
+                timers: Timers {
+                    t1: Duration::from_millis(500),
+                    t2: Duration::from_secs(4),
+                    t4: Duration::from_secs(5),
+                },
+                user_agent: "test".into(),
+                register_expires: 600,
+                invite_timeout: Duration::from_secs(120),
+            },
+        )
+    }
+
+    fn place(ua: &mut UserAgent, now: Instant, register: bool) {
+        ua.handle_command(
+            now,
+            Command::PlaceCall(Box::new(PlaceCall {
+                key: 7,
+                account: Account {
+                    login: "alice".into(),
+                    auth_name: "alice".into(),
+                    password: "pw".into(),
+                    domain: "example.com".into(),
+                },
+                callee_uri: "sip:bob@example.com".into(),
+                register,
+                route: Route {
+                    transport: Transport::Udp,
+                    dest: PEER.parse().unwrap(),
+                    local: "127.0.0.1:5060".parse().unwrap(),
+                    sticky: false,
+                },
+                sdp_offer: "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n".into(),
+                headers: vec![],
+            })),
+        );
+    }
+
+    fn sent(ua: &mut UserAgent) -> Vec<String> {
+        std::iter::from_fn(|| ua.poll_transmit())
+            .map(|t| String::from_utf8_lossy(&t.data).to_string())
+            .collect()
+    }
+
+    fn events(ua: &mut UserAgent) -> Vec<UaEvent> {
+        std::iter::from_fn(|| ua.poll_event()).collect()
+    }
+
+    fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+        msg.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+            .unwrap_or_else(|| panic!("no {name} in {msg}"))
+    }
+
+    /// A response to `req` as a UAS would write it.
+    fn response(req: &str, status: &str, to_tag: Option<&str>, extra: &str) -> Vec<u8> {
+        let to = match to_tag {
+            Some(t) => format!("{};tag={t}", header(req, "To")),
+            None => header(req, "To").to_string(),
+        };
+        format!(
+            "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
+            header(req, "Via"),
+            header(req, "From"),
+            header(req, "Call-ID"),
+            header(req, "CSeq"),
+        )
+        .into_bytes()
+    }
+
+    fn phases(evs: &[UaEvent]) -> Vec<(CallPhase, Option<u16>)> {
+        evs.iter()
+            .filter_map(|e| match e {
+                UaEvent::CallState {
+                    phase, sip_status, ..
+                } => Some((*phase, *sip_status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retransmitted_2xx_gets_a_new_ack() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        place(&mut ua, t0, false);
+        let invite = sent(&mut ua).remove(0);
+        assert!(invite.starts_with("INVITE sip:bob@example.com SIP/2.0"));
+        let ok = response(
+            &invite,
+            "200 OK",
+            Some("b1"),
+            "Contact: <sip:bob@127.0.0.1:5070>\r\n",
+        );
+        ua.handle_input(t0, Transport::Udp, peer, &ok);
+        let out = sent(&mut ua);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("ACK sip:bob@127.0.0.1:5070 SIP/2.0"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].contains("CSeq: 1 ACK"));
+        assert_eq!(
+            phases(&events(&mut ua)),
+            vec![
+                (CallPhase::Trying, None),
+                (CallPhase::Established, Some(200))
+            ]
+        );
+        // The 200 again (our ACK was lost): the same ACK again, no new event.
+        ua.handle_input(t0 + Duration::from_millis(500), Transport::Udp, peer, &ok);
+        let again = sent(&mut ua);
+        assert_eq!(again, out);
+        assert!(events(&mut ua).is_empty());
+    }
+
+    #[test]
+    fn invite_retransmits_then_times_out_with_408() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        place(&mut ua, t0, false);
+        assert_eq!(sent(&mut ua).len(), 1);
+        // Timer A: 0.5, 1, 2, 4, 8, 16 s; timer B: 32 s.
+        let mut now = t0;
+        let mut retransmits = Vec::new();
+        while let Some(at) = ua.poll_timeout() {
+            if at > t0 + Duration::from_secs(40) {
+                break;
+            }
+            now = at;
+            ua.handle_timeout(now);
+            for _ in sent(&mut ua) {
+                retransmits.push(now - t0);
+            }
+            if !events(&mut ua).is_empty() && ua.active_calls() == 0 {
+                break;
+            }
+        }
+        let secs: Vec<f64> = retransmits.iter().map(|d| d.as_secs_f64()).collect();
+        assert_eq!(secs, vec![0.5, 1.5, 3.5, 7.5, 15.5, 31.5]);
+        assert_eq!(now - t0, Duration::from_secs(32));
+        assert_eq!(ua.active_calls(), 0);
+    }
+
+    #[test]
+    fn timeout_reports_failed_408() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        place(&mut ua, t0, false);
+        sent(&mut ua);
+        events(&mut ua);
+        ua.handle_timeout(t0 + Duration::from_secs(33));
+        let evs = events(&mut ua);
+        assert_eq!(phases(&evs).last(), Some(&(CallPhase::Failed, Some(408))));
+    }
+
+    #[test]
+    fn stray_response_is_dropped_and_counted() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        place(&mut ua, t0, false);
+        let invite = sent(&mut ua).remove(0);
+        let stray = response(&invite, "200 OK", Some("x"), "")
+            .iter()
+            .copied()
+            .collect::<Vec<u8>>();
+        let stray = String::from_utf8(stray)
+            .unwrap()
+            .replace("branch=z9hG4bK", "branch=z9hG4bKother");
+        ua.handle_input(t0, Transport::Udp, peer, stray.as_bytes());
+        assert!(sent(&mut ua).is_empty());
+        assert_eq!(ua.stats().stray_responses, 1);
+        assert_eq!(phases(&events(&mut ua)), vec![(CallPhase::Trying, None)]);
+    }
+
+    #[test]
+    fn hangup_while_calling_waits_for_a_provisional_then_cancels() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        place(&mut ua, t0, false);
+        let invite = sent(&mut ua).remove(0);
+        ua.handle_command(t0, Command::Hangup(7));
+        assert!(
+            sent(&mut ua).is_empty(),
+            "no CANCEL before a provisional (RFC 3261 §9.1)"
+        );
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            &response(&invite, "180 Ringing", Some("b1"), ""),
+        );
+        let out = sent(&mut ua);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].starts_with("CANCEL sip:bob@example.com SIP/2.0"));
+        assert_eq!(
+            header(&out[0], "Via"),
+            header(&invite, "Via"),
+            "CANCEL reuses the INVITE's branch"
+        );
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            &response(&invite, "487 Request Terminated", Some("b1"), ""),
+        );
+        let out = sent(&mut ua);
+        assert!(
+            out.iter().any(|m| m.starts_with("ACK ")),
+            "ACK for the 487: {out:?}"
+        );
+        assert_eq!(
+            phases(&events(&mut ua)).last(),
+            Some(&(CallPhase::Finish, Some(487)))
+        );
+    }
+
+    #[test]
+    fn digest_challenge_is_retried_once_then_wrong_password_fails() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        place(&mut ua, t0, false);
+        let invite = sent(&mut ua).remove(0);
+        let challenge =
+            "Proxy-Authenticate: Digest realm=\"example.com\", nonce=\"n1\", qop=\"auth\"\r\n";
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            &response(
+                &invite,
+                "407 Proxy Authentication Required",
+                Some("p"),
+                challenge,
+            ),
+        );
+        let out = sent(&mut ua);
+        let retry = out
+            .iter()
+            .find(|m| m.starts_with("INVITE "))
+            .expect("retried INVITE");
+        assert!(header(retry, "Proxy-Authorization").contains("nc=00000001"));
+        assert!(retry.contains("CSeq: 2 INVITE"));
+        assert!(!retry.contains("\"pw\""), "password on the wire");
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            &response(
+                retry,
+                "407 Proxy Authentication Required",
+                Some("p"),
+                challenge,
+            ),
+        );
+        let evs = events(&mut ua);
+        assert_eq!(phases(&evs).last(), Some(&(CallPhase::Failed, Some(407))));
+    }
+
+    #[test]
+    fn bye_for_an_unknown_dialog_gets_481_and_garbage_gets_400() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let bye = "BYE sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx1\r\nFrom: <sip:b@x>;tag=1\r\nTo: <sip:a@y>;tag=2\r\nCall-ID: nope\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n";
+        ua.handle_input(t0, Transport::Udp, peer, bye.as_bytes());
+        let out = sent(&mut ua);
+        assert!(out[0].starts_with("SIP/2.0 481"), "{out:?}");
+        let bad = bye.replace("CSeq: 5 BYE", "CSeq: five BYE");
+        ua.handle_input(t0, Transport::Udp, peer, bad.as_bytes());
+        let out = sent(&mut ua);
+        assert!(out[0].starts_with("SIP/2.0 400"), "{out:?}");
+        ua.handle_input(t0, Transport::Udp, peer, b"\x00\x01garbage");
+        assert!(sent(&mut ua).is_empty());
+        assert_eq!(ua.stats().malformed, 2);
+    }
+
+    #[test]
+    fn register_refreshes_before_expiry_and_unregisters_after_the_last_call() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        place(&mut ua, t0, true);
+        let reg = sent(&mut ua).remove(0);
+        assert!(reg.starts_with("REGISTER sip:example.com SIP/2.0"), "{reg}");
+        assert!(reg.contains("Expires: 600"));
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            &response(
+                &reg,
+                "200 OK",
+                Some("r"),
+                "Contact: <sip:alice@127.0.0.1:5060>;expires=100\r\n",
+            ),
+        );
+        let invite = sent(&mut ua).remove(0);
+        assert!(
+            invite.starts_with("INVITE "),
+            "INVITE follows the registration"
+        );
+        // Refresh at 80 % of the granted 100 s.
+        let at = ua.poll_timeout().unwrap();
+        assert!(at <= t0 + Duration::from_secs(80));
+        ua.handle_timeout(t0 + Duration::from_secs(80));
+        let out = sent(&mut ua);
+        let refresh = out
+            .iter()
+            .find(|m| m.starts_with("REGISTER "))
+            .expect("refresh");
+        ua.handle_input(
+            t0 + Duration::from_secs(80),
+            Transport::Udp,
+            peer,
+            &response(refresh, "200 OK", Some("r"), ""),
+        );
+        // The call ends (busy): the account is un-REGISTERed.
+        ua.handle_input(
+            t0 + Duration::from_secs(81),
+            Transport::Udp,
+            peer,
+            &response(&invite, "486 Busy Here", Some("b"), ""),
+        );
+        ua.handle_timeout(t0 + Duration::from_secs(81));
+        let out = sent(&mut ua);
+        let unreg = out
+            .iter()
+            .find(|m| m.starts_with("REGISTER "))
+            .expect("un-REGISTER");
+        assert!(unreg.contains("Expires: 0"), "{unreg}");
+        ua.handle_command(t0 + Duration::from_secs(81), Command::Shutdown);
+        ua.handle_input(
+            t0 + Duration::from_secs(81),
+            Transport::Udp,
+            peer,
+            &response(unreg, "200 OK", Some("r"), ""),
+        );
+        assert!(events(&mut ua).iter().any(|e| matches!(e, UaEvent::Idle)));
+    }
 }
