@@ -253,3 +253,221 @@ async fn register_and_407_through_kamailio() {
         "un-REGISTER: {log}"
     );
 }
+
+#[tokio::test]
+async fn early_media_flows_into_the_stream_before_the_answer() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_early_media.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("early1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("early1", &["SESSION_PROGRESS"], T).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let call = gw.call("early1").await;
+    assert_eq!(call["status"], "SESSION_PROGRESS", "{call}");
+    assert_eq!(call["sipStatus"], 183);
+    let s = gw.stream("early1_stream").await.expect("stream");
+    assert!(track_packets(&s) > 20, "early media in the stream: {s}");
+    gw.wait_status("early1", &["ESTABLISHED"], T).await;
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "early1"}))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("early1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
+#[tokio::test]
+async fn far_end_hold_and_resume_by_reinvite_and_info_in_dialog() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_hold.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("hold1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("hold1", &["ESTABLISHED"], T).await;
+    let call = gw.wait_status("hold1", &["HOLD"], T).await;
+    assert_eq!(
+        call["legs"][0]["tracks"][0]["direction"], "sendonly",
+        "{call}"
+    );
+    let call = gw.wait_status("hold1", &["ESTABLISHED"], T).await;
+    assert_eq!(
+        call["legs"][0]["tracks"][0]["direction"], "sendrecv",
+        "{call}"
+    );
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "hold1"}))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("hold1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let msgs = sipp.messages();
+    assert!(
+        msgs.contains("X-Answer-Direction: a=recvonly"),
+        "hold answered recvonly: {msgs}"
+    );
+    assert!(msgs.contains("X-Answer-Direction: a=sendrecv"), "{msgs}");
+}
+
+#[tokio::test]
+async fn sigterm_hangs_up_calls_then_exits() {
+    let mut gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("term1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("term1", &["ESTABLISHED"], T).await;
+    assert!(
+        gw.terminate(T),
+        "gateway did not exit after SIGTERM:\n{}",
+        gw.logs()
+    );
+    assert_eq!(
+        sipp.wait(T),
+        Some(0),
+        "sipp got the BYE: {}",
+        sipp.messages()
+    );
+    assert!(gw.logs().contains("stopped"));
+}
+
+/// Garbage, malformed requests, unknown dialogs and extension methods sent straight to the
+/// gateway's SIP port get the RFC answer (or nothing) and are counted; the process keeps
+/// serving.
+#[tokio::test]
+async fn sip_garbage_gets_rfc_answers_and_nothing_breaks() {
+    let gw = Gateway::start(&[]).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let gw_addr = format!("127.0.0.1:{}", gw.sip_port);
+    let req = |method: &str, extra: &str| {
+        format!(
+            "{method} sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{}\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:gw@127.0.0.1>{extra}\r\nCall-ID: junk-{method}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            common::free_tcp_port()
+        )
+    };
+    let cases: Vec<(String, Option<&str>)> = vec![
+        (req("BYE", ";tag=nodialog"), Some("SIP/2.0 481")),
+        (req("OPTIONS", ""), Some("SIP/2.0 200")),
+        (req("NEWMETHOD", ""), Some("SIP/2.0 501")),
+        (
+            req("INFO", "").replace("CSeq: 1 INFO", "CSeq: x INFO"),
+            Some("SIP/2.0 400"),
+        ),
+        ("\u{0}\u{1}\u{2}garbage".to_string(), None),
+        ("SIP/2.0 200 OK\r\n\r\n".to_string(), None),
+        (String::from_utf8_lossy(&[0x80u8; 3000]).to_string(), None),
+        // Last: its 480 is retransmitted (timer G) since nobody ACKs it.
+        (req("INVITE", ""), Some("SIP/2.0 480")),
+    ];
+    let mut buf = vec![0u8; 4096];
+    for (msg, want) in &cases {
+        sock.send_to(msg.as_bytes(), &gw_addr).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await;
+        match (want, got) {
+            (Some(w), Ok(Ok((n, _)))) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(text.starts_with(w), "{msg:?} -> {text}");
+            }
+            (None, Err(_)) => {}
+            (w, g) => panic!("{msg:?}: wanted {w:?}, got {g:?}"),
+        }
+    }
+    let health: serde_json::Value = reqwest::get(format!("{}/health", gw.rest))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert!(
+        health["sip"]["malformed"].as_u64().unwrap() >= 4,
+        "{health}"
+    );
+    assert!(
+        health["sip"]["strayResponses"].as_u64().unwrap()
+            + health["sip"]["malformed"].as_u64().unwrap()
+            >= 5,
+        "{health}"
+    );
+}
+
+/// Every status change is POSTed to the webhook as a WCS-style CallStatusEvent.
+#[tokio::test]
+async fn call_status_events_reach_the_webhook() {
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = hook.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&data).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() < len {
+                        continue;
+                    }
+                    if let Ok(v) = serde_json::from_str(&body[..len]) {
+                        let _ = tx.send(v);
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    data.clear();
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let mut sipp = Sipp::uas("uas_busy.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("hook1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    let mut statuses = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(T, rx.recv()).await {
+        if ev["type"] == "CallStatusEvent" && ev["callId"] == "hook1" {
+            statuses.push(ev["status"].as_str().unwrap().to_string());
+            if ev["status"] == "BUSY" {
+                assert_eq!(ev["sipStatus"], 486);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("BUSY"),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&"PENDING".to_string()) || statuses.contains(&"TRYING".to_string()),
+        "{statuses:?}"
+    );
+    let _ = sipp.wait(T);
+}

@@ -1670,11 +1670,7 @@ mod tests {
         let peer = PEER.parse().unwrap();
         place(&mut ua, t0, false);
         let invite = sent(&mut ua).remove(0);
-        let stray = response(&invite, "200 OK", Some("x"), "")
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>();
-        let stray = String::from_utf8(stray)
+        let stray = String::from_utf8(response(&invite, "200 OK", Some("x"), ""))
             .unwrap()
             .replace("branch=z9hG4bK", "branch=z9hG4bKother");
         ua.handle_input(t0, Transport::Udp, peer, stray.as_bytes());

@@ -435,7 +435,11 @@ impl Drop for Kamailio {
         // kamailio's children follow their parent's process group; make sure they are gone.
         let pidfile = self._dir.path().join("k.pid");
         if let Ok(pid) = std::fs::read_to_string(pidfile) {
-            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            let _ = Command::new("kill")
+                .arg("-9")
+                .arg(pid.trim())
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = Command::new("pkill")
             .args(["-9", "-f", self._dir.path().to_str().unwrap()])
