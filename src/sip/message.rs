@@ -975,7 +975,7 @@ pub fn frame(buf: &[u8]) -> Frame {
 }
 
 /// Reason phrases for codes the UA sends; rsip would print its variant names ("BusyHere").
-fn reason_phrase(code: u16) -> Option<&'static str> {
+pub fn reason_phrase(code: u16) -> Option<&'static str> {
     Some(match code {
         100 => "Trying",
         180 => "Ringing",
@@ -1012,22 +1012,39 @@ fn reason_phrase(code: u16) -> Option<&'static str> {
 /// Serialises a message for the wire: CRLF line ends, the body as raw bytes (rsip's Display
 /// would run it through `from_utf8_lossy`), and exactly one correct Content-Length.
 pub fn to_bytes(msg: &SipMessage) -> Bytes {
-    let (mut out, headers, body) = match msg {
-        SipMessage::Request(r) => (
-            format!("{} {} SIP/2.0\r\n", r.method, r.uri),
-            &r.headers,
-            &r.body,
-        ),
-        SipMessage::Response(r) => {
-            let code = r.status_code.code();
-            let line = match (&r.status_code, reason_phrase(code)) {
-                (StatusCode::Other(_, reason), _) => format!("SIP/2.0 {code} {reason}\r\n"),
-                (_, Some(reason)) => format!("SIP/2.0 {code} {reason}\r\n"),
-                (other, None) => format!("SIP/2.0 {other}\r\n"),
-            };
-            (line, &r.headers, &r.body)
-        }
-    };
+    match msg {
+        SipMessage::Request(r) => request_bytes(r),
+        SipMessage::Response(r) => response_bytes(r),
+    }
+}
+
+/// [`to_bytes`] for a request, without wrapping it in a `SipMessage`.
+pub fn request_bytes(r: &rsip::Request) -> Bytes {
+    let line = format!("{} {} SIP/2.0\r\n", r.method, r.uri);
+    write_message(line, &r.headers, &r.body)
+}
+
+/// [`to_bytes`] for a response, with the RFC reason phrase of well-known codes.
+pub fn response_bytes(r: &rsip::Response) -> Bytes {
+    write_message(
+        format!("SIP/2.0 {}\r\n", status_line(&r.status_code)),
+        &r.headers,
+        &r.body,
+    )
+}
+
+/// `486 Busy Here`: the code with the response's own phrase for codes rsip does not know,
+/// else the RFC phrase.
+pub fn status_line(status: &StatusCode) -> String {
+    let code = status.code();
+    match (status, reason_phrase(code)) {
+        (StatusCode::Other(_, reason), _) => format!("{code} {reason}"),
+        (_, Some(reason)) => format!("{code} {reason}"),
+        (other, None) => other.to_string(),
+    }
+}
+
+fn write_message(mut out: String, headers: &Headers, body: &[u8]) -> Bytes {
     for h in headers.iter() {
         if !matches!(h, Header::ContentLength(_)) {
             out.push_str(&h.to_string());

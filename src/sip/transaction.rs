@@ -329,7 +329,7 @@ impl ClientTransaction {
     /// same bytes are retransmitted).
     pub fn new(
         now: Instant,
-        mut request: Request,
+        request: Request,
         reliable: bool,
         timers: Timers,
     ) -> Result<Self, TransactionError> {
@@ -360,7 +360,7 @@ impl ClientTransaction {
         } else {
             Kind::NonInvite
         };
-        let request_bytes = serialize_request(&mut request);
+        let request_bytes = super::message::request_bytes(&request);
         let retransmit = (!reliable)
             .then(|| after(now, timers.t1).map(|at| (at, timers.t1)))
             .flatten();
@@ -620,14 +620,14 @@ impl ClientTransaction {
             }
             .into(),
         );
-        let mut ack = Request {
+        let ack = Request {
             method: Method::Ack,
             uri: req.uri.clone(),
             version: req.version.clone(),
             headers,
             body: Vec::new(),
         };
-        Ok(serialize_request(&mut ack))
+        Ok(super::message::request_bytes(&ack))
     }
 }
 
@@ -859,11 +859,7 @@ impl ServerTransaction {
     /// transaction's, the status is outside 100–699, a final response was already sent
     /// ([`TransactionError::FinalAlreadySent`]; in Accepted only further 2xx are allowed), or the
     /// transaction is terminated.
-    pub fn respond(
-        &mut self,
-        now: Instant,
-        mut response: Response,
-    ) -> Result<(), TransactionError> {
+    pub fn respond(&mut self, now: Instant, response: Response) -> Result<(), TransactionError> {
         if self.is_terminated() {
             return Err(TransactionError::Terminated);
         }
@@ -887,22 +883,23 @@ impl ServerTransaction {
         let final_sent = self.final_code.unwrap_or(0);
         match (self.kind, self.state, code) {
             (_, Trying | Proceeding, 100..=199) => {
-                let bytes = serialize_response(&mut response);
+                let bytes = super::message::response_bytes(&response);
                 self.send_kept(bytes);
                 self.set_state(Proceeding);
             }
             (Kind::Invite, Proceeding, 200..=299) => {
-                let bytes = serialize_response(&mut response);
+                let bytes = super::message::response_bytes(&response);
                 self.transmits.push_back(bytes);
                 self.final_code = Some(code);
                 self.linger = after(now, self.timers.t1x64()); // timer L
                 self.set_state(Accepted);
             }
             (Kind::Invite, Accepted, 200..=299) => {
-                self.transmits.push_back(serialize_response(&mut response));
+                self.transmits
+                    .push_back(super::message::response_bytes(&response));
             }
             (Kind::Invite, Proceeding, _) => {
-                let bytes = serialize_response(&mut response);
+                let bytes = super::message::response_bytes(&response);
                 self.send_kept(bytes);
                 self.final_code = Some(code);
                 if !self.reliable {
@@ -913,7 +910,7 @@ impl ServerTransaction {
                 self.set_state(Completed);
             }
             (Kind::NonInvite, Trying | Proceeding, _) => {
-                let bytes = serialize_response(&mut response);
+                let bytes = super::message::response_bytes(&response);
                 self.send_kept(bytes);
                 self.final_code = Some(code);
                 if self.reliable {
@@ -1072,99 +1069,6 @@ fn cseq<M: HeadersExt>(msg: &M) -> Result<rsip::typed::CSeq, TransactionError> {
             header: "CSeq",
             reason: e.to_string(),
         })
-}
-
-/// Sets Content-Length to the body's length, keeping the header's position if present.
-fn fix_content_length(headers: &mut rsip::Headers, body_len: usize) {
-    fn is_content_length(h: &Header) -> bool {
-        match h {
-            Header::ContentLength(_) => true,
-            Header::Other(name, _) => name.eq_ignore_ascii_case("l"),
-            _ => false,
-        }
-    }
-    let mut list: Vec<Header> = std::mem::take(headers).into();
-    let pos = list.iter().position(is_content_length);
-    list.retain(|h| !is_content_length(h));
-    let at = pos.unwrap_or(list.len()).min(list.len());
-    list.insert(
-        at,
-        rsip::headers::ContentLength::new(body_len.to_string()).into(),
-    );
-    *headers = list.into();
-}
-
-/// Wire form of a request: CRLF line ends, correct Content-Length, body bytes untouched.
-fn serialize_request(request: &mut Request) -> Bytes {
-    fix_content_length(&mut request.headers, request.body.len());
-    let head = format!(
-        "{} {} {}\r\n{}\r\n",
-        request.method, request.uri, request.version, request.headers
-    );
-    let mut out = Vec::with_capacity(head.len() + request.body.len());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(&request.body);
-    Bytes::from(out)
-}
-
-/// Wire form of a response, with an RFC reason phrase for well-known codes (rsip's own
-/// Display writes its Rust variant names, e.g. `486 BusyHere`).
-fn serialize_response(response: &mut Response) -> Bytes {
-    fix_content_length(&mut response.headers, response.body.len());
-    let code = response.status_code.code();
-    let status = match (&response.status_code, reason_phrase(code)) {
-        (rsip::StatusCode::Other(_, reason), _) => format!("{code} {reason}"),
-        (_, Some(reason)) => format!("{code} {reason}"),
-        (other, None) => other.to_string(),
-    };
-    let head = format!(
-        "{} {}\r\n{}\r\n",
-        response.version, status, response.headers
-    );
-    let mut out = Vec::with_capacity(head.len() + response.body.len());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(&response.body);
-    Bytes::from(out)
-}
-
-fn reason_phrase(code: u16) -> Option<&'static str> {
-    Some(match code {
-        100 => "Trying",
-        180 => "Ringing",
-        181 => "Call Is Being Forwarded",
-        182 => "Queued",
-        183 => "Session Progress",
-        200 => "OK",
-        202 => "Accepted",
-        300 => "Multiple Choices",
-        301 => "Moved Permanently",
-        302 => "Moved Temporarily",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        407 => "Proxy Authentication Required",
-        408 => "Request Timeout",
-        415 => "Unsupported Media Type",
-        420 => "Bad Extension",
-        423 => "Interval Too Brief",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        482 => "Loop Detected",
-        483 => "Too Many Hops",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        491 => "Request Pending",
-        500 => "Server Internal Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        504 => "Server Time-out",
-        600 => "Busy Everywhere",
-        603 => "Decline",
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

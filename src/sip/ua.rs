@@ -683,7 +683,7 @@ impl UserAgent {
             body: None,
         });
         let ack = match ack {
-            Ok(a) => Bytes::from(a.to_string()),
+            Ok(a) => super::message::request_bytes(&a),
             Err(e) => {
                 tracing::warn!(call = key, error = %e, "2xx remote target unusable");
                 self.end_call(key, CallPhase::Failed, Some(code), Some(e.to_string()));
@@ -1179,18 +1179,9 @@ impl UserAgent {
         transport: Transport,
         source: SocketAddr,
     ) {
-        let to_tag = req
-            .to_header()
-            .ok()
-            .and_then(|h| h.typed().ok())
-            .and_then(|t| t.tag().map(|t| t.value().to_string()));
-        let call_id = req
-            .call_id_header()
-            .map(|c| c.value().to_string())
-            .unwrap_or_default();
-        let dialog_call = to_tag
-            .as_ref()
-            .and_then(|tag| self.dialogs.get(&(call_id.clone(), tag.clone())))
+        let to_tag = to_tag(&req);
+        let dialog_call = dialog_id(&req)
+            .and_then(|id| self.dialogs.get(&id))
             .copied();
         let method = req.method;
         let response = match (method, dialog_call) {
@@ -1303,7 +1294,7 @@ impl UserAgent {
                 .and_then(|h| h.typed().ok())
                 .map(|c| c.seq)
                 .unwrap_or(0);
-            let data = Bytes::from(resp.to_string());
+            let data = super::message::response_bytes(&resp);
             let interval = self.cfg.timers.t1;
             if !transport.is_reliable() {
                 call.pending_2xx = Some(Retransmit {
@@ -1324,24 +1315,12 @@ impl UserAgent {
     }
 
     fn on_ack(&mut self, req: &rsip::Request) {
-        let to_tag = req
-            .to_header()
-            .ok()
-            .and_then(|h| h.typed().ok())
-            .and_then(|t| t.tag().map(|t| t.value().to_string()));
-        let call_id = req
-            .call_id_header()
-            .map(|c| c.value().to_string())
-            .unwrap_or_default();
         let cseq = req
             .cseq_header()
             .ok()
             .and_then(|h| h.typed().ok())
             .map(|c| c.seq);
-        if let Some(c) = to_tag
-            .and_then(|t| self.dialogs.get(&(call_id, t)))
-            .copied()
-        {
+        if let Some(c) = dialog_id(req).and_then(|id| self.dialogs.get(&id)).copied() {
             if let Some(call) = self.calls.get_mut(&c) {
                 if call.pending_2xx.as_ref().map(|p| p.cseq) == cseq {
                     call.pending_2xx = None;
@@ -1422,12 +1401,25 @@ fn auth_headers(auth: &mut DigestSession, method: &str, uri: &str) -> Vec<(Strin
     }
 }
 
+fn to_tag(req: &rsip::Request) -> Option<String> {
+    req.to_header()
+        .ok()
+        .and_then(|h| h.typed().ok())
+        .and_then(|t| t.tag().map(|t| t.value().to_string()))
+}
+
+/// The key of the dialog a request belongs to: (Call-ID, our tag = its To tag).
+fn dialog_id(req: &rsip::Request) -> Option<(String, String)> {
+    let call_id = req.call_id_header().ok()?.value().to_string();
+    Some((call_id, to_tag(req)?))
+}
+
 fn accept_sdp() -> rsip::Header {
     rsip::Header::Accept(rsip::headers::Accept::new("application/sdp"))
 }
 
 fn reason_phrase(resp: &rsip::Response) -> String {
-    resp.status_code.to_string()
+    super::message::status_line(&resp.status_code)
 }
 
 fn header_other<'a>(headers: &'a rsip::Headers, name: &str) -> Option<&'a str> {
