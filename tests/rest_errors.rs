@@ -140,6 +140,20 @@ async fn bad_input_gets_precise_errors() {
     )
     .await;
 
+    // A proxy that cannot be resolved is a peer failure, reported synchronously.
+    expect(
+        &gw,
+        "/call/startup",
+        r#"{"callee":"1","sipLogin":"a","sipDomain":"d","sipOutboundProxy":"nonexistent.invalid"}"#,
+        502,
+        "upstream",
+        "nonexistent.invalid",
+    )
+    .await;
+    // ... and the failed startup left no call, stream or port behind.
+    let (s, v) = gw.post("/stream/find_all", "").await;
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(0)), "{v}");
+
     // Duplicate callId while the first call is alive (it is sent to a port nobody answers).
     let mut first = ok.clone();
     first["callId"] = json!("dup1");
