@@ -73,6 +73,9 @@ pub struct Config {
     pub max_calls: usize,
     pub record_dir: PathBuf,
     pub sip_record_stream: bool,
+    pub siprec_srs: String,
+    pub siprec_auto: bool,
+    pub siprec_skip_failover_codes: String,
     pub webhook_url: Option<String>,
     pub webhook_retries: u32,
     pub webhook_timeout: Duration,
@@ -111,6 +114,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("max_calls", "2000"),
     ("record_dir", "records"),
     ("sip_record_stream", "false"),
+    ("siprec_srs", ""),
+    ("siprec_auto", "false"),
+    ("siprec_skip_failover_codes", ""),
     ("webhook_url", ""),
     ("webhook_retries", "3"),
     ("webhook_timeout_ms", "3000"),
@@ -230,6 +236,9 @@ impl Config {
             max_calls: r.parse("max_calls")?,
             record_dir: PathBuf::from(r.string("record_dir")),
             sip_record_stream: r.bool("sip_record_stream")?,
+            siprec_srs: r.string("siprec_srs"),
+            siprec_auto: r.bool("siprec_auto")?,
+            siprec_skip_failover_codes: r.string("siprec_skip_failover_codes"),
             webhook_url: Some(r.string("webhook_url")).filter(|s| !s.is_empty()),
             webhook_retries: r.parse("webhook_retries")?,
             webhook_timeout: Duration::from_millis(r.parse("webhook_timeout_ms")?),
@@ -265,6 +274,11 @@ impl Config {
         if self.stream_reader_queue == 0 {
             return Err(ConfigError::Invalid(
                 "stream_reader_queue must be > 0".into(),
+            ));
+        }
+        if self.siprec_auto && self.siprec_srs.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "siprec_auto=true needs siprec_srs (the SRS URIs to record to)".into(),
             ));
         }
         if let Some(url) = &self.webhook_url {

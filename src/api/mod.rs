@@ -4,6 +4,7 @@
 pub mod calls;
 pub mod json;
 pub mod openapi;
+pub mod siprec;
 pub mod streams;
 
 use actix_web::body::EitherBody;
@@ -29,7 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/rest-api")
             .wrap(actix_web::middleware::from_fn(require_api_key))
             .configure(calls::routes)
-            .configure(streams::routes),
+            .configure(streams::routes)
+            .configure(siprec::routes),
     )
     .route("/health", web::get().to(streams::health))
     .route("/openapi.json", web::get().to(openapi::serve))

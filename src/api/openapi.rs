@@ -19,6 +19,11 @@ use utoipa::OpenApi;
         super::streams::find,
         super::streams::find_all,
         super::streams::health,
+        super::siprec::start,
+        super::siprec::pause,
+        super::siprec::resume,
+        super::siprec::stop,
+        super::siprec::find,
     )
 )]
 pub struct ApiDoc;

@@ -32,45 +32,48 @@ const HISTORY: usize = 1000;
 
 #[derive(Clone)]
 pub struct CallManager {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    cfg: Arc<Config>,
-    sip: SipHandle,
-    registry: Registry,
-    ports: PortPool,
-    bus: EventBus,
-    state: Mutex<State>,
-    next_key: AtomicU64,
-    idle: Notify,
+pub(super) struct Inner {
+    pub(super) cfg: Arc<Config>,
+    pub(super) sip: SipHandle,
+    pub(super) registry: Registry,
+    pub(super) ports: PortPool,
+    pub(super) bus: EventBus,
+    pub(super) state: Mutex<State>,
+    pub(super) next_key: AtomicU64,
+    pub(super) idle: Notify,
 }
 
 #[derive(Default)]
-struct State {
-    calls: HashMap<String, Entry>,
-    keys: HashMap<CallKey, String>,
-    history: VecDeque<String>,
-    active: usize,
+pub(super) struct State {
+    pub(super) calls: HashMap<String, Entry>,
+    pub(super) keys: HashMap<CallKey, String>,
+    pub(super) history: VecDeque<String>,
+    pub(super) active: usize,
+    /// SIPREC dialogs (their UA keys) → (call id, instance).
+    pub(super) siprec_keys: HashMap<CallKey, (String, String)>,
 }
 
-struct Entry {
-    info: CallInfo,
-    key: CallKey,
-    publisher: Option<Arc<Publisher>>,
-    media: Vec<MediaLeg>,
+pub(super) struct Entry {
+    pub(super) info: CallInfo,
+    pub(super) key: CallKey,
+    pub(super) publisher: Option<Arc<Publisher>>,
+    pub(super) media: Vec<MediaLeg>,
+    pub(super) siprec: Vec<super::siprec::SiprecSession>,
 }
 
 /// One media line of the callee leg: ports reserved at startup, RTP running once negotiated.
-struct MediaLeg {
-    kind: TrackKind,
-    offered: Vec<RtpMap>,
-    local_port: u16,
-    pair: Option<BoundPair>,
-    running: Option<(LegHandle, TrackId)>,
-    codec: Option<RtpMap>,
-    remote: Option<SocketAddr>,
-    direction: Option<Direction>,
+pub(super) struct MediaLeg {
+    pub(super) kind: TrackKind,
+    pub(super) offered: Vec<RtpMap>,
+    pub(super) local_port: u16,
+    pub(super) pair: Option<BoundPair>,
+    pub(super) running: Option<(LegHandle, TrackId)>,
+    pub(super) codec: Option<RtpMap>,
+    pub(super) remote: Option<SocketAddr>,
+    pub(super) direction: Option<Direction>,
 }
 
 impl CallManager {
@@ -141,6 +144,7 @@ impl CallManager {
                     key,
                     publisher: None,
                     media: Vec::new(),
+                    siprec: Vec::new(),
                 },
             );
             st.keys.insert(key, spec.call_id.clone());
@@ -238,6 +242,10 @@ impl CallManager {
                 sticky: spec.proxy_host != spec.domain,
             },
             sdp_offer,
+            body: None,
+            from_uri: None,
+            to_uri: None,
+            contact_params: String::new(),
             headers: spec.headers.clone(),
         };
         if !inner.sip.command(Command::PlaceCall(Box::new(place))) {
@@ -247,10 +255,31 @@ impl CallManager {
         }
         tracing::info!(call_id = %spec.call_id, stream = %spec.stream, callee = %spec.callee_uri, "call started");
         self.publish_status(&info);
+        let cfg = &self.inner.cfg;
+        if cfg.siprec_auto {
+            let req = crate::siprec::SiprecStartRequest {
+                call_id: spec.call_id.clone(),
+                srs: None,
+                instance: Some("auto".into()),
+                group: None,
+                caller: None,
+                callee: None,
+                headers: None,
+                from_uri: None,
+                to_uri: None,
+                media: None,
+                group_custom_extension: None,
+                session_custom_extension: None,
+                skip_failover_codes: None,
+            };
+            if let Err(e) = Box::pin(self.siprec_start(req)).await {
+                tracing::warn!(call_id = %spec.call_id, error = %e, "siprec_auto: recording not started");
+            }
+        }
         Ok(info)
     }
 
-    async fn allocate(&self) -> Result<BoundPair, ApiError> {
+    pub(super) async fn allocate(&self) -> Result<BoundPair, ApiError> {
         self.inner
             .ports
             .allocate(self.inner.cfg.rtp_address)
@@ -258,7 +287,7 @@ impl CallManager {
             .map_err(|e| ApiError::Unavailable(format!("no RTP ports: {e}")))
     }
 
-    fn local_ip(&self, dest: SocketAddr) -> Result<IpAddr, ApiError> {
+    pub(super) fn local_ip(&self, dest: SocketAddr) -> Result<IpAddr, ApiError> {
         let cfg = &self.inner.cfg;
         if let Some(ip) = cfg.sip_external_address {
             return Ok(ip);
@@ -340,6 +369,11 @@ impl CallManager {
                         timestamp: unix_ms(),
                     });
                 }
+                UaEvent::Reinvited { key, status, .. } => {
+                    if !(200..300).contains(&status) {
+                        tracing::warn!(key, status, "re-INVITE refused");
+                    }
+                }
                 UaEvent::Idle => self.inner.idle.notify_waiters(),
             }
         }
@@ -358,6 +392,17 @@ impl CallManager {
         let info = {
             let mut st = self.inner.state.lock();
             let Some(call_id) = st.keys.get(&key).cloned() else {
+                self.siprec_on_dialog(
+                    &mut st,
+                    key,
+                    super::siprec::DialogUpdate {
+                        phase,
+                        sip_status,
+                        reason,
+                        sdp,
+                        sip_call_id: &sip_call_id,
+                    },
+                );
                 return;
             };
             let Some(entry) = st.calls.get_mut(&call_id) else {
@@ -378,6 +423,12 @@ impl CallManager {
             if let Some(sdp) = &sdp {
                 self.apply_remote_sdp(entry, sdp);
             }
+            if phase == CallPhase::Established {
+                self.siprec_on_call_phase(&mut st, &call_id, phase);
+            }
+            let Some(entry) = st.calls.get_mut(&call_id) else {
+                return;
+            };
             if phase.is_final() {
                 entry.info.ended_at = Some(unix_ms());
                 entry.info.legs = vec![leg_info(&entry.info.callee, &entry.media)];
@@ -388,6 +439,7 @@ impl CallManager {
                 ));
                 st.keys.remove(&key);
                 st.active = st.active.saturating_sub(1);
+                self.siprec_on_call_phase(&mut st, &call_id, phase);
                 st.history.push_back(call_id.clone());
                 while st.history.len() > HISTORY {
                     if let Some(old) = st.history.pop_front() {
@@ -649,7 +701,7 @@ fn leg_info(uri: &str, media: &[MediaLeg]) -> LegInfo {
     }
 }
 
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ApiError> {
+pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ApiError> {
     let host_trim = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host_trim.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));

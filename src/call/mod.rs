@@ -2,3 +2,4 @@
 //! joins SIP signalling, RTP legs and the stream registry.
 pub mod manager;
 pub mod model;
+pub mod siprec;

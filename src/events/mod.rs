@@ -28,6 +28,21 @@ pub enum Event {
         sip_status: Option<u16>,
         timestamp: u64,
     },
+    /// A SIPREC session started recording (OpenSIPS's event and parameter names).
+    #[serde(rename = "E_SIPREC_START")]
+    SiprecStart(SiprecEventParams),
+    /// A SIPREC session ended (stopped by the API, by the call's end, or by the SRS's BYE).
+    #[serde(rename = "E_SIPREC_STOP")]
+    SiprecStop(SiprecEventParams),
+    /// No SRS of the list accepted the session: each one tried and its reply.
+    #[serde(rename = "E_SIPREC_FAILED")]
+    SiprecFailed {
+        dlg_id: String,
+        dlg_callid: Option<String>,
+        instance: String,
+        attempts: Vec<crate::siprec::SrsAttempt>,
+        timestamp: u64,
+    },
     #[serde(rename_all = "camelCase")]
     StreamStatusEvent {
         name: String,
@@ -35,6 +50,23 @@ pub enum Event {
         call_id: Option<String>,
         timestamp: u64,
     },
+}
+
+/// Parameters of `E_SIPREC_START` / `E_SIPREC_STOP`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiprecEventParams {
+    /// Our call id.
+    pub dlg_id: String,
+    /// SIP Call-ID of the recorded call.
+    pub dlg_callid: Option<String>,
+    /// Call-ID of the SIPREC dialog.
+    pub callid: String,
+    /// RFC 7865 session id.
+    pub session_id: String,
+    /// The SRS that answered.
+    pub server: String,
+    pub instance: String,
+    pub timestamp: u64,
 }
 
 /// Cloneable handle to the bus.

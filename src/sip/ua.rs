@@ -70,7 +70,17 @@ pub struct PlaceCall {
     pub callee_uri: String,
     pub register: bool,
     pub route: Route,
+    /// Our SDP: the INVITE's body unless `body` is set, and the base of our answers to
+    /// re-offers.
     pub sdp_offer: String,
+    /// A body other than plain SDP (SIPREC's multipart/mixed): (content type, bytes).
+    pub body: Option<(String, Vec<u8>)>,
+    /// From URI instead of `sip:login@domain`.
+    pub from_uri: Option<String>,
+    /// To URI instead of the callee URI (the Request-URI stays `callee_uri`).
+    pub to_uri: Option<String>,
+    /// Parameters appended to our Contact (SIPREC's `;+sip.src`).
+    pub contact_params: String,
     pub headers: Vec<(String, String)>,
 }
 
@@ -79,6 +89,12 @@ pub enum Command {
     PlaceCall(Box<PlaceCall>),
     /// BYE when established, CANCEL while ringing, nothing (but the end) before sending.
     Hangup(CallKey),
+    /// Sends a re-INVITE with a new SDP inside an established call (e.g. SIPREC pause with
+    /// `a=inactive`); `UaEvent::Reinvited` follows.
+    Reinvite {
+        key: CallKey,
+        sdp: String,
+    },
     /// Hang up every call, un-REGISTER every account; `UaEvent::Idle` follows.
     Shutdown,
 }
@@ -143,6 +159,13 @@ pub enum UaEvent {
     },
     /// The far end changed the media inside the dialog (re-INVITE or UPDATE with SDP).
     RemoteMedia { key: CallKey, sdp: String },
+    /// Our re-INVITE was answered (`status` 2xx: accepted, with the answer's SDP) or failed
+    /// (the dialog goes on with the previous media).
+    Reinvited {
+        key: CallKey,
+        status: u16,
+        sdp: Option<String>,
+    },
     Registration {
         login: String,
         domain: String,
@@ -180,7 +203,11 @@ struct Call {
     route: Route,
     local: LocalEnd,
     dialog: Dialog,
+    /// Request-URI of the INVITE (the callee), kept apart from the To URI.
+    request_uri: String,
     sdp_offer: String,
+    body: Option<(String, Vec<u8>)>,
+    contact_params: String,
     headers: Vec<(String, String)>,
     stage: Stage,
     phase: CallPhase,
@@ -205,6 +232,17 @@ struct Retransmit {
     next: Instant,
     interval: Duration,
     give_up: Instant,
+}
+
+impl Call {
+    fn contact(&self) -> String {
+        let c = self.local.contact(&self.account.login);
+        if self.contact_params.is_empty() {
+            c
+        } else {
+            format!("{c}{}", self.contact_params)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +272,7 @@ struct Registration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TxOwner {
     Invite(CallKey),
+    Reinvite(CallKey),
     Cancel(CallKey),
     Bye(CallKey),
     Register(u64),
@@ -338,6 +377,7 @@ impl UserAgent {
         match cmd {
             Command::PlaceCall(pc) => self.place_call(now, *pc),
             Command::Hangup(key) => self.hangup(now, key, None),
+            Command::Reinvite { key, sdp } => self.send_reinvite(now, key, sdp),
             Command::Shutdown => {
                 self.shutting_down = true;
                 let keys: Vec<CallKey> = self.calls.keys().copied().collect();
@@ -366,7 +406,7 @@ impl UserAgent {
                     let keep = match &event {
                         ClientEvent::Provisional(_) | ClientEvent::Retransmitted2xx(_) => true,
                         ClientEvent::Final(r) => {
-                            matches!(owner, Some(TxOwner::Invite(_)))
+                            matches!(owner, Some(TxOwner::Invite(_) | TxOwner::Reinvite(_)))
                                 && r.status_code.code() / 100 == 2
                         }
                         ClientEvent::Timeout | ClientEvent::TransportError => false,
@@ -376,6 +416,7 @@ impl UserAgent {
                     }
                     match owner {
                         Some(TxOwner::Invite(c)) => self.on_invite_event(now, c, event),
+                        Some(TxOwner::Reinvite(c)) => self.on_reinvite_event(c, event),
                         Some(TxOwner::Cancel(c)) => self.on_cancel_event(c, event),
                         Some(TxOwner::Bye(c)) => self.on_bye_event(c, event),
                         Some(TxOwner::Register(r)) => self.on_register_event(now, r, event),
@@ -402,14 +443,18 @@ impl UserAgent {
             user_agent: self.cfg.user_agent.clone(),
         };
         let local_tag = random_token(10);
-        let from_uri = format!("sip:{}@{}", pc.account.login, pc.account.domain);
+        let from_uri = pc
+            .from_uri
+            .clone()
+            .unwrap_or_else(|| format!("sip:{}@{}", pc.account.login, pc.account.domain));
+        let to_uri = pc.to_uri.clone().unwrap_or_else(|| pc.callee_uri.clone());
         let dialog = Dialog {
             call_id: format!("{}@{}", random_token(20), pc.route.local.ip()),
             local: format!("<{from_uri}>;tag={local_tag}"),
             local_tag,
             remote_tag: None,
-            remote: format!("<{}>", pc.callee_uri),
-            remote_uri: pc.callee_uri.clone(),
+            remote: format!("<{to_uri}>"),
+            remote_uri: to_uri,
             remote_target: pc.callee_uri.clone(),
             route_set: Vec::new(),
             local_cseq: 0,
@@ -422,7 +467,10 @@ impl UserAgent {
             route: pc.route,
             local,
             dialog,
+            request_uri: pc.callee_uri.clone(),
             sdp_offer: pc.sdp_offer,
+            body: pc.body,
+            contact_params: pc.contact_params,
             headers: pc.headers,
             stage: Stage::WaitRegister,
             phase: CallPhase::Pending,
@@ -501,17 +549,17 @@ impl UserAgent {
         };
         call.dialog.local_cseq += 1;
         let branch = new_branch();
-        let contact = call.local.contact(&call.account.login);
+        let contact = call.contact();
         let mut extra = call.headers.clone();
         extra.push(("Allow".into(), ALLOW.into()));
-        extra.extend(auth_headers(
-            &mut call.auth,
-            "INVITE",
-            &call.dialog.remote_uri,
-        ));
+        extra.extend(auth_headers(&mut call.auth, "INVITE", &call.request_uri));
+        let body = match &call.body {
+            Some((ct, bytes)) => (ct.as_str(), bytes.clone()),
+            None => ("application/sdp", call.sdp_offer.clone().into_bytes()),
+        };
         let req = build_request(RequestSpec {
             method: rsip::Method::Invite,
-            uri: &call.dialog.remote_uri,
+            uri: &call.request_uri,
             local: &call.local,
             branch: &branch,
             from: &call.dialog.local,
@@ -521,7 +569,7 @@ impl UserAgent {
             contact: Some(&contact),
             routes: &[],
             extra: &extra,
-            body: Some(("application/sdp", call.sdp_offer.clone().into_bytes())),
+            body: Some(body),
         });
         let req = match req {
             Ok(r) => r,
@@ -666,24 +714,8 @@ impl UserAgent {
             return;
         };
         call.dialog.update_from_response(resp);
-        let cseq = call.dialog.local_cseq;
-        let (uri, routes) = call.dialog.target_and_routes();
-        let ack = build_request(RequestSpec {
-            method: rsip::Method::Ack,
-            uri: &uri,
-            local: &call.local,
-            branch: &new_branch(),
-            from: &call.dialog.local,
-            to: &call.dialog.remote,
-            call_id: &call.dialog.call_id,
-            cseq,
-            contact: None,
-            routes: &routes,
-            extra: &[],
-            body: None,
-        });
-        let ack = match ack {
-            Ok(a) => super::message::request_bytes(&a),
+        let ack = match ack_for(call) {
+            Ok(a) => a,
             Err(e) => {
                 tracing::warn!(call = key, error = %e, "2xx remote target unusable");
                 self.end_call(key, CallPhase::Failed, Some(code), Some(e.to_string()));
@@ -703,6 +735,100 @@ impl UserAgent {
             // Hung up while the 2xx was on its way: the call exists now, so end it with BYE.
             self.send_bye(now, key);
         }
+    }
+
+    fn send_reinvite(&mut self, now: Instant, key: CallKey, sdp: String) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.stage != Stage::Confirmed {
+            self.events.push_back(UaEvent::Reinvited {
+                key,
+                status: 491,
+                sdp: None,
+            });
+            return;
+        }
+        call.sdp_offer = sdp.clone();
+        call.dialog.local_cseq += 1;
+        let (uri, routes) = call.dialog.target_and_routes();
+        let contact = call.contact();
+        let req = build_request(RequestSpec {
+            method: rsip::Method::Invite,
+            uri: &uri,
+            local: &call.local,
+            branch: &new_branch(),
+            from: &call.dialog.local,
+            to: &call.dialog.remote,
+            call_id: &call.dialog.call_id,
+            cseq: call.dialog.local_cseq,
+            contact: Some(&contact),
+            routes: &routes,
+            extra: &call.headers,
+            body: Some(("application/sdp", sdp.into_bytes())),
+        });
+        let (t, d) = in_dialog_dest(call);
+        let sent = req.map_err(|e| e.to_string()).and_then(|r| {
+            self.endpoint
+                .send_request(now, r, t, d)
+                .map_err(|e| e.to_string())
+        });
+        match sent {
+            Ok(tx) => {
+                self.owners.insert(tx, TxOwner::Reinvite(key));
+            }
+            Err(e) => {
+                tracing::warn!(call = key, error = %e, "re-INVITE not sent");
+                self.events.push_back(UaEvent::Reinvited {
+                    key,
+                    status: 500,
+                    sdp: None,
+                });
+            }
+        }
+    }
+
+    fn on_reinvite_event(&mut self, key: CallKey, event: ClientEvent) {
+        let (status, sdp) = match &event {
+            ClientEvent::Provisional(_) => return,
+            ClientEvent::Final(r) | ClientEvent::Retransmitted2xx(r) => {
+                (r.status_code.code(), sdp_body(r))
+            }
+            ClientEvent::Timeout => (408, None),
+            ClientEvent::TransportError => (503, None),
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if (200..300).contains(&status) {
+            // The 2xx of a re-INVITE is ACKed like the first one, with the re-INVITE's CSeq.
+            if let Ok(ack) = ack_for(call) {
+                call.ack = Some(ack.clone());
+                let (t, d) = in_dialog_dest(call);
+                self.endpoint.send_stateless(ack, t, d);
+            }
+            if matches!(event, ClientEvent::Retransmitted2xx(_)) {
+                return;
+            }
+        } else if status == 408 || status == 481 {
+            // RFC 3261 §14.1: the dialog is gone.
+            tracing::info!(
+                call = key,
+                status,
+                "re-INVITE says the dialog is gone; hanging up"
+            );
+            self.events
+                .push_back(UaEvent::Reinvited { key, status, sdp });
+            self.end_call(
+                key,
+                CallPhase::Finish,
+                Some(status),
+                Some(format!("re-INVITE answered {status}")),
+            );
+            return;
+        }
+        self.events
+            .push_back(UaEvent::Reinvited { key, status, sdp });
     }
 
     fn hangup(&mut self, now: Instant, key: CallKey, status: Option<u16>) {
@@ -933,7 +1059,9 @@ impl UserAgent {
         self.dialogs
             .remove(&(call.dialog.call_id.clone(), call.dialog.local_tag.clone()));
         self.owners.retain(|_, o| match o {
-            TxOwner::Invite(c) | TxOwner::Cancel(c) | TxOwner::Bye(c) => *c != key,
+            TxOwner::Invite(c) | TxOwner::Reinvite(c) | TxOwner::Cancel(c) | TxOwner::Bye(c) => {
+                *c != key
+            }
             TxOwner::Register(_) => true,
         });
         self.events.push_back(UaEvent::CallState {
@@ -1279,7 +1407,7 @@ impl UserAgent {
             }
             Some(Ok(remote)) => answer_for(&call.sdp_offer, &remote),
         };
-        let contact = rsip::headers::Contact::new(call.local.contact(&call.account.login)).into();
+        let contact = rsip::headers::Contact::new(call.contact()).into();
         let resp = build_response(
             &req,
             200,
@@ -1328,6 +1456,27 @@ impl UserAgent {
             }
         }
     }
+}
+
+/// The ACK of a 2xx (RFC 3261 §13.2.2.4): to the remote target through the route set, with
+/// the CSeq number of the INVITE it acknowledges (the dialog's latest).
+fn ack_for(call: &Call) -> Result<Bytes, super::dialog::UriError> {
+    let (uri, routes) = call.dialog.target_and_routes();
+    let ack = build_request(RequestSpec {
+        method: rsip::Method::Ack,
+        uri: &uri,
+        local: &call.local,
+        branch: &new_branch(),
+        from: &call.dialog.local,
+        to: &call.dialog.remote,
+        call_id: &call.dialog.call_id,
+        cseq: call.dialog.local_cseq,
+        contact: None,
+        routes: &routes,
+        extra: &[],
+        body: None,
+    })?;
+    Ok(super::message::request_bytes(&ack))
 }
 
 /// Where requests inside the call's dialog go: the outbound proxy when it is sticky, else
@@ -1530,6 +1679,10 @@ mod tests {
                     sticky: false,
                 },
                 sdp_offer: "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n".into(),
+                body: None,
+                from_uri: None,
+                to_uri: None,
+                contact_params: String::new(),
                 headers: vec![],
             })),
         );

@@ -1,0 +1,679 @@
+//! The call manager's SIPREC side: Recording Sessions live in their call's entry, each a UAC
+//! dialog of the UA (its own key) towards an SRS, with a media fork from the call's stream.
+//!
+//! Life of a session: `Waiting` until the call is answered → `Starting` (INVITE to the next
+//! SRS of the list) → `Recording` (2xx: the fork runs) ⇄ `Paused` (re-INVITE a=inactive /
+//! a=sendonly) → `Stopped` (our BYE, the SRS's BYE, or the call's end). A negative reply,
+//! timeout or transport error moves on to the next SRS unless the code matches
+//! `skipFailoverCodes`; with no SRS left the session is `Failed`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::manager::{resolve, CallManager, Entry, State};
+use crate::error::ApiError;
+use crate::events::{unix_ms, Event, SiprecEventParams};
+use crate::registry::TrackKind;
+use crate::rtp::ports::BoundPair;
+use crate::rtp::session::silence_payload;
+use crate::sip::sdp::{self, Direction, RtpMap, SessionDescription};
+use crate::sip::ua::{Account, CallKey, CallPhase, Command, PlaceCall, Route};
+use crate::siprec::body::{multipart, srs_sdp};
+use crate::siprec::fork::{self, ForkConfig, ForkHandle};
+use crate::siprec::metadata::{self, Metadata, Participant};
+use crate::siprec::{SiprecInfo, SiprecSpec, SiprecStartRequest, SiprecState, SrsAttempt};
+
+/// One Recording Session of a call.
+pub struct SiprecSession {
+    spec: SiprecSpec,
+    info: SiprecInfo,
+    key: Option<CallKey>,
+    next_srs: usize,
+    /// Port pairs for (callee stream, caller stream) until the fork takes them.
+    pairs: Option<(BoundPair, BoundPair)>,
+    ports: (u16, u16),
+    fork: Option<ForkHandle>,
+    codec: Option<RtpMap>,
+    ids: Ids,
+    sdp_version: u64,
+    sdp_session: u64,
+    media_ip: Option<IpAddr>,
+    /// Stopped by the API or the call's end while an INVITE was out: no recording, no
+    /// failover.
+    stop_requested: bool,
+}
+
+struct Ids {
+    caller: String,
+    callee: String,
+    callee_stream: String,
+    caller_stream: String,
+    group: String,
+}
+
+const LABELS: (&str, &str) = ("1", "2");
+
+impl SiprecSession {
+    fn info(&self) -> SiprecInfo {
+        let mut info = self.info.clone();
+        if let Some(f) = &self.fork {
+            info.packets_forked = f.packets();
+        }
+        info
+    }
+
+    fn set_state(&mut self, state: SiprecState) {
+        self.info.state = state;
+        self.info.since = unix_ms();
+    }
+
+    fn sdp(&self, ip: IpAddr, direction: Direction) -> Option<String> {
+        let codec = self.codec.as_ref()?;
+        Some(srs_sdp(
+            self.sdp_session,
+            self.sdp_version,
+            ip,
+            codec,
+            self.ports,
+            LABELS,
+            direction,
+        ))
+    }
+}
+
+impl CallManager {
+    /// `/siprec/start`: validates, resolves the SRS list, reserves ports, and starts at once
+    /// when the call is answered (else when it is).
+    pub async fn siprec_start(&self, req: SiprecStartRequest) -> Result<SiprecInfo, ApiError> {
+        let cfg = self.inner.cfg.clone();
+        let (call_id, mut spec) = req.validate(&cfg.siprec_srs, &cfg.siprec_skip_failover_codes)?;
+        {
+            let st = self.inner.state.lock();
+            let entry = st
+                .calls
+                .get(&call_id)
+                .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            check_startable(entry, &call_id, &spec.instance)?;
+        }
+        for target in spec.srs.iter_mut() {
+            target.addr = resolve(&target.host, target.port).await.ok();
+        }
+        let pairs = (self.allocate().await?, self.allocate().await?);
+        let ports = (pairs.0.lease.rtp_port(), pairs.1.lease.rtp_port());
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        let entry = st
+            .calls
+            .get_mut(&call_id)
+            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        check_startable(entry, &call_id, &spec.instance)?;
+        entry.siprec.retain(|s| s.spec.instance != spec.instance);
+        let info = SiprecInfo {
+            call_id: call_id.clone(),
+            instance: spec.instance.clone(),
+            state: SiprecState::Waiting,
+            server: None,
+            session_id: metadata::new_id(),
+            sip_call_id: None,
+            since: unix_ms(),
+            packets_forked: 0,
+            attempts: Vec::new(),
+        };
+        let media_ip = spec.media_ip;
+        entry.siprec.push(SiprecSession {
+            spec,
+            info,
+            key: None,
+            next_srs: 0,
+            pairs: Some(pairs),
+            ports,
+            fork: None,
+            codec: None,
+            ids: Ids {
+                caller: metadata::new_id(),
+                callee: metadata::new_id(),
+                callee_stream: metadata::new_id(),
+                caller_stream: metadata::new_id(),
+                group: metadata::new_id(),
+            },
+            sdp_version: 1,
+            sdp_session: rand::random::<u32>() as u64,
+            media_ip,
+            stop_requested: false,
+        });
+        let idx = entry.siprec.len() - 1;
+        if matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
+            self.siprec_attempt(&mut st.siprec_keys, entry, idx);
+        }
+        tracing::info!(%call_id, instance = %entry.siprec[idx].info.instance, "SIPREC session created");
+        Ok(entry.siprec[idx].info())
+    }
+
+    /// `/siprec/pause` and `/siprec/resume`.
+    pub fn siprec_pause(
+        &self,
+        call_id: &str,
+        instance: Option<&str>,
+        pause: bool,
+    ) -> Result<Vec<SiprecInfo>, ApiError> {
+        let mut st = self.inner.state.lock();
+        let entry = st
+            .calls
+            .get_mut(call_id)
+            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        let mut out = Vec::new();
+        let (from, to, dir) = if pause {
+            (
+                SiprecState::Recording,
+                SiprecState::Paused,
+                Direction::Inactive,
+            )
+        } else {
+            (
+                SiprecState::Paused,
+                SiprecState::Recording,
+                Direction::SendOnly,
+            )
+        };
+        for s in selected(&mut entry.siprec, instance)? {
+            if s.info.state == from {
+                if let (Some(key), Some(f)) = (s.key, &s.fork) {
+                    f.set_paused(pause);
+                    s.sdp_version += 1;
+                    let ip = s.media_ip.unwrap_or(self.sdp_ip());
+                    if let Some(sdp) = s.sdp(ip, dir) {
+                        self.inner.sip.command(Command::Reinvite { key, sdp });
+                    }
+                    s.set_state(to);
+                    tracing::info!(call_id, instance = %s.info.instance, state = ?to, "SIPREC session");
+                }
+            } else if s.info.state != to {
+                return Err(ApiError::Conflict(format!(
+                    "instance {:?} is {:?}; only a {:?} session can be {}",
+                    s.info.instance,
+                    s.info.state,
+                    from,
+                    if pause { "paused" } else { "resumed" }
+                )));
+            }
+            out.push(s.info());
+        }
+        Ok(out)
+    }
+
+    /// `/siprec/stop`: BYE to the SRS (or nothing to do while waiting).
+    pub fn siprec_stop(
+        &self,
+        call_id: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<SiprecInfo>, ApiError> {
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        let entry = st
+            .calls
+            .get_mut(call_id)
+            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        let dlg_callid = entry.info.sip_call_id.clone();
+        let mut out = Vec::new();
+        for s in selected(&mut entry.siprec, instance)? {
+            self.stop_session(&mut st.siprec_keys, s, call_id, &dlg_callid);
+            out.push(s.info());
+        }
+        Ok(out)
+    }
+
+    /// `/siprec/find`: every session of one call, or of every call.
+    pub fn siprec_find(
+        &self,
+        call_id: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<Vec<SiprecInfo>, ApiError> {
+        let st = self.inner.state.lock();
+        let mut out = Vec::new();
+        match call_id {
+            Some(id) => {
+                let entry = st
+                    .calls
+                    .get(id)
+                    .ok_or_else(|| ApiError::NotFound(format!("callId {id:?}: no such call")))?;
+                out.extend(
+                    entry
+                        .siprec
+                        .iter()
+                        .filter(|s| instance.is_none_or(|i| i == s.info.instance))
+                        .map(SiprecSession::info),
+                );
+            }
+            None => {
+                for e in st.calls.values() {
+                    out.extend(
+                        e.siprec
+                            .iter()
+                            .filter(|s| instance.is_none_or(|i| i == s.info.instance))
+                            .map(SiprecSession::info),
+                    );
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.since, &a.instance).cmp(&(b.since, &b.instance)));
+        Ok(out)
+    }
+
+    fn sdp_ip(&self) -> IpAddr {
+        let cfg = &self.inner.cfg;
+        cfg.media_ip
+            .or(cfg.sip_external_address)
+            .unwrap_or(if cfg.rtp_address.is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                cfg.rtp_address
+            })
+    }
+
+    /// Sends the INVITE to the next SRS that can be tried; `Failed` when none is left.
+    fn siprec_attempt(
+        &self,
+        keys: &mut std::collections::HashMap<CallKey, (String, String)>,
+        entry: &mut Entry,
+        idx: usize,
+    ) {
+        let call_id = entry.info.call_id.clone();
+        let audio = entry
+            .media
+            .iter()
+            .find(|m| m.kind == TrackKind::Audio)
+            .and_then(|m| m.codec.clone());
+        let caller_uri = format!("sip:{}@{}", entry.info.sip_login, entry.info.sip_domain);
+        let callee_uri = entry.info.callee.clone();
+        let dlg_callid = entry.info.sip_call_id.clone();
+        let Some(s) = entry.siprec.get_mut(idx) else {
+            return;
+        };
+        let Some(codec) = audio else {
+            s.info.attempts.push(SrsAttempt {
+                server: "-".into(),
+                sip_status: None,
+                reason: "the call has no negotiated audio to record".into(),
+            });
+            self.session_failed(s, &call_id, &dlg_callid);
+            return;
+        };
+        s.codec = Some(codec);
+        while let Some(target) = s.spec.srs.get(s.next_srs).cloned() {
+            s.next_srs += 1;
+            let Some(dest) = target.addr else {
+                s.info.attempts.push(SrsAttempt {
+                    server: target.uri.clone(),
+                    sip_status: None,
+                    reason: format!("cannot resolve {}", target.host),
+                });
+                continue;
+            };
+            let Some(sip_port) = self.inner.sip.port(target.transport) else {
+                s.info.attempts.push(SrsAttempt {
+                    server: target.uri.clone(),
+                    sip_status: None,
+                    reason: "transport disabled in the gateway's properties".into(),
+                });
+                continue;
+            };
+            let local_ip = match self.local_ip(dest) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    s.info.attempts.push(SrsAttempt {
+                        server: target.uri.clone(),
+                        sip_status: None,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let media_ip = s.media_ip.or(self.inner.cfg.media_ip).unwrap_or(local_ip);
+            s.media_ip = Some(media_ip);
+            let Some(sdp) = s.sdp(media_ip, Direction::SendOnly) else {
+                return;
+            };
+            let participant = |xml: &Option<String>, uri: &str| match xml {
+                Some(x) => Participant::Xml(x.clone()),
+                None => Participant::Aor {
+                    aor: uri.to_string(),
+                    name: None,
+                },
+            };
+            let meta = Metadata {
+                session_id: s.info.session_id.clone(),
+                group: s
+                    .spec
+                    .group
+                    .as_ref()
+                    .map(|_| (s.ids.group.clone(), s.spec.group_extension.clone())),
+                session_extension: s.spec.session_extension.clone(),
+                sip_session_id: dlg_callid.clone().unwrap_or_default(),
+                start_time: rfc3339_now(),
+                caller: (
+                    s.ids.caller.clone(),
+                    participant(&s.spec.caller_xml, &caller_uri),
+                ),
+                callee: (
+                    s.ids.callee.clone(),
+                    participant(&s.spec.callee_xml, &callee_uri),
+                ),
+                callee_stream: (s.ids.callee_stream.clone(), LABELS.0.into()),
+                caller_stream: (s.ids.caller_stream.clone(), LABELS.1.into()),
+            };
+            let (content_type, body) = multipart(&sdp, &meta.to_xml());
+            let key = self
+                .inner
+                .next_key
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut headers = vec![("Require".to_string(), "siprec".to_string())];
+            headers.extend(s.spec.headers.iter().cloned());
+            let place = PlaceCall {
+                key,
+                account: Account {
+                    login: "sipstream".into(),
+                    auth_name: "sipstream".into(),
+                    password: String::new(),
+                    domain: target.host.clone(),
+                },
+                callee_uri: target.uri.clone(),
+                register: false,
+                route: Route {
+                    transport: target.transport,
+                    dest,
+                    local: SocketAddr::new(local_ip, sip_port),
+                    sticky: false,
+                },
+                sdp_offer: sdp,
+                body: Some((content_type, body)),
+                from_uri: Some(
+                    s.spec
+                        .from_uri
+                        .clone()
+                        .unwrap_or_else(|| target.uri.clone()),
+                ),
+                to_uri: Some(s.spec.to_uri.clone().unwrap_or_else(|| target.uri.clone())),
+                contact_params: ";+sip.src".into(),
+                headers,
+            };
+            if !self.inner.sip.command(Command::PlaceCall(Box::new(place))) {
+                return;
+            }
+            keys.insert(key, (call_id.clone(), s.info.instance.clone()));
+            s.key = Some(key);
+            s.info.server = Some(target.uri.clone());
+            s.set_state(SiprecState::Starting);
+            tracing::info!(%call_id, instance = %s.info.instance, srs = %target.uri, "SIPREC INVITE sent");
+            return;
+        }
+        self.session_failed(s, &call_id, &dlg_callid);
+    }
+
+    fn session_failed(&self, s: &mut SiprecSession, call_id: &str, dlg_callid: &Option<String>) {
+        s.set_state(SiprecState::Failed);
+        s.info.server = None;
+        s.pairs = None;
+        tracing::warn!(call_id, instance = %s.info.instance, attempts = ?s.info.attempts, "SIPREC: no SRS accepted");
+        self.inner.bus.publish(Event::SiprecFailed {
+            dlg_id: call_id.to_string(),
+            dlg_callid: dlg_callid.clone(),
+            instance: s.info.instance.clone(),
+            attempts: s.info.attempts.clone(),
+            timestamp: unix_ms(),
+        });
+    }
+
+    fn stop_session(
+        &self,
+        keys: &mut std::collections::HashMap<CallKey, (String, String)>,
+        s: &mut SiprecSession,
+        call_id: &str,
+        dlg_callid: &Option<String>,
+    ) {
+        match s.info.state {
+            SiprecState::Waiting => {
+                s.pairs = None;
+                s.set_state(SiprecState::Stopped);
+            }
+            SiprecState::Starting | SiprecState::Recording | SiprecState::Paused => {
+                if let Some(key) = s.key {
+                    // The session ends when the UA reports the dialog over.
+                    self.inner.sip.command(Command::Hangup(key));
+                    s.stop_requested = true;
+                } else {
+                    keys.retain(|_, (c, i)| !(c == call_id && *i == s.info.instance));
+                    s.set_state(SiprecState::Stopped);
+                }
+            }
+            SiprecState::Stopped | SiprecState::Failed => {}
+        }
+        let _ = dlg_callid;
+    }
+
+    /// The call's phase changed: start waiting sessions on answer, stop all on the end.
+    pub(super) fn siprec_on_call_phase(&self, st: &mut State, call_id: &str, phase: CallPhase) {
+        let keys = &mut st.siprec_keys;
+        let Some(entry) = st.calls.get_mut(call_id) else {
+            return;
+        };
+        if phase == CallPhase::Established {
+            let waiting: Vec<usize> = entry
+                .siprec
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.info.state == SiprecState::Waiting)
+                .map(|(i, _)| i)
+                .collect();
+            for i in waiting {
+                self.siprec_attempt(keys, entry, i);
+            }
+        } else if phase.is_final() {
+            let dlg_callid = entry.info.sip_call_id.clone();
+            for s in entry.siprec.iter_mut() {
+                self.stop_session(keys, s, call_id, &dlg_callid);
+            }
+        }
+    }
+
+    /// A UA event for a SIPREC dialog. Returns false when `key` is not one.
+    pub(super) fn siprec_on_dialog(
+        &self,
+        st: &mut State,
+        key: CallKey,
+        update: DialogUpdate<'_>,
+    ) -> bool {
+        let DialogUpdate {
+            phase,
+            sip_status,
+            reason,
+            sdp,
+            sip_call_id,
+        } = update;
+        let Some((call_id, instance)) = st.siprec_keys.get(&key).cloned() else {
+            return false;
+        };
+        let keys = &mut st.siprec_keys;
+        let Some(entry) = st.calls.get_mut(&call_id) else {
+            keys.remove(&key);
+            return true;
+        };
+        let dlg_callid = entry.info.sip_call_id.clone();
+        let stream = entry.info.to_stream.clone();
+        let call_over = entry.info.status.is_final();
+        let Some(idx) = entry
+            .siprec
+            .iter()
+            .position(|s| s.info.instance == instance && s.key == Some(key))
+        else {
+            keys.remove(&key);
+            return true;
+        };
+        let s = &mut entry.siprec[idx];
+        s.info.sip_call_id = Some(sip_call_id.to_string());
+        match phase {
+            CallPhase::Established if s.info.state == SiprecState::Starting && s.stop_requested => {
+                // Answered after we hung up: the UA sends the BYE; nothing to record.
+            }
+            CallPhase::Established if s.info.state == SiprecState::Starting => {
+                let Some(answer) = sdp
+                    .as_deref()
+                    .and_then(|t| SessionDescription::parse(t).ok())
+                else {
+                    tracing::warn!(%call_id, %instance, "SRS answered without usable SDP; stopping");
+                    self.inner.sip.command(Command::Hangup(key));
+                    return true;
+                };
+                let codec = s.codec.clone().unwrap_or_else(sdp::codec_pcmu);
+                let dest = |label: &str, pos: usize| {
+                    let m = answer
+                        .media
+                        .iter()
+                        .find(|m| m.label.as_deref() == Some(label))
+                        .or_else(|| answer.media.get(pos))?;
+                    sdp::negotiate(std::slice::from_ref(&codec), m, answer.connection)
+                        .ok()?
+                        .remote_rtp
+                };
+                let (callee_dest, caller_dest) = (dest(LABELS.0, 0), dest(LABELS.1, 1));
+                let reader = match self.inner.registry.subscribe(&stream, "siprec") {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(%call_id, %instance, error = %e, "SIPREC: stream gone; stopping");
+                        self.inner.sip.command(Command::Hangup(key));
+                        return true;
+                    }
+                };
+                if let Some(pairs) = s.pairs.take() {
+                    let span = tracing::info_span!("siprec", %call_id, %instance);
+                    s.fork = Some(fork::spawn(
+                        reader,
+                        pairs,
+                        ForkConfig {
+                            callee_dest,
+                            caller_dest,
+                            payload_type: codec.pt,
+                            clock_rate: codec.clock_rate,
+                            ptime_ms: self.inner.cfg.rtp_ptime_ms,
+                            caller_payload: silence_payload(
+                                &codec.encoding,
+                                codec.clock_rate,
+                                self.inner.cfg.rtp_ptime_ms,
+                            ),
+                        },
+                        span,
+                    ));
+                }
+                s.set_state(SiprecState::Recording);
+                let server = s.info.server.clone().unwrap_or_default();
+                tracing::info!(%call_id, %instance, %server, ?callee_dest, ?caller_dest, "SIPREC recording");
+                self.inner
+                    .bus
+                    .publish(Event::SiprecStart(SiprecEventParams {
+                        dlg_id: call_id.clone(),
+                        dlg_callid,
+                        callid: sip_call_id.to_string(),
+                        session_id: s.info.session_id.clone(),
+                        server,
+                        instance: instance.clone(),
+                        timestamp: unix_ms(),
+                    }));
+                if call_over {
+                    self.inner.sip.command(Command::Hangup(key));
+                }
+            }
+            p if p.is_final() => {
+                keys.remove(&key);
+                s.key = None;
+                if s.info.state == SiprecState::Starting {
+                    let server = s.info.server.clone().unwrap_or_default();
+                    s.info.attempts.push(SrsAttempt {
+                        server,
+                        sip_status,
+                        reason: reason.unwrap_or_else(|| p.as_str().to_string()),
+                    });
+                    let skip = sip_status
+                        .zip(s.spec.skip_failover.as_ref())
+                        .is_some_and(|(code, re)| re.is_match(&code.to_string()));
+                    if s.stop_requested || call_over {
+                        s.pairs = None;
+                        s.set_state(SiprecState::Stopped);
+                    } else if skip {
+                        tracing::info!(%call_id, %instance, ?sip_status, "SIPREC: reply matches skipFailoverCodes; no failover");
+                        self.session_failed(s, &call_id, &dlg_callid);
+                    } else {
+                        self.siprec_attempt(keys, entry, idx);
+                    }
+                } else if matches!(s.info.state, SiprecState::Recording | SiprecState::Paused) {
+                    s.set_state(SiprecState::Stopped);
+                    let fork = s.fork.take();
+                    let packets = fork.as_ref().map(ForkHandle::packets).unwrap_or(0);
+                    s.info.packets_forked = packets;
+                    if let Some(f) = fork {
+                        tokio::spawn(async move {
+                            let _ = f.stop().await;
+                        });
+                    }
+                    tracing::info!(%call_id, %instance, packets, reason = reason.as_deref().unwrap_or(""), "SIPREC session stopped");
+                    self.inner.bus.publish(Event::SiprecStop(SiprecEventParams {
+                        dlg_id: call_id.clone(),
+                        dlg_callid,
+                        callid: sip_call_id.to_string(),
+                        session_id: s.info.session_id.clone(),
+                        server: s.info.server.clone().unwrap_or_default(),
+                        instance: instance.clone(),
+                        timestamp: unix_ms(),
+                    }));
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+}
+
+/// What the UA said about a SIPREC dialog.
+pub(super) struct DialogUpdate<'a> {
+    pub phase: CallPhase,
+    pub sip_status: Option<u16>,
+    pub reason: Option<String>,
+    pub sdp: Option<String>,
+    pub sip_call_id: &'a str,
+}
+
+fn check_startable(entry: &Entry, call_id: &str, instance: &str) -> Result<(), ApiError> {
+    if entry.info.status.is_final() {
+        return Err(ApiError::Conflict(format!("callId {call_id:?} has ended")));
+    }
+    if entry
+        .siprec
+        .iter()
+        .any(|s| s.spec.instance == instance && !s.info.state.is_final())
+    {
+        return Err(ApiError::Conflict(format!(
+            "callId {call_id:?} already has an active SIPREC instance {instance:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn selected<'a>(
+    sessions: &'a mut [SiprecSession],
+    instance: Option<&str>,
+) -> Result<Vec<&'a mut SiprecSession>, ApiError> {
+    let out: Vec<&mut SiprecSession> = sessions
+        .iter_mut()
+        .filter(|s| instance.is_none_or(|i| i == s.info.instance) && !s.info.state.is_final())
+        .collect();
+    if out.is_empty() {
+        return Err(ApiError::NotFound(match instance {
+            Some(i) => format!("instance {i:?}: no active SIPREC session"),
+            None => "no active SIPREC session for this call".into(),
+        }));
+    }
+    Ok(out)
+}
+
+fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
