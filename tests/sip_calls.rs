@@ -397,53 +397,7 @@ async fn sip_garbage_gets_rfc_answers_and_nothing_breaks() {
 /// Every status change is POSTed to the webhook as a WCS-style CallStatusEvent.
 #[tokio::test]
 async fn call_status_events_reach_the_webhook() {
-    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", hook.local_addr().unwrap());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            let Ok((mut s, _)) = hook.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Ok(n) = s.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&data).to_string();
-                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() < len {
-                        continue;
-                    }
-                    if let Ok(v) = serde_json::from_str(&body[..len]) {
-                        let _ = tx.send(v);
-                    }
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                    data.clear();
-                }
-            });
-        }
-    });
+    let (url, mut rx) = common::webhook().await;
     let gw = Gateway::start(&[("webhook_url", url)]).await;
     let mut sipp = Sipp::uas("uas_busy.xml", "udp", false);
     let (status, _) = gw

@@ -258,14 +258,24 @@ impl Sipp {
     /// Starts sipp as UAS with `scenario` (a file in tests/sipp/, `@AUDIO@` replaced by a
     /// tone file), handling one call.
     pub fn uas(scenario: &str, transport: &str, alaw: bool) -> Sipp {
+        Self::uas_with(scenario, transport, alaw, &[])
+    }
+
+    /// As [`Sipp::uas`], with more `@NAME@` placeholders of the scenario replaced.
+    pub fn uas_with(scenario: &str, transport: &str, alaw: bool, vars: &[(&str, String)]) -> Sipp {
         require("sipp");
         let dir = tempdir();
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/sipp")
             .join(scenario);
-        let text = std::fs::read_to_string(&src).unwrap();
-        let tone = tone_file(dir.path(), 30, alaw);
-        let text = text.replace("@AUDIO@", &tone.display().to_string());
+        let mut text = std::fs::read_to_string(&src).unwrap();
+        if text.contains("@AUDIO@") {
+            let tone = tone_file(dir.path(), 30, alaw);
+            text = text.replace("@AUDIO@", &tone.display().to_string());
+        }
+        for (name, value) in vars {
+            text = text.replace(&format!("@{name}@"), value);
+        }
         let sf = dir.path().join(scenario);
         std::fs::write(&sf, text).unwrap();
         let port = free_udp_port();
@@ -444,5 +454,73 @@ impl Drop for Kamailio {
         let _ = Command::new("pkill")
             .args(["-9", "-f", self._dir.path().to_str().unwrap()])
             .status();
+    }
+}
+
+/// A webhook receiver on 127.0.0.1: every JSON body POSTed to it arrives on the channel.
+pub async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = hook.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&data).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() < len {
+                        continue;
+                    }
+                    if let Ok(v) = serde_json::from_str(&body[..len]) {
+                        let _ = tx.send(v);
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    data.clear();
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// Waits for the first event of `kind` on a webhook channel.
+pub async fn wait_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    kind: &str,
+    timeout: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ev)) if ev["type"] == kind => return ev,
+            Ok(Some(_)) => {}
+            _ => panic!("no {kind} event within {timeout:?}"),
+        }
     }
 }
