@@ -230,7 +230,7 @@ impl CallManager {
             account: Account {
                 login: spec.sip_login.clone(),
                 auth_name: spec.auth_name.clone(),
-                password: spec.password.clone(),
+                password: spec.password.expose().to_string(),
                 domain: spec.domain.clone(),
             },
             callee_uri: spec.callee_uri.clone(),

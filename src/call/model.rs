@@ -24,7 +24,8 @@ pub struct CallStartupRequest {
     /// Digest user name; defaults to sipLogin.
     pub sip_authentication_name: Option<String>,
     /// Never returned nor logged.
-    pub sip_password: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub sip_password: Option<Secret>,
     pub sip_domain: String,
     /// Host (name or IP) all requests are sent to; defaults to sipDomain.
     pub sip_outbound_proxy: Option<String>,
@@ -52,6 +53,23 @@ pub struct CallStartupRequest {
     pub sip_headers: Option<BTreeMap<String, String>>,
 }
 
+/// A password: its `Debug` never shows it, so no log line or error can carry it.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
 /// A validated startup request.
 #[derive(Debug, Clone)]
 pub struct CallSpec {
@@ -59,7 +77,7 @@ pub struct CallSpec {
     pub callee_uri: String,
     pub sip_login: String,
     pub auth_name: String,
-    pub password: String,
+    pub password: Secret,
     pub domain: String,
     pub proxy_host: String,
     pub proxy_port: u16,
@@ -161,7 +179,7 @@ impl CallStartupRequest {
             None => login.clone(),
         };
         let password = self.sip_password.unwrap_or_default();
-        if password.contains(['\r', '\n']) {
+        if password.expose().contains(['\r', '\n']) {
             return Err(bad("sipPassword", "must not contain CR or LF".into()));
         }
         let callee = self.callee.trim();
@@ -345,6 +363,17 @@ mod tests {
 
     fn req(v: serde_json::Value) -> CallStartupRequest {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let r = req(
+            serde_json::json!({"callee":"1","sipLogin":"a","sipDomain":"d","sipPassword":"hunter2"}),
+        );
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let spec = r.validate(|| "g".into()).unwrap();
+        assert!(!format!("{spec:?}").contains("hunter2"));
+        assert_eq!(spec.password.expose(), "hunter2");
     }
 
     #[test]
