@@ -572,3 +572,152 @@ fn video_sample(pos: i64, duration: u32, au: &AccessUnit) -> Sample {
         sync: au.keyframe,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::registry::Leg;
+
+    fn spec(kind: TrackKind, codec: &str, rate: u32) -> TrackSpec {
+        TrackSpec {
+            kind,
+            leg: Leg::Callee,
+            codec: codec.into(),
+            clock_rate: rate,
+            channels: 1,
+            payload_type: 0,
+            fmtp: None,
+        }
+    }
+
+    fn unit(track: TrackId, ssrc: u32, ts: u32, at: Instant, payload: &[u8]) -> MediaUnit {
+        MediaUnit {
+            track,
+            payload_type: 0,
+            seq: 0,
+            timestamp: ts,
+            marker: false,
+            ssrc,
+            payload: Bytes::copy_from_slice(payload),
+            arrival: at,
+        }
+    }
+
+    /// Appended bytes, and the sample count of every `trun` in them.
+    fn drain(c: &mut RecorderCore) -> (usize, u32) {
+        let (mut bytes, mut samples) = (0, 0);
+        while let Some(o) = c.poll_output() {
+            if let Output::Append(b) = o {
+                bytes += b.len();
+                let mut i = 0;
+                while let Some(w) = b.get(i..i + 4) {
+                    if w == b"trun" {
+                        samples += u32::from_be_bytes(b[i + 8..i + 12].try_into().unwrap());
+                    }
+                    i += 1;
+                }
+            }
+        }
+        (bytes, samples)
+    }
+
+    #[test]
+    fn hold_with_restarted_timestamps_keeps_wall_clock_duration() {
+        let mut c = RecorderCore::new(RecorderConfig::default());
+        c.handle_track(0, &spec(TrackKind::Audio, "PCMU", 8000));
+        let t0 = Instant::now();
+        let pkt = [0xFFu8; 160];
+        // 2 s of audio, 5 s of hold (nothing sent), then 2 s with timestamps restarted at 0
+        // and a new SSRC, then a duplicate of the last packet.
+        for k in 0..100u32 {
+            let at = t0 + Duration::from_millis(u64::from(k) * 20);
+            c.handle_media(&unit(0, 1, 50_000 + k * 160, at, &pkt))
+                .unwrap();
+        }
+        for k in 0..100u32 {
+            let at = t0 + Duration::from_millis(7000 + u64::from(k) * 20);
+            c.handle_media(&unit(0, 2, k * 160, at, &pkt)).unwrap();
+        }
+        let at = t0 + Duration::from_millis(9000);
+        c.handle_media(&unit(0, 2, 99 * 160, at, &pkt)).unwrap();
+        c.finish(None).unwrap();
+        assert_eq!(c.duration_ms(), 9000);
+        assert_eq!(c.stats.late_audio, 1);
+        assert_eq!(c.stats.timeline_resyncs, 1);
+        assert_eq!(c.stats.gap_fill_ms, 5000);
+        let (_, samples) = drain(&mut c);
+        assert_eq!(samples, 450);
+        assert_eq!(c.codecs(), ["opus (from PCMU)"]);
+    }
+
+    #[test]
+    fn opus_passthrough_fills_gaps_with_silence_frames() {
+        let mut c = RecorderCore::new(RecorderConfig::default());
+        c.handle_track(0, &spec(TrackKind::Audio, "opus", 48000));
+        let t0 = Instant::now();
+        for k in (0..50u32).filter(|k| !(10..20).contains(k)) {
+            let at = t0 + Duration::from_millis(u64::from(k) * 20);
+            c.handle_media(&unit(0, 7, k * 960, at, &[0x08, 1, 2]))
+                .unwrap();
+        }
+        c.finish(None).unwrap();
+        assert_eq!(c.duration_ms(), 1000);
+        assert_eq!(drain(&mut c).1, 50);
+        assert_eq!(c.codecs(), ["opus"]);
+    }
+
+    #[test]
+    fn waits_for_video_keyframe_then_gives_up_and_records_audio() {
+        let mut c = RecorderCore::new(RecorderConfig::default());
+        c.handle_track(0, &spec(TrackKind::Audio, "PCMA", 8000));
+        c.handle_track(1, &spec(TrackKind::Video, "H264", 90000));
+        c.handle_track(2, &spec(TrackKind::Video, "VP8", 90000));
+        assert_eq!(c.stats.ignored_tracks, 1);
+        let t0 = Instant::now();
+        for k in 0..250u32 {
+            let at = t0 + Duration::from_millis(u64::from(k) * 20);
+            c.handle_media(&unit(0, 1, k * 160, at, &[0xD5; 160]))
+                .unwrap();
+            // P-slices only, never an IDR: video cannot start.
+            let mut v = unit(1, 9, k * 3600, at, &[0x41, 0x9A, 0]);
+            v.seq = k as u16;
+            v.marker = true;
+            c.handle_media(&v).unwrap();
+            if k == 140 {
+                // Nothing written before the 3 s wait is over.
+                assert!(c.poll_output().is_none());
+            }
+        }
+        assert!(c.stats.video_waiting_keyframe >= 249);
+        c.finish(None).unwrap();
+        assert_eq!(c.codecs(), ["opus (from PCMA)"]);
+        assert_eq!(c.duration_ms(), 5000);
+        drain(&mut c);
+    }
+
+    #[test]
+    fn garbage_input_never_panics() {
+        let mut c = RecorderCore::new(RecorderConfig::default());
+        c.handle_track(0, &spec(TrackKind::Audio, "opus", 48000));
+        c.handle_track(1, &spec(TrackKind::Video, "H264", 90000));
+        let t0 = Instant::now();
+        let mut x: u32 = 12345;
+        for k in 0..2000u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let len = (x >> 24) as usize % 40;
+            let payload: Vec<u8> = (0..len).map(|i| (x >> (i % 24)) as u8).collect();
+            let at = t0 + Duration::from_millis(u64::from(k));
+            let mut u = unit((x & 1) as usize, x >> 30, x, at, &payload);
+            u.seq = (x >> 8) as u16;
+            u.marker = x & 4 != 0;
+            c.handle_media(&u).unwrap();
+            drain(&mut c);
+        }
+        c.finish(Some(t0)).unwrap();
+        drain(&mut c);
+    }
+}

@@ -315,11 +315,12 @@ fn write_loop(mut file: File, rx: Receiver<WriteOp>, shared: &Shared, fsync: boo
     let fail = |e: std::io::Error, what: &str| {
         let msg = format!("{what}: {e}");
         tracing::error!(error = %msg, "recording write failed");
-        *shared.write_error.lock() = Some(msg);
+        // The first error is the cause; later ones follow from it.
+        shared.write_error.lock().get_or_insert(msg);
         shared.failed.store(true, Ordering::Release);
     };
     while let Ok(op) = rx.recv() {
-        if shared.failed.load(Ordering::Acquire) {
+        if shared.failed.load(Ordering::Acquire) && !matches!(op, WriteOp::Close) {
             continue; // drain so senders never block on a dead writer
         }
         match op {
@@ -543,4 +544,71 @@ pub fn write_sidecar(file: &Path, info: &RecordingInfo) -> std::io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, &target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            info: Mutex::new(RecordingInfo {
+                file_name: String::new(),
+                stream: String::new(),
+                call_id: None,
+                sip_call_id: None,
+                media_session_id: None,
+                participants: Vec::new(),
+                state: RecordingState::Recording,
+                error: None,
+                started_at: String::new(),
+                ended_at: None,
+                duration_ms: 0,
+                size_bytes: 0,
+                codecs: Vec::new(),
+                end_reason: None,
+                fragments_written: 0,
+                fragments_dropped: 0,
+                units_dropped: 0,
+            }),
+            write_error: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            size: AtomicU64::new(0),
+            fragments_written: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn disk_full_marks_the_recording_failed_and_keeps_draining() {
+        let Ok(file) = File::options().write(true).open("/dev/full") else {
+            return; // not Linux
+        };
+        let (tx, rx) = sync_channel(4);
+        let s = shared();
+        for _ in 0..3 {
+            tx.send(WriteOp::Fragment(vec![0; 64 * 1024])).unwrap();
+        }
+        tx.send(WriteOp::Close).unwrap();
+        write_loop(file, rx, &s, true);
+        assert!(s.failed.load(Ordering::Acquire));
+        let e = s.write_error.lock().clone().unwrap();
+        assert!(e.starts_with("write:"), "{e}");
+        assert_eq!(s.fragments_written.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn sidecar_is_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.mp4");
+        let mut info = shared().info.into_inner();
+        info.stream = "s".into();
+        write_sidecar(&file, &info).unwrap();
+        info.state = RecordingState::Done;
+        write_sidecar(&file, &info).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("a.json")).unwrap()).unwrap();
+        assert_eq!(v["state"], "done");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "temporary file left behind");
+    }
 }
