@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod media;
+pub mod record;
 pub mod registry;
 pub mod rtp;
 pub mod sip;
