@@ -11,6 +11,7 @@ use sipstream::api::{self, AppState};
 use sipstream::call::manager::CallManager;
 use sipstream::config::Config;
 use sipstream::events::{webhook, EventBus};
+use sipstream::record::manager::RecordingManager;
 use sipstream::registry::Registry;
 use sipstream::rtp::ports::PortPool;
 use sipstream::sip::driver::{self, DriverConfig};
@@ -62,7 +63,14 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let registry = Registry::new(cfg.stream_reader_queue);
     let ports = PortPool::new(cfg.rtp_port_min, cfg.rtp_port_max)
         .map_err(|e| anyhow::anyhow!("rtp_port_min/rtp_port_max: {e}"))?;
-    let calls = CallManager::new(cfg.clone(), sip, registry, ports, bus);
+    let recordings = RecordingManager::new(
+        registry.clone(),
+        cfg.record_dir.clone(),
+        cfg.record_file_template.clone(),
+        cfg.record_fsync,
+        bus.clone(),
+    );
+    let calls = CallManager::new(cfg.clone(), sip, registry, ports, bus, recordings);
     tokio::spawn(calls.clone().run(ua_rx));
 
     let state = web::Data::new(AppState {

@@ -4,6 +4,7 @@
 pub mod calls;
 pub mod json;
 pub mod openapi;
+pub mod recording;
 pub mod siprec;
 pub mod streams;
 
@@ -31,7 +32,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(actix_web::middleware::from_fn(require_api_key))
             .configure(calls::routes)
             .configure(streams::routes)
-            .configure(siprec::routes),
+            .configure(siprec::routes)
+            .configure(recording::routes),
+    )
+    .service(
+        web::resource("/recordings/{file}")
+            .wrap(actix_web::middleware::from_fn(require_api_key))
+            .route(web::get().to(recording::download)),
     )
     .route("/health", web::get().to(streams::health))
     .route("/openapi.json", web::get().to(openapi::serve))

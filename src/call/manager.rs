@@ -44,6 +44,7 @@ pub(super) struct Inner {
     pub(super) state: Mutex<State>,
     pub(super) next_key: AtomicU64,
     pub(super) idle: Notify,
+    pub(super) recordings: crate::record::manager::RecordingManager,
 }
 
 #[derive(Default)]
@@ -83,6 +84,7 @@ impl CallManager {
         registry: Registry,
         ports: PortPool,
         bus: EventBus,
+        recordings: crate::record::manager::RecordingManager,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -94,6 +96,7 @@ impl CallManager {
                 state: Mutex::new(State::default()),
                 next_key: AtomicU64::new(1),
                 idle: Notify::new(),
+                recordings,
             }),
         }
     }
@@ -104,6 +107,10 @@ impl CallManager {
 
     pub fn sip(&self) -> &SipHandle {
         &self.inner.sip
+    }
+
+    pub fn recordings(&self) -> &crate::record::manager::RecordingManager {
+        &self.inner.recordings
     }
 
     pub fn ports(&self) -> &PortPool {
@@ -215,11 +222,13 @@ impl CallManager {
         }
         let sdp_offer = sdp::build_offer(&offer).to_string();
 
+        let sip_call_id = crate::sip::ua::new_call_id(local_ip);
         let info = {
             let mut st = inner.state.lock();
             let Some(entry) = st.calls.get_mut(&spec.call_id) else {
                 return Err(ApiError::Internal("call vanished during startup".into()));
             };
+            entry.info.sip_call_id = Some(sip_call_id.clone());
             entry.publisher = Some(publisher);
             entry.media = media;
             entry.info.legs = vec![leg_info(&spec.callee_uri, &entry.media)];
@@ -246,6 +255,7 @@ impl CallManager {
             from_uri: None,
             to_uri: None,
             contact_params: String::new(),
+            sip_call_id: Some(sip_call_id.clone()),
             headers: spec.headers.clone(),
         };
         if !inner.sip.command(Command::PlaceCall(Box::new(place))) {
@@ -256,6 +266,21 @@ impl CallManager {
         tracing::info!(call_id = %spec.call_id, stream = %spec.stream, callee = %spec.callee_uri, "call started");
         self.publish_status(&info);
         let cfg = &self.inner.cfg;
+        if spec.record || cfg.sip_record_stream {
+            let meta = crate::record::RecordingMeta {
+                call_id: Some(spec.call_id.clone()),
+                sip_call_id: Some(sip_call_id.clone()),
+                media_session_id: None,
+                participants: vec![
+                    format!("sip:{}@{}", spec.sip_login, spec.domain),
+                    spec.callee_uri.clone(),
+                ],
+            };
+            // A recording that cannot start is reported (event, log); the call goes on.
+            if let Err(e) = self.inner.recordings.start(&spec.stream, meta) {
+                tracing::warn!(call_id = %spec.call_id, error = %e, "recording not started");
+            }
+        }
         if cfg.siprec_auto {
             let req = crate::siprec::SiprecStartRequest {
                 call_id: spec.call_id.clone(),

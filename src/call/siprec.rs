@@ -393,6 +393,7 @@ impl CallManager {
                 ),
                 to_uri: Some(s.spec.to_uri.clone().unwrap_or_else(|| target.uri.clone())),
                 contact_params: ";+sip.src".into(),
+                sip_call_id: None,
                 headers,
             };
             if !self.inner.sip.command(Command::PlaceCall(Box::new(place))) {

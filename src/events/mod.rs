@@ -43,6 +43,13 @@ pub enum Event {
         attempts: Vec<crate::siprec::SrsAttempt>,
         timestamp: u64,
     },
+    /// A recording started, finished or failed (the recording object, flattened).
+    #[serde(rename_all = "camelCase")]
+    RecordingStatusEvent {
+        #[serde(flatten)]
+        recording: Box<crate::record::RecordingInfo>,
+        timestamp: u64,
+    },
     #[serde(rename_all = "camelCase")]
     StreamStatusEvent {
         name: String,

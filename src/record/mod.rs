@@ -38,6 +38,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
 
+pub mod manager;
+
 use self::core::{CoreError, Output, RecorderConfig, RecorderCore};
 use crate::registry::{ReaderEvent, Registry, RegistryError};
 

@@ -81,6 +81,8 @@ pub struct PlaceCall {
     pub to_uri: Option<String>,
     /// Parameters appended to our Contact (SIPREC's `;+sip.src`).
     pub contact_params: String,
+    /// The dialog's Call-ID, when the caller wants to know it up front; else generated.
+    pub sip_call_id: Option<String>,
     pub headers: Vec<(String, String)>,
 }
 
@@ -449,7 +451,10 @@ impl UserAgent {
             .unwrap_or_else(|| format!("sip:{}@{}", pc.account.login, pc.account.domain));
         let to_uri = pc.to_uri.clone().unwrap_or_else(|| pc.callee_uri.clone());
         let dialog = Dialog {
-            call_id: format!("{}@{}", random_token(20), pc.route.local.ip()),
+            call_id: pc
+                .sip_call_id
+                .clone()
+                .unwrap_or_else(|| new_call_id(pc.route.local.ip())),
             local: format!("<{from_uri}>;tag={local_tag}"),
             local_tag,
             remote_tag: None,
@@ -1550,6 +1555,11 @@ fn auth_headers(auth: &mut DigestSession, method: &str, uri: &str) -> Vec<(Strin
     }
 }
 
+/// A fresh Call-ID: 20 random characters at our address.
+pub fn new_call_id(local: std::net::IpAddr) -> String {
+    format!("{}@{}", random_token(20), local)
+}
+
 fn to_tag(req: &rsip::Request) -> Option<String> {
     req.to_header()
         .ok()
@@ -1683,6 +1693,7 @@ mod tests {
                 from_uri: None,
                 to_uri: None,
                 contact_params: String::new(),
+                sip_call_id: None,
                 headers: vec![],
             })),
         );

@@ -1,0 +1,265 @@
+//! The table of recordings the API shows: starts recordings of live streams (by the API, by
+//! `record: true` on a call, or for every SIP stream with `sip_record_stream`), stops them,
+//! lists them, and resolves download names inside `record_dir` only. Each recording's end
+//! (done or failed) is published as a `RecordingStatusEvent`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::names::{file_name, NameVars};
+use super::{
+    start_recording_with, RecordError, RecordOptions, RecordingHandle, RecordingInfo,
+    RecordingMeta, RecordingState,
+};
+use crate::error::ApiError;
+use crate::events::{unix_ms, Event, EventBus};
+use crate::registry::Registry;
+
+/// How many finished recordings `/recorder/find_all` keeps listing (files stay on disk).
+const HISTORY: usize = 1000;
+
+#[derive(Clone)]
+pub struct RecordingManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    dir: PathBuf,
+    template: String,
+    fsync: bool,
+    bus: EventBus,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// mediaSessionId → recording, in start order for listing.
+    by_id: HashMap<String, (u64, RecordingHandle)>,
+    next: u64,
+}
+
+impl RecordingManager {
+    pub fn new(
+        registry: Registry,
+        dir: PathBuf,
+        template: String,
+        fsync: bool,
+        bus: EventBus,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                dir,
+                template,
+                fsync,
+                bus,
+                table: Mutex::new(Table::default()),
+            }),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Starts recording `stream`. 404 for an unknown stream, 409 when it is already being
+    /// recorded (stop it first: a second file of the same stream is almost always a mistake).
+    pub fn start(&self, stream: &str, meta: RecordingMeta) -> Result<RecordingInfo, ApiError> {
+        let inner = &self.inner;
+        if inner.registry.find(stream).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "name {stream:?}: no such stream"
+            )));
+        }
+        if let Some(active) = self.active_for(stream) {
+            return Err(ApiError::Conflict(format!(
+                "stream {stream:?} is already being recorded (mediaSessionId {:?})",
+                active.media_session_id.unwrap_or_default()
+            )));
+        }
+        let id = meta
+            .media_session_id
+            .clone()
+            .unwrap_or_else(|| format!("rec-{}", crate::sip::dialog::random_token(12)));
+        let name = file_name(
+            &inner.template,
+            &NameVars {
+                stream_name: stream,
+                call_id: meta.call_id.as_deref(),
+                media_session_id: Some(&id),
+                start: time::OffsetDateTime::now_utc(),
+            },
+        );
+        let path = unique_path(&inner.dir, &name);
+        let meta = RecordingMeta {
+            media_session_id: Some(id.clone()),
+            ..meta
+        };
+        let opts = RecordOptions {
+            fsync_each_fragment: inner.fsync,
+            ..RecordOptions::default()
+        };
+        let handle = start_recording_with(&inner.registry, stream, path, meta, opts).map_err(
+            |e| match e {
+                RecordError::StreamNotFound(n) => {
+                    ApiError::NotFound(format!("name {n:?}: no such stream"))
+                }
+                RecordError::Create { path, source } => {
+                    // Disk and permission errors are the operator's to see, with the path.
+                    self.publish(&failed_info(stream, &id, &path, &source));
+                    ApiError::Internal(format!(
+                        "cannot create recording {}: {source}",
+                        path.display()
+                    ))
+                }
+                other => ApiError::Internal(other.to_string()),
+            },
+        )?;
+        let info = handle.info();
+        {
+            let mut t = inner.table.lock();
+            t.next += 1;
+            let n = t.next;
+            t.by_id.insert(id.clone(), (n, handle.clone()));
+            if t.by_id.len() > HISTORY {
+                let oldest = t
+                    .by_id
+                    .iter()
+                    .filter(|(_, (_, h))| h.info().state != RecordingState::Recording)
+                    .min_by_key(|(_, (n, _))| *n)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    t.by_id.remove(&k);
+                }
+            }
+        }
+        tracing::info!(%stream, media_session_id = %id, file = %info.file_name, "recording started");
+        self.publish(&info);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let done = handle.wait().await;
+            tracing::info!(stream = %done.stream, file = %done.file_name, state = ?done.state, duration_ms = done.duration_ms, reason = done.end_reason.as_deref().unwrap_or(""), "recording ended");
+            this.publish(&done);
+        });
+        Ok(info)
+    }
+
+    /// Stops the recording with this mediaSessionId, or the active recording of the stream
+    /// with this name, and waits (up to 5 s) for the file to be finalised.
+    pub async fn stop(&self, id_or_stream: &str) -> Result<RecordingInfo, ApiError> {
+        let handle = {
+            let t = self.inner.table.lock();
+            t.by_id
+                .get(id_or_stream)
+                .map(|(_, h)| h.clone())
+                .or_else(|| {
+                    t.by_id
+                        .values()
+                        .map(|(_, h)| h)
+                        .find(|h| {
+                            let i = h.info();
+                            i.stream == id_or_stream && i.state == RecordingState::Recording
+                        })
+                        .cloned()
+                })
+        };
+        let handle = handle.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "{id_or_stream:?}: no such recording or recorded stream"
+            ))
+        })?;
+        handle.stop();
+        Ok(
+            match tokio::time::timeout(Duration::from_secs(5), handle.wait()).await {
+                Ok(info) => info,
+                Err(_) => handle.info(),
+            },
+        )
+    }
+
+    /// Every recording, oldest first.
+    pub fn find_all(&self) -> Vec<RecordingInfo> {
+        let t = self.inner.table.lock();
+        let mut all: Vec<(u64, RecordingInfo)> =
+            t.by_id.values().map(|(n, h)| (*n, h.info())).collect();
+        all.sort_by_key(|(n, _)| *n);
+        all.into_iter().map(|(_, i)| i).collect()
+    }
+
+    fn active_for(&self, stream: &str) -> Option<RecordingInfo> {
+        let t = self.inner.table.lock();
+        t.by_id
+            .values()
+            .map(|(_, h)| h.info())
+            .find(|i| i.stream == stream && i.state == RecordingState::Recording)
+    }
+
+    /// The path of a downloadable file: a plain name (no separators, no dot-dot) of an
+    /// `.mp4` or `.json` inside `record_dir`.
+    pub fn download_path(&self, name: &str) -> Result<PathBuf, ApiError> {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && (name.ends_with(".mp4") || name.ends_with(".json"));
+        if !plain {
+            return Err(ApiError::NotFound(format!("{name:?}: no such recording")));
+        }
+        let path = self.inner.dir.join(name);
+        if !path.is_file() {
+            return Err(ApiError::NotFound(format!("{name:?}: no such recording")));
+        }
+        Ok(path)
+    }
+
+    fn publish(&self, info: &RecordingInfo) {
+        self.inner.bus.publish(Event::RecordingStatusEvent {
+            recording: Box::new(info.clone()),
+            timestamp: unix_ms(),
+        });
+    }
+}
+
+/// `name`, or `name` with `-2`, `-3`... before the extension when the file exists.
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    let stem = name.trim_end_matches(".mp4");
+    (2..1000)
+        .map(|n| dir.join(format!("{stem}-{n}.mp4")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+fn failed_info(stream: &str, id: &str, path: &Path, err: &std::io::Error) -> RecordingInfo {
+    RecordingInfo {
+        file_name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        stream: stream.to_string(),
+        call_id: None,
+        sip_call_id: None,
+        media_session_id: Some(id.to_string()),
+        participants: Vec::new(),
+        state: RecordingState::Failed,
+        error: Some(err.to_string()),
+        started_at: String::new(),
+        ended_at: None,
+        duration_ms: 0,
+        size_bytes: 0,
+        codecs: Vec::new(),
+        end_reason: Some(format!("failed: {err}")),
+        fragments_written: 0,
+        fragments_dropped: 0,
+        units_dropped: 0,
+    }
+}
