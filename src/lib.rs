@@ -11,3 +11,4 @@ pub mod media;
 pub mod registry;
 pub mod rtp;
 pub mod sip;
+pub mod webrtc;
