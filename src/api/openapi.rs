@@ -19,6 +19,9 @@ use utoipa::OpenApi;
         super::streams::find,
         super::streams::find_all,
         super::streams::health,
+        super::whep::offer,
+        super::whep::delete,
+        super::whep::config,
     )
 )]
 pub struct ApiDoc;
