@@ -253,6 +253,24 @@ async fn player_page_plays_a_pcmu_call_in_chromium() {
     let s = gw.stream("web1_stream").await.unwrap();
     assert!(s["readers"].to_string().contains("webrtc"), "{s}");
 
+    // Leaving the page ends its session (pagehide -> DELETE); the index lists the stream
+    // with a link to play it.
+    browser.goto(&format!("{}/index.html", gw.rest)).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let streams = browser.text("#streams").await;
+        if streams.contains("Play web1_stream") && gw.logs().contains("deleted by the player") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "index shows {streams:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.screenshot("index.png").await;
+    browser
+        .goto(&format!("{}/player.html?stream=web1_stream", gw.rest))
+        .await;
+    browser.wait_for_audio(&gw).await;
+
     // Stop: the page DELETEs its session and the reader goes away.
     browser.click("#stop").await;
     let deadline = Instant::now() + T;
@@ -263,7 +281,12 @@ async fn player_page_plays_a_pcmu_call_in_chromium() {
         assert!(Instant::now() < deadline, "{}", gw.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(gw.logs().contains("deleted by the player"), "{}", gw.logs());
+    assert_eq!(
+        gw.logs().matches("deleted by the player").count(),
+        2,
+        "{}",
+        gw.logs()
+    );
 
     let (status, _) = gw
         .post_json("/call/terminate", json!({"callId": "web1"}))

@@ -436,3 +436,33 @@ async fn the_pages_are_served() {
         assert!(text.contains(needle), "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_stream_without_media_yet_is_409_after_the_wait() {
+    let gw = Gateway::start(&[("webrtc_track_wait_s", "1".into())]).await;
+    let mut sipp = Sipp::uas("uas_ring_cancel.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("whep4", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("whep4", &["RING"], T).await;
+    let (_, _, offer) = client().await;
+    let started = Instant::now();
+    let r = post_offer(&gw, "whep4_stream", "application/sdp", &offer).await;
+    assert_eq!(r.status().as_u16(), 409);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no audio or video track yet"),
+        "{body}"
+    );
+    assert!(readers(&gw, "whep4_stream").await.is_empty());
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "whep4"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
