@@ -139,8 +139,16 @@ pub async fn offer(
         .into());
     }
     let sdp = std::str::from_utf8(&body)
-        .map_err(|e| WhepError::BadOffer(format!("the body is not UTF-8 text: {e}")))?;
-    let answer = state.whep.create(&stream, sdp).await?;
+        .map_err(|e| WhepError::BadOffer(format!("the body is not UTF-8 text: {e}")))?
+        .to_string();
+    // Run to completion even if the player hangs up mid-request: a half-built peer
+    // connection must not be dropped unclosed. An answered session nobody reads is removed
+    // by webrtc_connect_timeout_s.
+    let whep = state.whep.clone();
+    let name = stream.clone();
+    let answer = tokio::spawn(async move { whep.create(&name, &sdp).await })
+        .await
+        .map_err(|e| WhepError::Internal(format!("WHEP task: {e}")))??;
     let location = format!("/whep/{}/{}", stream.as_str(), answer.session);
     let mut resp = HttpResponse::Created();
     resp.content_type("application/sdp")
