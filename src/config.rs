@@ -71,6 +71,19 @@ pub struct Config {
     pub rtp_timeout: Duration,
     pub stream_reader_queue: usize,
     pub max_calls: usize,
+    /// WHEP ICE sockets bind here; empty: rtp_address.
+    pub webrtc_address: Option<IpAddr>,
+    pub webrtc_port_min: u16,
+    pub webrtc_port_max: u16,
+    /// stun:/turn: URLs used by the gateway and handed to the web pages.
+    pub webrtc_ice_servers: Vec<String>,
+    pub webrtc_turn_username: String,
+    pub webrtc_turn_credential: String,
+    pub webrtc_max_sessions: usize,
+    pub webrtc_connect_timeout: Duration,
+    pub webrtc_disconnected_timeout: Duration,
+    pub webrtc_failed_timeout: Duration,
+    pub webrtc_track_wait: Duration,
     pub record_dir: PathBuf,
     pub sip_record_stream: bool,
     pub record_file_template: String,
@@ -114,6 +127,17 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("rtp_timeout_s", "0"),
     ("stream_reader_queue", "512"),
     ("max_calls", "2000"),
+    ("webrtc_address", ""),
+    ("webrtc_port_min", "33000"),
+    ("webrtc_port_max", "33999"),
+    ("webrtc_ice_servers", ""),
+    ("webrtc_turn_username", ""),
+    ("webrtc_turn_credential", ""),
+    ("webrtc_max_sessions", "200"),
+    ("webrtc_connect_timeout_s", "20"),
+    ("webrtc_disconnected_timeout_s", "5"),
+    ("webrtc_failed_timeout_s", "10"),
+    ("webrtc_track_wait_s", "10"),
     ("record_dir", "records"),
     ("sip_record_stream", "false"),
     ("record_file_template", "{streamName}-{startTime}"),
@@ -238,6 +262,19 @@ impl Config {
             rtp_timeout: Duration::from_secs(r.parse("rtp_timeout_s")?),
             stream_reader_queue: r.parse("stream_reader_queue")?,
             max_calls: r.parse("max_calls")?,
+            webrtc_address: r.opt_parse("webrtc_address")?,
+            webrtc_port_min: r.parse("webrtc_port_min")?,
+            webrtc_port_max: r.parse("webrtc_port_max")?,
+            webrtc_ice_servers: r.list("webrtc_ice_servers"),
+            webrtc_turn_username: r.string("webrtc_turn_username"),
+            webrtc_turn_credential: r.string("webrtc_turn_credential"),
+            webrtc_max_sessions: r.parse("webrtc_max_sessions")?,
+            webrtc_connect_timeout: Duration::from_secs(r.parse("webrtc_connect_timeout_s")?),
+            webrtc_disconnected_timeout: Duration::from_secs(
+                r.parse("webrtc_disconnected_timeout_s")?,
+            ),
+            webrtc_failed_timeout: Duration::from_secs(r.parse("webrtc_failed_timeout_s")?),
+            webrtc_track_wait: Duration::from_secs(r.parse("webrtc_track_wait_s")?),
             record_dir: PathBuf::from(r.string("record_dir")),
             sip_record_stream: r.bool("sip_record_stream")?,
             record_file_template: r.string("record_file_template"),
@@ -286,6 +323,23 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "siprec_auto=true needs siprec_srs (the SRS URIs to record to)".into(),
             ));
+        }
+        if self.webrtc_port_min > self.webrtc_port_max
+            || (self.webrtc_port_min == 0) != (self.webrtc_port_max == 0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "webrtc_port_min ({}) and webrtc_port_max ({}) must form a range (or both be 0)",
+                self.webrtc_port_min, self.webrtc_port_max
+            )));
+        }
+        if let Some(bad) = self.webrtc_ice_servers.iter().find(|u| {
+            !["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|p| u.starts_with(p))
+        }) {
+            return Err(ConfigError::Invalid(format!(
+                "webrtc_ice_servers: {bad:?} is not a stun:, stuns:, turn: or turns: URL"
+            )));
         }
         if let Some(url) = &self.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

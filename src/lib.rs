@@ -13,3 +13,4 @@ pub mod registry;
 pub mod rtp;
 pub mod sip;
 pub mod siprec;
+pub mod webrtc;

@@ -16,6 +16,7 @@ use sipstream::registry::Registry;
 use sipstream::rtp::ports::PortPool;
 use sipstream::sip::driver::{self, DriverConfig};
 use sipstream::sip::ua::UaConfig;
+use sipstream::webrtc::{WebrtcConfig, WhepService};
 
 fn main() -> anyhow::Result<()> {
     let cfg = Config::load(std::env::args().skip(1), |k| std::env::var(k).ok())?;
@@ -63,6 +64,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let registry = Registry::new(cfg.stream_reader_queue);
     let ports = PortPool::new(cfg.rtp_port_min, cfg.rtp_port_max)
         .map_err(|e| anyhow::anyhow!("rtp_port_min/rtp_port_max: {e}"))?;
+    let whep = WhepService::new(WebrtcConfig::from_config(&cfg), registry.clone());
     let recordings = RecordingManager::new(
         registry.clone(),
         cfg.record_dir.clone(),
@@ -76,6 +78,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let state = web::Data::new(AppState {
         calls: calls.clone(),
         cfg: cfg.clone(),
+        whep,
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))

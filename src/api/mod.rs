@@ -4,9 +4,11 @@
 pub mod calls;
 pub mod json;
 pub mod openapi;
+pub mod pages;
 pub mod recording;
 pub mod siprec;
 pub mod streams;
+pub mod whep;
 
 use actix_web::body::EitherBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -23,6 +25,8 @@ use crate::error::ApiError;
 pub struct AppState {
     pub calls: CallManager,
     pub cfg: Arc<Config>,
+    /// WHEP players (`/whep/*`).
+    pub whep: crate::webrtc::WhepService,
 }
 
 /// Registers every route on an actix `App`.
@@ -42,6 +46,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/health", web::get().to(streams::health))
     .route("/openapi.json", web::get().to(openapi::serve))
+    .configure(whep::routes)
+    .configure(pages::routes)
     .app_data(
         web::JsonConfig::default()
             .error_handler(|err, _| ApiError::BadRequest(format!("malformed JSON: {err}")).into()),
@@ -94,6 +100,6 @@ async fn require_api_key(
         .map(ServiceResponse::map_into_left_body)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -28,6 +28,9 @@ use utoipa::OpenApi;
         super::siprec::resume,
         super::siprec::stop,
         super::siprec::find,
+        super::whep::offer,
+        super::whep::delete,
+        super::whep::config,
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,352 @@
+//! The web pages in a real browser: headless Chromium (Debian `chromium` + `chromium-driver`)
+//! driven over WebDriver plays a call's stream over WHEP and reports what it received through
+//! `getStats()`. Screenshots land in the test's temporary folder (their paths are printed).
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{free_tcp_port, require, startup_body, tempdir, Gateway, Sipp};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(20);
+
+/// chromedriver and one Chromium session with the flags PEERS.md lists for WebRTC on
+/// loopback.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        require("chromium");
+        require("chromedriver");
+        let dir = tempdir();
+        let port = free_tcp_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + T;
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = dir.path().join("profile");
+        let args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--allow-loopback-in-peer-connection".into(),
+            "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--autoplay-policy=no-user-gesture-required".into(),
+            "--use-fake-ui-for-media-stream".into(),
+            "--window-size=1280,900".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}
+        }}});
+        let resp: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {resp}"))
+            .to_string();
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+            dir,
+        }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.http.request(method, url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        assert!(v["value"].get("error").is_none(), "WebDriver {path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+    }
+
+    async fn eval(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    /// Types into a form field the way a person would (clear, then keys).
+    async fn fill(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )
+        .await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let id = self.element(css).await;
+        self.cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let b64 = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, png).unwrap();
+        // Kept for a person to look at when SIPSTREAM_SCREENSHOTS names a folder.
+        if let Ok(dir) = std::env::var("SIPSTREAM_SCREENSHOTS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(&path, Path::new(&dir).join(name));
+        }
+        eprintln!("screenshot: {}", path.display());
+        path
+    }
+
+    /// Waits until the page's getStats() shows audio packets and a non-zero audio level;
+    /// returns the stats.
+    async fn wait_for_audio(&self, gw: &Gateway) -> Value {
+        let deadline = Instant::now() + T;
+        loop {
+            let s = self.eval("return window.whepStats || null").await;
+            let a = &s["audio"];
+            if a["packetsReceived"].as_u64().unwrap_or(0) > 50
+                && a["audioLevel"].as_f64().unwrap_or(0.0) > 0.0
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "browser stats {s}; status {:?}\n{}",
+                self.text("#status").await,
+                gw.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ends Chromium with its session; then chromedriver.
+        let url = format!("{}/session/{}", self.base, self.session);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        reqwest::Client::new().delete(url).send(),
+                    )
+                    .await;
+                });
+            }
+        })
+        .join();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test]
+async fn player_page_plays_a_pcmu_call_in_chromium() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let (status, call) = gw
+        .post_json("/call/startup", startup_body("web1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    gw.wait_status("web1", &["ESTABLISHED"], T).await;
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/player.html?stream=web1_stream", gw.rest))
+        .await;
+    let stats = browser.wait_for_audio(&gw).await;
+    eprintln!("player.html getStats: {stats}");
+    assert_eq!(stats["audio"]["codec"], "PCMU/8000", "{stats}");
+    assert_eq!(stats["state"], "connected");
+    // The stats box shows the same numbers to a person.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let shown = browser.text("#stats").await;
+    assert!(shown.contains("PCMU/8000"), "{shown}");
+    assert!(browser
+        .text("#status")
+        .await
+        .contains("Playing web1_stream"));
+    let shot = browser.screenshot("player.png").await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    // The player is a reader of the stream.
+    let s = gw.stream("web1_stream").await.unwrap();
+    assert!(s["readers"].to_string().contains("webrtc"), "{s}");
+
+    // Leaving the page ends its session (pagehide -> DELETE); the index lists the stream
+    // with a link to play it.
+    browser.goto(&format!("{}/index.html", gw.rest)).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let streams = browser.text("#streams").await;
+        if streams.contains("Play web1_stream") && gw.logs().contains("deleted by the player") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "index shows {streams:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.screenshot("index.png").await;
+    browser
+        .goto(&format!("{}/player.html?stream=web1_stream", gw.rest))
+        .await;
+    browser.wait_for_audio(&gw).await;
+
+    // Stop: the page DELETEs its session and the reader goes away.
+    browser.click("#stop").await;
+    let deadline = Instant::now() + T;
+    while gw.stream("web1_stream").await.unwrap()["readers"]
+        .to_string()
+        .contains("webrtc")
+    {
+        assert!(Instant::now() < deadline, "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        gw.logs().matches("deleted by the player").count(),
+        2,
+        "{}",
+        gw.logs()
+    );
+
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "web1"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
+#[tokio::test]
+async fn call_page_places_a_call_plays_it_and_hangs_up() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/call.html", gw.rest)).await;
+
+    browser.fill("#sipLogin", "alice").await;
+    browser.fill("#sipAuthenticationName", "alice").await;
+    browser.fill("#sipPassword", "s3cret-Pa55").await;
+    browser.fill("#sipDomain", "127.0.0.1").await;
+    browser.fill("#sipPort", &sipp.port.to_string()).await;
+    browser.fill("#callee", "10005").await;
+    browser.fill("#toStream", "web2_stream").await;
+    browser.click("#start").await;
+
+    // The status line follows the call; the embedded player starts on ESTABLISHED.
+    let deadline = Instant::now() + T;
+    loop {
+        let status = browser.text("#call-status").await;
+        if status.contains("ESTABLISHED") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "call status {status:?}\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = browser.wait_for_audio(&gw).await;
+    eprintln!("call.html getStats: {stats}");
+    assert_eq!(stats["audio"]["codec"], "PCMU/8000", "{stats}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    browser.screenshot("call.png").await;
+    let calls = gw.post("/call/find_all", "").await.1;
+    let call_id = calls[0]["callId"].as_str().unwrap().to_string();
+    assert_eq!(calls[0]["toStream"], "web2_stream");
+
+    browser.click("#hangup").await;
+    gw.wait_status(&call_id, &["FINISH"], T).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let status = browser.text("#call-status").await;
+        if status.contains("FINISH") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "call status {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // sipp's scenario ends on the BYE it receives (and answers 200).
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(sipp.messages().contains("BYE sip:"), "{}", sipp.messages());
+    assert!(!gw.logs().contains("s3cret-Pa55"), "password in the logs");
+}
