@@ -257,7 +257,7 @@ impl Config {
                 "sip_t1_ms must be > 0 and sip_t2_ms >= sip_t1_ms".into(),
             ));
         }
-        if !(10..=120).contains(&self.rtp_ptime_ms) || self.rtp_ptime_ms % 10 != 0 {
+        if !(10..=120).contains(&self.rtp_ptime_ms) || !self.rtp_ptime_ms.is_multiple_of(10) {
             return Err(ConfigError::Invalid(
                 "rtp_ptime_ms must be 10, 20, ... 120".into(),
             ));

@@ -271,7 +271,7 @@ impl Sipp {
         let port = free_udp_port();
         let media_port = loop {
             let p = free_udp_port();
-            if p % 2 == 0 && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok() {
+            if p.is_multiple_of(2) && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok() {
                 break p;
             }
         };
