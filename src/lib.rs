@@ -9,5 +9,6 @@ pub mod error;
 pub mod events;
 pub mod media;
 pub mod registry;
+pub mod rtmp;
 pub mod rtp;
 pub mod sip;
