@@ -12,6 +12,7 @@ use sipstream::call::manager::CallManager;
 use sipstream::config::Config;
 use sipstream::events::{webhook, EventBus};
 use sipstream::registry::Registry;
+use sipstream::rtmp::{PushConfig, PushManager};
 use sipstream::rtp::ports::PortPool;
 use sipstream::sip::driver::{self, DriverConfig};
 use sipstream::sip::ua::UaConfig;
@@ -62,12 +63,14 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let registry = Registry::new(cfg.stream_reader_queue);
     let ports = PortPool::new(cfg.rtp_port_min, cfg.rtp_port_max)
         .map_err(|e| anyhow::anyhow!("rtp_port_min/rtp_port_max: {e}"))?;
+    let pushes = PushManager::new(registry.clone(), bus.clone(), PushConfig::from_config(&cfg));
     let calls = CallManager::new(cfg.clone(), sip, registry, ports, bus);
     tokio::spawn(calls.clone().run(ua_rx));
 
     let state = web::Data::new(AppState {
         calls: calls.clone(),
         cfg: cfg.clone(),
+        pushes: pushes.clone(),
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
@@ -82,6 +85,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down: hanging up calls and un-registering");
+    pushes.terminate_all();
     calls.shutdown(cfg.shutdown_timeout).await;
     handle.stop(true).await;
     let _ = server_task.await;

@@ -4,6 +4,7 @@
 pub mod calls;
 pub mod json;
 pub mod openapi;
+pub mod push;
 pub mod streams;
 
 use actix_web::body::EitherBody;
@@ -21,6 +22,8 @@ use crate::error::ApiError;
 pub struct AppState {
     pub calls: CallManager,
     pub cfg: Arc<Config>,
+    /// RTMP pushes (`/push/*`).
+    pub pushes: crate::rtmp::PushManager,
 }
 
 /// Registers every route on an actix `App`.
@@ -29,7 +32,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/rest-api")
             .wrap(actix_web::middleware::from_fn(require_api_key))
             .configure(calls::routes)
-            .configure(streams::routes),
+            .configure(streams::routes)
+            .configure(push::routes),
     )
     .route("/health", web::get().to(streams::health))
     .route("/openapi.json", web::get().to(openapi::serve))

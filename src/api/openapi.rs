@@ -19,6 +19,10 @@ use utoipa::OpenApi;
         super::streams::find,
         super::streams::find_all,
         super::streams::health,
+        super::push::startup,
+        super::push::terminate,
+        super::push::find,
+        super::push::find_all,
     )
 )]
 pub struct ApiDoc;
