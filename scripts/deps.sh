@@ -5,7 +5,7 @@
 set -euo pipefail
 what=${1:-test}
 build_pkgs=(cmake pkg-config)
-test_pkgs=(sip-tester kamailio ffmpeg curl iproute2 libxml2-utils python3 chromium chromium-driver)
+test_pkgs=(sip-tester kamailio ffmpeg curl iproute2 libxml2-utils python3 chromium chromium-driver nginx libnginx-mod-rtmp)
 pkgs=("${build_pkgs[@]}")
 [ "$what" = test ] && pkgs+=("${test_pkgs[@]}")
 missing=()

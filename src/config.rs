@@ -96,6 +96,13 @@ pub struct Config {
     pub webhook_timeout: Duration,
     pub log_level: String,
     pub shutdown_timeout: Duration,
+    /// `rtmp_audio_codec` with `rtmp_aac_sample_rate` and `rtmp_aac_bitrate`.
+    pub rtmp_audio: crate::rtmp::audio::AudioCodecPolicy,
+    pub rtmp_connect_timeout: Duration,
+    pub rtmp_reconnect_initial: Duration,
+    pub rtmp_reconnect_max: Duration,
+    pub rtmp_reconnect_max_attempts: u32,
+    pub rtmp_send_queue_kb: usize,
 }
 
 /// Keys with their defaults, in the order of the properties file.
@@ -145,6 +152,14 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("siprec_srs", ""),
     ("siprec_auto", "false"),
     ("siprec_skip_failover_codes", ""),
+    ("rtmp_audio_codec", "aac"),
+    ("rtmp_aac_sample_rate", "48000"),
+    ("rtmp_aac_bitrate", "64000"),
+    ("rtmp_connect_timeout_ms", "5000"),
+    ("rtmp_reconnect_initial_ms", "500"),
+    ("rtmp_reconnect_max_ms", "10000"),
+    ("rtmp_reconnect_max_attempts", "10"),
+    ("rtmp_send_queue_kb", "1024"),
     ("webhook_url", ""),
     ("webhook_retries", "3"),
     ("webhook_timeout_ms", "3000"),
@@ -287,6 +302,22 @@ impl Config {
             webhook_timeout: Duration::from_millis(r.parse("webhook_timeout_ms")?),
             log_level: r.string("log_level"),
             shutdown_timeout: Duration::from_secs(r.parse("shutdown_timeout_s")?),
+            rtmp_audio: crate::rtmp::audio::AudioCodecPolicy::parse(
+                &r.string("rtmp_audio_codec"),
+                r.parse("rtmp_aac_sample_rate")?,
+                r.parse("rtmp_aac_bitrate")?,
+            )
+            .ok_or_else(|| {
+                r.err(
+                    "rtmp_audio_codec",
+                    "expected aac, pcmu, pcma or copy".into(),
+                )
+            })?,
+            rtmp_connect_timeout: Duration::from_millis(r.parse("rtmp_connect_timeout_ms")?),
+            rtmp_reconnect_initial: Duration::from_millis(r.parse("rtmp_reconnect_initial_ms")?),
+            rtmp_reconnect_max: Duration::from_millis(r.parse("rtmp_reconnect_max_ms")?),
+            rtmp_reconnect_max_attempts: r.parse("rtmp_reconnect_max_attempts")?,
+            rtmp_send_queue_kb: r.parse("rtmp_send_queue_kb")?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -309,7 +340,7 @@ impl Config {
                 "sip_t1_ms must be > 0 and sip_t2_ms >= sip_t1_ms".into(),
             ));
         }
-        if !(10..=120).contains(&self.rtp_ptime_ms) || self.rtp_ptime_ms % 10 != 0 {
+        if !(10..=120).contains(&self.rtp_ptime_ms) || !self.rtp_ptime_ms.is_multiple_of(10) {
             return Err(ConfigError::Invalid(
                 "rtp_ptime_ms must be 10, 20, ... 120".into(),
             ));
@@ -340,6 +371,39 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "webrtc_ice_servers: {bad:?} is not a stun:, stuns:, turn: or turns: URL"
             )));
+        }
+        if let crate::rtmp::audio::AudioCodecPolicy::Aac {
+            sample_rate,
+            bitrate,
+        } = self.rtmp_audio
+        {
+            const AAC_RATES: [u32; 9] =
+                [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000];
+            if !AAC_RATES.contains(&sample_rate) {
+                return Err(ConfigError::Invalid(format!(
+                    "rtmp_aac_sample_rate must be one of {AAC_RATES:?}, got {sample_rate}"
+                )));
+            }
+            // AAC-LC carries at most 6144 bits per channel per 1024-sample frame.
+            let max = 6 * sample_rate;
+            if !(8000..=max).contains(&bitrate) {
+                return Err(ConfigError::Invalid(format!(
+                    "rtmp_aac_bitrate must be 8000..={max} at {sample_rate} Hz, got {bitrate}"
+                )));
+            }
+        }
+        if self.rtmp_connect_timeout.is_zero()
+            || self.rtmp_reconnect_initial.is_zero()
+            || self.rtmp_reconnect_max < self.rtmp_reconnect_initial
+        {
+            return Err(ConfigError::Invalid(
+                "rtmp_connect_timeout_ms and rtmp_reconnect_initial_ms must be > 0 and rtmp_reconnect_max_ms >= rtmp_reconnect_initial_ms".into(),
+            ));
+        }
+        if self.rtmp_send_queue_kb == 0 {
+            return Err(ConfigError::Invalid(
+                "rtmp_send_queue_kb must be > 0".into(),
+            ));
         }
         if let Some(url) = &self.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

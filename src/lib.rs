@@ -10,6 +10,7 @@ pub mod events;
 pub mod media;
 pub mod record;
 pub mod registry;
+pub mod rtmp;
 pub mod rtp;
 pub mod sip;
 pub mod siprec;

@@ -13,6 +13,7 @@ use sipstream::config::Config;
 use sipstream::events::{webhook, EventBus};
 use sipstream::record::manager::RecordingManager;
 use sipstream::registry::Registry;
+use sipstream::rtmp::{PushConfig, PushManager};
 use sipstream::rtp::ports::PortPool;
 use sipstream::sip::driver::{self, DriverConfig};
 use sipstream::sip::ua::UaConfig;
@@ -64,6 +65,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let registry = Registry::new(cfg.stream_reader_queue);
     let ports = PortPool::new(cfg.rtp_port_min, cfg.rtp_port_max)
         .map_err(|e| anyhow::anyhow!("rtp_port_min/rtp_port_max: {e}"))?;
+    let pushes = PushManager::new(registry.clone(), bus.clone(), PushConfig::from_config(&cfg));
     let whep = WhepService::new(WebrtcConfig::from_config(&cfg), registry.clone());
     let recordings = RecordingManager::new(
         registry.clone(),
@@ -79,6 +81,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         calls: calls.clone(),
         cfg: cfg.clone(),
         whep,
+        pushes: pushes.clone(),
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
@@ -93,6 +96,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down: hanging up calls and un-registering");
+    pushes.terminate_all();
     calls.shutdown(cfg.shutdown_timeout).await;
     handle.stop(true).await;
     let _ = server_task.await;

@@ -5,6 +5,7 @@ pub mod calls;
 pub mod json;
 pub mod openapi;
 pub mod pages;
+pub mod push;
 pub mod recording;
 pub mod siprec;
 pub mod streams;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub cfg: Arc<Config>,
     /// WHEP players (`/whep/*`).
     pub whep: crate::webrtc::WhepService,
+    /// RTMP pushes (`/push/*`).
+    pub pushes: crate::rtmp::PushManager,
 }
 
 /// Registers every route on an actix `App`.
@@ -37,7 +40,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(calls::routes)
             .configure(streams::routes)
             .configure(siprec::routes)
-            .configure(recording::routes),
+            .configure(recording::routes)
+            .configure(push::routes),
     )
     .service(
         web::resource("/recordings/{file}")

@@ -31,6 +31,10 @@ use utoipa::OpenApi;
         super::whep::offer,
         super::whep::delete,
         super::whep::config,
+        super::push::startup,
+        super::push::terminate,
+        super::push::find,
+        super::push::find_all,
     )
 )]
 pub struct ApiDoc;

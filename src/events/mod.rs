@@ -57,6 +57,20 @@ pub enum Event {
         call_id: Option<String>,
         timestamp: u64,
     },
+    /// An RTMP push's status (PENDING, CONNECTING, PUBLISHING, RECONNECTING, FAILED, STOPPED).
+    /// Sent under WCS's hook name `StreamStatusEvent`, with the push's `mediaSessionId` and
+    /// `rtmpUrl` as WCS sends them for a republished stream.
+    #[serde(rename = "StreamStatusEvent", rename_all = "camelCase")]
+    RtmpPushStatusEvent {
+        media_session_id: String,
+        name: String,
+        status: String,
+        rtmp_url: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        call_id: Option<String>,
+        timestamp: u64,
+    },
 }
 
 /// Parameters of `E_SIPREC_START` / `E_SIPREC_STOP`.

@@ -401,7 +401,7 @@ fn write_sdes_cname(ssrc: u32, cname: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(name);
     // End of item list: at least one zero byte, up to the next 32-bit boundary.
     out.push(0);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     finish(out, len_at);

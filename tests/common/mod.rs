@@ -281,7 +281,7 @@ impl Sipp {
         let port = free_udp_port();
         let media_port = loop {
             let p = free_udp_port();
-            if p % 2 == 0 && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok() {
+            if p.is_multiple_of(2) && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok() {
                 break p;
             }
         };
@@ -457,7 +457,188 @@ impl Drop for Kamailio {
     }
 }
 
-/// A webhook receiver on 127.0.0.1: every JSON body POSTed to it arrives on the channel.
+/// nginx with libnginx-mod-rtmp on 127.0.0.1 (tests/nginx/nginx.conf): an RTMP port with
+/// application `live` that records every publish to `rec/`, and an HTTP port with `/stat`.
+pub struct Nginx {
+    child: Option<Child>,
+    pub rtmp_port: u16,
+    pub http_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start() -> Nginx {
+        require("nginx");
+        assert!(
+            Path::new("/usr/lib/nginx/modules/ngx_rtmp_module.so").exists(),
+            "libnginx-mod-rtmp is not installed: run scripts/deps.sh test"
+        );
+        let dir = tempdir();
+        let mut n = Nginx {
+            child: None,
+            rtmp_port: free_tcp_port(),
+            http_port: free_tcp_port(),
+            dir,
+        };
+        n.launch();
+        n
+    }
+
+    fn launch(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let d = self.dir.path();
+        for sub in ["rec", "tmp"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        // Workers run as nobody: they must reach and write the record folder.
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.join("rec"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let conf = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/nginx/nginx.conf"
+        ))
+        .unwrap()
+        .replace("@DIR@", d.to_str().unwrap())
+        .replace("@RTMP_PORT@", &self.rtmp_port.to_string())
+        .replace("@HTTP_PORT@", &self.http_port.to_string());
+        let conf_path = d.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-c", conf_path.to_str().unwrap(), "-p", d.to_str().unwrap()])
+            .args(["-e", d.join("error.log").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("nginx.stderr")).unwrap())
+            .spawn()
+            .expect("start nginx");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.rtmp_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fast shutdown (SIGTERM to the master, which stops its workers); waits for exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.rtmp_port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts again on the same ports and folder.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn url(&self, app_and_name: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{}", self.rtmp_port, app_and_name)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.path().join("nginx.stderr")).unwrap_or_default()
+    }
+
+    /// The `/stat` XML page.
+    pub async fn stat(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/stat", self.http_port))
+            .await
+            .expect("nginx /stat")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Whether `/stat` lists a stream called `name` being published.
+    pub async fn publishing(&self, name: &str) -> bool {
+        let stat = self.stat().await;
+        stat.split("<stream>")
+            .skip(1)
+            .any(|s| s.contains(&format!("<name>{name}</name>")) && s.contains("<publishing/>"))
+    }
+
+    /// The FLV files nginx recorded, oldest first.
+    pub fn recordings(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("rec"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|e| e == "flv"));
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- nginx log ---\n{}", self.log());
+        }
+        self.stop();
+    }
+}
+
+/// ffprobe's `-show_streams -show_format` JSON for `input` (a file or an rtmp:// URL), or the
+/// error text. Gives up after `timeout` (ffprobe on a live URL waits for data).
+pub fn ffprobe(input: &str, timeout: Duration) -> Result<Value, String> {
+    require("ffprobe");
+    let out = Command::new("timeout")
+        .arg(format!("{}", timeout.as_secs().max(1)))
+        .args(["ffprobe", "-v", "error", "-show_streams", "-show_format"])
+        .args(["-of", "json", input])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "ffprobe {input}: {:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Decodes a media file completely (`ffmpeg -v error -xerror -i FILE -f null -`); returns
+/// ffmpeg's complaints, empty when the file decodes cleanly.
+pub fn ffmpeg_decode_errors(file: &Path) -> Result<String, String> {
+    require("ffmpeg");
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-xerror", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let errors = String::from_utf8_lossy(&out.stderr).to_string();
+    if out.status.success() {
+        Ok(errors)
+    } else {
+        Err(format!("ffmpeg exited {:?}: {errors}", out.status))
+    }
+}
+
+/// An HTTP sink for webhooks: returns its URL and the JSON bodies POSTed to it.
 pub async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
