@@ -551,12 +551,10 @@ fn spawn_sender(
                         rep.late_max_us = rep.late_max_us.max((now - due).as_micros() as u64);
                         break;
                     }
-                    let left = due - now;
-                    if left > Duration::from_micros(300) {
-                        std::thread::sleep(left - Duration::from_micros(200));
-                    } else {
-                        std::thread::yield_now();
-                    }
+                    // Sleep, never spin: on 2 cores a spinning generator takes a core from
+                    // the gateway. Packets due while asleep go out together on waking (their
+                    // timestamps are taken at the send, so latency is not inflated).
+                    std::thread::sleep(due - now);
                 }
                 if stop.load(Ordering::Relaxed) {
                     break 'outer;
@@ -1623,22 +1621,39 @@ fn targets(r: &Value) -> Vec<Value> {
     let calls = r["calls"].as_array().cloned().unwrap_or_default();
     // ≥ 1000 G.711 calls per core with one reader, zero loss, p99 < 1 ms.
     let one: Vec<&Value> = calls.iter().filter(|x| x["readers"] == 1).collect();
+    // The best clean row; else the largest run that was not queueing (p50 < 1 ms): a
+    // starved gateway batches and looks cheaper per packet than it is.
+    let clean = |x: &Value| {
+        x["lost"].as_i64() == Some(0) && x["latency_p99_us"].as_u64().is_some_and(|p| p < 1000)
+    };
+    let unqueued = |x: &Value| x["latency_p50_us"].as_u64().is_some_and(|p| p < 1000);
     if let Some(best) = one
         .iter()
-        .filter(|x| {
-            x["lost"].as_i64() == Some(0) && x["latency_p99_us"].as_u64().is_some_and(|p| p < 1000)
-        })
+        .filter(|x| clean(x))
         .max_by_key(|x| x["calls"].as_u64())
-        .or_else(|| one.iter().max_by_key(|x| x["calls"].as_u64()))
+        .or_else(|| {
+            one.iter()
+                .filter(|x| unqueued(x))
+                .max_by_key(|x| x["calls"].as_u64())
+        })
+        .or_else(|| one.iter().min_by_key(|x| x["calls"].as_u64()))
     {
         let cpc = best["calls_per_core"].as_f64().unwrap_or(0.0);
-        let clean = best["lost"].as_i64() == Some(0)
-            && best["latency_p99_us"].as_u64().is_some_and(|p| p < 1000);
+        let v = if !clean(best) {
+            format!(
+                "missed: lost {}, p99 {} µs (≥ 1 ms); {:.2}× the calls per core",
+                opt(&best["lost"]),
+                opt(&best["latency_p99_us"]),
+                cpc / 1000.0
+            )
+        } else {
+            verdict(cpc >= 1000.0, cpc / 1000.0)
+        };
         out.push(json!({
             "target": "≥ 1000 G.711 calls per core, 1 reader, 0 loss, p99 < 1 ms",
-            "measured": format!("{} calls at {} cores → {:.0} calls/core (extrapolated), lost {}, p99 {} µs",
-                opt(&best["calls"]), opt(&best["cpu_cores"]), cpc, opt(&best["lost"]), opt(&best["latency_p99_us"])),
-            "verdict": verdict(clean && cpc >= 1000.0, cpc / 1000.0),
+            "measured": format!("{} calls at {} cores → {:.0} calls/core (extrapolated), lost {}, p50/p99 {}/{} µs",
+                opt(&best["calls"]), opt(&best["cpu_cores"]), cpc, opt(&best["lost"]), opt(&best["latency_p50_us"]), opt(&best["latency_p99_us"])),
+            "verdict": v,
         }));
     }
     // Fan-out ≥ 70 % of the relay ceiling.
