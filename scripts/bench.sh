@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmarks the release gateway on 127.0.0.1 against sipp, a minimal UDP relay and rtpengine
+# (README "Benchmarks"). Arguments go to sipstream-bench, e.g.
+#   scripts/bench.sh --quick
+#   scripts/bench.sh --steps calls --calls 500 --readers 1 --hold 30 --out /tmp/b.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh bench
+# The load generator and the gateway open thousands of sockets (RTP pairs, SIPREC forks).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Big socket buffers for the sinks and SIP sockets (SO_RCVBUF is capped by rmem_max).
+if [ "$(id -u)" -eq 0 ]; then
+  sysctl -q -w net.core.rmem_max=33554432 net.core.wmem_max=33554432 2>/dev/null || true
+fi
+cargo build --release --bin sipstream --bin sipstream-bench
+exec target/release/sipstream-bench "$@"
