@@ -239,7 +239,7 @@ fn free_port() -> u16 {
 fn free_even_port() -> u16 {
     loop {
         let p = free_port();
-        if p % 2 == 0 && p < 65000 && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok() {
+        if p.is_multiple_of(2) && p < 65000 && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok() {
             return p;
         }
     }
