@@ -535,33 +535,28 @@ impl CallManager {
                         .remote_rtp
                 };
                 let (callee_dest, caller_dest) = (dest(LABELS.0, 0), dest(LABELS.1, 1));
-                let reader = match self.inner.registry.subscribe(&stream, "siprec") {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(%call_id, %instance, error = %e, "SIPREC: stream gone; stopping");
-                        self.inner.sip.command(Command::Hangup(key));
-                        return true;
-                    }
-                };
                 if let Some(pairs) = s.pairs.take() {
                     let span = tracing::info_span!("siprec", %call_id, %instance);
-                    s.fork = Some(fork::spawn(
-                        reader,
-                        pairs,
-                        ForkConfig {
-                            callee_dest,
-                            caller_dest,
-                            payload_type: codec.pt,
-                            clock_rate: codec.clock_rate,
-                            ptime_ms: self.inner.cfg.rtp_ptime_ms,
-                            caller_payload: silence_payload(
-                                &codec.encoding,
-                                codec.clock_rate,
-                                self.inner.cfg.rtp_ptime_ms,
-                            ),
-                        },
-                        span,
-                    ));
+                    let cfg = ForkConfig {
+                        callee_dest,
+                        caller_dest,
+                        payload_type: codec.pt,
+                        clock_rate: codec.clock_rate,
+                        ptime_ms: self.inner.cfg.rtp_ptime_ms,
+                        caller_payload: silence_payload(
+                            &codec.encoding,
+                            codec.clock_rate,
+                            self.inner.cfg.rtp_ptime_ms,
+                        ),
+                    };
+                    match fork::spawn(&self.inner.registry, &stream, pairs, cfg, span) {
+                        Ok(f) => s.fork = Some(f),
+                        Err(e) => {
+                            tracing::warn!(%call_id, %instance, error = %e, "SIPREC: stream gone; stopping");
+                            self.inner.sip.command(Command::Hangup(key));
+                            return true;
+                        }
+                    }
                 }
                 s.set_state(SiprecState::Recording);
                 let server = s.info.server.clone().unwrap_or_default();
@@ -609,9 +604,7 @@ impl CallManager {
                     let packets = fork.as_ref().map(ForkHandle::packets).unwrap_or(0);
                     s.info.packets_forked = packets;
                     if let Some(f) = fork {
-                        tokio::spawn(async move {
-                            let _ = f.stop().await;
-                        });
+                        f.stop();
                     }
                     tracing::info!(%call_id, %instance, packets, reason = reason.as_deref().unwrap_or(""), "SIPREC session stopped");
                     self.inner.bus.publish(Event::SiprecStop(SiprecEventParams {

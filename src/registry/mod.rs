@@ -202,17 +202,60 @@ impl Slot {
     }
 }
 
+/// A reader that runs inside [`Publisher::publish`], on the publisher's task, instead of
+/// behind a queue: for outputs whose whole work per unit is a non-blocking send (RTP
+/// forks). Saves a task wake-up and a queue hop per packet; in exchange it must never
+/// block, await or hold a lock for long, and it sees the publisher's pace directly.
+pub trait InlineSink: Send + Sync {
+    /// A track was added or changed (and, at attach time, each current track).
+    fn on_track(&self, id: TrackId, spec: &TrackSpec);
+    /// One unit; `false` means it was dropped (counted as the reader's drop).
+    fn on_media(&self, unit: &MediaUnit) -> bool;
+    /// The stream ended; no call follows.
+    fn on_end(&self, reason: &str);
+}
+
+/// How the publisher reaches one reader.
+enum Tx {
+    /// A bounded queue towards a reader task ([`Reader`]).
+    Queue(mpsc::Sender<Item>),
+    /// Called in place ([`InlineSink`]).
+    Inline(Arc<dyn InlineSink>),
+}
+
 /// The publisher's side of one reader: the only owner of the queue's sender, so that
 /// removing it from the stream's list closes the reader's queue.
 struct Outlet {
-    tx: mpsc::Sender<Item>,
+    tx: Tx,
     slot: Arc<Slot>,
 }
 
 impl Outlet {
     fn send_track(&self, id: TrackId, spec: &TrackSpec) {
-        if self.tx.try_send(Item::Track(id, spec.clone())).is_err() {
-            self.slot.resync_tracks.store(true, Ordering::Release);
+        match &self.tx {
+            Tx::Queue(tx) => {
+                if tx.try_send(Item::Track(id, spec.clone())).is_err() {
+                    self.slot.resync_tracks.store(true, Ordering::Release);
+                }
+            }
+            Tx::Inline(sink) => sink.on_track(id, spec),
+        }
+    }
+
+    /// Delivers one unit; a full queue or a refusing sink is a counted drop.
+    fn send_media(&self, unit: MediaUnit) {
+        let delivered = match &self.tx {
+            Tx::Queue(tx) => tx.try_send(Item::Media(unit)).is_ok(),
+            Tx::Inline(sink) => {
+                let ok = sink.on_media(&unit);
+                if ok {
+                    self.slot.received.fetch_add(1, Ordering::Relaxed);
+                }
+                ok
+            }
+        };
+        if !delivered {
+            self.slot.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -393,7 +436,7 @@ impl Registry {
             }
             let mut w = stream.readers.write();
             let outlet = Arc::new(Outlet {
-                tx,
+                tx: Tx::Queue(tx),
                 slot: slot.clone(),
             });
             *w = w.iter().cloned().chain([outlet]).collect();
@@ -412,6 +455,85 @@ impl Registry {
             pending,
             done: false,
         })
+    }
+}
+
+impl Registry {
+    /// Attaches an [`InlineSink`] of kind `reader_kind` to stream `name`: it is told the
+    /// current tracks at once and then called from every `publish`. Dropping the returned
+    /// handle detaches it. It shows in `/stream/find` like any reader.
+    pub fn attach(
+        &self,
+        name: &str,
+        reader_kind: &str,
+        sink: Arc<dyn InlineSink>,
+    ) -> Result<SinkHandle, RegistryError> {
+        let stream = self
+            .inner
+            .streams
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?;
+        let slot = Arc::new(Slot {
+            id: self.inner.next_reader_id.fetch_add(1, Ordering::Relaxed),
+            kind: reader_kind.to_owned(),
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            resync_tracks: AtomicBool::new(false),
+        });
+        {
+            // Under the state lock: no track change can slip between the replay and the
+            // insertion into the fan-out list.
+            let state = stream.state.lock();
+            if state.ended.is_some() {
+                return Err(RegistryError::NotFound(name.to_owned()));
+            }
+            for (i, t) in state.tracks.iter().enumerate() {
+                sink.on_track(i, t);
+            }
+            let mut w = stream.readers.write();
+            let outlet = Arc::new(Outlet {
+                tx: Tx::Inline(sink),
+                slot: slot.clone(),
+            });
+            *w = w.iter().cloned().chain([outlet]).collect();
+        }
+        tracing::debug!(
+            stream = name,
+            reader = slot.id,
+            kind = reader_kind,
+            "inline sink attached"
+        );
+        Ok(SinkHandle { stream, slot })
+    }
+}
+
+/// An attached [`InlineSink`]; dropping it detaches the sink.
+pub struct SinkHandle {
+    stream: Arc<Stream>,
+    slot: Arc<Slot>,
+}
+
+impl SinkHandle {
+    pub fn id(&self) -> u64 {
+        self.slot.id
+    }
+
+    /// Units delivered to the sink.
+    pub fn received(&self) -> u64 {
+        self.slot.received.load(Ordering::Relaxed)
+    }
+
+    /// Units the sink refused.
+    pub fn dropped(&self) -> u64 {
+        self.slot.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        self.stream.remove_reader(self.slot.id);
     }
 }
 
@@ -493,14 +615,10 @@ impl Publisher {
             return;
         };
         for o in rest {
-            if o.tx.try_send(Item::Media(unit.clone())).is_err() {
-                o.slot.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            o.send_media(unit.clone());
         }
         // The last reader gets the unit itself: one clone saved per publish.
-        if last.tx.try_send(Item::Media(unit)).is_err() {
-            last.slot.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        last.send_media(unit);
     }
 
     /// Surfaces the RTP session's receive statistics on a track (cumulative loss, jitter in
@@ -534,8 +652,14 @@ impl Publisher {
         {
             let mut state = self.stream.state.lock();
             state.ended = Some(reason.to_owned());
-            // Dropping the senders closes each reader's queue.
-            *self.stream.readers.write() = Arc::from(Vec::new());
+            // Dropping the senders closes each reader's queue; inline sinks are told.
+            let readers =
+                std::mem::replace(&mut *self.stream.readers.write(), Arc::from(Vec::new()));
+            for o in readers.iter() {
+                if let Tx::Inline(sink) = &o.tx {
+                    sink.on_end(reason);
+                }
+            }
         }
         if let Some(reg) = self.registry.upgrade() {
             let mut map = reg.streams.write();

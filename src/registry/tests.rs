@@ -305,3 +305,65 @@ fn handles_cross_threads() {
     send::<Reader>();
     send::<MediaUnit>();
 }
+
+#[derive(Default)]
+struct RecordingSink {
+    tracks: parking_lot::Mutex<Vec<TrackId>>,
+    seqs: parking_lot::Mutex<Vec<u16>>,
+    ended: parking_lot::Mutex<Option<String>>,
+    refuse: AtomicBool,
+}
+
+impl InlineSink for RecordingSink {
+    fn on_track(&self, id: TrackId, _spec: &TrackSpec) {
+        self.tracks.lock().push(id);
+    }
+    fn on_media(&self, unit: &MediaUnit) -> bool {
+        if self.refuse.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.seqs.lock().push(unit.seq);
+        true
+    }
+    fn on_end(&self, reason: &str) {
+        *self.ended.lock() = Some(reason.to_owned());
+    }
+}
+
+#[test]
+fn inline_sinks_get_tracks_media_and_the_end_and_detach_on_drop() {
+    let reg = Registry::new(4);
+    let p = reg.create("inline", None).unwrap();
+    let t = p.add_track(pcmu(Leg::Callee)).unwrap();
+    let sink = Arc::new(RecordingSink::default());
+    let handle = reg.attach("inline", "fork", sink.clone()).unwrap();
+    assert_eq!(
+        *sink.tracks.lock(),
+        vec![t],
+        "current tracks replayed at attach"
+    );
+    for seq in 0..10 {
+        p.publish(unit(t, seq));
+    }
+    assert_eq!(
+        *sink.seqs.lock(),
+        (0..10).collect::<Vec<_>>(),
+        "no queue: nothing is lost"
+    );
+    sink.refuse.store(true, Ordering::Relaxed);
+    p.publish(unit(t, 10));
+    assert_eq!((handle.received(), handle.dropped()), (10, 1));
+    let info = reg.find("inline").unwrap();
+    assert_eq!(info.readers.len(), 1);
+    assert_eq!(info.readers[0].kind, "fork");
+    drop(handle);
+    assert!(reg.find("inline").unwrap().readers.is_empty());
+    let again = reg.attach("inline", "fork", sink.clone()).unwrap();
+    p.end("bye");
+    assert_eq!(sink.ended.lock().as_deref(), Some("bye"));
+    drop(again);
+    assert!(matches!(
+        reg.attach("inline", "fork", sink),
+        Err(RegistryError::NotFound(_))
+    ));
+}

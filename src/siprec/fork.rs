@@ -1,21 +1,28 @@
-//! The media fork of one Recording Session: reads the recorded call's stream from the
-//! registry (reader kind `siprec`) and sends it to the SRS with its own SSRC and sequence
-//! numbers; sends the gateway's side (what the gateway sends to the callee: silence until
-//! media is injected) as the second stream. Paused means nothing is sent.
+//! The media fork of one Recording Session. The callee's stream is forked by an
+//! [`InlineSink`] attached to the recorded call's stream: each packet is re-stamped (own
+//! SSRC and sequence numbers) and sent from the publisher's task with a non-blocking send,
+//! with no queue and no extra task wake-up per packet. The gateway's side (what it sends to
+//! the callee: silence until media is injected) is a paced stream from a small task, which
+//! exists only when the SRS accepted that stream. Paused means nothing is sent.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::registry::{Leg, Reader, ReaderEvent, TrackId, TrackKind};
+use crate::registry::{
+    InlineSink, Leg, MediaUnit, Registry, RegistryError, SinkHandle, TrackId, TrackKind, TrackSpec,
+};
 use crate::rtp::packet::RtpHeader;
-use crate::rtp::ports::BoundPair;
+use crate::rtp::ports::{BoundPair, PortLease};
+
+/// The reader kind forks show under in `/stream/find`.
+pub const READER_KIND: &str = "siprec";
 
 #[derive(Debug, Default)]
 pub struct ForkCounters {
@@ -39,8 +46,10 @@ pub struct ForkConfig {
 pub struct ForkHandle {
     paused: Arc<AtomicBool>,
     counters: Arc<ForkCounters>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<(BoundPair, BoundPair)>,
+    attachment: Option<SinkHandle>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+    /// The port leases stay taken while the fork runs (the SDP named these ports).
+    _leases: (PortLease, PortLease),
 }
 
 impl ForkHandle {
@@ -52,49 +61,29 @@ impl ForkHandle {
         self.counters.packets.load(Ordering::Relaxed)
     }
 
-    /// Stops sending and gives the port pairs back.
-    pub async fn stop(mut self) -> Option<(BoundPair, BoundPair)> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+    /// Stops sending; the ports go back to the pool.
+    pub fn stop(mut self) {
+        self.attachment.take();
+        if let Some(t) = self.ticker.take() {
+            t.abort();
         }
-        (&mut self.task).await.ok()
     }
 }
 
-/// Starts the fork. The sockets of `pairs` (callee stream, caller stream) are the ports the
-/// SDP offer announced, so the SRS sees the source it was told about.
-pub fn spawn(
-    reader: Reader,
-    pairs: (BoundPair, BoundPair),
-    cfg: ForkConfig,
-    span: tracing::Span,
-) -> ForkHandle {
-    let paused = Arc::new(AtomicBool::new(false));
-    let counters = Arc::new(ForkCounters::default());
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(
-        run(
-            reader,
-            pairs,
-            cfg,
-            paused.clone(),
-            counters.clone(),
-            stop_rx,
-        )
-        .instrument(span),
-    );
-    ForkHandle {
-        paused,
-        counters,
-        stop: Some(stop_tx),
-        task,
+impl Drop for ForkHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
     }
 }
 
+/// Per-stream re-stamping: our SSRC, our sequence numbers, the source's timing.
 struct Outgoing {
     ssrc: u32,
     seq: u16,
     ts_offset: u32,
+    buf: Vec<u8>,
 }
 
 impl Outgoing {
@@ -103,11 +92,12 @@ impl Outgoing {
             ssrc: rand::random(),
             seq: rand::random(),
             ts_offset: rand::random(),
+            buf: Vec::with_capacity(1500),
         }
     }
 
-    fn packet(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8], buf: &mut Vec<u8>) {
-        buf.clear();
+    fn packet(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8]) -> &[u8] {
+        self.buf.clear();
         RtpHeader {
             pt,
             marker,
@@ -115,70 +105,128 @@ impl Outgoing {
             timestamp: ts.wrapping_add(self.ts_offset),
             ssrc: self.ssrc,
         }
-        .write(payload, buf);
+        .write(payload, &mut self.buf);
         self.seq = self.seq.wrapping_add(1);
+        &self.buf
     }
 }
 
-async fn run(
-    mut reader: Reader,
-    pairs: (BoundPair, BoundPair),
-    cfg: ForkConfig,
-    paused: Arc<AtomicBool>,
-    counters: Arc<ForkCounters>,
-    mut stop: oneshot::Receiver<()>,
-) -> (BoundPair, BoundPair) {
-    let mut callee_out = Outgoing::new();
-    let mut caller_out = Outgoing::new();
-    let mut caller_ts: u32 = 0;
-    let samples = cfg.clock_rate.saturating_mul(cfg.ptime_ms.max(10)) / 1000;
-    let mut tick = tokio::time::interval(Duration::from_millis(u64::from(cfg.ptime_ms.max(10))));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut audio_track: Option<TrackId> = None;
-    let mut buf = Vec::with_capacity(1500);
-    let mut first = true;
-    let send = |sock: &UdpSocket, data: &[u8], dest: SocketAddr| match sock.try_send_to(data, dest)
-    {
+fn send(sock: &UdpSocket, data: &[u8], dest: SocketAddr, counters: &ForkCounters) -> bool {
+    match sock.try_send_to(data, dest) {
         Ok(n) => {
             counters.packets.fetch_add(1, Ordering::Relaxed);
             counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            true
         }
         Err(_) => {
             counters.send_errors.fetch_add(1, Ordering::Relaxed);
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            ev = reader.recv() => match ev {
-                Some(ReaderEvent::TrackChanged(id, spec)) => {
-                    if spec.kind == TrackKind::Audio && spec.leg != Leg::Caller {
-                        audio_track = Some(id);
-                    }
-                }
-                Some(ReaderEvent::Media(unit)) => {
-                    if Some(unit.track) != audio_track || paused.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    if let Some(dest) = cfg.callee_dest {
-                        callee_out.packet(cfg.payload_type, unit.marker, unit.timestamp, &unit.payload, &mut buf);
-                        send(&pairs.0.rtp, &buf, dest);
-                    }
-                }
-                Some(ReaderEvent::Ended(_)) | None => break,
-            },
-            _ = tick.tick() => {
-                caller_ts = caller_ts.wrapping_add(samples);
-                if paused.load(Ordering::Relaxed) || cfg.caller_payload.is_empty() {
-                    continue;
-                }
-                if let Some(dest) = cfg.caller_dest {
-                    caller_out.packet(cfg.payload_type, first, caller_ts, &cfg.caller_payload, &mut buf);
-                    first = false;
-                    send(&pairs.1.rtp, &buf, dest);
-                }
-            }
+            false
         }
     }
-    pairs
+}
+
+/// The callee-stream half, called by the publisher.
+struct CalleeSink {
+    sock: UdpSocket,
+    dest: Option<SocketAddr>,
+    payload_type: u8,
+    audio_track: AtomicUsize,
+    paused: Arc<AtomicBool>,
+    counters: Arc<ForkCounters>,
+    out: Mutex<Outgoing>,
+}
+
+const NO_TRACK: usize = usize::MAX;
+
+impl InlineSink for CalleeSink {
+    fn on_track(&self, id: TrackId, spec: &TrackSpec) {
+        if spec.kind == TrackKind::Audio && spec.leg != Leg::Caller {
+            self.audio_track.store(id, Ordering::Relaxed);
+        }
+    }
+
+    fn on_media(&self, unit: &MediaUnit) -> bool {
+        if unit.track != self.audio_track.load(Ordering::Relaxed)
+            || self.paused.load(Ordering::Relaxed)
+        {
+            return true;
+        }
+        let Some(dest) = self.dest else {
+            return true;
+        };
+        let mut out = self.out.lock();
+        let data = out.packet(
+            self.payload_type,
+            unit.marker,
+            unit.timestamp,
+            &unit.payload,
+        );
+        send(&self.sock, data, dest, &self.counters)
+    }
+
+    fn on_end(&self, _reason: &str) {}
+}
+
+/// Starts the fork on `stream`. The sockets of `pairs` (callee stream, caller stream) are
+/// the ports the SDP offer announced, so the SRS sees the source it was told about.
+pub fn spawn(
+    registry: &Registry,
+    stream: &str,
+    pairs: (BoundPair, BoundPair),
+    cfg: ForkConfig,
+    span: tracing::Span,
+) -> Result<ForkHandle, RegistryError> {
+    let paused = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(ForkCounters::default());
+    let (callee, caller) = pairs;
+    let sink = Arc::new(CalleeSink {
+        sock: callee.rtp,
+        dest: cfg.callee_dest,
+        payload_type: cfg.payload_type,
+        audio_track: AtomicUsize::new(NO_TRACK),
+        paused: paused.clone(),
+        counters: counters.clone(),
+        out: Mutex::new(Outgoing::new()),
+    });
+    let attachment = registry.attach(stream, READER_KIND, sink)?;
+    // The second stream only when the SRS took it (port ≠ 0) and there is something to send.
+    let ticker = match cfg.caller_dest {
+        Some(dest) if !cfg.caller_payload.is_empty() => Some(tokio::spawn(
+            caller_stream(caller.rtp, dest, cfg, paused.clone(), counters.clone()).instrument(span),
+        )),
+        _ => None,
+    };
+    Ok(ForkHandle {
+        paused,
+        counters,
+        attachment: Some(attachment),
+        ticker,
+        _leases: (callee.lease, caller.lease),
+    })
+}
+
+async fn caller_stream(
+    sock: UdpSocket,
+    dest: SocketAddr,
+    cfg: ForkConfig,
+    paused: Arc<AtomicBool>,
+    counters: Arc<ForkCounters>,
+) {
+    let mut out = Outgoing::new();
+    let ptime = cfg.ptime_ms.max(10);
+    let samples = cfg.clock_rate.saturating_mul(ptime) / 1000;
+    let mut tick = tokio::time::interval(Duration::from_millis(u64::from(ptime)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ts: u32 = 0;
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        ts = ts.wrapping_add(samples);
+        if paused.load(Ordering::Relaxed) {
+            continue;
+        }
+        let data = out.packet(cfg.payload_type, first, ts, &cfg.caller_payload);
+        first = false;
+        send(&sock, data, dest, &counters);
+    }
 }
