@@ -150,6 +150,8 @@ async fn leg_receives_publishes_sends_silence_and_rr() {
     }
     assert!(matches!(pkts[1], RtcpPacket::Sdes(_)));
 
+    // Stats are a snapshot refreshed every SNAPSHOT_EVERY (50 ms) while media flows.
+    tokio::time::sleep(Duration::from_millis(60)).await;
     let st = leg.stats();
     assert!(st.running);
     assert!(st.latched);
@@ -173,6 +175,7 @@ async fn leg_receives_publishes_sends_silence_and_rr() {
         Some(ReaderEvent::Media(u)) => assert_eq!(u.seq, 51),
         other => panic!("{other:?}"),
     }
+    tokio::time::sleep(Duration::from_millis(60)).await;
     assert_eq!(leg.stats().session.from_unknown_source, 1);
 
     // Direction change: recvonly stops our RTP.
