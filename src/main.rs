@@ -82,6 +82,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         whep,
         pushes: pushes.clone(),
+        core: tokio::runtime::Handle::current(),
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))

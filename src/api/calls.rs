@@ -46,7 +46,10 @@ pub async fn startup(
 ) -> Result<HttpResponse, ApiError> {
     let req: CallStartupRequest = parse_body(&body)?;
     let spec = req.validate(|| format!("call-{}", crate::sip::dialog::random_token(12)))?;
-    let info = state.calls.startup(spec).await?;
+    let calls = state.calls.clone();
+    let info = state
+        .on_core(async move { calls.startup(spec).await })
+        .await?;
     Ok(HttpResponse::Ok().json(info))
 }
 

@@ -30,6 +30,24 @@ pub struct AppState {
     pub whep: crate::webrtc::WhepService,
     /// RTMP pushes (`/push/*`).
     pub pushes: crate::rtmp::PushManager,
+    /// The gateway's own runtime. Actix runs handlers on per-worker runtimes; sockets and
+    /// tasks created there would be driven by the HTTP worker threads (cross-thread wake-ups
+    /// per RTP packet showed in profiles), so media set-up runs here instead.
+    pub core: tokio::runtime::Handle,
+}
+
+impl AppState {
+    /// Runs `fut` on the core runtime and waits for it.
+    pub async fn on_core<T, F>(&self, fut: F) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.core
+            .spawn(fut)
+            .await
+            .map_err(|e| ApiError::Internal(format!("request task failed: {e}")))?
+    }
 }
 
 /// Registers every route on an actix `App`.

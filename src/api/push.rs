@@ -59,11 +59,18 @@ pub async fn startup(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let req: PushStartupRequest = parse_body(&body)?;
-    let info = state.pushes.startup(
-        &req.stream_name,
-        &req.rtmp_url,
-        req.rtmp_transponder_full_url.unwrap_or(false),
-    )?;
+    let pushes = state.pushes.clone();
+    let info = state
+        .on_core(async move {
+            pushes
+                .startup(
+                    &req.stream_name,
+                    &req.rtmp_url,
+                    req.rtmp_transponder_full_url.unwrap_or(false),
+                )
+                .map_err(ApiError::from)
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(info))
 }
 

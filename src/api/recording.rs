@@ -61,7 +61,12 @@ pub async fn start(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
         media_session_id: None,
         participants: Vec::new(),
     };
-    Ok(HttpResponse::Ok().json(state.calls.recordings().start(stream, meta)?))
+    let recordings = state.calls.recordings().clone();
+    let stream = stream.to_string();
+    let info = state
+        .on_core(async move { recordings.start(&stream, meta) })
+        .await?;
+    Ok(HttpResponse::Ok().json(info))
 }
 
 /// Stop a recording (by stream name or mediaSessionId); the file is finalised.

@@ -34,7 +34,11 @@ fn call_id(req: &SiprecControlRequest) -> Result<&str, ApiError> {
         (status = 503, description = "No RTP ports", body = ErrorBody)))]
 pub async fn start(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let req: SiprecStartRequest = parse_body(&body)?;
-    Ok(HttpResponse::Ok().json(state.calls.siprec_start(req).await?))
+    let calls = state.calls.clone();
+    let info = state
+        .on_core(async move { calls.siprec_start(req).await })
+        .await?;
+    Ok(HttpResponse::Ok().json(info))
 }
 
 /// Pause (re-INVITE with a=inactive; no RTP is sent while paused).

@@ -146,7 +146,9 @@ pub async fn offer(
     // by webrtc_connect_timeout_s.
     let whep = state.whep.clone();
     let name = stream.clone();
-    let answer = tokio::spawn(async move { whep.create(&name, &sdp).await })
+    let answer = state
+        .core
+        .spawn(async move { whep.create(&name, &sdp).await })
         .await
         .map_err(|e| WhepError::Internal(format!("WHEP task: {e}")))??;
     let location = format!("/whep/{}/{}", stream.as_str(), answer.session);
