@@ -756,22 +756,14 @@ impl UserAgent {
         }
         call.sdp_offer = sdp.clone();
         call.dialog.local_cseq += 1;
-        let (uri, routes) = call.dialog.target_and_routes();
         let contact = call.contact();
-        let req = build_request(RequestSpec {
-            method: rsip::Method::Invite,
-            uri: &uri,
-            local: &call.local,
-            branch: &new_branch(),
-            from: &call.dialog.local,
-            to: &call.dialog.remote,
-            call_id: &call.dialog.call_id,
-            cseq: call.dialog.local_cseq,
-            contact: Some(&contact),
-            routes: &routes,
-            extra: &call.headers,
-            body: Some(("application/sdp", sdp.into_bytes())),
-        });
+        let req = in_dialog_request(
+            call,
+            rsip::Method::Invite,
+            Some(&contact),
+            &call.headers,
+            Some(("application/sdp", sdp.into_bytes())),
+        );
         let (t, d) = in_dialog_dest(call);
         let sent = req.map_err(|e| e.to_string()).and_then(|r| {
             self.endpoint
@@ -922,21 +914,7 @@ impl UserAgent {
         };
         call.stage = Stage::Ending;
         call.dialog.local_cseq += 1;
-        let (uri, routes) = call.dialog.target_and_routes();
-        let bye = build_request(RequestSpec {
-            method: rsip::Method::Bye,
-            uri: &uri,
-            local: &call.local,
-            branch: &new_branch(),
-            from: &call.dialog.local,
-            to: &call.dialog.remote,
-            call_id: &call.dialog.call_id,
-            cseq: call.dialog.local_cseq,
-            contact: None,
-            routes: &routes,
-            extra: &[],
-            body: None,
-        });
+        let bye = in_dialog_request(call, rsip::Method::Bye, None, &[], None);
         let (t, d) = in_dialog_dest(call);
         tracing::info!(call = key, "sending BYE");
         let sent = bye.map_err(|e| e.to_string()).and_then(|bye| {
@@ -1463,12 +1441,18 @@ impl UserAgent {
     }
 }
 
-/// The ACK of a 2xx (RFC 3261 §13.2.2.4): to the remote target through the route set, with
-/// the CSeq number of the INVITE it acknowledges (the dialog's latest).
-fn ack_for(call: &Call) -> Result<Bytes, super::dialog::UriError> {
+/// A request inside the call's dialog (RFC 3261 §12.2.1.1): to the remote target through
+/// the route set, with the dialog's tags and Call-ID, CSeq `local_cseq`, and a fresh branch.
+fn in_dialog_request(
+    call: &Call,
+    method: rsip::Method,
+    contact: Option<&str>,
+    extra: &[(String, String)],
+    body: Option<(&str, Vec<u8>)>,
+) -> Result<rsip::Request, super::dialog::UriError> {
     let (uri, routes) = call.dialog.target_and_routes();
-    let ack = build_request(RequestSpec {
-        method: rsip::Method::Ack,
+    build_request(RequestSpec {
+        method,
         uri: &uri,
         local: &call.local,
         branch: &new_branch(),
@@ -1476,11 +1460,17 @@ fn ack_for(call: &Call) -> Result<Bytes, super::dialog::UriError> {
         to: &call.dialog.remote,
         call_id: &call.dialog.call_id,
         cseq: call.dialog.local_cseq,
-        contact: None,
+        contact,
         routes: &routes,
-        extra: &[],
-        body: None,
-    })?;
+        extra,
+        body,
+    })
+}
+
+/// The ACK of a 2xx (RFC 3261 §13.2.2.4), with the CSeq number of the INVITE it
+/// acknowledges (the dialog's latest).
+fn ack_for(call: &Call) -> Result<Bytes, super::dialog::UriError> {
+    let ack = in_dialog_request(call, rsip::Method::Ack, None, &[], None)?;
     Ok(super::message::request_bytes(&ack))
 }
 
