@@ -522,3 +522,74 @@ async fn h264_and_pcmu_stream_arrives_as_h264_and_aac() {
     let errors = ffmpeg_decode_errors(&recs[0]).expect("recorded FLV decodes");
     assert!(errors.trim().is_empty(), "ffmpeg complained: {errors}");
 }
+
+/// An Opus call's audio (published into a registry in real time, as a SIP Opus leg would) is
+/// decoded and pushed as AAC.
+#[tokio::test(flavor = "multi_thread")]
+async fn opus_stream_is_pushed_as_aac() {
+    use bytes::Bytes;
+    use sipstream::events::EventBus;
+    use sipstream::registry::{Leg, MediaUnit, Registry, TrackKind, TrackSpec};
+    use sipstream::rtmp::{PushConfig, PushManager, PushStatus};
+
+    let nginx = Nginx::start();
+    let registry = Registry::new(512);
+    let pushes = PushManager::new(registry.clone(), EventBus::new(64), PushConfig::default());
+    let publisher = registry.create("opus1", None).unwrap();
+    let track = publisher
+        .add_track(TrackSpec {
+            kind: TrackKind::Audio,
+            leg: Leg::Callee,
+            codec: "opus".into(),
+            clock_rate: 48000,
+            channels: 2,
+            payload_type: 111,
+            fmtp: None,
+        })
+        .unwrap();
+    let push = pushes.startup("opus1", &nginx.url("live"), false).unwrap();
+    let feeder = tokio::spawn(async move {
+        let mut enc =
+            opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for k in 0..400u32 {
+            tick.tick().await;
+            let pcm: Vec<f32> = (0..960)
+                .map(|i| {
+                    let t = (k * 960 + i) as f32 / 48000.0;
+                    (2.0 * std::f32::consts::PI * 440.0 * t).sin() * 0.3
+                })
+                .collect();
+            let packet = enc.encode_vec_float(&pcm, 4000).unwrap();
+            publisher.publish(MediaUnit {
+                track,
+                payload_type: 111,
+                seq: k as u16,
+                timestamp: k * 960,
+                marker: k == 0,
+                ssrc: 0x0905,
+                payload: Bytes::from(packet),
+                arrival: std::time::Instant::now(),
+            });
+        }
+    });
+    let deadline = Instant::now() + T;
+    while pushes.find(&push.media_session_id).unwrap().status != PushStatus::Publishing {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            pushes.find(&push.media_session_id)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let url = nginx.url("live/opus1");
+    let probe = tokio::task::spawn_blocking(move || ffprobe(&url, T))
+        .await
+        .unwrap()
+        .expect("ffprobe rtmp");
+    let a = stream_of(&probe, "audio").unwrap_or_else(|| panic!("no audio: {probe}"));
+    assert_eq!(a["codec_name"], "aac", "{probe}");
+    assert_eq!(a["sample_rate"], "48000", "{probe}");
+    feeder.abort();
+}

@@ -9,8 +9,8 @@
 //! - `pcmu`, `pcma`, `copy`: G.711 as FLV sound formats 8/7, transcoded μ-law ⇄ A-law by table
 //!   when the call's codec is the other one (`copy`: as received).
 //!
-//! Opus calls carry no audio in the push yet: decoding Opus needs libopus, which the crate
-//! does not link today (see README).
+//! Opus calls are decoded with libopus (48 kHz mono) on the `aac` policy; FLV has no Opus
+//! sound format, so the G.711 policies refuse them.
 //!
 //! Pure: timestamps are inputs; no I/O.
 
@@ -26,6 +26,25 @@ pub const FILL_GAP_MS: i64 = 1000;
 /// Packets that start this far before the expected position are dropped as duplicates.
 const OVERLAP_DROP_MS: i64 = 200;
 const G711_RATE: i64 = 8000;
+const OPUS_RATE: i64 = 48000;
+/// The largest Opus frame: 120 ms at 48 kHz.
+const OPUS_MAX_SAMPLES: usize = 5760;
+
+/// What the AAC path decodes.
+enum AudioIn {
+    Ulaw,
+    Alaw,
+    Opus(Box<opus::Decoder>),
+}
+
+impl AudioIn {
+    fn rate(&self) -> i64 {
+        match self {
+            AudioIn::Ulaw | AudioIn::Alaw => G711_RATE,
+            AudioIn::Opus(_) => OPUS_RATE,
+        }
+    }
+}
 
 /// What the push sends as audio (`rtmp_audio_codec`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +115,9 @@ impl std::fmt::Debug for AudioPath {
 struct AacPath {
     enc: syom::Encoder,
     resampler: Resampler,
-    in_alaw: bool,
+    input: AudioIn,
+    in_rate: i64,
+    opus_buf: Vec<f32>,
     out_rate: u32,
     bitrate: u32,
     /// Timeline position of input sample 0 since the last restart.
@@ -112,13 +133,15 @@ struct AacPath {
 impl AudioPath {
     /// A path for a track with `codec` ("PCMU", "PCMA", "opus", ...).
     pub fn new(policy: AudioCodecPolicy, codec: &str) -> Result<AudioPath, AudioError> {
+        let opus = codec.eq_ignore_ascii_case("opus");
         let in_alaw = match codec.to_ascii_uppercase().as_str() {
             "PCMU" => false,
             "PCMA" => true,
+            "OPUS" if matches!(policy, AudioCodecPolicy::Aac { .. }) => false,
             "OPUS" => {
                 return Err(AudioError::Unsupported {
                     codec: codec.into(),
-                    why: "Opus decoding needs libopus, not linked yet",
+                    why: "FLV carries no Opus; use rtmp_audio_codec=aac",
                 })
             }
             _ => {
@@ -136,12 +159,24 @@ impl AudioPath {
                 let opts = syom::EncodeOptions::raw().with_bitrate_bps(bitrate);
                 let enc = syom::Encoder::new(sample_rate, 1, &opts)
                     .map_err(|e| AudioError::Encoder(e.to_string()))?;
-                let resampler = Resampler::new(G711_RATE as u32, sample_rate)
+                let input = if opus {
+                    let dec = opus::Decoder::new(48000, opus::Channels::Mono)
+                        .map_err(|e| AudioError::Encoder(format!("Opus decoder: {e}")))?;
+                    AudioIn::Opus(Box::new(dec))
+                } else if in_alaw {
+                    AudioIn::Alaw
+                } else {
+                    AudioIn::Ulaw
+                };
+                let in_rate = input.rate();
+                let resampler = Resampler::new(in_rate as u32, sample_rate)
                     .ok_or_else(|| AudioError::Encoder(format!("bad sample rate {sample_rate}")))?;
                 Kind::Aac(Box::new(AacPath {
                     enc,
                     resampler,
-                    in_alaw,
+                    input,
+                    in_rate,
+                    opus_buf: Vec::new(),
                     out_rate: sample_rate,
                     bitrate,
                     anchor_ms: None,
@@ -244,7 +279,7 @@ impl AacPath {
         match self.anchor_ms {
             None => self.restart(ms)?,
             Some(anchor) => {
-                let expected = anchor + self.in_samples * 1000 / G711_RATE;
+                let expected = anchor + self.in_samples * 1000 / self.in_rate;
                 let diff = ms - expected;
                 if !(-OVERLAP_DROP_MS..=FILL_GAP_MS).contains(&diff) {
                     self.restarts += 1;
@@ -252,26 +287,43 @@ impl AacPath {
                 } else if diff > 0 {
                     // Lost packets or DTX: silence keeps the timeline continuous.
                     self.pcm.clear();
-                    self.pcm.resize((diff * G711_RATE / 1000) as usize, 0.0);
+                    self.pcm.resize((diff * self.in_rate / 1000) as usize, 0.0);
                     self.encode(out)?;
                 } else if diff < 0 {
-                    skip = ((-diff) * G711_RATE / 1000) as usize;
+                    skip = ((-diff) * self.in_rate / 1000) as usize;
                 }
             }
         }
-        if skip >= payload.len() {
-            return Ok(());
-        }
         self.pcm.clear();
-        let alaw = self.in_alaw;
-        self.pcm.extend(payload[skip..].iter().map(|&c| {
-            let s = if alaw {
-                g711::alaw_to_linear(c)
-            } else {
-                g711::ulaw_to_linear(c)
-            };
-            f32::from(s) / 32768.0
-        }));
+        match &mut self.input {
+            AudioIn::Ulaw | AudioIn::Alaw => {
+                if skip >= payload.len() {
+                    return Ok(());
+                }
+                let alaw = matches!(self.input, AudioIn::Alaw);
+                self.pcm.extend(payload[skip..].iter().map(|&c| {
+                    let s = if alaw {
+                        g711::alaw_to_linear(c)
+                    } else {
+                        g711::ulaw_to_linear(c)
+                    };
+                    f32::from(s) / 32768.0
+                }));
+            }
+            AudioIn::Opus(dec) => {
+                self.opus_buf.resize(OPUS_MAX_SAMPLES, 0.0);
+                // A corrupt packet is dropped (counted by the caller as an error); the gap
+                // is filled with silence by the timeline when the next one arrives.
+                let n = dec
+                    .decode_float(payload, &mut self.opus_buf, false)
+                    .map_err(|e| AudioError::Encoder(format!("Opus decode: {e}")))?;
+                let decoded = self.opus_buf.get(..n).unwrap_or(&[]);
+                if skip >= decoded.len() {
+                    return Ok(());
+                }
+                self.pcm.extend_from_slice(&decoded[skip..]);
+            }
+        }
         self.encode(out)
     }
 
@@ -399,9 +451,39 @@ mod tests {
     }
 
     #[test]
-    fn opus_is_refused_with_a_reason() {
+    fn opus_is_decoded_to_aac() {
+        let mut enc =
+            opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let mut path_opus = AudioPath::new(
+            AudioCodecPolicy::Aac {
+                sample_rate: 48000,
+                bitrate: 64000,
+            },
+            "opus",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        // One second of a 440 Hz tone in 20 ms Opus packets.
+        for k in 0..50 {
+            let pcm: Vec<f32> = (0..960)
+                .map(|i| {
+                    ((2.0 * std::f32::consts::PI * 440.0 * (k * 960 + i) as f32 / 48000.0).sin())
+                        * 0.3
+                })
+                .collect();
+            let packet = enc.encode_vec_float(&pcm, 4000).unwrap();
+            path_opus.push(k as i64 * 20, &packet, &mut out).unwrap();
+        }
+        // 48 000 samples in, 1024 per AAC frame: about 46 frames (the encoder holds some).
+        assert!((40..=47).contains(&out.len()), "{} AAC frames", out.len());
+        assert!(out.windows(2).all(|w| w[1].ms > w[0].ms));
+        assert!(path_opus.sequence_header().is_some());
+    }
+
+    #[test]
+    fn opus_is_refused_for_g711_policies() {
         let e = AudioPath::new(AudioCodecPolicy::Copy, "opus").unwrap_err();
-        assert!(e.to_string().contains("libopus"), "{e}");
+        assert!(e.to_string().contains("aac"), "{e}");
         assert_eq!(
             AudioCodecPolicy::parse("AAC", 48000, 64000),
             Some(AudioCodecPolicy::Aac {

@@ -294,7 +294,9 @@ impl Driver {
             meta.video_codec_id = Some(super::flv::VIDEO_CODEC_AVC);
         }
         meta.encoder = Some(concat!("sipstream ", env!("CARGO_PKG_VERSION")).to_owned());
-        let mut start = || -> Result<(), SessionError> {
+        // A block, not a closure kept alive: it borrows the muxer (whose Opus decoder is not
+        // Sync) and must be gone before the next await.
+        let started: Result<(), SessionError> = (|| {
             conn.session.send_metadata(&meta)?;
             for (kind, body) in self.muxer.headers() {
                 match kind {
@@ -303,8 +305,8 @@ impl Driver {
                 }
             }
             Ok(())
-        };
-        if let Err(e) = start() {
+        })();
+        if let Err(e) = started {
             return End::Retry(e.to_string());
         }
         // Tags produced before the publish was accepted are stale.

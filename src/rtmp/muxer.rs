@@ -350,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn opus_audio_is_reported_and_other_tracks_ignored() {
+    fn opus_is_taken_for_aac_refused_for_g711_and_other_tracks_ignored() {
         let mut m = Muxer::new(
             AudioCodecPolicy::Aac {
                 sample_rate: 48000,
@@ -358,11 +358,15 @@ mod tests {
             },
             Instant::now(),
         );
-        assert!(m.track(0, &spec(TrackKind::Audio, "opus", 48000)).is_some());
-        assert!(!m.has_tracks());
-        assert!(m.unsupported_audio().is_some());
-        m.media(&unit(0, 1, 0, false, &[1], Instant::now()));
-        assert_eq!(m.ignored_units, 1);
-        assert!(m.track(1, &spec(TrackKind::Video, "VP8", 90000)).is_some());
+        assert!(m.track(0, &spec(TrackKind::Audio, "opus", 48000)).is_none());
+        assert!(m.has_tracks());
+        assert!(m.unsupported_audio().is_none());
+        let mut g = Muxer::new(AudioCodecPolicy::Copy, Instant::now());
+        assert!(g.track(0, &spec(TrackKind::Audio, "opus", 48000)).is_some());
+        assert!(!g.has_tracks());
+        assert!(g.unsupported_audio().is_some());
+        g.media(&unit(0, 1, 0, false, &[1], Instant::now()));
+        assert_eq!(g.ignored_units, 1);
+        assert!(g.track(1, &spec(TrackKind::Video, "VP8", 90000)).is_some());
     }
 }
