@@ -379,6 +379,7 @@ impl Task {
     ) {
         let mut reported_drops = 0;
         let mut failure: Option<String> = None;
+        let mut video_track: Option<crate::registry::TrackId> = None;
         let reason = loop {
             let ev = tokio::select! {
                 biased;
@@ -389,8 +390,23 @@ impl Task {
                 ev = reader.recv() => ev,
             };
             let r = match ev {
-                Some(ReaderEvent::Media(u)) => self.core.handle_media(&u),
+                Some(ReaderEvent::Media(u)) => {
+                    let waiting = self.core.stats.video_waiting_keyframe;
+                    let r = self.core.handle_media(&u);
+                    // Video is held until a keyframe: ask the sender for one (RTCP PLI; the
+                    // RTP leg rate-limits the requests).
+                    if self.core.stats.video_waiting_keyframe > waiting {
+                        if let Some(v) = video_track {
+                            reader.request_keyframe(v);
+                        }
+                    }
+                    r
+                }
                 Some(ReaderEvent::TrackChanged(id, spec)) => {
+                    if spec.kind == crate::registry::TrackKind::Video {
+                        video_track = Some(id);
+                        reader.request_keyframe(id);
+                    }
                     self.core.handle_track(id, &spec);
                     Ok(())
                 }

@@ -274,6 +274,9 @@ struct Stream {
     /// joining reader misses no announcement.
     state: Mutex<StreamState>,
     counters: [TrackCounters; MAX_TRACKS],
+    /// A reader asked for a keyframe on this track; the publisher takes the flag (RTCP PLI
+    /// towards the sender).
+    keyframe_wanted: [AtomicBool; MAX_TRACKS],
     /// The fan-out snapshot: replaced (copy-on-write) on subscribe/unsubscribe/end, only
     /// cloned by publish.
     readers: RwLock<Arc<[Arc<Outlet>]>>,
@@ -315,6 +318,12 @@ impl Stream {
             tracks,
             readers: self.readers.read().iter().map(|o| o.slot.info()).collect(),
             status: "PUBLISHING",
+        }
+    }
+
+    fn want_keyframe(&self, track: TrackId) {
+        if let Some(f) = self.keyframe_wanted.get(track) {
+            f.store(true, Ordering::Release);
         }
     }
 
@@ -373,6 +382,7 @@ impl Registry {
             created_at_ms,
             state: Mutex::new(StreamState::default()),
             counters: Default::default(),
+            keyframe_wanted: Default::default(),
             readers: RwLock::new(Arc::from(Vec::new())),
         });
         {
@@ -520,6 +530,11 @@ impl SinkHandle {
         self.slot.id
     }
 
+    /// Asks the publisher for a keyframe on `track` (see [`Reader::request_keyframe`]).
+    pub fn request_keyframe(&self, track: TrackId) {
+        self.stream.want_keyframe(track);
+    }
+
     /// Units delivered to the sink.
     pub fn received(&self) -> u64 {
         self.slot.received.load(Ordering::Relaxed)
@@ -621,6 +636,15 @@ impl Publisher {
         last.send_media(unit);
     }
 
+    /// Whether a reader asked for a keyframe on `track` since the last call (clears it).
+    /// The RTP leg turns it into an RTCP PLI towards the far end.
+    pub fn take_keyframe_request(&self, track: TrackId) -> bool {
+        self.stream
+            .keyframe_wanted
+            .get(track)
+            .is_some_and(|f| f.swap(false, Ordering::AcqRel))
+    }
+
     /// Surfaces the RTP session's receive statistics on a track (cumulative loss, jitter in
     /// milliseconds).
     pub fn record_rtp_stats(&self, id: TrackId, lost: u64, jitter_ms: f64) {
@@ -714,6 +738,12 @@ impl Reader {
 
     pub fn stream_name(&self) -> &str {
         &self.stream.name
+    }
+
+    /// Asks the publisher for a keyframe on `track` (a video reader that joined mid-stream or
+    /// lost packets). Requests are merged until the publisher takes them.
+    pub fn request_keyframe(&self, track: TrackId) {
+        self.stream.want_keyframe(track);
     }
 
     /// Units this reader lost because its queue was full.

@@ -302,6 +302,9 @@ impl Leg {
 
     fn flush(&mut self, ahead: Duration) {
         let now = clock();
+        if self.publisher.take_keyframe_request(self.track) && self.session.request_keyframe(now) {
+            tracing::debug!("keyframe requested (RTCP PLI)");
+        }
         while let Some(t) = self.session.poll_transmit(now + ahead) {
             let sock = if t.rtcp {
                 &self.pair.rtcp

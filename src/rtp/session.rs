@@ -148,6 +148,8 @@ pub struct SessionCounters {
     pub rtcp_tx: u64,
     pub rtcp_invalid: u64,
     pub rtcp_from_unknown_source: u64,
+    /// Keyframe requests (RTCP PLI) sent.
+    pub pli_tx: u64,
 }
 
 /// One leg's RTP session.
@@ -180,6 +182,9 @@ pub struct RtpSession {
     /// The scheduled time and RTP timestamp of the latest tick (for the SR's RTP time).
     last_tick: (Instant, u32),
     sent_since_report: bool,
+    /// A PLI to send (the sender's SSRC), and when the last one went.
+    pending_pli: Option<u32>,
+    last_pli: Option<Instant>,
 }
 
 impl RtpSession {
@@ -201,6 +206,8 @@ impl RtpSession {
             last_tick: (now, cfg.initial_timestamp),
             sent_since_report: false,
             cfg,
+            pending_pli: None,
+            last_pli: None,
         };
         // RFC 3550 §6.2: the first report after half an interval.
         s.next_rtcp = now + s.rtcp_delay() / 2;
@@ -431,6 +438,14 @@ impl RtpSession {
                 return Some(t);
             }
         }
+        if let Some(media_ssrc) = self.pending_pli.take() {
+            // Feedback rides in a compound packet: the report first (RFC 4585 §3.1).
+            if let Some(mut t) = self.build_report(now) {
+                rtcp::write_pli(self.cfg.local_ssrc, media_ssrc, &mut t.data);
+                self.counters.pli_tx += 1;
+                return Some(t);
+            }
+        }
         None
     }
 
@@ -485,6 +500,24 @@ impl RtpSession {
             data: header.to_vec(&payload),
             rtcp: false,
         })
+    }
+
+    /// Asks the sender for a keyframe: an RTCP PLI (RFC 4585 §6.3.1) in a compound packet
+    /// goes out with the next `poll_transmit`. At most one every 500 ms; before any RTP has
+    /// arrived there is nobody to ask and the request is dropped. Returns whether one was queued.
+    pub fn request_keyframe(&mut self, now: Instant) -> bool {
+        let Some(media_ssrc) = self.stats.ssrc() else {
+            return false;
+        };
+        if self
+            .last_pli
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(500))
+        {
+            return false;
+        }
+        self.last_pli = Some(now);
+        self.pending_pli = Some(media_ssrc);
+        true
     }
 
     fn build_report(&mut self, now: Instant) -> Option<Transmit> {
@@ -563,6 +596,44 @@ mod tests {
             now = next;
         }
         out
+    }
+
+    #[test]
+    fn keyframe_request_sends_a_compound_pli_to_the_sender_rate_limited() {
+        let t0 = Instant::now();
+        let mut s = RtpSession::new(cfg(), t0);
+        assert!(!s.request_keyframe(t0), "nobody to ask before RTP arrives");
+        s.handle_rtp(t0, addr(5000), &rtp(1, 0xABCD)).unwrap();
+        // Drain what is due now (silence, first report).
+        while s.poll_transmit(t0).is_some() {}
+        assert!(s.request_keyframe(t0));
+        let t = s.poll_transmit(t0).expect("the PLI goes out at once");
+        assert!(t.rtcp);
+        assert_eq!(t.to, addr(5001));
+        let pkts = rtcp::parse_compound(&t.data).unwrap();
+        assert!(
+            matches!(
+                pkts[0],
+                RtcpPacket::ReceiverReport { .. } | RtcpPacket::SenderReport(_)
+            ),
+            "{pkts:?}"
+        );
+        assert!(
+            pkts.iter().any(|p| matches!(
+                p,
+                RtcpPacket::Pli {
+                    media_ssrc: 0xABCD,
+                    sender_ssrc: 0x1234_5678
+                }
+            )),
+            "{pkts:?}"
+        );
+        assert!(
+            !s.request_keyframe(t0 + Duration::from_millis(100)),
+            "rate limited"
+        );
+        assert!(s.request_keyframe(t0 + Duration::from_millis(600)));
+        assert_eq!(s.counters().pli_tx, 1);
     }
 
     #[test]

@@ -505,6 +505,11 @@ impl SessionTask {
                     Some(RTCPeerConnectionState::Connected) => {
                         connected = true;
                         tracing::info!("player connected (ICE + DTLS)");
+                        // Video starts at a keyframe: ask the SIP side for one now rather than
+                        // wait for the next periodic one (RTCP PLI from the RTP leg).
+                        for o in self.outs.iter().filter(|o| o.spec.kind == crate::registry::TrackKind::Video) {
+                            self.reader.request_keyframe(o.source);
+                        }
                     }
                     Some(RTCPeerConnectionState::Disconnected) => {
                         tracing::debug!("player disconnected (no consent yet); waiting for failed");

@@ -218,3 +218,66 @@ async fn dropping_handle_stops_leg() {
     }
     panic!("ports not released");
 }
+
+/// A reader's keyframe request reaches the sender as an RTCP PLI from the leg's RTCP port.
+#[tokio::test]
+async fn reader_keyframe_request_becomes_a_pli_to_the_sender() {
+    let (min, max) = crate::rtp::free_test_range(1);
+    let pool = PortPool::new(min, max).unwrap();
+    let pair = pool.allocate(LO).await.unwrap();
+    let leg_rtp = pair.rtp_addr().unwrap();
+    let reg = Registry::new(64);
+    let publisher = Arc::new(reg.create("pli-test", None).unwrap());
+    let track = publisher
+        .add_track(TrackSpec {
+            kind: TrackKind::Video,
+            leg: CallLeg::Callee,
+            codec: "H264".into(),
+            clock_rate: 90000,
+            channels: 1,
+            payload_type: 96,
+            fmtp: None,
+        })
+        .unwrap();
+    let reader = reg.subscribe("pli-test", "test").unwrap();
+    let peer = UdpSocket::bind((LO, 0)).await.unwrap();
+    let peer_rtcp = UdpSocket::bind((LO, 0)).await.unwrap();
+    let mut cfg = SessionConfig::for_codec(0x7777, "H264", 96, 90000);
+    cfg.send_silence = false;
+    cfg.rtcp_interval = Duration::from_secs(60);
+    cfg.remote_rtcp = Some(peer_rtcp.local_addr().unwrap());
+    let leg = spawn_leg(
+        pair,
+        cfg,
+        publisher.clone(),
+        track,
+        tracing::info_span!("leg"),
+    );
+    // The sender's first packet latches the leg (and names the SSRC to ask).
+    peer.send_to(&rtp(1), leg_rtp).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Drain the first report, then ask.
+    let mut buf = [0u8; 1500];
+    while timeout(Duration::from_millis(100), peer_rtcp.recv_from(&mut buf))
+        .await
+        .is_ok()
+    {}
+    reader.request_keyframe(track);
+    peer.send_to(&rtp(2), leg_rtp).await.unwrap();
+    let (n, _) = timeout(Duration::from_secs(2), peer_rtcp.recv_from(&mut buf))
+        .await
+        .expect("a PLI within 2 s")
+        .unwrap();
+    let pkts = rtcp::parse_compound(&buf[..n]).unwrap();
+    assert!(
+        pkts.iter().any(|p| matches!(
+            p,
+            RtcpPacket::Pli {
+                media_ssrc: 0xCAFE,
+                ..
+            }
+        )),
+        "{pkts:?}"
+    );
+    leg.stop().await;
+}
