@@ -504,11 +504,12 @@ impl CallManager {
             };
             self.apply_remote_sdp(entry, sdp);
             // The far end holding us (sendonly/inactive towards us) shows as HOLD.
-            let held = entry
-                .media
-                .iter()
-                .filter_map(|m| m.direction)
-                .all(|d| matches!(d, Direction::SendOnly | Direction::Inactive));
+            let directions: Vec<Direction> =
+                entry.media.iter().filter_map(|m| m.direction).collect();
+            let held = !directions.is_empty()
+                && directions
+                    .iter()
+                    .all(|d| matches!(d, Direction::SendOnly | Direction::Inactive));
             let next = match (entry.info.status, held) {
                 (CallPhase::Established, true) => Some(CallPhase::Hold),
                 (CallPhase::Hold, false) => Some(CallPhase::Established),

@@ -212,10 +212,9 @@ impl CallManager {
             .calls
             .get_mut(call_id)
             .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
-        let dlg_callid = entry.info.sip_call_id.clone();
         let mut out = Vec::new();
         for s in selected(&mut entry.siprec, instance)? {
-            self.stop_session(&mut st.siprec_keys, s, call_id, &dlg_callid);
+            self.stop_session(&mut st.siprec_keys, s, call_id);
             out.push(s.info());
         }
         Ok(out)
@@ -428,7 +427,6 @@ impl CallManager {
         keys: &mut std::collections::HashMap<CallKey, (String, String)>,
         s: &mut SiprecSession,
         call_id: &str,
-        dlg_callid: &Option<String>,
     ) {
         match s.info.state {
             SiprecState::Waiting => {
@@ -447,7 +445,6 @@ impl CallManager {
             }
             SiprecState::Stopped | SiprecState::Failed => {}
         }
-        let _ = dlg_callid;
     }
 
     /// The call's phase changed: start waiting sessions on answer, stop all on the end.
@@ -468,9 +465,8 @@ impl CallManager {
                 self.siprec_attempt(keys, entry, i);
             }
         } else if phase.is_final() {
-            let dlg_callid = entry.info.sip_call_id.clone();
             for s in entry.siprec.iter_mut() {
-                self.stop_session(keys, s, call_id, &dlg_callid);
+                self.stop_session(keys, s, call_id);
             }
         }
     }

@@ -193,13 +193,12 @@ impl Metadata {
             }
             x.push_str("  </participant>\r\n");
         }
-        for (id, p) in [&self.caller, &self.callee] {
+        for (id, _) in [&self.caller, &self.callee] {
             x.push_str(&format!(
                 "  <participantsessionassoc participant_id=\"{}\" session_id=\"{sid}\">\r\n    <associate-time>{}</associate-time>\r\n  </participantsessionassoc>\r\n",
                 escape(id),
                 escape(&self.start_time)
             ));
-            let _ = p;
         }
         for (id, label) in [&self.callee_stream, &self.caller_stream] {
             x.push_str(&format!(
