@@ -24,9 +24,9 @@ use std::time::Instant;
 use thiserror::Error;
 
 use super::fmp4::{Codec, Fmp4Error, Fmp4Writer, Patch, Sample, TrackConfig};
-use super::h264::{parse_sps, AccessUnit, Depacketizer};
 use super::timeline::Timeline;
 use crate::media::g711::OPUS_SILENCE_20MS;
+use crate::media::h264::{parse_sps, AccessUnit, Depacketizer};
 use crate::media::opus::{packet_samples_48k, G711Law, G711ToOpus, OpusError, FRAME_48K};
 use crate::registry::{MediaUnit, TrackId, TrackKind, TrackSpec};
 
@@ -111,8 +111,6 @@ struct VideoPath {
     track: TrackId,
     timeline: Timeline,
     depack: Depacketizer,
-    damaged_seen: u64,
-    malformed_seen: u64,
     waiting_keyframe: bool,
     config: Option<(Vec<u8>, Vec<u8>, u16, u16)>,
     held: Option<(i64, AccessUnit)>,
@@ -227,8 +225,6 @@ impl RecorderCore {
                             track: id,
                             timeline: Timeline::new(spec.clock_rate),
                             depack: Depacketizer::new(),
-                            damaged_seen: 0,
-                            malformed_seen: 0,
                             waiting_keyframe: true,
                             config: None,
                             held: None,
@@ -368,21 +364,24 @@ impl RecorderCore {
         let Some(v) = self.video.as_mut() else {
             return;
         };
-        let aus = v
-            .depack
-            .push(unit.seq, unit.timestamp, unit.marker, &unit.payload);
-        self.stats.malformed += v.depack.malformed - v.malformed_seen;
-        v.malformed_seen = v.depack.malformed;
-        if v.depack.damaged_units != v.damaged_seen {
-            self.stats.video_damaged += v.depack.damaged_units - v.damaged_seen;
-            v.damaged_seen = v.depack.damaged_units;
-            v.waiting_keyframe = true;
+        if v.depack
+            .push(unit.seq, unit.timestamp, unit.marker, &unit.payload)
+            .is_err()
+        {
+            self.stats.malformed += 1;
         }
-        for au in aus {
+        while let Some(au) = v.depack.pull() {
+            if au.damaged {
+                // A picture with missing slices would show as corruption: drop it and
+                // restart at the next keyframe.
+                self.stats.video_damaged += 1;
+                v.waiting_keyframe = true;
+                continue;
+            }
             let pos = v.timeline.position(unit.ssrc, au.timestamp, arrival_us);
             if v.waiting_keyframe {
-                let params = match (&v.depack.sps, &v.depack.pps) {
-                    (Some(s), Some(p)) if au.keyframe => Some((s.clone(), p.clone())),
+                let params = match v.depack.parameter_sets() {
+                    Some((s, p)) if au.keyframe => Some((s.clone(), p.clone())),
                     _ => None,
                 };
                 let Some((sps, pps)) = params else {

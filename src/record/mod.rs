@@ -1,7 +1,7 @@
 //! Recording: a stream of the registry into a crash-safe fragmented MP4 file plus a JSON
 //! sidecar (issue 3).
 //!
-//! Owns the recorder task and its file. Layout: [`fmp4`] (box writer), [`h264`] (RTP
+//! Owns the recorder task and its file. Layout: [`fmp4`] (box writer), [`crate::media::h264`] (RTP
 //! depacketiser), [`timeline`] (RTP → media time), [`core`] (the sans-IO recorder that ties
 //! them together), [`names`] (file names from a template). This module is the thin tokio
 //! driver: it reads the stream as a reader of kind `"recorder"`, feeds [`core::RecorderCore`],
@@ -19,7 +19,6 @@
 
 pub mod core;
 pub mod fmp4;
-pub mod h264;
 pub mod names;
 pub mod timeline;
 

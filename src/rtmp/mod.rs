@@ -3,14 +3,13 @@
 //! Owns the `/push/*` table ([`manager`]), one task per push ([`driver`]), and the pure parts
 //! those drive: the RTMP publishing session on rml_rtmp ([`session`]), the FLV tag builders
 //! ([`flv`]), the registry → FLV adapter ([`muxer`]) with its audio conversion ([`audio`],
-//! [`resample`]), H264 depacketising ([`h264`]) and RTP → timeline clocks ([`clock`]), and
+//! [`resample`]), H264 depacketising ([`crate::media::h264`]) and RTP → timeline clocks ([`clock`]), and
 //! publish URLs ([`url`]). It reads streams; it never publishes into the registry or touches
 //! calls.
 pub mod audio;
 pub mod clock;
 pub mod driver;
 pub mod flv;
-pub mod h264;
 pub mod manager;
 pub mod muxer;
 pub mod resample;

@@ -1,6 +1,6 @@
 //! The `from_stream` adapter of the RTMP push: registry events in, FLV tags on one timeline
 //! out. Picks the stream's first audio and first video track, converts audio
-//! ([`super::audio`]), depacketises H264 ([`super::h264`]) and maps RTP time to the push's
+//! ([`super::audio`]), depacketises H264 ([`crate::media::h264`]) and maps RTP time to the push's
 //! timeline ([`super::clock`]).
 //!
 //! Sans-IO: arrival instants come with the media units, the epoch is given at creation.
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::audio::{AudioCodecPolicy, AudioFormat, AudioPath, AudioTag};
 use super::clock::TrackClock;
 use super::flv;
-use super::h264::Depacketizer;
+use crate::media::h264::Depacketizer;
 use crate::registry::{MediaUnit, TrackId, TrackKind, TrackSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

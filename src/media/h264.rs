@@ -5,8 +5,13 @@
 //! units. An access unit ends on the RTP marker bit or when the timestamp changes. Lost or
 //! malformed packets drop the NAL unit they belong to (counted), never the depacketiser.
 //!
-//! The recording work (src/record/) needs the same thing; this one lives here until the two
-//! are unified into src/media/.
+//! Loss is marked, not hidden: an access unit that lost a packet (a sequence gap while it was
+//! being assembled) or had a malformed one comes out with `damaged` set, so an output that
+//! cannot show a broken picture (the recorder) can drop it and wait for the next keyframe,
+//! while one that prefers continuity (the RTMP push) can send it anyway.
+//!
+//! Shared by the recorder (src/record/) and the RTMP push (src/rtmp/); [`parse_sps`] reads
+//! the picture size for MP4 sample entries and FLV metadata.
 
 use std::collections::VecDeque;
 
@@ -52,6 +57,21 @@ pub struct AccessUnit {
     pub nalus: Vec<Bytes>,
     /// Contains an IDR slice.
     pub keyframe: bool,
+    /// A packet of this unit was lost or malformed: some NAL units may be missing.
+    pub damaged: bool,
+}
+
+impl AccessUnit {
+    /// The AVCC (MP4/FLV) form: each NAL unit preceded by its 4-byte length.
+    pub fn to_avcc(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.nalus.iter().map(|n| n.len() + 4).sum());
+        for n in &self.nalus {
+            let len = u32::try_from(n.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(n);
+        }
+        out
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,8 +85,12 @@ pub struct Depacketizer {
     pps: Option<Bytes>,
     params_changed: bool,
     ready: VecDeque<AccessUnit>,
+    /// The unit being assembled lost or mangled a packet.
+    damaged: bool,
     /// NAL units lost to gaps or malformed packets.
     pub dropped_nalus: u64,
+    /// Access units that came out `damaged`.
+    pub damaged_units: u64,
 }
 
 impl Depacketizer {
@@ -120,12 +144,16 @@ impl Depacketizer {
             self.dropped_nalus += 1;
         }
         if self.ts.is_some_and(|t| t != timestamp) {
+            // The lost packet may have been this unit's tail as well as the next one's head.
+            self.damaged |= gap;
             self.finish_au();
         }
         self.ts = Some(timestamp);
+        self.damaged |= gap;
         let r = self.parse(seq, payload);
         if r.is_err() {
             self.dropped_nalus += 1;
+            self.damaged = true;
         }
         if marker {
             self.finish_au();
@@ -246,18 +274,171 @@ impl Depacketizer {
             // A fragment without its end: the rest was lost.
             drop(fu);
             self.dropped_nalus += 1;
+            self.damaged = true;
         }
         let nalus = std::mem::take(&mut self.nalus);
+        let damaged = std::mem::take(&mut self.damaged);
         self.au_bytes = 0;
         if let (Some(ts), false) = (self.ts, nalus.is_empty()) {
             let keyframe = nalus.iter().any(|n| n[0] & 0x1F == NAL_IDR);
+            if damaged {
+                self.damaged_units += 1;
+            }
             self.ready.push_back(AccessUnit {
                 timestamp: ts,
                 nalus,
                 keyframe,
+                damaged,
             });
         }
     }
+}
+
+/// What an SPS says about the picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpsInfo {
+    pub profile_idc: u8,
+    pub level_idc: u8,
+    pub width: u16,
+    pub height: u16,
+}
+
+struct Bits {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl Bits {
+    fn bit(&mut self) -> Option<u32> {
+        let byte = *self.data.get(self.pos / 8)?;
+        let b = (byte >> (7 - (self.pos % 8))) & 1;
+        self.pos += 1;
+        Some(u32::from(b))
+    }
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        (0..n).try_fold(0u32, |acc, _| Some((acc << 1) | self.bit()?))
+    }
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        Some(((1u64 << zeros) - 1 + u64::from(self.bits(zeros)?)) as u32)
+    }
+    fn se(&mut self) -> Option<i32> {
+        let k = self.ue()?;
+        Some(if k % 2 == 1 {
+            (k / 2 + 1) as i32
+        } else {
+            -((k / 2) as i32)
+        })
+    }
+}
+
+/// Parses an SPS NAL (with its header byte). `None` if it is truncated or not an SPS.
+pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
+    if nal.first()? & 0x1F != NAL_SPS {
+        return None;
+    }
+    // Remove emulation prevention bytes (00 00 03).
+    let mut data = Vec::with_capacity(nal.len());
+    let mut zeros = 0;
+    for &b in &nal[1..] {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        data.push(b);
+    }
+    let mut r = Bits { data, pos: 0 };
+    let profile_idc = r.bits(8)? as u8;
+    r.bits(8)?;
+    let level_idc = r.bits(8)? as u8;
+    r.ue()?;
+    let mut chroma_format_idc = 1;
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        chroma_format_idc = r.ue()?;
+        if chroma_format_idc == 3 {
+            r.bit()?;
+        }
+        r.ue()?;
+        r.ue()?;
+        r.bit()?;
+        if r.bit()? == 1 {
+            let lists = if chroma_format_idc == 3 { 12 } else { 8 };
+            for i in 0..lists {
+                if r.bit()? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i32, 8i32);
+                    for _ in 0..size {
+                        if next != 0 {
+                            next = (last + r.se()? + 256) % 256;
+                        }
+                        if next != 0 {
+                            last = next;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    r.ue()?; // log2_max_frame_num_minus4
+    match r.ue()? {
+        0 => {
+            r.ue()?;
+        }
+        1 => {
+            r.bit()?;
+            r.se()?;
+            r.se()?;
+            let n = r.ue()?;
+            if n > 255 {
+                return None;
+            }
+            for _ in 0..n {
+                r.se()?;
+            }
+        }
+        _ => {}
+    }
+    r.ue()?; // max_num_ref_frames
+    r.bit()?;
+    let w_mbs = u64::from(r.ue()?) + 1;
+    let h_units = u64::from(r.ue()?) + 1;
+    let frame_mbs_only = u64::from(r.bit()?);
+    if frame_mbs_only == 0 {
+        r.bit()?;
+    }
+    r.bit()?;
+    let (mut cl, mut cr, mut ct, mut cb) = (0u64, 0u64, 0u64, 0u64);
+    if r.bit()? == 1 {
+        cl = u64::from(r.ue()?);
+        cr = u64::from(r.ue()?);
+        ct = u64::from(r.ue()?);
+        cb = u64::from(r.ue()?);
+    }
+    let (sub_w, sub_h) = match chroma_format_idc {
+        0 | 3 => (1, 1),
+        2 => (2, 1),
+        _ => (2, 2),
+    };
+    let crop_x = if chroma_format_idc == 0 { 1 } else { sub_w };
+    let crop_y = (if chroma_format_idc == 0 { 1 } else { sub_h }) * (2 - frame_mbs_only);
+    let width = (w_mbs * 16).checked_sub(crop_x * (cl + cr))?;
+    let height = ((2 - frame_mbs_only) * h_units * 16).checked_sub(crop_y * (ct + cb))?;
+    Some(SpsInfo {
+        profile_idc,
+        level_idc,
+        width: u16::try_from(width).ok()?,
+        height: u16::try_from(height).ok()?,
+    })
 }
 
 /// Standard base64 (with or without padding); `None` on any other character.
@@ -317,13 +498,31 @@ mod tests {
         assert!(d.pull().is_none());
         d.push(6, 7000, true, &b(&[0x09, 0x10])).unwrap(); // AUD only: no AU of its own
         let au = d.pull().unwrap();
-        assert_eq!((au.timestamp, au.keyframe), (4000, false));
+        assert_eq!(
+            (au.timestamp, au.keyframe, au.damaged),
+            (4000, false, false)
+        );
         assert!(d.pull().is_none());
         assert_eq!(d.dropped_nalus, 0);
+        assert_eq!(au.to_avcc(), vec![0, 0, 0, 2, 0x41, 9]);
+    }
+
+    // The SPS libx264 (ffmpeg 5.1, `-profile:v baseline`) writes for testsrc 320x240.
+    const SPS_320X240: &[u8] = &[
+        0x67, 0x42, 0xC0, 0x0D, 0xD9, 0x01, 0x41, 0xFB, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10,
+        0x00, 0x00, 0x03, 0x03, 0x20, 0xF1, 0x42, 0xA4, 0x80,
+    ];
+
+    #[test]
+    fn sps_size() {
+        let i = parse_sps(SPS_320X240).unwrap();
+        assert_eq!((i.width, i.height, i.profile_idc), (320, 240, 66));
+        assert!(parse_sps(&[0x67, 0x42]).is_none());
+        assert!(parse_sps(&[]).is_none());
     }
 
     #[test]
-    fn a_lost_fragment_drops_only_its_nal_unit() {
+    fn a_lost_fragment_drops_only_its_nal_unit_and_marks_the_unit_damaged() {
         let mut d = Depacketizer::new();
         d.push(10, 0, false, &b(&[0x7C, 0x85, 1])).unwrap();
         // seq 11 lost
@@ -333,7 +532,12 @@ mod tests {
         let au = d.pull().unwrap();
         assert_eq!(au.nalus, vec![b(&[0x41, 7])]);
         assert!(!au.keyframe);
+        assert!(au.damaged);
         assert!(d.dropped_nalus >= 1);
+        assert_eq!(d.damaged_units, 1);
+        // The next unit, received whole, is clean again.
+        d.push(15, 3000, true, &b(&[0x41, 8])).unwrap();
+        assert!(!d.pull().unwrap().damaged);
     }
 
     #[test]
