@@ -350,3 +350,86 @@ async fn call_page_places_a_call_plays_it_and_hangs_up() {
     assert!(sipp.messages().contains("BYE sip:"), "{}", sipp.messages());
     assert!(!gw.logs().contains("s3cret-Pa55"), "password in the logs");
 }
+
+/// A call recorded with `record: true` plays in Chromium's `<video>` from
+/// `GET /recordings/{file}`: the duration is the call's, seeking (range requests) works and
+/// playback advances from the seek point.
+#[tokio::test]
+async fn a_recording_plays_and_seeks_in_chromium() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let mut body = startup_body("recweb", sipp.port, "udp");
+    body["record"] = json!(true);
+    let (status, v) = gw.post_json("/call/startup", body).await;
+    assert_eq!(status, 200, "{v}");
+    gw.wait_status("recweb", &["ESTABLISHED"], T).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "recweb"}))
+        .await;
+    assert_eq!(status, 200);
+    let call = gw.wait_status("recweb", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0));
+    let call_s = (call["endedAt"].as_u64().unwrap() - call["establishedAt"].as_u64().unwrap())
+        as f64
+        / 1000.0;
+    let deadline = Instant::now() + T;
+    let file = loop {
+        let (_, all) = gw.post("/recorder/find_all", "").await;
+        let done = all.as_array().and_then(|a| {
+            a.iter()
+                .find(|r| r["callId"] == "recweb" && r["state"] == "done")
+                .and_then(|r| r["fileName"].as_str().map(str::to_owned))
+        });
+        if let Some(f) = done {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no finished recording: {all}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/index.html", gw.rest)).await;
+    let can = browser
+        .eval(&format!(
+            r#"const v = document.createElement('video');
+            v.muted = true; v.controls = true;
+            window.rec = {{}};
+            v.addEventListener('loadedmetadata', () => {{
+                window.rec.duration = v.duration; v.currentTime = 2.0; }});
+            v.addEventListener('seeked', () => {{
+                window.rec.seeked = v.currentTime;
+                v.play().catch(e => {{ window.rec.error = String(e); }}); }});
+            v.addEventListener('timeupdate', () => {{ window.rec.time = v.currentTime; }});
+            v.addEventListener('error', () => {{
+                window.rec.error = 'media error ' + (v.error && v.error.code); }});
+            v.src = '/recordings/{file}';
+            document.body.appendChild(v);
+            return v.canPlayType('audio/mp4; codecs="opus"');"#
+        ))
+        .await;
+    assert_eq!(can, "probably", "Chromium cannot play Opus in MP4");
+    let deadline = Instant::now() + T;
+    let rec = loop {
+        let rec = browser.eval("return window.rec;").await;
+        assert!(rec["error"].is_null(), "{rec}");
+        let seeked = rec["seeked"].as_f64();
+        if let (Some(s), Some(t)) = (seeked, rec["time"].as_f64()) {
+            if t > s + 1.0 {
+                break rec;
+            }
+        }
+        assert!(Instant::now() < deadline, "not playing: {rec}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("<video> of the recording: {rec}, call {call_s} s");
+    let duration = rec["duration"].as_f64().unwrap();
+    assert!(
+        (duration - call_s).abs() <= call_s * 0.02,
+        "the browser shows {duration} s for a {call_s} s call"
+    );
+    assert!(
+        (rec["seeked"].as_f64().unwrap() - 2.0).abs() < 0.05,
+        "{rec}"
+    );
+}

@@ -247,10 +247,31 @@ async fn stop_finalises_and_a_stream_without_media_fails_cleanly() {
     assert_eq!(info.error.as_deref(), Some("no media was recorded"));
 }
 
+/// `pts_time` of every packet of stream `index`, in file order.
+fn packet_times(path: &Path, index: u32) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams"])
+        .arg(index.to_string())
+        .args(["-show_entries", "packet=pts_time", "-of", "json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffprobe -show_packets failed");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| num(&p["pts_time"]))
+        .collect()
+}
+
 /// ffmpeg encodes a test pattern with libx264 and sends it as H264 RTP; the test receives it,
-/// publishes it with a PCMU tone into one stream, and records.
+/// publishes it with a PCMU tone into one stream, and records. Besides codecs and resolution,
+/// the file must keep both tracks on the wall clock: both start at 0, every picture sits at
+/// the time its first packet arrived, audio runs in real time, and players see one duration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h264_rtp_from_ffmpeg_and_pcmu_record_to_h264_and_opus() {
+async fn h264_rtp_from_ffmpeg_and_pcmu_record_to_h264_and_opus_in_sync() {
     common::require("ffmpeg");
     let dir = common::tempdir();
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -272,6 +293,9 @@ async fn h264_rtp_from_ffmpeg_and_pcmu_record_to_h264_and_opus() {
     let path = dir.path().join("av.mp4");
     let rec = start_recording(&registry, "av", path.clone(), RecordingMeta::default()).unwrap();
     let seconds = 4;
+    // The first audio packet is media time 0 of the file.
+    let t0 = Instant::now();
+    publisher.publish(unit(audio, 0, 0, tone_packet(0), t0));
     let mut ffmpeg = Command::new("ffmpeg")
         .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
         .arg(format!("testsrc=size=320x240:rate=25:duration={seconds}"))
@@ -282,6 +306,10 @@ async fn h264_rtp_from_ffmpeg_and_pcmu_record_to_h264_and_opus() {
             "libx264",
             "-profile:v",
             "baseline",
+            // No encoder lookahead: each picture leaves ffmpeg when it is due, so its RTP
+            // timestamp and its arrival agree and the test can compare both.
+            "-tune",
+            "zerolatency",
         ])
         .args(["-g", "25", "-bsf:v", "h264_mp4toannexb", "-f", "rtp"])
         .arg(format!("rtp://127.0.0.1:{port}"))
@@ -290,12 +318,11 @@ async fn h264_rtp_from_ffmpeg_and_pcmu_record_to_h264_and_opus() {
         .spawn()
         .unwrap();
     let publisher = std::sync::Arc::new(publisher);
-    // Audio in real time alongside.
+    // Audio in real time alongside, paced from t0.
     let audio_pub = publisher.clone();
     let audio_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for k in 0..seconds * 50 {
-            tick.tick().await;
+        for k in 1..seconds * 50 {
+            tokio::time::sleep_until((t0 + Duration::from_millis(u64::from(k) * 20)).into()).await;
             audio_pub.publish(unit(
                 audio,
                 k as u16,
@@ -307,11 +334,17 @@ async fn h264_rtp_from_ffmpeg_and_pcmu_record_to_h264_and_opus() {
     });
     let mut buf = vec![0u8; 2048];
     let mut video_packets = 0;
+    // Arrival (seconds after t0) of each picture's first packet, in order.
+    let mut pictures: Vec<(u32, f64)> = Vec::new();
     while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
         let Ok(p) = sipstream::rtp::packet::RtpPacket::parse(&buf[..n]) else {
             continue;
         };
+        let arrival = Instant::now();
         video_packets += 1;
+        if pictures.last().map(|l| l.0) != Some(p.timestamp()) {
+            pictures.push((p.timestamp(), (arrival - t0).as_secs_f64()));
+        }
         publisher.publish(MediaUnit {
             track: video,
             payload_type: p.pt(),
@@ -320,13 +353,14 @@ async fn h264_rtp_from_ffmpeg_and_pcmu_record_to_h264_and_opus() {
             marker: p.marker(),
             ssrc: p.ssrc(),
             payload: Bytes::copy_from_slice(p.payload()),
-            arrival: Instant::now(),
+            arrival,
         });
     }
     let status = ffmpeg.wait().unwrap();
     assert!(status.success(), "ffmpeg sender failed");
     audio_task.await.unwrap();
     assert!(video_packets > 50, "only {video_packets} video RTP packets");
+    let ended = Instant::now();
     publisher.end("done");
     let info = tokio::time::timeout(Duration::from_secs(20), rec.wait())
         .await
@@ -352,6 +386,40 @@ async fn h264_rtp_from_ffmpeg_and_pcmu_record_to_h264_and_opus() {
         frames >= f64::from(seconds * 25 - 10),
         "{frames} video frames"
     );
+    // One start and one duration: both tracks from 0, and the file lasts from the first
+    // packet to the stop (audio is padded to the stop time) within 2 %.
+    assert!(num(&v[0]["start_time"]).abs() < 0.001, "{}", v[0]);
+    assert!(num(&a[0]["start_time"]).abs() < 0.001, "{}", a[0]);
+    let wall = (ended - t0).as_secs_f64();
+    let file = num(&probe["format"]["duration"]);
+    assert!(
+        (file - wall).abs() / wall < 0.02,
+        "file lasts {file} s, the stream {wall} s"
+    );
+    // Pictures on the wall clock: the n-th picture (n ≥ 1; the first is shown from 0) sits
+    // where its first packet arrived, within 80 ms of jitter.
+    let vpts = packet_times(&path, v[0]["index"].as_u64().unwrap() as u32);
+    assert_eq!(vpts.len(), pictures.len(), "pictures in the file vs. sent");
+    assert_eq!(vpts[0], 0.0);
+    let worst = vpts
+        .iter()
+        .zip(&pictures)
+        .skip(1)
+        .map(|(pts, (_, arrived))| (pts - arrived).abs())
+        .fold(0.0, f64::max);
+    eprintln!("worst picture offset from its arrival: {worst:.3} s");
+    assert!(worst < 0.08, "a picture is {worst} s off its arrival time");
+    // Audio in real time: 20 ms frames back to back from 0, up to the stop.
+    let apts = packet_times(&path, a[0]["index"].as_u64().unwrap() as u32);
+    assert!(
+        (apts.len() as f64 * 0.02 - wall).abs() < 0.1,
+        "{} audio frames",
+        apts.len()
+    );
+    assert!(apts
+        .iter()
+        .enumerate()
+        .all(|(i, t)| (t - i as f64 * 0.02).abs() < 0.0005));
     decodes_fully(&path);
 }
 

@@ -233,3 +233,137 @@ async fn start_and_stop_over_rest_with_bad_input() {
     assert_eq!(s, 200);
     assert_eq!(sipp.wait(T), Some(0));
 }
+
+/// Every call recorded by `sip_record_stream=true`. The far end holds the call (a=inactive)
+/// and sends no RTP for 3 s: the recording keeps the wall clock. The file lasts as long as
+/// the call within 2 %, and the hold is 3 s of silence at the right place, found by
+/// ffmpeg's silencedetect.
+#[tokio::test]
+async fn hold_without_media_stays_on_the_wall_clock() {
+    common::require("ffmpeg");
+    let gw = Gateway::start(&[("sip_record_stream", "true".into())]).await;
+    let mut sipp = Sipp::uas("uas_hold_silent.xml", "udp", false);
+    let body = startup_body("hold_rec", sipp.port, "udp");
+    let (s, v) = gw.post_json("/call/startup", body).await;
+    assert_eq!(s, 200, "{v}");
+    gw.wait_status("hold_rec", &["ESTABLISHED"], T).await;
+    gw.wait_status("hold_rec", &["HOLD"], T).await;
+    gw.wait_status("hold_rec", &["ESTABLISHED"], T).await;
+    let call = gw.wait_status("hold_rec", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let (s, all) = gw.post("/recorder/find_all", "").await;
+    assert_eq!(s, 200);
+    let file = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["callId"] == "hold_rec")
+        .and_then(|r| r["fileName"].as_str())
+        .unwrap_or_else(|| panic!("no recording: {all}"))
+        .to_owned();
+    wait_recording(&gw, &file, "done").await;
+    let path = gw.dir().join("records").join(&file);
+    let probe = ffprobe(&path);
+    let file_s: f64 = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let call_s = (call["endedAt"].as_u64().unwrap() - call["establishedAt"].as_u64().unwrap())
+        as f64
+        / 1000.0;
+    assert!(
+        (file_s - call_s).abs() <= call_s * 0.02,
+        "file {file_s} s, call {call_s} s"
+    );
+    decodes_fully(&path);
+    let out = Command::new("ffmpeg")
+        .args(["-v", "info", "-nostats", "-i"])
+        .arg(&path)
+        .args(["-af", "silencedetect=noise=-30dB:d=0.5", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let value = |key: &str| -> Vec<f64> {
+        log.split(key)
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    let (starts, lengths) = (value("silence_start: "), value("silence_duration: "));
+    assert_eq!(
+        (starts.len(), lengths.len()),
+        (1, 1),
+        "one silence expected: {log}"
+    );
+    eprintln!("file {file_s} s, call {call_s} s, silence {starts:?} for {lengths:?}");
+    // sipp stops its RTP 2 s after the ACK and resumes after 3 s plus two re-INVITEs.
+    assert!(
+        (1.7..2.6).contains(&starts[0]),
+        "silence from {}",
+        starts[0]
+    );
+    assert!(
+        (2.8..3.6).contains(&lengths[0]),
+        "silence for {}",
+        lengths[0]
+    );
+}
+
+/// A recording folder that cannot be created (its path is a file): the recording fails
+/// loudly (webhook event, 500 naming the path), and the call streams and hangs up as usual.
+#[tokio::test]
+async fn unwritable_record_dir_fails_the_recording_not_the_call() {
+    let dir = common::tempdir();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let (url, mut events) = common::webhook().await;
+    let gw = Gateway::start(&[
+        ("webhook_url", url),
+        ("record_dir", blocker.join("records").display().to_string()),
+    ])
+    .await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let mut body = startup_body("norec", sipp.port, "udp");
+    body["record"] = json!(true);
+    let (s, v) = gw.post_json("/call/startup", body).await;
+    assert_eq!(s, 200, "{v}");
+    let failed = common::wait_event(&mut events, "RecordingStatusEvent", T).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["callId"], "norec", "{failed}");
+    assert!(
+        failed["fileName"]
+            .as_str()
+            .unwrap()
+            .starts_with("norec_stream-"),
+        "{failed}"
+    );
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not-a-dir"),
+        "{failed}"
+    );
+    gw.wait_status("norec", &["ESTABLISHED"], T).await;
+    let (s, v) = gw
+        .post_json("/stream/startRecording", json!({"name": "norec_stream"}))
+        .await;
+    assert_eq!(s, 500, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("not-a-dir"), "{v}");
+    // The call is untouched: media keeps flowing.
+    let before = gw.stream("norec_stream").await.unwrap()["tracks"][0]["packets"]
+        .as_u64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = gw.stream("norec_stream").await.unwrap()["tracks"][0]["packets"]
+        .as_u64()
+        .unwrap();
+    assert!(after >= before + 30, "{before} → {after}");
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "norec"}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("norec", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0));
+}

@@ -115,6 +115,8 @@ struct VideoPath {
     config: Option<(Vec<u8>, Vec<u8>, u16, u16)>,
     held: Option<(i64, AccessUnit)>,
     last_duration: u32,
+    /// No picture recorded yet: the first keyframe is shown from media time 0.
+    first: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -229,6 +231,7 @@ impl RecorderCore {
                             config: None,
                             held: None,
                             last_duration: spec.clock_rate / 25,
+                            first: true,
                         });
                     }
                     Some(v) if v.track == id && !h264 => {
@@ -282,13 +285,9 @@ impl RecorderCore {
             AudioMode::G711(law) => {
                 let n = unit.payload.len() as i64;
                 let dur = n * 48_000 / clock;
-                let cursor = match a.cursor {
-                    Some(c) => c,
-                    None => {
-                        a.frame_dts = pos;
-                        pos
-                    }
-                };
+                // The first packet: every track starts at media time 0 (silence before a late
+                // first packet), so players see one start and one duration for the file.
+                let cursor = a.cursor.unwrap_or(0);
                 if a.transcoder.is_none() {
                     a.transcoder = Some(G711ToOpus::new()?);
                 }
@@ -332,7 +331,7 @@ impl RecorderCore {
                     return Ok(());
                 };
                 let dur = i64::from(dur);
-                let mut cursor = a.cursor.unwrap_or(pos);
+                let mut cursor = a.cursor.unwrap_or(0);
                 if pos + dur <= cursor {
                     self.stats.late_audio += 1;
                     return Ok(());
@@ -414,6 +413,10 @@ impl RecorderCore {
                 v.last_duration = d;
                 samples.push((Kind::Video, video_sample(held_pos, d, &held)));
             }
+            // Every track starts at media time 0: the first picture stands from there until
+            // the second (a late video start shows the first frame, not an empty track that
+            // players count twice in the file's duration).
+            let pos = if std::mem::take(&mut v.first) { 0 } else { pos };
             v.held = Some((pos, au));
         }
     }
@@ -718,5 +721,70 @@ mod tests {
         }
         c.finish(Some(t0)).unwrap();
         drain(&mut c);
+    }
+
+    /// (track id, tfdt base) of every track fragment in the appended bytes.
+    fn fragment_starts(c: &mut RecorderCore) -> Vec<(u32, u64)> {
+        let mut out = Vec::new();
+        let mut track = 0;
+        while let Some(o) = c.poll_output() {
+            let Output::Append(b) = o else { continue };
+            for i in 0..b.len().saturating_sub(16) {
+                match &b[i..i + 4] {
+                    b"tfhd" => track = u32::from_be_bytes(b[i + 8..i + 12].try_into().unwrap()),
+                    b"tfdt" => out.push((
+                        track,
+                        u64::from_be_bytes(b[i + 8..i + 16].try_into().unwrap()),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn late_tracks_start_at_media_time_zero() {
+        use crate::media::h264::SPS_320X240;
+        let mut c = RecorderCore::new(RecorderConfig::default());
+        c.handle_track(0, &spec(TrackKind::Audio, "PCMU", 8000));
+        c.handle_track(1, &spec(TrackKind::Video, "H264", 90000));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Video from 0 s, its first keyframe at 0.5 s; audio from 1 s.
+        let mut stap = vec![24u8];
+        for nal in [
+            SPS_320X240,
+            &[0x68, 0xCE, 0x38, 0x80],
+            &[0x65, 0x88, 0x84, 0x00],
+        ] {
+            stap.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+            stap.extend_from_slice(nal);
+        }
+        for k in 0..75u32 {
+            let ms = u64::from(k) * 40;
+            let payload: &[u8] = if k == 12 { &stap } else { &[0x41, 0x9A, 0] };
+            let mut v = unit(1, 9, 1_000 + k * 3600, at(ms), payload);
+            v.seq = k as u16;
+            v.marker = true;
+            c.handle_media(&v).unwrap();
+            if ms >= 1000 && ms % 20 == 0 {
+                for j in 0..2u32 {
+                    let a = ms + u64::from(j) * 20;
+                    let ts = u32::try_from(a - 1000).unwrap() * 8;
+                    c.handle_media(&unit(0, 1, ts, at(a), &[0xFF; 160]))
+                        .unwrap();
+                }
+            }
+        }
+        c.finish(Some(at(3000))).unwrap();
+        assert_eq!(c.codecs(), ["opus (from PCMU)", "H264 320x240"]);
+        assert_eq!(c.stats.video_waiting_keyframe, 12);
+        assert_eq!(c.stats.gap_fill_ms, 1000);
+        let starts = fragment_starts(&mut c);
+        let first = |track| starts.iter().find(|(t, _)| *t == track).map(|s| s.1);
+        assert_eq!((first(1), first(2)), (Some(0), Some(0)), "{starts:?}");
+        // Both tracks end at the stop time (3 s): audio padded, the last picture's 40 ms.
+        assert_eq!(c.duration_ms(), 3000);
     }
 }

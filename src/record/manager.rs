@@ -104,6 +104,7 @@ impl RecordingManager {
             fsync_each_fragment: inner.fsync,
             ..RecordOptions::default()
         };
+        let (file, failed_meta) = (path.clone(), meta.clone());
         let handle = start_recording_with(&inner.registry, stream, path, meta, opts).map_err(
             |e| match e {
                 RecordError::StreamNotFound(n) => {
@@ -111,11 +112,9 @@ impl RecordingManager {
                 }
                 RecordError::Create { path, source } => {
                     // Disk and permission errors are the operator's to see, with the path.
-                    self.publish(&failed_info(stream, &id, &path, &source));
-                    ApiError::Internal(format!(
-                        "cannot create recording {}: {source}",
-                        path.display()
-                    ))
+                    let error = format!("cannot create {}: {source}", path.display());
+                    self.publish(&failed_info(stream, &file, failed_meta, &error));
+                    ApiError::Internal(format!("recording not started: {error}"))
                 }
                 other => ApiError::Internal(other.to_string()),
             },
@@ -239,25 +238,25 @@ fn unique_path(dir: &Path, name: &str) -> PathBuf {
         .unwrap_or(first)
 }
 
-fn failed_info(stream: &str, id: &str, path: &Path, err: &std::io::Error) -> RecordingInfo {
+fn failed_info(stream: &str, file: &Path, meta: RecordingMeta, error: &str) -> RecordingInfo {
     RecordingInfo {
-        file_name: path
+        file_name: file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         stream: stream.to_string(),
-        call_id: None,
-        sip_call_id: None,
-        media_session_id: Some(id.to_string()),
-        participants: Vec::new(),
+        call_id: meta.call_id,
+        sip_call_id: meta.sip_call_id,
+        media_session_id: meta.media_session_id,
+        participants: meta.participants,
         state: RecordingState::Failed,
-        error: Some(err.to_string()),
-        started_at: String::new(),
+        error: Some(error.to_owned()),
+        started_at: crate::record::utc_now().1,
         ended_at: None,
         duration_ms: 0,
         size_bytes: 0,
         codecs: Vec::new(),
-        end_reason: Some(format!("failed: {err}")),
+        end_reason: Some(format!("failed: {error}")),
         fragments_written: 0,
         fragments_dropped: 0,
         units_dropped: 0,

@@ -187,7 +187,7 @@ pub fn sidecar_path(file: &Path) -> PathBuf {
     file.with_extension("json")
 }
 
-fn utc_now() -> (OffsetDateTime, String) {
+pub(crate) fn utc_now() -> (OffsetDateTime, String) {
     let t = OffsetDateTime::now_utc();
     let s = t.format(&Rfc3339).unwrap_or_default();
     (t, s)
@@ -233,6 +233,35 @@ pub fn start_recording_with(
             path: path.clone(),
             source,
         })?;
+    spawn_recording(&rt, reader, stream, path, file, meta, opts)
+}
+
+/// Where the writer thread puts a recording's bytes: the file, or a stand-in in tests.
+trait RecordSink: Write + Seek + Send + 'static {
+    /// `fsync` (`all`: with metadata, as on close).
+    fn sync(&mut self, all: bool) -> std::io::Result<()>;
+}
+
+impl RecordSink for File {
+    fn sync(&mut self, all: bool) -> std::io::Result<()> {
+        if all {
+            self.sync_all()
+        } else {
+            self.sync_data()
+        }
+    }
+}
+
+/// The recording's writer thread and task, once its reader and file exist.
+fn spawn_recording<S: RecordSink>(
+    rt: &tokio::runtime::Handle,
+    reader: crate::registry::Reader,
+    stream: &str,
+    path: PathBuf,
+    file: S,
+    meta: RecordingMeta,
+    opts: RecordOptions,
+) -> Result<RecordingHandle, RecordError> {
     let (_, started_at) = utc_now();
     let info = RecordingInfo {
         file_name: path
@@ -312,7 +341,7 @@ enum WriteOp {
     Close,
 }
 
-fn write_loop(mut file: File, rx: Receiver<WriteOp>, shared: &Shared, fsync: bool) {
+fn write_loop<S: RecordSink>(mut file: S, rx: Receiver<WriteOp>, shared: &Shared, fsync: bool) {
     let fail = |e: std::io::Error, what: &str| {
         let msg = format!("{what}: {e}");
         tracing::error!(error = %msg, "recording write failed");
@@ -328,7 +357,7 @@ fn write_loop(mut file: File, rx: Receiver<WriteOp>, shared: &Shared, fsync: boo
             WriteOp::Fragment(b) => {
                 let r = file.write_all(&b).and_then(|_| file.flush()).and_then(|_| {
                     if fsync {
-                        file.sync_data()
+                        file.sync(false)
                     } else {
                         Ok(())
                     }
@@ -351,7 +380,7 @@ fn write_loop(mut file: File, rx: Receiver<WriteOp>, shared: &Shared, fsync: boo
                 }
             }
             WriteOp::Close => {
-                if let Err(e) = file.sync_all() {
+                if let Err(e) = file.sync(true) {
                     fail(e, "fsync");
                 }
                 break;
@@ -627,5 +656,118 @@ mod tests {
         assert_eq!(v["state"], "done");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    /// A disk that stops answering: every write waits until the test opens the gate.
+    #[derive(Clone, Default)]
+    struct StuckDisk {
+        bytes: Arc<Mutex<std::io::Cursor<Vec<u8>>>>,
+        open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl StuckDisk {
+        fn release(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Write for StuckDisk {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let (lock, cv) = &*self.open;
+            let _open = cv.wait_while(lock.lock().unwrap(), |open| !*open).unwrap();
+            self.bytes.lock().write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for StuckDisk {
+        fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+            self.bytes.lock().seek(pos)
+        }
+    }
+
+    impl RecordSink for StuckDisk {
+        fn sync(&mut self, _all: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_disk_loses_fragments_loudly_and_never_blocks_the_stream() {
+        use crate::registry::{Leg, MediaUnit, TrackKind, TrackSpec};
+        let registry = Registry::new(4096);
+        let publisher = registry.create("slow", None).unwrap();
+        let track = publisher
+            .add_track(TrackSpec {
+                kind: TrackKind::Audio,
+                leg: Leg::Callee,
+                codec: "PCMU".into(),
+                clock_rate: 8000,
+                channels: 1,
+                payload_type: 0,
+                fmtp: None,
+            })
+            .unwrap();
+        let reader = registry.subscribe("slow", READER_KIND).unwrap();
+        let disk = StuckDisk::default();
+        let opts = RecordOptions {
+            write_queue: 2,
+            ..RecordOptions::default()
+        };
+        let rec = spawn_recording(
+            &tokio::runtime::Handle::current(),
+            reader,
+            "slow",
+            PathBuf::from("/nonexistent/slow.mp4"),
+            disk.clone(),
+            RecordingMeta::default(),
+            opts,
+        )
+        .unwrap();
+        // 20 s of a call's audio (its arrival times), published in about a second.
+        let t0 = Instant::now();
+        let started = Instant::now();
+        for k in 0..1000u32 {
+            publisher.publish(MediaUnit {
+                track,
+                payload_type: 0,
+                seq: k as u16,
+                timestamp: k * 160,
+                marker: false,
+                ssrc: 1,
+                payload: bytes::Bytes::from_static(&[0xFF; 160]),
+                arrival: t0 + std::time::Duration::from_millis(u64::from(k) * 20),
+            });
+            if k % 20 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        let publishing = started.elapsed();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while rec.info().fragments_dropped < 10 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let stuck = rec.info();
+        assert!(stuck.fragments_dropped >= 10, "{stuck:?}");
+        assert_eq!(stuck.state, RecordingState::Recording);
+        assert_eq!(stuck.units_dropped, 0, "the stream lost media");
+        assert!(
+            publishing < std::time::Duration::from_secs(5),
+            "publishing took {publishing:?}"
+        );
+        // The disk comes back: what was kept is written, and the file is finalised.
+        disk.release();
+        publisher.end("hangup");
+        let done = rec.wait().await;
+        assert_eq!(done.state, RecordingState::Done, "{done:?}");
+        assert_eq!(done.fragments_dropped, stuck.fragments_dropped);
+        let bytes = disk.bytes.lock().get_ref().clone();
+        assert_eq!(&bytes[4..8], b"ftyp");
+        let moofs = bytes.windows(4).filter(|w| *w == b"moof").count() as u64;
+        assert!(moofs >= 2, "{moofs} fragments kept");
+        assert_eq!(moofs + 1, done.fragments_written, "init + fragments");
     }
 }
