@@ -15,6 +15,7 @@ use sipstream::record::manager::RecordingManager;
 use sipstream::registry::Registry;
 use sipstream::rtmp::{PushConfig, PushManager};
 use sipstream::rtp::ports::PortPool;
+use sipstream::rtp::threads::MediaThreads;
 use sipstream::sip::driver::{self, DriverConfig};
 use sipstream::sip::ua::UaConfig;
 use sipstream::webrtc::{WebrtcConfig, WhepService};
@@ -74,7 +75,9 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cfg.record_fsync,
         bus.clone(),
     );
-    let calls = CallManager::new(cfg.clone(), sip, registry, ports, bus, recordings);
+    let media = MediaThreads::start(cfg.rtp_threads).context("media threads")?;
+    tracing::info!(threads = media.len(), "media threads started");
+    let calls = CallManager::new(cfg.clone(), sip, registry, ports, bus, recordings, media);
     tokio::spawn(calls.clone().run(ua_rx));
 
     let state = web::Data::new(AppState {

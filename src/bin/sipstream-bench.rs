@@ -58,6 +58,8 @@ struct Opts {
     setup_rates: Vec<u32>,
     setup_secs: u32,
     log_level: String,
+    /// Gateway properties for every gateway the tool starts (`--set key=value`).
+    sets: Vec<(String, String)>,
 }
 
 fn usage() -> ! {
@@ -65,7 +67,7 @@ fn usage() -> ! {
         "sipstream-bench [--quick] [--steps relay,setup,calls,fanout,rtpengine] [--out FILE.json]\n\
          \x20 [--gateway PATH] [--calls 100,500,1000] [--readers 0,1,3] [--hold SECS]\n\
          \x20 [--fanout 1,10,100,1000] [--setup-rates 250,500,...] [--setup-secs N]\n\
-         \x20 [--log-level warn]"
+         \x20 [--log-level warn] [--set key=value ...]"
     );
     std::process::exit(2)
 }
@@ -88,6 +90,7 @@ fn parse_opts() -> Opts {
         setup_rates: vec![250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 4000],
         setup_secs: 10,
         log_level: "warn".into(),
+        sets: Vec::new(),
     };
     let mut explicit_hold = false;
     let mut args = std::env::args().skip(1);
@@ -108,6 +111,11 @@ fn parse_opts() -> Opts {
             "--setup-rates" => o.setup_rates = list(&val()),
             "--setup-secs" => o.setup_secs = val().parse().unwrap_or_else(|_| usage()),
             "--log-level" => o.log_level = val(),
+            "--set" => {
+                let kv = val();
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| usage());
+                o.sets.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
             _ => usage(),
         }
     }
@@ -323,9 +331,14 @@ impl Gateway {
             ),
             ("log_level".into(), o.log_level.clone()),
         ];
+        let extra = o
+            .sets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .chain(extra.iter().cloned());
         for (k, v) in extra {
             sets.retain(|(sk, _)| sk != k);
-            sets.push((k.to_string(), v.clone()));
+            sets.push((k.to_string(), v));
         }
         let mut cmd = Command::new(&o.gateway);
         cmd.arg("--config")
@@ -1220,8 +1233,9 @@ async fn step_fanout(o: &Opts, dir: &Path) -> Result<Vec<Value>> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let setup_s = t0.elapsed().as_secs_f64();
-        // Offer about 100 k packets out per second, within 50..20 000 packets in.
-        let pps = (100_000.0 / k as f64).clamp(50.0, 20_000.0);
+        // Offer 100 k packets out per second, the relay step's load, so that both are measured
+        // at the same packet rate (at least 50 packets in per second).
+        let pps = (100_000.0 / k as f64).max(50.0);
         progress(&format!(
             "fanout {k}: {k} readers up in {setup_s:.1} s; sending {pps:.0} pps in for {secs} s, load {}",
             loadavg()
@@ -1472,6 +1486,13 @@ fn markdown(r: &Value) -> String {
         opt(&m["loadavg_start"]),
         opt(&m["loadavg_end"])
     );
+    if let Some(p) = r["options"]["gateway_properties"]
+        .as_array()
+        .filter(|p| !p.is_empty())
+    {
+        let p: Vec<String> = p.iter().map(opt).collect();
+        let _ = writeln!(md, "Gateway properties: `{}`.\n", p.join("`, `"));
+    }
     if let Some(x) = r.get("relay") {
         let _ = writeln!(
             md,
@@ -1756,6 +1777,7 @@ fn main() -> Result<()> {
             "hold_s": o.hold.as_secs_f64(),
             "gateway": o.gateway.display().to_string(),
             "gateway_log_level": o.log_level,
+            "gateway_properties": o.sets.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
     });
     progress(&format!(

@@ -20,9 +20,10 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::events::{unix_ms, Event, EventBus};
 use crate::registry::{Leg, Publisher, Registry, RegistryError, TrackId, TrackKind, TrackSpec};
-use crate::rtp::driver::{spawn_leg, LegHandle, LegUpdate};
+use crate::rtp::driver::{spawn_leg_on, LegHandle, LegUpdate};
 use crate::rtp::ports::{BoundPair, PortPool};
 use crate::rtp::session::{silence_payload, SessionConfig};
+use crate::rtp::threads::MediaThreads;
 use crate::sip::driver::{local_ip_for, SipHandle};
 use crate::sip::sdp::{self, Direction, MediaKind, OfferParams, RtpMap, SessionDescription};
 use crate::sip::ua::{Account, CallKey, CallPhase, Command, PlaceCall, RegStatus, Route, UaEvent};
@@ -45,6 +46,8 @@ pub(super) struct Inner {
     pub(super) next_key: AtomicU64,
     pub(super) idle: Notify,
     pub(super) recordings: crate::record::manager::RecordingManager,
+    /// Where RTP legs run.
+    media: MediaThreads,
 }
 
 #[derive(Default)]
@@ -85,9 +88,11 @@ impl CallManager {
         ports: PortPool,
         bus: EventBus,
         recordings: crate::record::manager::RecordingManager,
+        media: MediaThreads,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                media,
                 cfg,
                 sip,
                 registry,
@@ -599,7 +604,15 @@ impl CallManager {
                         initial_timestamp: rand::random(),
                     };
                     let span = tracing::info_span!("rtp", call_id = %call_id, kind = ?leg.kind);
-                    leg.running = Some((spawn_leg(pair, session, publisher, track, span), track));
+                    let handle = spawn_leg_on(
+                        self.inner.media.pick(),
+                        pair,
+                        session,
+                        publisher,
+                        track,
+                        span,
+                    );
+                    leg.running = Some((handle, track));
                     tracing::info!(%call_id, kind = ?leg.kind, codec = %neg.codec.encoding, remote = ?neg.remote_rtp, "media started");
                 }
                 (Some((handle, track)), _) => {

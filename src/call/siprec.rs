@@ -548,7 +548,7 @@ impl CallManager {
                     match fork::spawn(&self.inner.registry, &stream, pairs, cfg, span) {
                         Ok(f) => s.fork = Some(f),
                         Err(e) => {
-                            tracing::warn!(%call_id, %instance, error = %e, "SIPREC: stream gone; stopping");
+                            tracing::warn!(%call_id, %instance, error = %e, "SIPREC: fork not started; stopping");
                             self.inner.sip.command(Command::Hangup(key));
                             return true;
                         }

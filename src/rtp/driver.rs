@@ -15,12 +15,14 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::packet::is_rtcp;
-use super::ports::BoundPair;
+use super::ports::{BoundPair, PortLease};
 use super::rtcp::{ntp_from_system_time, ReportBlock};
 use super::session::{Direction, RtpSession, SessionConfig, SessionCounters};
 use super::stats::RxStatsSnapshot;
@@ -138,6 +140,26 @@ pub fn spawn_leg(
     track: TrackId,
     span: tracing::Span,
 ) -> LegHandle {
+    spawn_leg_on(
+        &tokio::runtime::Handle::current(),
+        pair,
+        cfg,
+        publisher,
+        track,
+        span,
+    )
+}
+
+/// Starts the leg's task on `rt` (a media thread, see [`super::threads`]); its sockets move
+/// to that runtime's reactor.
+pub fn spawn_leg_on(
+    rt: &tokio::runtime::Handle,
+    pair: BoundPair,
+    cfg: SessionConfig,
+    publisher: Arc<Publisher>,
+    track: TrackId,
+    span: tracing::Span,
+) -> LegHandle {
     let now = tokio::time::Instant::now().into_std();
     let send_ahead = Duration::from_millis(u64::from(cfg_ptime_ms(&cfg)) * 9 / 10);
     let mut session = RtpSession::new(cfg, now);
@@ -150,7 +172,6 @@ pub fn spawn_leg(
     }));
     let (ctrl, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
     let leg = Leg {
-        pair,
         session,
         publisher,
         track,
@@ -160,7 +181,18 @@ pub fn spawn_leg(
         last_snapshot: now,
         send_ahead,
     };
-    let task = tokio::spawn(leg.run(ctrl_rx).instrument(span));
+    let task = rt.spawn(
+        async move {
+            match Sockets::register(pair) {
+                Ok(socks) => leg.run(socks, ctrl_rx).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "RTP leg sockets could not move to the media thread");
+                    leg.stats.lock().running = false;
+                }
+            }
+        }
+        .instrument(span),
+    );
     LegHandle {
         ctrl,
         stats,
@@ -176,8 +208,131 @@ struct Extra {
     recv_errors: u64,
 }
 
+/// The leg's sockets, registered with the reactor of the runtime the leg runs on for
+/// readability only. Sends go straight to the socket (`send_to` on a non-blocking socket):
+/// with writability registered too, every sent packet's freed buffer would come back as an
+/// epoll event to process.
+struct Sockets {
+    rtp: AsyncFd<std::net::UdpSocket>,
+    rtcp: AsyncFd<std::net::UdpSocket>,
+    /// Dropped after the sockets (field order): the ports go back to the pool once closed.
+    _lease: PortLease,
+}
+
+impl Sockets {
+    fn register(pair: BoundPair) -> std::io::Result<Self> {
+        // Deprecated since tokio 1.54 because an arbitrary `AsRawFd` may change its fd under
+        // the registration; `std::net::UdpSocket` owns its fd for its whole life, which is the
+        // condition the safe replacement (`unsafe register_with_interest`) asks the caller to
+        // guarantee, without `unsafe` in this crate.
+        #[allow(deprecated)]
+        let readable =
+            |s: tokio::net::UdpSocket| AsyncFd::with_interest(s.into_std()?, Interest::READABLE);
+        Ok(Self {
+            rtp: readable(pair.rtp)?,
+            rtcp: readable(pair.rtcp)?,
+            _lease: pair.lease,
+        })
+    }
+}
+
+/// Most datagrams one `recvmmsg` call reads.
+const RECV_BATCH: usize = 2;
+/// Buffer of the second and later datagrams of a batch: an Ethernet MTU and more. A longer
+/// datagram there arrives truncated and is dropped as invalid (the first buffer takes
+/// [`RECV_BUF`]). Per-leg memory is the reason: an idle call costs its buffers.
+const RECV_BUF_MORE: usize = 2048;
+
+/// Receive buffers and what the last read put in them.
+struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    got: [(usize, Option<SocketAddr>); RECV_BATCH],
+    len: usize,
+}
+
+impl RecvBatch {
+    /// `slots` datagrams per read (1..=[`RECV_BATCH`]).
+    fn new(slots: usize) -> Self {
+        Self {
+            bufs: (0..slots.clamp(1, RECV_BATCH))
+                .map(|i| vec![0u8; if i == 0 { RECV_BUF } else { RECV_BUF_MORE }])
+                .collect(),
+            got: [(0, None); RECV_BATCH],
+            len: 0,
+        }
+    }
+
+    /// The datagrams of the last read, with their source.
+    fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        self.got[..self.len]
+            .iter()
+            .zip(&self.bufs)
+            .filter_map(|((n, from), buf)| Some((buf.get(..*n)?, (*from)?)))
+    }
+
+    /// Reads what is queued on `fd` (up to [`RECV_BATCH`] datagrams) in one call; `Ok(true)`
+    /// when that emptied the queue (fewer than asked for came back).
+    fn read(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<bool> {
+        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+        self.len = 0;
+        let slots = self.bufs.len();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots, None);
+        let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = self
+            .bufs
+            .iter_mut()
+            .map(|b| [std::io::IoSliceMut::new(b)])
+            .collect();
+        let results = recvmmsg(
+            fd,
+            &mut headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        for (slot, r) in self.got.iter_mut().zip(results) {
+            let from = r.address.and_then(|a| {
+                if let Some(v4) = a.as_sockaddr_in() {
+                    Some(SocketAddr::V4((*v4).into()))
+                } else {
+                    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+                }
+            });
+            // A cut datagram is not the one that was sent: drop it (the caller counts nothing
+            // for a `None` source; the session would reject the cut packet anyway).
+            let from = from.filter(|_| !r.flags.contains(MsgFlags::MSG_TRUNC));
+            *slot = (r.bytes, from);
+            self.len += 1;
+        }
+        Ok(self.len < slots)
+    }
+}
+
+/// Reads what `sock` has once it is readable. Stale readiness (nothing there) is cleared by
+/// the EAGAIN; a read that drained the queue clears it too, without the extra call that
+/// would only return EAGAIN: the next datagram raises a new edge.
+fn recv_ready(
+    guard: std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, std::net::UdpSocket>>,
+    batch: &mut RecvBatch,
+) -> Option<std::io::Error> {
+    use std::os::fd::AsRawFd;
+    batch.len = 0;
+    let mut g = match guard {
+        Ok(g) => g,
+        Err(e) => return Some(e),
+    };
+    let fd = g.get_inner().as_raw_fd();
+    match g.try_io(|_| batch.read(fd)) {
+        Ok(Ok(true)) => {
+            g.clear_ready();
+            None
+        }
+        Ok(Ok(false)) | Err(_) => None,
+        Ok(Err(e)) => Some(e),
+    }
+}
+
 struct Leg {
-    pair: BoundPair,
     session: RtpSession,
     publisher: Arc<Publisher>,
     track: TrackId,
@@ -194,12 +349,21 @@ fn clock() -> Instant {
 }
 
 impl Leg {
-    async fn run(mut self, mut ctrl: mpsc::Receiver<Control>) {
-        tracing::debug!(local = ?self.pair.rtp_addr().ok(), "RTP leg started");
-        let mut rtp_buf = vec![0u8; RECV_BUF];
-        let mut rtcp_buf = vec![0u8; RECV_BUF];
+    async fn run(mut self, socks: Sockets, mut ctrl: mpsc::Receiver<Control>) {
+        tracing::debug!(local = ?socks.rtp.get_ref().local_addr().ok(), "RTP leg started");
+        let mut rtp_in = RecvBatch::new(RECV_BATCH);
+        // RTCP is a few packets a minute: one buffer (its reads end with an EAGAIN).
+        let mut rtcp_in = RecvBatch::new(1);
+        // One timer for the leg's life, moved when the deadline moves: a new `Sleep` per
+        // packet costs a timer-wheel insert and removal each time.
+        let timer =
+            tokio::time::sleep_until(tokio::time::Instant::from_std(self.session.poll_timeout()));
+        tokio::pin!(timer);
         loop {
             let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             // After an incoming RTP packet, our own packet due within most of a ptime goes
             // out now: with a far end that sends every ptime, the leg then wakes once per
             // ptime instead of twice (arrival + timer). Up to a ptime early is ordinary jitter.
@@ -213,9 +377,11 @@ impl Leg {
                         self.session.inject(p);
                     }
                 },
-                r = self.pair.rtp.recv_from(&mut rtp_buf) => match r {
-                    Ok((n, from)) => {
-                        let data = rtp_buf.get(..n).unwrap_or(&[]);
+                r = socks.rtp.readable() => {
+                    if let Some(e) = recv_ready(r, &mut rtp_in) {
+                        self.recv_error(e);
+                    }
+                    for (data, from) in rtp_in.datagrams() {
                         if is_rtcp(data) {
                             self.on_rtcp(from, data);
                         } else {
@@ -223,20 +389,23 @@ impl Leg {
                             ahead = self.send_ahead;
                         }
                     }
-                    Err(e) => self.recv_error(e),
-                },
-                r = self.pair.rtcp.recv_from(&mut rtcp_buf) => match r {
-                    Ok((n, from)) => self.on_rtcp(from, rtcp_buf.get(..n).unwrap_or(&[])),
-                    Err(e) => self.recv_error(e),
-                },
-                () = tokio::time::sleep_until(deadline) => {}
+                }
+                r = socks.rtcp.readable() => {
+                    if let Some(e) = recv_ready(r, &mut rtcp_in) {
+                        self.recv_error(e);
+                    }
+                    for (data, from) in rtcp_in.datagrams() {
+                        self.on_rtcp(from, data);
+                    }
+                }
+                () = &mut timer => {}
             }
-            self.flush(ahead);
+            self.flush(&socks, ahead);
         }
         self.push_rtp_stats();
         self.snapshot(false);
         tracing::debug!(counters = ?self.session.counters(), "RTP leg stopped");
-        // `self.pair` drops here: sockets close, then the lease returns the ports.
+        // `socks` drops here: sockets close, then the lease returns the ports.
     }
 
     fn apply(&mut self, u: LegUpdate) {
@@ -300,18 +469,14 @@ impl Leg {
         }
     }
 
-    fn flush(&mut self, ahead: Duration) {
+    fn flush(&mut self, socks: &Sockets, ahead: Duration) {
         let now = clock();
         if self.publisher.take_keyframe_request(self.track) && self.session.request_keyframe(now) {
             tracing::debug!("keyframe requested (RTCP PLI)");
         }
         while let Some(t) = self.session.poll_transmit(now + ahead) {
-            let sock = if t.rtcp {
-                &self.pair.rtcp
-            } else {
-                &self.pair.rtp
-            };
-            if let Err(e) = sock.try_send_to(&t.data, t.to) {
+            let sock = if t.rtcp { &socks.rtcp } else { &socks.rtp };
+            if let Err(e) = sock.get_ref().send_to(&t.data, t.to) {
                 self.extra.send_errors += 1;
                 tracing::trace!(to = %t.to, error = %e, "RTP send failed");
             }

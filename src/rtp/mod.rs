@@ -9,6 +9,7 @@ pub mod ports;
 pub mod rtcp;
 pub mod session;
 pub mod stats;
+pub mod threads;
 
 pub use packet::{is_rtcp, RtpError, RtpHeader, RtpPacket};
 

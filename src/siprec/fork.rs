@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::net::UdpSocket;
+// Plain sockets, registered with no reactor: the fork only sends, and a socket registered
+// for writability makes every send's freed buffer an epoll event on that runtime (a wake-up
+// of an idle worker per packet showed in profiles).
+use std::net::UdpSocket;
 use tracing::Instrument;
 
 use crate::registry::{
@@ -111,8 +114,21 @@ impl Outgoing {
     }
 }
 
-fn send(sock: &UdpSocket, data: &[u8], dest: SocketAddr, counters: &ForkCounters) -> bool {
-    match sock.try_send_to(data, dest) {
+/// Sends `data` to `dest`, or to the socket's peer when it is connected to `dest` (no route
+/// lookup per packet).
+fn send(
+    sock: &UdpSocket,
+    data: &[u8],
+    dest: SocketAddr,
+    connected: bool,
+    counters: &ForkCounters,
+) -> bool {
+    let sent = if connected {
+        sock.send(data)
+    } else {
+        sock.send_to(data, dest)
+    };
+    match sent {
         Ok(n) => {
             counters.packets.fetch_add(1, Ordering::Relaxed);
             counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -129,6 +145,8 @@ fn send(sock: &UdpSocket, data: &[u8], dest: SocketAddr, counters: &ForkCounters
 struct CalleeSink {
     sock: UdpSocket,
     dest: Option<SocketAddr>,
+    /// `sock` is connected to `dest`.
+    connected: bool,
     payload_type: u8,
     audio_track: AtomicUsize,
     paused: Arc<AtomicBool>,
@@ -161,10 +179,18 @@ impl InlineSink for CalleeSink {
             unit.timestamp,
             &unit.payload,
         );
-        send(&self.sock, data, dest, &self.counters)
+        send(&self.sock, data, dest, self.connected, &self.counters)
     }
 
     fn on_end(&self, _reason: &str) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("fork socket: {0}")]
+    Socket(#[from] std::io::Error),
 }
 
 /// Starts the fork on `stream`. The sockets of `pairs` (callee stream, caller stream) are
@@ -175,13 +201,20 @@ pub fn spawn(
     pairs: (BoundPair, BoundPair),
     cfg: ForkConfig,
     span: tracing::Span,
-) -> Result<ForkHandle, RegistryError> {
+) -> Result<ForkHandle, ForkError> {
     let paused = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(ForkCounters::default());
     let (callee, caller) = pairs;
+    let (callee_sock, caller_sock) = (callee.rtp.into_std()?, caller.rtp.into_std()?);
+    // The SRS only receives on the callee stream's socket (its RTCP goes to the RTCP port),
+    // so connecting it filters nothing it needs.
+    let connected = cfg
+        .callee_dest
+        .is_some_and(|d| callee_sock.connect(d).is_ok());
     let sink = Arc::new(CalleeSink {
-        sock: callee.rtp,
+        sock: callee_sock,
         dest: cfg.callee_dest,
+        connected,
         payload_type: cfg.payload_type,
         audio_track: AtomicUsize::new(NO_TRACK),
         paused: paused.clone(),
@@ -192,7 +225,8 @@ pub fn spawn(
     // The second stream only when the SRS took it (port ≠ 0) and there is something to send.
     let ticker = match cfg.caller_dest {
         Some(dest) if !cfg.caller_payload.is_empty() => Some(tokio::spawn(
-            caller_stream(caller.rtp, dest, cfg, paused.clone(), counters.clone()).instrument(span),
+            caller_stream(caller_sock, dest, cfg, paused.clone(), counters.clone())
+                .instrument(span),
         )),
         _ => None,
     };
@@ -227,6 +261,6 @@ async fn caller_stream(
         }
         let data = out.packet(cfg.payload_type, first, ts, &cfg.caller_payload);
         first = false;
-        send(&sock, data, dest, &counters);
+        send(&sock, data, dest, false, &counters);
     }
 }
