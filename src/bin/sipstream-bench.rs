@@ -67,7 +67,8 @@ fn usage() -> ! {
         "sipstream-bench [--quick] [--steps relay,setup,calls,fanout,rtpengine] [--out FILE.json]\n\
          \x20 [--gateway PATH] [--calls 100,500,1000] [--readers 0,1,3] [--hold SECS]\n\
          \x20 [--fanout 1,10,100,1000] [--setup-rates 250,500,...] [--setup-secs N]\n\
-         \x20 [--log-level warn] [--set key=value ...]"
+         \x20 [--log-level warn] [--set key=value ...]\n\
+         sipstream-bench --plot FILE.json   (the SVG plot of an earlier run)"
     );
     std::process::exit(2)
 }
@@ -98,6 +99,21 @@ fn parse_opts() -> Opts {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--plot" => {
+                // Only the plot, from the JSON of an earlier run.
+                let json = PathBuf::from(val());
+                let plot = std::fs::read(&json)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .and_then(|r| svg_plot(&r));
+                match plot.map(|svg| std::fs::write(json.with_extension("svg"), svg)) {
+                    Some(Ok(())) => std::process::exit(0),
+                    _ => {
+                        eprintln!("no plot: {} has no call rows", json.display());
+                        std::process::exit(1)
+                    }
+                }
+            }
             "--steps" => o.steps = list(&val()),
             "--out" => o.out = PathBuf::from(val()),
             "--gateway" => o.gateway = PathBuf::from(val()),
@@ -1737,6 +1753,116 @@ fn targets(r: &Value) -> Vec<Value> {
     out
 }
 
+/// The plot: gateway CPU (cores) against concurrent calls, one line per reader count, and
+/// rtpengine relaying the same number of one-way streams. `None` without call rows.
+/// One line of the plot: label, colour, (x, y) points.
+type Series = (String, &'static str, Vec<(f64, f64)>);
+
+fn svg_plot(r: &Value) -> Option<String> {
+    let mut series: Vec<Series> = Vec::new();
+    let calls = r["calls"].as_array()?;
+    let colours = ["#1b6ac9", "#d9480f", "#2b8a3e", "#862e9c"];
+    let mut readers: Vec<u64> = calls.iter().filter_map(|x| x["readers"].as_u64()).collect();
+    readers.sort_unstable();
+    readers.dedup();
+    for (i, k) in readers.iter().enumerate() {
+        let mut pts: Vec<(f64, f64)> = calls
+            .iter()
+            .filter(|x| x["readers"].as_u64() == Some(*k))
+            .filter_map(|x| Some((x["calls"].as_f64()?, x["cpu_cores"].as_f64()?)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let label = format!("sipstream, {k} reader{}", if *k == 1 { "" } else { "s" });
+        series.push((label, colours[i % colours.len()], pts));
+    }
+    if let Some(rt) = r["rtpengine"].as_array() {
+        let mut pts: Vec<(f64, f64)> = rt
+            .iter()
+            .filter_map(|x| Some((x["streams"].as_f64()?, x["cpu_cores"].as_f64()?)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series.push(("rtpengine (one-way relay)".into(), "#495057", pts));
+    }
+    let all = series.iter().flat_map(|s| s.2.iter());
+    let (x_max, y_max) = all.fold((0.0f64, 0.0f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
+    if x_max <= 0.0 {
+        return None;
+    }
+    let y_max = (y_max * 1.15).max(0.1);
+    let (w, h, left, bottom, top, right) = (720.0, 420.0, 60.0, 50.0, 50.0, 230.0);
+    let px = |x: f64| left + x / x_max * (w - left - right);
+    let py = |y: f64| h - bottom - y / y_max * (h - bottom - top);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"22\" font-size=\"14\">CPU against concurrent G.711 calls (50 pps each), {} cores, {}</text>\n\
+         <text x=\"{left}\" y=\"38\" fill=\"#495057\">{}</text>\n",
+        opt(&r["machine"]["cores"]),
+        opt(&r["date"]),
+        r["options"]["gateway_properties"]
+            .as_array()
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("gateway: {}", p.iter().map(opt).collect::<Vec<_>>().join(" ")))
+            .unwrap_or_default()
+    );
+    for i in 0..=5 {
+        let y = y_max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#dee2e6\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.2}</text>",
+            w - right,
+            left - 6.0,
+            py(y) + 4.0,
+            py = py(y)
+        );
+        let x = x_max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{x:.0}</text>",
+            px(x),
+            h - bottom + 18.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">concurrent calls</text><text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">cores (1.0 = one core busy)</text>",
+        px(x_max / 2.0),
+        h - 12.0,
+        h / 2.0,
+        h / 2.0
+    );
+    for (i, (label, colour, pts)) in series.iter().enumerate() {
+        let line: Vec<String> = pts
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            line.join(" ")
+        );
+        for (x, y) in pts {
+            let _ = writeln!(
+                out,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>",
+                px(*x),
+                py(*y)
+            );
+        }
+        let ly = top + 10.0 + i as f64 * 20.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{colour}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{label}</text>",
+            w - right + 12.0,
+            w - right + 34.0,
+            w - right + 40.0,
+            ly + 4.0
+        );
+    }
+    out.push_str("</svg>\n");
+    Some(out)
+}
+
 fn write_report(o: &Opts, r: &mut Value) -> Result<()> {
     r["machine"]["loadavg_end"] = json!(loadavg());
     r["targets"] = Value::Array(targets(r));
@@ -1747,6 +1873,9 @@ fn write_report(o: &Opts, r: &mut Value) -> Result<()> {
     std::fs::write(&o.out, serde_json::to_string_pretty(r)?)?;
     let md_path = o.out.with_extension("md");
     std::fs::write(&md_path, &md)?;
+    if let Some(svg) = svg_plot(r) {
+        std::fs::write(o.out.with_extension("svg"), svg)?;
+    }
     println!("{md}");
     progress(&format!(
         "wrote {} and {}",

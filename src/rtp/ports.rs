@@ -108,16 +108,6 @@ impl BoundPair {
     pub fn rtcp_addr(&self) -> io::Result<SocketAddr> {
         self.rtcp.local_addr()
     }
-
-    /// The same sockets registered with the reactor of the runtime this is called on (a
-    /// tokio socket is driven by the runtime it was created on).
-    pub fn register_here(self) -> io::Result<Self> {
-        Ok(Self {
-            rtp: UdpSocket::from_std(self.rtp.into_std()?)?,
-            rtcp: UdpSocket::from_std(self.rtcp.into_std()?)?,
-            lease: self.lease,
-        })
-    }
 }
 
 fn bind_one(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {

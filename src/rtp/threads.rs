@@ -2,11 +2,11 @@
 //! of the RTP legs.
 //!
 //! Why not the gateway's multi-threaded runtime: an RTP leg wakes 50 times a second and does
-//! a few microseconds of work each time. On a work-stealing runtime every such wake-up also
-//! unparks and re-parks other workers (futex calls, context switches); the benchmark showed a
-//! third of the gateway's CPU going there (1000 calls, one SIPREC reader each: 0.87 cores on
-//! the shared runtime, 0.58 with the legs on a single-threaded one). Legs are independent,
-//! so each one lives on one thread for its whole life, spread round-robin over the threads;
+//! a few microseconds of work each time. On a work-stealing runtime those wake-ups also
+//! unpark and re-park the other workers (futex calls, context switches). Measured with the
+//! bench (1000 calls, one SIPREC reader each, no silence sent): 0.85 cores with the legs on
+//! the shared runtime, 0.76 on two media threads. Legs are independent, so each one lives on
+//! one thread for its whole life, spread round-robin over the threads;
 //! its sockets are registered with that thread's reactor. Readers that are tasks elsewhere
 //! (recorder, WHEP, RTMP) are woken across threads as before; inline sinks (SIPREC forks) run
 //! on the leg's thread.
