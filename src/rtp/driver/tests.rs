@@ -281,3 +281,38 @@ async fn reader_keyframe_request_becomes_a_pli_to_the_sender() {
     );
     leg.stop().await;
 }
+
+#[test]
+fn recv_batch_reads_what_is_queued_and_tells_when_drained() {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind((LO, 0)).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let peer = std::net::UdpSocket::bind((LO, 0)).unwrap();
+    let to = sock.local_addr().unwrap();
+    let mut batch = RecvBatch::new(RECV_BATCH);
+
+    // Nothing queued: EAGAIN, as WouldBlock.
+    let e = batch.read(sock.as_raw_fd()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+
+    // One datagram: read, and the queue is known to be empty.
+    peer.send_to(&rtp(1), to).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(batch.read(sock.as_raw_fd()).unwrap());
+    let got: Vec<(Vec<u8>, SocketAddr)> = batch.datagrams().map(|(d, a)| (d.to_vec(), a)).collect();
+    assert_eq!(got, vec![(rtp(1), peer.local_addr().unwrap())]);
+
+    // Three queued: a full batch (not known to be drained), then the rest. A datagram longer
+    // than the second buffer is cut there and dropped, never passed on truncated.
+    peer.send_to(&rtp(2), to).unwrap();
+    peer.send_to(&vec![0x80u8; RECV_BUF_MORE + 100], to)
+        .unwrap();
+    peer.send_to(&rtp(3), to).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!batch.read(sock.as_raw_fd()).unwrap());
+    let got: Vec<Vec<u8>> = batch.datagrams().map(|(d, _)| d.to_vec()).collect();
+    assert_eq!(got, vec![rtp(2)]);
+    assert!(batch.read(sock.as_raw_fd()).unwrap());
+    let got: Vec<Vec<u8>> = batch.datagrams().map(|(d, _)| d.to_vec()).collect();
+    assert_eq!(got, vec![rtp(3)]);
+}
