@@ -10,20 +10,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sipstream::registry::{Leg, MediaUnit, ReaderEvent, Registry, TrackKind, TrackSpec};
+use sipstream::registry::{MediaUnit, ReaderEvent, Registry, TrackSpec};
 
 const QUEUE: usize = 256;
 
 fn spec() -> TrackSpec {
-    TrackSpec {
-        kind: TrackKind::Audio,
-        leg: Leg::Callee,
-        codec: "PCMU".into(),
-        clock_rate: 8000,
-        channels: 1,
-        payload_type: 0,
-        fmtp: None,
-    }
+    TrackSpec::audio("PCMU", 8000, 0)
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {

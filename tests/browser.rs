@@ -370,9 +370,7 @@ async fn a_recording_plays_and_seeks_in_chromium() {
     assert_eq!(status, 200);
     let call = gw.wait_status("recweb", &["FINISH"], T).await;
     assert_eq!(sipp.wait(T), Some(0));
-    let call_s = (call["endedAt"].as_u64().unwrap() - call["establishedAt"].as_u64().unwrap())
-        as f64
-        / 1000.0;
+    let call_s = common::call_seconds(&call);
     let deadline = Instant::now() + T;
     let file = loop {
         let (_, all) = gw.post("/recorder/find_all", "").await;

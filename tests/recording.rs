@@ -15,15 +15,7 @@ use sipstream::record::{start_recording, RecordingMeta, RecordingState};
 use sipstream::registry::{Leg, MediaUnit, Publisher, Registry, TrackKind, TrackSpec};
 
 fn pcmu_track() -> TrackSpec {
-    TrackSpec {
-        kind: TrackKind::Audio,
-        leg: Leg::Callee,
-        codec: "PCMU".into(),
-        clock_rate: 8000,
-        channels: 1,
-        payload_type: 0,
-        fmtp: None,
-    }
+    TrackSpec::audio("PCMU", 8000, 0)
 }
 
 /// 20 ms of a 440 Hz tone starting at sample `n0`.

@@ -57,6 +57,20 @@ fn ffprobe(path: &std::path::Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The file's duration (ffprobe) is the call's, answer to hang-up, within 2 %; both in seconds.
+fn lasts_as_long_as_the_call(probe: &Value, call: &Value) -> (f64, f64) {
+    let file_s: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no duration: {probe}"));
+    let call_s = common::call_seconds(call);
+    assert!(
+        (file_s - call_s).abs() <= call_s * 0.02,
+        "file {file_s} s, call {call_s} s"
+    );
+    (file_s, call_s)
+}
+
 fn decodes_fully(path: &std::path::Path) {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-xerror", "-i"])
@@ -126,18 +140,7 @@ async fn record_true_call_gives_a_playable_file_of_the_calls_length() {
     let streams = probe["streams"].as_array().unwrap();
     assert_eq!(streams.len(), 1, "{probe}");
     assert_eq!(streams[0]["codec_name"], "opus");
-    let file_s: f64 = probe["format"]["duration"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let call_s = (call["endedAt"].as_u64().unwrap() - call["establishedAt"].as_u64().unwrap())
-        as f64
-        / 1000.0;
-    assert!(
-        (file_s - call_s).abs() <= call_s * 0.02,
-        "file {file_s} s, call {call_s} s"
-    );
+    let (file_s, _) = lasts_as_long_as_the_call(&probe, &call);
     let packets: f64 = streams[0]["nb_read_packets"]
         .as_str()
         .unwrap()
@@ -264,18 +267,7 @@ async fn hold_without_media_stays_on_the_wall_clock() {
     wait_recording(&gw, &file, "done").await;
     let path = gw.dir().join("records").join(&file);
     let probe = ffprobe(&path);
-    let file_s: f64 = probe["format"]["duration"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let call_s = (call["endedAt"].as_u64().unwrap() - call["establishedAt"].as_u64().unwrap())
-        as f64
-        / 1000.0;
-    assert!(
-        (file_s - call_s).abs() <= call_s * 0.02,
-        "file {file_s} s, call {call_s} s"
-    );
+    let (file_s, call_s) = lasts_as_long_as_the_call(&probe, &call);
     decodes_fully(&path);
     let out = Command::new("ffmpeg")
         .args(["-v", "info", "-nostats", "-i"])

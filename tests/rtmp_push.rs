@@ -410,15 +410,7 @@ async fn h264_and_pcmu_stream_arrives_as_h264_and_aac() {
     let pushes = PushManager::new(registry.clone(), EventBus::new(64), PushConfig::default());
     let publisher = registry.create("synth", None).unwrap();
     let audio = publisher
-        .add_track(TrackSpec {
-            kind: TrackKind::Audio,
-            leg: Leg::Callee,
-            codec: "PCMU".into(),
-            clock_rate: 8000,
-            channels: 1,
-            payload_type: 0,
-            fmtp: None,
-        })
+        .add_track(TrackSpec::audio("PCMU", 8000, 0))
         .unwrap();
     let video = publisher
         .add_track(TrackSpec {

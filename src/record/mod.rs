@@ -697,19 +697,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stuck_disk_loses_fragments_loudly_and_never_blocks_the_stream() {
-        use crate::registry::{Leg, MediaUnit, TrackKind, TrackSpec};
+        use crate::registry::{MediaUnit, TrackSpec};
         let registry = Registry::new(4096);
         let publisher = registry.create("slow", None).unwrap();
         let track = publisher
-            .add_track(TrackSpec {
-                kind: TrackKind::Audio,
-                leg: Leg::Callee,
-                codec: "PCMU".into(),
-                clock_rate: 8000,
-                channels: 1,
-                payload_type: 0,
-                fmtp: None,
-            })
+            .add_track(TrackSpec::audio("PCMU", 8000, 0))
             .unwrap();
         let reader = registry.subscribe("slow", READER_KIND).unwrap();
         let disk = StuckDisk::default();

@@ -77,6 +77,21 @@ pub struct TrackSpec {
     pub fmtp: Option<String>,
 }
 
+impl TrackSpec {
+    /// A mono audio track of the callee leg without fmtp (G.711 and the like).
+    pub fn audio(codec: &str, clock_rate: u32, payload_type: u8) -> Self {
+        Self {
+            kind: TrackKind::Audio,
+            leg: Leg::Callee,
+            codec: codec.to_owned(),
+            clock_rate,
+            channels: 1,
+            payload_type,
+            fmtp: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RegistryError {
     #[error("stream {0:?} already exists")]

@@ -405,7 +405,7 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Leg, TrackKind, TrackSpec};
+    use crate::registry::TrackSpec;
 
     fn manager() -> (PushManager, Registry) {
         let reg = Registry::new(64);
@@ -453,15 +453,7 @@ mod tests {
         let mut events = m.inner.bus.subscribe();
         let publisher = reg.create("s2", None).unwrap();
         publisher
-            .add_track(TrackSpec {
-                kind: TrackKind::Audio,
-                leg: Leg::Callee,
-                codec: "PCMU".into(),
-                clock_rate: 8000,
-                channels: 1,
-                payload_type: 0,
-                fmtp: None,
-            })
+            .add_track(TrackSpec::audio("PCMU", 8000, 0))
             .unwrap();
         // A port nobody listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0")

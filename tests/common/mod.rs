@@ -39,6 +39,16 @@ pub fn port_block() -> (u16, u16) {
     (base, base + 39)
 }
 
+/// Seconds from answer to hang-up of a call object (`establishedAt` → `endedAt`, ms).
+pub fn call_seconds(call: &Value) -> f64 {
+    let at = |k: &str| {
+        call[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("call without {k}: {call}"))
+    };
+    at("endedAt").saturating_sub(at("establishedAt")) as f64 / 1000.0
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }

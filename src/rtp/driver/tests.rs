@@ -36,15 +36,7 @@ async fn leg_receives_publishes_sends_silence_and_rr() {
     let reg = Registry::new(256);
     let publisher = Arc::new(reg.create("leg-test", Some("call-1".into())).unwrap());
     let track = publisher
-        .add_track(TrackSpec {
-            kind: TrackKind::Audio,
-            leg: CallLeg::Callee,
-            codec: "PCMU".into(),
-            clock_rate: 8000,
-            channels: 1,
-            payload_type: 0,
-            fmtp: None,
-        })
+        .add_track(TrackSpec::audio("PCMU", 8000, 0))
         .unwrap();
     let mut reader = reg.subscribe("leg-test", "test").unwrap();
 
