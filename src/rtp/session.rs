@@ -172,6 +172,9 @@ pub struct RtpSession {
     tx_ts: u32,
     need_marker: bool,
     next_tick: Instant,
+    /// The last tick had nothing to send and none was expected: the clock then runs without
+    /// a timer, and the ticks skipped until the next one are not late.
+    clock_idle: bool,
     next_rtcp: Instant,
     inject: VecDeque<Bytes>,
     counters: SessionCounters,
@@ -197,6 +200,7 @@ impl RtpSession {
             tx_ts: cfg.initial_timestamp,
             need_marker: true,
             next_tick: now,
+            clock_idle: false,
             next_rtcp: now,
             inject: VecDeque::new(),
             counters: SessionCounters::default(),
@@ -452,13 +456,21 @@ impl RtpSession {
     /// One ptime tick: the media clock always advances; a packet goes out if we send, know
     /// where to, and have something (injected payload or silence).
     fn tick(&mut self, now: Instant) -> Option<Transmit> {
+        let t = self.clock_tick(now);
+        self.clock_idle = !self.has_media_to_send();
+        t
+    }
+
+    fn clock_tick(&mut self, now: Instant) -> Option<Transmit> {
         let ptime = self.ptime();
         let spt = self.samples_per_tick();
         // Woke up late by whole ticks: skip them (timestamps advance) rather than burst.
         let late = now.saturating_duration_since(self.next_tick);
         let missed = u32::try_from(late.as_nanos() / ptime.as_nanos().max(1)).unwrap_or(u32::MAX);
         if missed > 0 {
-            self.counters.tx_late_ticks += u64::from(missed);
+            if !self.clock_idle {
+                self.counters.tx_late_ticks += u64::from(missed);
+            }
             self.tx_ts = self.tx_ts.wrapping_add(spt.wrapping_mul(missed));
             self.next_tick += ptime * missed;
             self.need_marker = true;
@@ -552,7 +564,18 @@ impl RtpSession {
 
     /// When `poll_transmit` next has something (or the media clock must advance).
     pub fn poll_timeout(&self) -> Instant {
-        self.next_tick.min(self.next_rtcp)
+        if self.has_media_to_send() {
+            self.next_tick.min(self.next_rtcp)
+        } else {
+            // Nothing to send (no silence, nothing injected): the media clock catches up at
+            // the next event (`tick` skips whole ptimes), so no wake-up per ptime is needed.
+            self.next_rtcp
+        }
+    }
+
+    /// Whether a ptime tick can produce a packet: silence is on, or media was injected.
+    fn has_media_to_send(&self) -> bool {
+        !self.inject.is_empty() || (self.cfg.send_silence && !self.cfg.silence_payload.is_empty())
     }
 }
 
@@ -715,6 +738,39 @@ mod tests {
         }
         assert_eq!(rtcp_tx[0].1.to, addr(4001));
         assert_eq!(s.counters().tx_packets, 1001);
+    }
+
+    #[test]
+    fn without_silence_the_clock_needs_no_timer_until_media_is_injected() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.remote_rtp = Some(addr(4000));
+        c.send_silence = false;
+        let mut s = RtpSession::new(c, t0);
+        while s.poll_transmit(t0).is_some() {}
+        // Only RTCP is due: no wake-up every ptime.
+        assert!(s.poll_timeout() - t0 >= Duration::from_millis(1250));
+        // 1 s later something is injected: it goes out at once, the timestamps having run
+        // on with the clock (50 ticks), with a marker; the next packet is due a ptime later.
+        let t1 = t0 + Duration::from_secs(1);
+        s.inject(Bytes::from_static(&[0x55; 160]));
+        s.inject(Bytes::from_static(&[0x55; 160]));
+        let first = s.poll_transmit(t1).unwrap();
+        let p = RtpPacket::parse(&first.data).unwrap();
+        assert!(p.marker());
+        assert_eq!(p.timestamp(), 5000 + 160 * 50);
+        assert_eq!(s.poll_timeout(), t1 + Duration::from_millis(20));
+        assert_eq!(s.counters().tx_late_ticks, 0);
+        let second = s.poll_transmit(t1 + Duration::from_millis(20)).unwrap();
+        assert_eq!(
+            RtpPacket::parse(&second.data).unwrap().timestamp(),
+            5000 + 160 * 51
+        );
+        // Queue empty again: back to the RTCP deadline, and a later injection is not late.
+        assert!(s.poll_timeout() > t1 + Duration::from_millis(40));
+        s.inject(Bytes::from_static(&[0x55; 160]));
+        assert!(s.poll_transmit(t1 + Duration::from_secs(2)).is_some());
+        assert_eq!(s.counters().tx_late_ticks, 0);
     }
 
     #[test]
