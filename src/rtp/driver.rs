@@ -248,6 +248,8 @@ struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     got: [(usize, Option<SocketAddr>); RECV_BATCH],
     len: usize,
+    /// Datagrams longer than their buffer, dropped (the leg counts them as receive errors).
+    truncated: u64,
 }
 
 impl RecvBatch {
@@ -259,6 +261,7 @@ impl RecvBatch {
                 .collect(),
             got: [(0, None); RECV_BATCH],
             len: 0,
+            truncated: 0,
         }
     }
 
@@ -298,9 +301,10 @@ impl RecvBatch {
                     a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
                 }
             });
-            // A cut datagram is not the one that was sent: drop it (the caller counts nothing
-            // for a `None` source; the session would reject the cut packet anyway).
-            let from = from.filter(|_| !r.flags.contains(MsgFlags::MSG_TRUNC));
+            // A cut datagram is not the one that was sent: drop it, and count it.
+            let cut = r.flags.contains(MsgFlags::MSG_TRUNC);
+            self.truncated += u64::from(cut);
+            let from = from.filter(|_| !cut);
             *slot = (r.bytes, from);
             self.len += 1;
         }
@@ -381,6 +385,7 @@ impl Leg {
                     if let Some(e) = recv_ready(r, &mut rtp_in) {
                         self.recv_error(e);
                     }
+                    self.extra.recv_errors += std::mem::take(&mut rtp_in.truncated);
                     for (data, from) in rtp_in.datagrams() {
                         if is_rtcp(data) {
                             self.on_rtcp(from, data);
@@ -394,6 +399,7 @@ impl Leg {
                     if let Some(e) = recv_ready(r, &mut rtcp_in) {
                         self.recv_error(e);
                     }
+                    self.extra.recv_errors += std::mem::take(&mut rtcp_in.truncated);
                     for (data, from) in rtcp_in.datagrams() {
                         self.on_rtcp(from, data);
                     }

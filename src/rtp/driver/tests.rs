@@ -304,6 +304,7 @@ fn recv_batch_reads_what_is_queued_and_tells_when_drained() {
     assert!(!batch.read(sock.as_raw_fd()).unwrap());
     let got: Vec<Vec<u8>> = batch.datagrams().map(|(d, _)| d.to_vec()).collect();
     assert_eq!(got, vec![rtp(2)]);
+    assert_eq!(batch.truncated, 1);
     assert!(batch.read(sock.as_raw_fd()).unwrap());
     let got: Vec<Vec<u8>> = batch.datagrams().map(|(d, _)| d.to_vec()).collect();
     assert_eq!(got, vec![rtp(3)]);
