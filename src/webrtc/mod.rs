@@ -11,11 +11,12 @@
 //! Sans-IO parts: [`offer`] (codec choice) and [`forward`] (RTP rewriting, keyframe gate);
 //! [`session`] is the tokio driver around the `webrtc` crate.
 //!
-//! Keyframes for players that join mid-call: video is held back until the next keyframe.
-//! Asking the SIP side for one (RTCP PLI/FIR to the far end, or SIP INFO
-//! `picture_fast_update`, RFC 5168) needs a reverse path the registry does not have yet: a
-//! `Reader::request_keyframe(track)` that the publishing RTP leg sees as an event. See the
-//! README's WHEP section.
+//! Keyframes for players that join mid-call: video is held back until the next keyframe, and
+//! the session asks the SIP side for one when the player connects
+//! ([`crate::registry::Reader::request_keyframe`]; the publishing RTP leg sends an RTCP PLI
+//! to the far end). Not done: forwarding the browser's own PLI/FIR (the `webrtc` crate hands
+//! sender feedback to the application only through a custom interceptor), FIR towards the
+//! SIP side, and SIP INFO `picture_fast_update` (RFC 5168). See the README's WHEP section.
 
 pub mod forward;
 pub mod offer;
