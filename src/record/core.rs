@@ -582,17 +582,11 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::registry::Leg;
 
     fn spec(kind: TrackKind, codec: &str, rate: u32) -> TrackSpec {
         TrackSpec {
             kind,
-            leg: Leg::Callee,
-            codec: codec.into(),
-            clock_rate: rate,
-            channels: 1,
-            payload_type: 0,
-            fmtp: None,
+            ..TrackSpec::audio(codec, rate, 0)
         }
     }
 

@@ -240,25 +240,9 @@ fn unique_path(dir: &Path, name: &str) -> PathBuf {
 
 fn failed_info(stream: &str, file: &Path, meta: RecordingMeta, error: &str) -> RecordingInfo {
     RecordingInfo {
-        file_name: file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        stream: stream.to_string(),
-        call_id: meta.call_id,
-        sip_call_id: meta.sip_call_id,
-        media_session_id: meta.media_session_id,
-        participants: meta.participants,
         state: RecordingState::Failed,
         error: Some(error.to_owned()),
-        started_at: crate::record::utc_now().1,
-        ended_at: None,
-        duration_ms: 0,
-        size_bytes: 0,
-        codecs: Vec::new(),
         end_reason: Some(format!("failed: {error}")),
-        fragments_written: 0,
-        fragments_dropped: 0,
-        units_dropped: 0,
+        ..RecordingInfo::starting(stream, file, meta)
     }
 }

@@ -128,6 +128,34 @@ pub struct RecordingInfo {
     pub units_dropped: u64,
 }
 
+impl RecordingInfo {
+    /// A recording of `stream` into `file` that starts now: state `recording`, no media yet.
+    pub fn starting(stream: &str, file: &Path, meta: RecordingMeta) -> Self {
+        Self {
+            file_name: file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            stream: stream.to_owned(),
+            call_id: meta.call_id,
+            sip_call_id: meta.sip_call_id,
+            media_session_id: meta.media_session_id,
+            participants: meta.participants,
+            state: RecordingState::Recording,
+            error: None,
+            started_at: utc_now().1,
+            ended_at: None,
+            duration_ms: 0,
+            size_bytes: 0,
+            codecs: Vec::new(),
+            end_reason: None,
+            fragments_written: 0,
+            fragments_dropped: 0,
+            units_dropped: 0,
+        }
+    }
+}
+
 struct Shared {
     info: Mutex<RecordingInfo>,
     write_error: Mutex<Option<String>>,
@@ -262,29 +290,7 @@ fn spawn_recording<S: RecordSink>(
     meta: RecordingMeta,
     opts: RecordOptions,
 ) -> Result<RecordingHandle, RecordError> {
-    let (_, started_at) = utc_now();
-    let info = RecordingInfo {
-        file_name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        stream: stream.to_owned(),
-        call_id: meta.call_id,
-        sip_call_id: meta.sip_call_id,
-        media_session_id: meta.media_session_id,
-        participants: meta.participants,
-        state: RecordingState::Recording,
-        error: None,
-        started_at,
-        ended_at: None,
-        duration_ms: 0,
-        size_bytes: 0,
-        codecs: Vec::new(),
-        end_reason: None,
-        fragments_written: 0,
-        fragments_dropped: 0,
-        units_dropped: 0,
-    };
+    let info = RecordingInfo::starting(stream, &path, meta);
     let shared = Arc::new(Shared {
         info: Mutex::new(info),
         write_error: Mutex::new(None),
@@ -598,25 +604,11 @@ mod tests {
 
     fn shared() -> Shared {
         Shared {
-            info: Mutex::new(RecordingInfo {
-                file_name: String::new(),
-                stream: String::new(),
-                call_id: None,
-                sip_call_id: None,
-                media_session_id: None,
-                participants: Vec::new(),
-                state: RecordingState::Recording,
-                error: None,
-                started_at: String::new(),
-                ended_at: None,
-                duration_ms: 0,
-                size_bytes: 0,
-                codecs: Vec::new(),
-                end_reason: None,
-                fragments_written: 0,
-                fragments_dropped: 0,
-                units_dropped: 0,
-            }),
+            info: Mutex::new(RecordingInfo::starting(
+                "",
+                Path::new(""),
+                RecordingMeta::default(),
+            )),
             write_error: Mutex::new(None),
             failed: AtomicBool::new(false),
             size: AtomicU64::new(0),

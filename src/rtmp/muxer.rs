@@ -257,18 +257,12 @@ pub fn is_sequence_header(tag: &FlvTag) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Leg;
     use std::time::Duration;
 
     fn spec(kind: TrackKind, codec: &str, rate: u32) -> TrackSpec {
         TrackSpec {
             kind,
-            leg: Leg::Callee,
-            codec: codec.into(),
-            clock_rate: rate,
-            channels: 1,
-            payload_type: 0,
-            fmtp: None,
+            ..TrackSpec::audio(codec, rate, 0)
         }
     }
 

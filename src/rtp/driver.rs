@@ -245,20 +245,35 @@ const RECV_BUF_MORE: usize = 2048;
 
 /// Receive buffers and what the last read put in them.
 struct RecvBatch {
-    bufs: Vec<Vec<u8>>,
+    /// The first buffer takes [`RECV_BUF`], the others [`RECV_BUF_MORE`]; only the first
+    /// `slots` are read into.
+    bufs: [Vec<u8>; RECV_BATCH],
+    slots: usize,
     got: [(usize, Option<SocketAddr>); RECV_BATCH],
     len: usize,
     /// Datagrams longer than their buffer, dropped (the leg counts them as receive errors).
     truncated: u64,
 }
 
+thread_local! {
+    /// `recvmmsg` headers, allocated once per thread: they hold raw pointers (not `Send`, so
+    /// not in the leg's future) and allocating them per read would put an allocation on the
+    /// per-packet path.
+    static RECV_HEADERS: std::cell::RefCell<nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>> =
+        std::cell::RefCell::new(nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None));
+}
+
 impl RecvBatch {
     /// `slots` datagrams per read (1..=[`RECV_BATCH`]).
     fn new(slots: usize) -> Self {
+        let slots = slots.clamp(1, RECV_BATCH);
         Self {
-            bufs: (0..slots.clamp(1, RECV_BATCH))
-                .map(|i| vec![0u8; if i == 0 { RECV_BUF } else { RECV_BUF_MORE }])
-                .collect(),
+            bufs: std::array::from_fn(|i| match i {
+                0 => vec![0u8; RECV_BUF],
+                i if i < slots => vec![0u8; RECV_BUF_MORE],
+                _ => Vec::new(),
+            }),
+            slots,
             got: [(0, None); RECV_BATCH],
             len: 0,
             truncated: 0,
@@ -273,42 +288,46 @@ impl RecvBatch {
             .filter_map(|((n, from), buf)| Some((buf.get(..*n)?, (*from)?)))
     }
 
-    /// Reads what is queued on `fd` (up to [`RECV_BATCH`] datagrams) in one call; `Ok(true)`
-    /// when that emptied the queue (fewer than asked for came back).
+    /// Reads what is queued on `fd` (up to `slots` datagrams) in one call; `Ok(true)` when
+    /// that emptied the queue (fewer than asked for came back).
     fn read(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<bool> {
-        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+        use nix::sys::socket::{recvmmsg, MsgFlags};
         self.len = 0;
-        let slots = self.bufs.len();
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots, None);
-        let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = self
-            .bufs
-            .iter_mut()
-            .map(|b| [std::io::IoSliceMut::new(b)])
-            .collect();
-        let results = recvmmsg(
-            fd,
-            &mut headers,
-            iovs.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )
-        .map_err(std::io::Error::from)?;
-        for (slot, r) in self.got.iter_mut().zip(results) {
-            let from = r.address.and_then(|a| {
-                if let Some(v4) = a.as_sockaddr_in() {
-                    Some(SocketAddr::V4((*v4).into()))
-                } else {
-                    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
-                }
-            });
-            // A cut datagram is not the one that was sent: drop it, and count it.
-            let cut = r.flags.contains(MsgFlags::MSG_TRUNC);
-            self.truncated += u64::from(cut);
-            let from = from.filter(|_| !cut);
-            *slot = (r.bytes, from);
-            self.len += 1;
-        }
-        Ok(self.len < slots)
+        let slots = self.slots;
+        let (bufs, got, len, truncated) = (
+            &mut self.bufs,
+            &mut self.got,
+            &mut self.len,
+            &mut self.truncated,
+        );
+        RECV_HEADERS.with_borrow_mut(|headers| {
+            let mut iovs = bufs
+                .each_mut()
+                .map(|b| [std::io::IoSliceMut::new(b.as_mut_slice())]);
+            let results = recvmmsg(
+                fd,
+                headers,
+                iovs.iter_mut().take(slots),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(std::io::Error::from)?;
+            for (slot, r) in got.iter_mut().zip(results) {
+                let from = r.address.and_then(|a| {
+                    if let Some(v4) = a.as_sockaddr_in() {
+                        Some(SocketAddr::V4((*v4).into()))
+                    } else {
+                        a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+                    }
+                });
+                // A cut datagram is not the one that was sent: drop it, and count it.
+                let cut = r.flags.contains(MsgFlags::MSG_TRUNC);
+                *truncated += u64::from(cut);
+                *slot = (r.bytes, from.filter(|_| !cut));
+                *len += 1;
+            }
+            Ok(*len < slots)
+        })
     }
 }
 
