@@ -73,6 +73,14 @@ pub struct Config {
     pub rtp_timeout: Duration,
     pub stream_reader_queue: usize,
     pub max_calls: usize,
+    /// `inbound_calls`: accept or reject INVITEs addressed to the gateway.
+    pub inbound_accept: bool,
+    /// `inbound_user_pattern`: a regex the Request-URI user must match (None: any).
+    pub inbound_user_pattern: Option<regex::Regex>,
+    /// `inbound_call_id`: how an inbound call's callId is chosen.
+    pub inbound_call_id: InboundCallId,
+    /// `inbound_stream_name`: the stream name, `{user}` and `{callId}` replaced.
+    pub inbound_stream_name: String,
     /// WHEP ICE sockets bind here; empty: rtp_address.
     pub webrtc_address: Option<IpAddr>,
     pub webrtc_port_min: u16,
@@ -107,6 +115,15 @@ pub struct Config {
     pub rtmp_send_queue_kb: usize,
 }
 
+/// How an inbound call's callId is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundCallId {
+    /// The SIP Call-ID, with characters outside `A-Z a-z 0-9 _ . -` replaced by `_`.
+    SipCallId,
+    /// `in-` and 12 random characters.
+    Random,
+}
+
 /// Keys with their defaults, in the order of the properties file.
 pub const DEFAULTS: &[(&str, &str)] = &[
     ("rest_address", "127.0.0.1"),
@@ -137,6 +154,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("rtp_timeout_s", "0"),
     ("stream_reader_queue", "512"),
     ("max_calls", "2000"),
+    ("inbound_calls", "accept"),
+    ("inbound_user_pattern", ""),
+    ("inbound_call_id", "sip"),
+    ("inbound_stream_name", "{user}"),
     ("webrtc_address", ""),
     ("webrtc_port_min", "33000"),
     ("webrtc_port_max", "33999"),
@@ -281,6 +302,24 @@ impl Config {
             rtp_timeout: Duration::from_secs(r.parse("rtp_timeout_s")?),
             stream_reader_queue: r.parse("stream_reader_queue")?,
             max_calls: r.parse("max_calls")?,
+            inbound_accept: match r.string("inbound_calls").as_str() {
+                "accept" => true,
+                "reject" => false,
+                _ => return Err(r.err("inbound_calls", "expected accept or reject".into())),
+            },
+            inbound_user_pattern: match r.string("inbound_user_pattern") {
+                p if p.is_empty() => None,
+                p => Some(
+                    regex::Regex::new(&format!("^(?:{p})$"))
+                        .map_err(|e| r.err("inbound_user_pattern", e.to_string()))?,
+                ),
+            },
+            inbound_call_id: match r.string("inbound_call_id").as_str() {
+                "sip" => InboundCallId::SipCallId,
+                "random" => InboundCallId::Random,
+                _ => return Err(r.err("inbound_call_id", "expected sip or random".into())),
+            },
+            inbound_stream_name: r.string("inbound_stream_name"),
             webrtc_address: r.opt_parse("webrtc_address")?,
             webrtc_port_min: r.parse("webrtc_port_min")?,
             webrtc_port_max: r.parse("webrtc_port_max")?,

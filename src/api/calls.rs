@@ -4,14 +4,17 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::call_request::CallStartupRequest;
 use super::json::parse_body;
 use super::AppState;
-use crate::call::model::{CallInfo, CallStartupRequest};
+use crate::call::model::CallInfo;
 use crate::error::{ApiError, ErrorBody};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/call/startup", web::post().to(startup))
         .route("/call/terminate", web::post().to(terminate))
+        .route("/call/hold", web::post().to(hold))
+        .route("/call/unhold", web::post().to(unhold))
         .route("/call/find", web::post().to(find))
         .route("/call/find", web::get().to(find_get))
         .route("/call/find_all", web::post().to(find_all))
@@ -45,7 +48,7 @@ pub async fn startup(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let req: CallStartupRequest = parse_body(&body)?;
-    let spec = req.validate(|| format!("call-{}", crate::sip::dialog::random_token(12)))?;
+    let spec = req.validate(|| format!("call-{}", crate::ids::random_token(12)))?;
     let calls = state.calls.clone();
     let info = state
         .on_core(async move { calls.startup(spec).await })
@@ -62,6 +65,42 @@ pub async fn terminate(
 ) -> Result<HttpResponse, ApiError> {
     let req: CallIdRequest = parse_body(&body)?;
     Ok(HttpResponse::Ok().json(state.calls.terminate(&req.call_id)?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldRequest {
+    pub call_id: String,
+    /// `caller`, `callee` or `both` (default: the call's only leg).
+    pub leg: Option<String>,
+}
+
+/// Put a call on hold: a re-INVITE with our media `sendonly`. Answers at once; events
+/// `CallHolding`, `CallHoldStart`, then `CallHoldSuccessful` (status HOLD) or
+/// `CallHoldFailed` with the SIP status follow.
+#[utoipa::path(post, path = "/rest-api/call/hold", request_body = HoldRequest,
+    responses((status = 200, description = "re-INVITE sent (or already held)", body = CallInfo),
+        (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody),
+        (status = 409, description = "The call is not established, or a hold is in progress", body = ErrorBody)))]
+pub async fn hold(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let req: HoldRequest = parse_body(&body)?;
+    let info = state.calls.hold(&req.call_id, req.leg.as_deref(), true)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// Resume a held call: a re-INVITE with our media `sendrecv`; events `CallUnholding`,
+/// `CallUnholdStart`, then `CallUnholdSuccessful` (status ESTABLISHED) or `CallUnholdFailed`.
+#[utoipa::path(post, path = "/rest-api/call/unhold", request_body = HoldRequest,
+    responses((status = 200, description = "re-INVITE sent (or not held)", body = CallInfo),
+        (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody),
+        (status = 409, description = "The call is not established, or a hold is in progress", body = ErrorBody)))]
+pub async fn unhold(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req: HoldRequest = parse_body(&body)?;
+    let info = state.calls.hold(&req.call_id, req.leg.as_deref(), false)?;
+    Ok(HttpResponse::Ok().json(info))
 }
 
 /// One call by callId (active or recently ended), as a one-element list as WCS returns it.

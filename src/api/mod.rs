@@ -1,6 +1,7 @@
 //! The REST API (actix-web) under `/rest-api`, WCS-compatible where WCS has the method, plus
 //! `/health`, `/openapi.json` and the static `web/` pages. Handlers only translate between
 //! JSON and the call manager / registry; they hold no state of their own.
+pub mod call_request;
 pub mod calls;
 pub mod json;
 pub mod openapi;

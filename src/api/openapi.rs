@@ -14,6 +14,8 @@ use utoipa::OpenApi;
     paths(
         super::calls::startup,
         super::calls::terminate,
+        super::calls::hold,
+        super::calls::unhold,
         super::calls::find,
         super::calls::find_all,
         super::streams::find,

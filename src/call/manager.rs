@@ -1,7 +1,11 @@
 //! The call manager: turns a validated `/call/startup` into a SIP call whose media becomes a
-//! stream, follows the UA's events, and owns each call's media legs and stream publisher.
+//! stream, accepts INVITEs addressed to the gateway as inbound calls (by the `inbound_*`
+//! properties), follows the UA's events, and owns each call's media legs and stream publisher.
 //!
-//! It is the only place that joins SIP signalling, RTP and the registry. The call table sits
+//! It is the only place that joins SIP signalling, RTP and the registry, and the one that
+//! decides every SDP answer: offers from the far end come up from the UA as
+//! `UaEvent::RemoteOffer` and are answered here (a subset of the offer, our hold state, an
+//! `o=` version that moves only when our description changes). The call table sits
 //! behind one mutex that is never held across an `.await`; media work (binding ports,
 //! stopping legs) happens outside it.
 
@@ -25,8 +29,12 @@ use crate::rtp::ports::{BoundPair, PortPool};
 use crate::rtp::session::{silence_payload, SessionConfig};
 use crate::rtp::threads::MediaThreads;
 use crate::sip::driver::{local_ip_for, SipHandle};
-use crate::sip::sdp::{self, Direction, MediaKind, OfferParams, RtpMap, SessionDescription};
-use crate::sip::ua::{Account, CallKey, CallPhase, Command, PlaceCall, RegStatus, Route, UaEvent};
+use crate::sip::sdp::{
+    self, Direction, LocalSession, MediaKind, OfferParams, RtpMap, SessionDescription,
+};
+use crate::sip::ua::{
+    Account, CallKey, CallPhase, Command, IncomingCall, PlaceCall, RegStatus, Route, UaEvent,
+};
 
 /// How many ended calls `/call/find` still shows.
 const HISTORY: usize = 1000;
@@ -63,9 +71,81 @@ pub(super) struct State {
 pub(super) struct Entry {
     pub(super) info: CallInfo,
     pub(super) key: CallKey,
+    /// The registry leg of the far end: `Callee` for outbound calls, `Caller` for inbound.
+    pub(super) leg: Leg,
     pub(super) publisher: Option<Arc<Publisher>>,
     pub(super) media: Vec<MediaLeg>,
     pub(super) siprec: Vec<super::siprec::SiprecSession>,
+    /// Our side of the SDP session (origin id and version).
+    pub(super) sdp: LocalSession,
+    /// The address our SDP announces.
+    pub(super) media_ip: Option<IpAddr>,
+    pub(super) hold: HoldState,
+}
+
+/// Who holds whom.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct HoldState {
+    /// We hold the far end (our last accepted offer was sendonly).
+    pub(super) ours: bool,
+    /// A hold (true) or unhold (false) re-INVITE of ours is in flight.
+    pub(super) pending: Option<bool>,
+}
+
+impl Entry {
+    fn new(info: CallInfo, key: CallKey, leg: Leg) -> Self {
+        Self {
+            info,
+            key,
+            leg,
+            publisher: None,
+            media: Vec::new(),
+            siprec: Vec::new(),
+            sdp: LocalSession::new(rand::random::<u32>() as u64),
+            media_ip: None,
+            hold: HoldState::default(),
+        }
+    }
+
+    fn leg_name(&self) -> &'static str {
+        match self.leg {
+            Leg::Caller => "caller",
+            _ => "callee",
+        }
+    }
+
+    /// The far end's URI (the callee we called, or the caller who called us).
+    fn remote_uri(&self) -> &str {
+        self.info.caller.as_deref().unwrap_or(&self.info.callee)
+    }
+
+    /// Our description of the call's media, with direction `want` on every section.
+    fn local_sdp(&self, want: Direction) -> SessionDescription {
+        let section = |kind: TrackKind| {
+            self.media
+                .iter()
+                .find(|m| m.kind == kind)
+                .map(|m| (m.local_port, m.offered.clone()))
+        };
+        sdp::build_offer(&OfferParams {
+            session_id: 0,
+            version: 0,
+            ip: self
+                .media_ip
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            audio: section(TrackKind::Audio),
+            video: section(TrackKind::Video),
+            direction: want,
+        })
+    }
+
+    fn want(&self) -> Direction {
+        if self.hold.ours {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        }
+    }
 }
 
 /// One media line of the callee leg: ports reserved at startup, RTP running once negotiated.
@@ -149,16 +229,8 @@ impl CallManager {
             }
             let info = initial_info(&spec);
             st.history.retain(|id| id != &spec.call_id);
-            st.calls.insert(
-                spec.call_id.clone(),
-                Entry {
-                    info,
-                    key,
-                    publisher: None,
-                    media: Vec::new(),
-                    siprec: Vec::new(),
-                },
-            );
+            st.calls
+                .insert(spec.call_id.clone(), Entry::new(info, key, Leg::Callee));
             st.keys.insert(key, spec.call_id.clone());
             st.active += 1;
         }
@@ -198,37 +270,21 @@ impl CallManager {
         let media_ip = inner.cfg.media_ip.unwrap_or(local_ip);
 
         let mut media = Vec::new();
-        let mut offer = OfferParams {
-            session_id: rand::random::<u32>() as u64,
-            version: 1,
-            ip: media_ip,
-            audio: None,
-            video: None,
-            direction: Direction::SendRecv,
-        };
         if spec.has_audio {
-            let pair = self.allocate().await?;
-            let codecs = vec![
-                sdp::codec_pcmu(),
-                sdp::codec_pcma(),
-                sdp::codec_opus(),
-                sdp::codec_telephone_event(),
-            ];
-            let port = pair.lease.rtp_port();
-            offer.audio = Some((port, codecs.clone()));
-            media.push(MediaLeg::new(TrackKind::Audio, codecs, port, pair));
+            media.push(self.media_leg(TrackKind::Audio).await?);
         }
         if spec.has_video {
-            let pair = self.allocate().await?;
-            let codecs = vec![sdp::codec_h264()];
-            let port = pair.lease.rtp_port();
-            offer.video = Some((port, codecs.clone()));
-            media.push(MediaLeg::new(TrackKind::Video, codecs, port, pair));
+            media.push(self.media_leg(TrackKind::Video).await?);
         }
-        let sdp_offer = sdp::build_offer(&offer).to_string();
+        let registrar =
+            if spec.register && spec.registrar != (spec.proxy_host.clone(), spec.proxy_port) {
+                Some(resolve(&spec.registrar.0, spec.registrar.1).await?)
+            } else {
+                None
+            };
 
         let sip_call_id = crate::sip::ua::new_call_id(local_ip);
-        let info = {
+        let (info, sdp_offer) = {
             let mut st = inner.state.lock();
             let Some(entry) = st.calls.get_mut(&spec.call_id) else {
                 return Err(ApiError::Internal("call vanished during startup".into()));
@@ -236,8 +292,11 @@ impl CallManager {
             entry.info.sip_call_id = Some(sip_call_id.clone());
             entry.publisher = Some(publisher);
             entry.media = media;
-            entry.info.legs = vec![leg_info(&spec.callee_uri, &entry.media)];
-            entry.info.clone()
+            entry.media_ip = Some(media_ip);
+            let offer = entry.local_sdp(Direction::SendRecv);
+            let sdp_offer = entry.sdp.stamp(offer);
+            entry.info.legs = vec![leg_info("callee", &spec.callee_uri, &entry.media)];
+            (entry.info.clone(), sdp_offer)
         };
         let place = PlaceCall {
             key,
@@ -253,8 +312,9 @@ impl CallManager {
                 transport: spec.transport,
                 dest,
                 local: SocketAddr::new(local_ip, sip_port),
-                sticky: spec.proxy_host != spec.domain,
+                sticky: spec.sticky,
             },
+            registrar,
             sdp_offer,
             body: None,
             from_uri: None,
@@ -268,27 +328,38 @@ impl CallManager {
                 "the SIP stack is shutting down".into(),
             ));
         }
-        tracing::info!(call_id = %spec.call_id, stream = %spec.stream, callee = %spec.callee_uri, "call started");
+        tracing::info!(call_id = %spec.call_id, stream = %spec.stream, callee = %spec.callee_uri, dest = %dest, "call started");
         self.publish_status(&info);
+        self.start_outputs(
+            &info,
+            spec.record,
+            vec![
+                format!("sip:{}@{}", spec.sip_login, spec.domain),
+                spec.callee_uri.clone(),
+            ],
+        )
+        .await;
+        Ok(info)
+    }
+
+    /// What a call asks for once it exists: its recording (`record`, `sip_record_stream`)
+    /// and SIPREC (`siprec_auto`). Failures are reported (events, logs); the call goes on.
+    async fn start_outputs(&self, info: &CallInfo, record: bool, participants: Vec<String>) {
         let cfg = &self.inner.cfg;
-        if spec.record || cfg.sip_record_stream {
+        if record || cfg.sip_record_stream {
             let meta = crate::record::RecordingMeta {
-                call_id: Some(spec.call_id.clone()),
-                sip_call_id: Some(sip_call_id.clone()),
+                call_id: Some(info.call_id.clone()),
+                sip_call_id: info.sip_call_id.clone(),
                 media_session_id: None,
-                participants: vec![
-                    format!("sip:{}@{}", spec.sip_login, spec.domain),
-                    spec.callee_uri.clone(),
-                ],
+                participants,
             };
-            // A recording that cannot start is reported (event, log); the call goes on.
-            if let Err(e) = self.inner.recordings.start(&spec.stream, meta) {
-                tracing::warn!(call_id = %spec.call_id, error = %e, "recording not started");
+            if let Err(e) = self.inner.recordings.start(&info.to_stream, meta) {
+                tracing::warn!(call_id = %info.call_id, error = %e, "recording not started");
             }
         }
         if cfg.siprec_auto {
             let req = crate::siprec::SiprecStartRequest {
-                call_id: spec.call_id.clone(),
+                call_id: info.call_id.clone(),
                 srs: None,
                 instance: Some("auto".into()),
                 group: None,
@@ -303,10 +374,25 @@ impl CallManager {
                 skip_failover_codes: None,
             };
             if let Err(e) = Box::pin(self.siprec_start(req)).await {
-                tracing::warn!(call_id = %spec.call_id, error = %e, "siprec_auto: recording not started");
+                tracing::warn!(call_id = %info.call_id, error = %e, "siprec_auto: recording not started");
             }
         }
-        Ok(info)
+    }
+
+    /// Reserves the RTP ports of one media line with the codecs we offer for its kind.
+    async fn media_leg(&self, kind: TrackKind) -> Result<MediaLeg, ApiError> {
+        let pair = self.allocate().await?;
+        let codecs = match kind {
+            TrackKind::Audio => vec![
+                sdp::codec_pcmu(),
+                sdp::codec_pcma(),
+                sdp::codec_opus(),
+                sdp::codec_telephone_event(),
+            ],
+            TrackKind::Video => vec![sdp::codec_h264()],
+        };
+        let port = pair.lease.rtp_port();
+        Ok(MediaLeg::new(kind, codecs, port, pair))
     }
 
     pub(super) async fn allocate(&self) -> Result<BoundPair, ApiError> {
@@ -362,7 +448,7 @@ impl CallManager {
     fn snapshot(&self, entry: &Entry) -> CallInfo {
         let mut info = entry.info.clone();
         if !entry.media.is_empty() {
-            info.legs = vec![leg_info(&info.callee, &entry.media)];
+            info.legs = vec![leg_info(entry.leg_name(), entry.remote_uri(), &entry.media)];
         }
         info
     }
@@ -380,6 +466,8 @@ impl CallManager {
                     sip_call_id,
                 } => self.on_call_state(key, phase, sip_status, reason, sdp, sip_call_id),
                 UaEvent::RemoteMedia { key, sdp } => self.on_remote_media(key, &sdp),
+                UaEvent::RemoteOffer { key, sdp } => self.on_remote_offer(key, sdp),
+                UaEvent::Incoming(call) => self.on_incoming(*call),
                 UaEvent::Registration {
                     login,
                     domain,
@@ -399,11 +487,7 @@ impl CallManager {
                         timestamp: unix_ms(),
                     });
                 }
-                UaEvent::Reinvited { key, status, .. } => {
-                    if !(200..300).contains(&status) {
-                        tracing::warn!(key, status, "re-INVITE refused");
-                    }
-                }
+                UaEvent::Reinvited { key, status, sdp } => self.on_reinvited(key, status, sdp),
                 UaEvent::Idle => self.inner.idle.notify_waiters(),
             }
         }
@@ -451,7 +535,7 @@ impl CallManager {
                 entry.info.established_at = Some(unix_ms());
             }
             if let Some(sdp) = &sdp {
-                self.apply_remote_sdp(entry, sdp);
+                self.apply_remote_sdp(entry, sdp, None);
             }
             if phase == CallPhase::Established {
                 self.siprec_on_call_phase(&mut st, &call_id, phase);
@@ -461,7 +545,8 @@ impl CallManager {
             };
             if phase.is_final() {
                 entry.info.ended_at = Some(unix_ms());
-                entry.info.legs = vec![leg_info(&entry.info.callee, &entry.media)];
+                entry.info.legs =
+                    vec![leg_info(entry.leg_name(), entry.remote_uri(), &entry.media)];
                 ended = Some((
                     entry.publisher.take(),
                     std::mem::take(&mut entry.media),
@@ -498,35 +583,20 @@ impl CallManager {
         }
     }
 
+    /// The far end's answer to an offer we made in a 2xx (it came in the ACK).
     fn on_remote_media(&self, key: CallKey, sdp: &str) {
         let info = {
             let mut st = self.inner.state.lock();
-            let Some(call_id) = st.keys.get(&key).cloned() else {
+            let Some(entry) = st
+                .keys
+                .get(&key)
+                .cloned()
+                .and_then(|id| st.calls.get_mut(&id))
+            else {
                 return;
             };
-            let Some(entry) = st.calls.get_mut(&call_id) else {
-                return;
-            };
-            self.apply_remote_sdp(entry, sdp);
-            // The far end holding us (sendonly/inactive towards us) shows as HOLD.
-            let directions: Vec<Direction> =
-                entry.media.iter().filter_map(|m| m.direction).collect();
-            let held = !directions.is_empty()
-                && directions
-                    .iter()
-                    .all(|d| matches!(d, Direction::SendOnly | Direction::Inactive));
-            let next = match (entry.info.status, held) {
-                (CallPhase::Established, true) => Some(CallPhase::Hold),
-                (CallPhase::Hold, false) => Some(CallPhase::Established),
-                _ => None,
-            };
-            match next {
-                Some(p) => {
-                    entry.info.status = p;
-                    Some(entry.info.clone())
-                }
-                None => None,
-            }
+            self.apply_remote_sdp(entry, sdp, None);
+            hold_status(entry)
         };
         if let Some(info) = info {
             tracing::info!(call_id = %info.call_id, status = info.status.as_str(), "call status");
@@ -534,9 +604,341 @@ impl CallManager {
         }
     }
 
+    /// An offer from the far end inside the dialog: we answer it (or 488), and follow its
+    /// hold. SIPREC dialogs are answered by their controller.
+    fn on_remote_offer(&self, key: CallKey, offer: Option<String>) {
+        let (result, info) = {
+            let mut st = self.inner.state.lock();
+            match st.keys.get(&key).cloned() {
+                Some(call_id) => match st.calls.get_mut(&call_id) {
+                    Some(entry) => {
+                        let r = self.answer_offer(entry, offer.as_deref());
+                        (r, hold_status(entry))
+                    }
+                    None => (Err(481), None),
+                },
+                None => (
+                    self.siprec_answer_offer(&mut st, key, offer.as_deref())
+                        .unwrap_or(Err(481)),
+                    None,
+                ),
+            }
+        };
+        if let Err(status) = result {
+            tracing::info!(key, status, "offer from the far end refused");
+        }
+        self.inner.sip.command(Command::AnswerOffer { key, result });
+        if let Some(info) = info {
+            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), "call status");
+            self.publish_status(&info);
+        }
+    }
+
+    /// Our answer to `offer` (None: a re-INVITE without SDP asks for our offer). The media
+    /// follows the offer at once; a 488 leaves the call as it was.
+    fn answer_offer(&self, entry: &mut Entry, offer: Option<&str>) -> Result<String, u16> {
+        let want = entry.want();
+        let Some(text) = offer else {
+            let ours = entry.local_sdp(want);
+            return Ok(entry.sdp.stamp(ours));
+        };
+        let remote = SessionDescription::parse(text).map_err(|_| 488u16)?;
+        let answer = sdp::answer(&entry.local_sdp(want), &remote, want);
+        if answer.media.iter().all(|m| m.port == 0) {
+            tracing::info!(call_id = %entry.info.call_id, "offer has no media we can take");
+            return Err(488);
+        }
+        self.apply_remote_sdp(entry, text, Some(want));
+        Ok(entry.sdp.stamp(answer))
+    }
+
+    /// The answer to our own re-INVITE (hold, unhold): the media follows it, and the
+    /// progress goes out as events.
+    fn on_reinvited(&self, key: CallKey, status: u16, answer: Option<String>) {
+        let (event, info) = {
+            let mut st = self.inner.state.lock();
+            let Some(entry) = st
+                .keys
+                .get(&key)
+                .cloned()
+                .and_then(|id| st.calls.get_mut(&id))
+            else {
+                if !(200..300).contains(&status) {
+                    tracing::warn!(key, status, "re-INVITE refused");
+                }
+                return;
+            };
+            let Some(on) = entry.hold.pending.take() else {
+                return;
+            };
+            let ok = (200..300).contains(&status);
+            if ok {
+                entry.hold.ours = on;
+                if let Some(sdp) = &answer {
+                    self.apply_remote_sdp(entry, sdp, None);
+                }
+            }
+            let name = match (on, ok) {
+                (true, true) => "CallHoldSuccessful",
+                (true, false) => "CallHoldFailed",
+                (false, true) => "CallUnholdSuccessful",
+                (false, false) => "CallUnholdFailed",
+            };
+            tracing::info!(call_id = %entry.info.call_id, status, event = name, "hold");
+            let event = control_event(entry, name, Some(status), None);
+            (event, hold_status(entry))
+        };
+        self.inner.bus.publish(event);
+        if let Some(info) = info {
+            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), "call status");
+            self.publish_status(&info);
+        }
+    }
+
+    /// `/call/hold` (`on`) and `/call/unhold`: a re-INVITE with our media sendonly (or
+    /// sendrecv again). Answers at once; `CallHolding → CallHoldStart → CallHoldSuccessful`
+    /// (or `CallHoldFailed` with the SIP status) follow as events.
+    pub fn hold(&self, call_id: &str, leg: Option<&str>, on: bool) -> Result<CallInfo, ApiError> {
+        let (events, info) = {
+            let mut st = self.inner.state.lock();
+            let entry = st
+                .calls
+                .get_mut(call_id)
+                .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            if let Some(leg) = leg {
+                if leg != "both" && leg != entry.leg_name() {
+                    return Err(ApiError::BadRequest(format!(
+                        "leg: {leg:?}: this call has one leg, {:?} (or use both)",
+                        entry.leg_name()
+                    )));
+                }
+            }
+            if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
+                return Err(ApiError::Conflict(format!(
+                    "callId {call_id:?} is {}: only an established call can be {}",
+                    entry.info.status.as_str(),
+                    if on { "held" } else { "resumed" }
+                )));
+            }
+            if entry.hold.pending.is_some() {
+                return Err(ApiError::Conflict(format!(
+                    "callId {call_id:?}: a hold or unhold is already in progress"
+                )));
+            }
+            if entry.hold.ours == on {
+                // Already where the caller wants it: nothing to send.
+                return Ok(self.snapshot(entry));
+            }
+            entry.hold.pending = Some(on);
+            let want = if on {
+                Direction::SendOnly
+            } else {
+                Direction::SendRecv
+            };
+            let ours = entry.local_sdp(want);
+            let sdp = entry.sdp.stamp(ours);
+            self.inner.sip.command(Command::Reinvite {
+                key: entry.key,
+                sdp,
+            });
+            let (a, b) = if on {
+                ("CallHolding", "CallHoldStart")
+            } else {
+                ("CallUnholding", "CallUnholdStart")
+            };
+            tracing::info!(call_id, hold = on, "hold re-INVITE sent");
+            let events = [
+                control_event(entry, a, None, None),
+                control_event(entry, b, None, None),
+            ];
+            (events, self.snapshot(entry))
+        };
+        for e in events {
+            self.inner.bus.publish(e);
+        }
+        Ok(info)
+    }
+
+    // ---- inbound calls ----
+
+    /// An INVITE to the gateway: routed by the `inbound_*` properties, reserved in the call
+    /// table at once (so that its CANCEL finds it), then set up off the event loop.
+    fn on_incoming(&self, ic: IncomingCall) {
+        let cfg = &self.inner.cfg;
+        let reject = |status: u16, why: &str| {
+            tracing::info!(sip_call_id = %ic.sip_call_id, user = %ic.user, status, why, "inbound call refused");
+            self.inner.sip.command(Command::Reject {
+                key: ic.key,
+                status,
+            });
+        };
+        if !cfg.inbound_accept {
+            return reject(403, "inbound_calls=reject");
+        }
+        if let Some(p) = &cfg.inbound_user_pattern {
+            if !p.is_match(&ic.user) {
+                return reject(404, "the user does not match inbound_user_pattern");
+            }
+        }
+        let call_id = match cfg.inbound_call_id {
+            crate::config::InboundCallId::SipCallId => sanitize_id(&ic.sip_call_id),
+            crate::config::InboundCallId::Random => {
+                format!("in-{}", crate::ids::random_token(12))
+            }
+        };
+        let user = if ic.user.is_empty() {
+            "inbound"
+        } else {
+            &ic.user
+        };
+        let stream = sanitize_id(
+            &cfg.inbound_stream_name
+                .replace("{user}", user)
+                .replace("{callId}", &call_id),
+        );
+        {
+            let mut st = self.inner.state.lock();
+            if st.active >= cfg.max_calls {
+                drop(st);
+                return reject(503, "max_calls reached");
+            }
+            if st
+                .calls
+                .get(&call_id)
+                .is_some_and(|e| !e.info.status.is_final())
+            {
+                drop(st);
+                return reject(482, "a call with this callId is active");
+            }
+            let info = inbound_info(&ic, &call_id, &stream, cfg.sip_record_stream);
+            st.history.retain(|id| id != &call_id);
+            st.calls
+                .insert(call_id.clone(), Entry::new(info, ic.key, Leg::Caller));
+            st.keys.insert(ic.key, call_id.clone());
+            st.active += 1;
+        }
+        tracing::info!(%call_id, stream = %stream, from = %ic.from_uri, to = %ic.request_uri, "inbound call");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let key = ic.key;
+            match this.accept_incoming(&ic, &call_id, &stream).await {
+                Ok(info) => {
+                    this.publish_status(&info);
+                    let participants = vec![ic.from_uri.clone(), ic.request_uri.clone()];
+                    this.start_outputs(&info, false, participants).await;
+                }
+                Err((status, why)) => {
+                    tracing::info!(%call_id, status, why = %why, "inbound call not answered");
+                    // The UA's final CallState ends the entry and frees what it holds.
+                    this.inner.sip.command(Command::Reject { key, status });
+                }
+            }
+        });
+    }
+
+    /// Creates the stream, reserves ports for what the caller offers, answers.
+    async fn accept_incoming(
+        &self,
+        ic: &IncomingCall,
+        call_id: &str,
+        stream: &str,
+    ) -> Result<CallInfo, (u16, String)> {
+        let offer = match &ic.sdp {
+            Some(text) => {
+                Some(SessionDescription::parse(text).map_err(|e| (488, format!("offer: {e}")))?)
+            }
+            None => None,
+        };
+        let (has_audio, has_video) = match &offer {
+            Some(o) => (
+                o.media
+                    .iter()
+                    .any(|m| m.kind == MediaKind::Audio && m.port != 0),
+                o.media
+                    .iter()
+                    .any(|m| m.kind == MediaKind::Video && m.port != 0),
+            ),
+            None => (true, false),
+        };
+        if !has_audio && !has_video {
+            return Err((488, "the offer has no audio or video".into()));
+        }
+        let local_ip = self.local_ip(ic.source).map_err(|e| (500, e.to_string()))?;
+        let sip_port = self
+            .inner
+            .sip
+            .port(ic.transport)
+            .ok_or_else(|| (500, "transport disabled".to_string()))?;
+        let media_ip = self.inner.cfg.media_ip.unwrap_or(local_ip);
+        let publisher = self
+            .inner
+            .registry
+            .create(stream, Some(call_id.to_string()))
+            .map_err(|e| match e {
+                RegistryError::AlreadyExists(_) => (486, format!("stream {stream:?} is live")),
+                other => (500, other.to_string()),
+            })?;
+        let publisher = Arc::new(publisher);
+        let mut media = Vec::new();
+        for (kind, wanted) in [(TrackKind::Audio, has_audio), (TrackKind::Video, has_video)] {
+            if wanted {
+                match self.media_leg(kind).await {
+                    Ok(m) => media.push(m),
+                    Err(e) => {
+                        publisher.end("FAILED");
+                        return Err((503, e.to_string()));
+                    }
+                }
+            }
+        }
+        let (sdp, info) = {
+            let mut st = self.inner.state.lock();
+            let live = st.keys.get(&ic.key).map(String::as_str) == Some(call_id);
+            let Some(entry) = st.calls.get_mut(call_id).filter(|_| live) else {
+                // CANCELled (or ended) while we were setting up.
+                publisher.end("FINISH");
+                return Err((487, "the call ended during set-up".into()));
+            };
+            entry.publisher = Some(publisher.clone());
+            entry.media = media;
+            entry.media_ip = Some(media_ip);
+            entry.info.has_audio = has_audio;
+            entry.info.has_video = has_video;
+            let sdp = match &offer {
+                Some(o) => {
+                    let answer = sdp::answer(
+                        &entry.local_sdp(Direction::SendRecv),
+                        o,
+                        Direction::SendRecv,
+                    );
+                    if answer.media.iter().all(|m| m.port == 0) {
+                        return Err((488, "no codec of the offer is one we take".into()));
+                    }
+                    if let Some(text) = &ic.sdp {
+                        self.apply_remote_sdp(entry, text, Some(Direction::SendRecv));
+                    }
+                    entry.sdp.stamp(answer)
+                }
+                None => {
+                    let ours = entry.local_sdp(Direction::SendRecv);
+                    entry.sdp.stamp(ours)
+                }
+            };
+            entry.info.legs = vec![leg_info(entry.leg_name(), entry.remote_uri(), &entry.media)];
+            (sdp, entry.info.clone())
+        };
+        self.inner.sip.command(Command::Answer {
+            key: ic.key,
+            sdp,
+            local: SocketAddr::new(local_ip, sip_port),
+        });
+        Ok(info)
+    }
+
     /// Negotiates each media line against the remote SDP; starts RTP on first use, updates
     /// the remote address, direction and codec afterwards.
-    fn apply_remote_sdp(&self, entry: &mut Entry, text: &str) {
+    /// `want`: Some(our wish) when `text` is an offer we answer, None when it answers ours.
+    fn apply_remote_sdp(&self, entry: &mut Entry, text: &str, want: Option<Direction>) {
         let call_id = entry.info.call_id.clone();
         let remote = match SessionDescription::parse(text) {
             Ok(r) => r,
@@ -547,11 +949,11 @@ impl CallManager {
         };
         let cfg = &self.inner.cfg;
         for leg in entry.media.iter_mut() {
-            let want = match leg.kind {
+            let kind = match leg.kind {
                 TrackKind::Audio => MediaKind::Audio,
                 TrackKind::Video => MediaKind::Video,
             };
-            let Some(m) = remote.media.iter().find(|m| m.kind == want) else {
+            let Some(m) = remote.media.iter().find(|m| m.kind == kind) else {
                 continue;
             };
             let neg = match sdp::negotiate(&leg.offered, m, remote.connection) {
@@ -565,7 +967,7 @@ impl CallManager {
             leg.direction = Some(neg.direction);
             let track_spec = TrackSpec {
                 kind: leg.kind,
-                leg: Leg::Callee,
+                leg: entry.leg,
                 codec: neg.codec.encoding.clone(),
                 clock_rate: neg.codec.clock_rate,
                 channels: neg.codec.channels,
@@ -574,7 +976,10 @@ impl CallManager {
             };
             let silence =
                 silence_payload(&neg.codec.encoding, neg.codec.clock_rate, cfg.rtp_ptime_ms);
-            let ours = neg.direction.reversed();
+            let ours = match want {
+                Some(w) => sdp::answer_direction(neg.direction, w),
+                None => neg.direction.reversed(),
+            };
             match (&leg.running, leg.pair.take()) {
                 (None, Some(pair)) => {
                     let Some(publisher) = entry.publisher.clone() else {
@@ -691,6 +1096,8 @@ impl MediaLeg {
 fn initial_info(spec: &CallSpec) -> CallInfo {
     CallInfo {
         call_id: spec.call_id.clone(),
+        direction: "outbound".into(),
+        caller: None,
         callee: spec.callee_uri.clone(),
         sip_login: spec.sip_login.clone(),
         sip_domain: spec.domain.clone(),
@@ -713,9 +1120,93 @@ fn initial_info(spec: &CallSpec) -> CallInfo {
     }
 }
 
-fn leg_info(uri: &str, media: &[MediaLeg]) -> LegInfo {
+/// The call object of an inbound call before it is answered.
+fn inbound_info(ic: &IncomingCall, call_id: &str, stream: &str, record: bool) -> CallInfo {
+    let host = crate::sip::dialog::parse_uri(&ic.request_uri)
+        .map(|u| u.host_with_port.host.to_string())
+        .unwrap_or_default();
+    CallInfo {
+        call_id: call_id.to_string(),
+        direction: "inbound".into(),
+        caller: Some(ic.from_uri.clone()),
+        callee: ic.request_uri.clone(),
+        sip_login: ic.user.clone(),
+        sip_domain: host,
+        sip_outbound_proxy: ic.source.ip().to_string(),
+        sip_port: ic.source.port(),
+        sip_transport: ic.transport.via_token().to_ascii_lowercase(),
+        sip_register_required: false,
+        has_audio: true,
+        has_video: false,
+        to_stream: stream.to_string(),
+        record,
+        status: CallPhase::Pending,
+        sip_status: None,
+        reason: None,
+        sip_call_id: Some(ic.sip_call_id.clone()),
+        created_at: unix_ms(),
+        established_at: None,
+        ended_at: None,
+        legs: Vec::new(),
+    }
+}
+
+/// `text` made into an id: characters outside `A-Z a-z 0-9 _ . -` become `_`, at most 128.
+fn sanitize_id(text: &str) -> String {
+    let id: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    if id.is_empty() {
+        format!("in-{}", crate::ids::random_token(12))
+    } else {
+        id
+    }
+}
+
+/// The status a change of directions gives: HOLD while either side holds the other.
+fn hold_status(entry: &mut Entry) -> Option<CallInfo> {
+    let directions: Vec<Direction> = entry.media.iter().filter_map(|m| m.direction).collect();
+    let peer_holds = !directions.is_empty()
+        && directions
+            .iter()
+            .all(|d| matches!(d, Direction::SendOnly | Direction::Inactive));
+    let held = entry.hold.ours || peer_holds;
+    let next = match (entry.info.status, held) {
+        (CallPhase::Established, true) => CallPhase::Hold,
+        (CallPhase::Hold, false) => CallPhase::Established,
+        _ => return None,
+    };
+    entry.info.status = next;
+    Some(entry.info.clone())
+}
+
+fn control_event(
+    entry: &Entry,
+    name: &str,
+    sip_status: Option<u16>,
+    reason: Option<String>,
+) -> Event {
+    Event::CallControlEvent {
+        call_id: entry.info.call_id.clone(),
+        event: name.to_string(),
+        leg: Some(entry.leg_name().to_string()),
+        sip_status,
+        reason,
+        timestamp: unix_ms(),
+    }
+}
+
+fn leg_info(name: &str, uri: &str, media: &[MediaLeg]) -> LegInfo {
     LegInfo {
-        name: "callee".into(),
+        name: name.into(),
         uri: uri.to_string(),
         tracks: media
             .iter()

@@ -376,6 +376,7 @@ impl CallManager {
                 },
                 callee_uri: target.uri.clone(),
                 register: false,
+                registrar: None,
                 route: Route {
                     transport: target.transport,
                     dest,
@@ -469,6 +470,44 @@ impl CallManager {
                 self.stop_session(keys, s, call_id);
             }
         }
+    }
+
+    /// The SRS re-offers inside a recording dialog (e.g. a session refresh): we answer from
+    /// our own description, sendonly (inactive while paused), with the offer's subset of our
+    /// codec. None when `key` is not a SIPREC dialog.
+    pub(super) fn siprec_answer_offer(
+        &self,
+        st: &mut State,
+        key: CallKey,
+        offer: Option<&str>,
+    ) -> Option<Result<String, u16>> {
+        let (call_id, instance) = st.siprec_keys.get(&key).cloned()?;
+        let entry = st.calls.get_mut(&call_id)?;
+        let s = entry
+            .siprec
+            .iter_mut()
+            .find(|s| s.spec.instance == instance)?;
+        let dir = if s.info.state == SiprecState::Paused {
+            Direction::Inactive
+        } else {
+            Direction::SendOnly
+        };
+        let ip = s.media_ip.unwrap_or(self.sdp_ip());
+        let Some(ours) = s.sdp(ip, dir) else {
+            return Some(Err(488));
+        };
+        let Some(offer) = offer else {
+            return Some(Ok(ours));
+        };
+        let (Ok(ours_sd), Ok(offer_sd)) = (
+            crate::sip::sdp::SessionDescription::parse(&ours),
+            crate::sip::sdp::SessionDescription::parse(offer),
+        ) else {
+            return Some(Err(488));
+        };
+        Some(Ok(
+            crate::sip::sdp::answer(&ours_sd, &offer_sd, dir).to_string()
+        ))
     }
 
     /// A UA event for a SIPREC dialog. Returns false when `key` is not one.

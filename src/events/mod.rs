@@ -20,6 +20,18 @@ pub enum Event {
         callee: String,
         timestamp: u64,
     },
+    /// Progress of a control request on a call, with call-api's names in `event`
+    /// (`CallHolding`, `CallHoldStart`, `CallHoldSuccessful`, `CallHoldFailed`, and the
+    /// `CallUnhold…` ones).
+    #[serde(rename_all = "camelCase")]
+    CallControlEvent {
+        call_id: String,
+        event: String,
+        leg: Option<String>,
+        sip_status: Option<u16>,
+        reason: Option<String>,
+        timestamp: u64,
+    },
     #[serde(rename_all = "camelCase")]
     RegistrationStatusEvent {
         sip_login: String,

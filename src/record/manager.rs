@@ -85,7 +85,7 @@ impl RecordingManager {
         let id = meta
             .media_session_id
             .clone()
-            .unwrap_or_else(|| format!("rec-{}", crate::sip::dialog::random_token(12)));
+            .unwrap_or_else(|| format!("rec-{}", crate::ids::random_token(12)));
         let name = file_name(
             &inner.template,
             &NameVars {

@@ -1,10 +1,10 @@
-//! A SIP dialog seen from its UAC side (RFC 3261 §12) and the request/response builders the
+//! A SIP dialog from either side (RFC 3261 §12) and the request/response builders the
 //! user agent needs: the dialog's identifiers, route set and remote target, and the CSeq
 //! counter. Pure data: no I/O, no clock.
 
 use std::net::SocketAddr;
 
-use rand::Rng;
+use crate::ids::random_token;
 use rsip::prelude::*;
 
 use super::endpoint::Transport;
@@ -39,15 +39,6 @@ impl LocalEnd {
             Transport::Tcp => format!("<sip:{user}{};transport=tcp>", self.addr),
         }
     }
-}
-
-/// Random token for tags and Call-IDs (RFC 3261 asks for at least 32 bits of randomness).
-pub fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
-        .collect()
 }
 
 /// A fresh RFC 3261 branch with the magic cookie.
@@ -170,7 +161,8 @@ pub fn build_response(
     }
 }
 
-/// A confirmed (or early) dialog created by our INVITE.
+/// A dialog (early or confirmed), created by our INVITE's response (UAC) or by an incoming
+/// INVITE (UAS).
 #[derive(Debug, Clone)]
 pub struct Dialog {
     pub call_id: String,
@@ -220,6 +212,49 @@ impl Dialog {
             routes.reverse();
             self.route_set = routes;
         }
+    }
+
+    /// The dialog a UAS creates from an incoming INVITE (§12.1.1): the remote end is the
+    /// request's From (with its tag) and its Contact; we are its To with `local_tag` added;
+    /// the route set is the Record-Route in the order received. None when the request has
+    /// no Call-ID, From or To.
+    pub fn from_request(req: &rsip::Request, local_tag: String) -> Option<Dialog> {
+        let call_id = req.call_id_header().ok()?.value().to_string();
+        let from = req.from_header().ok()?.value().to_string();
+        let to = req.to_header().ok()?.value().to_string();
+        let remote_tag = req
+            .from_header()
+            .ok()
+            .and_then(|h| h.typed().ok())
+            .and_then(|f| f.tag().map(|t| t.value().to_string()));
+        let remote_uri = angle_uri(&from)?;
+        let remote_target = req
+            .headers
+            .iter()
+            .find_map(|h| match h {
+                rsip::Header::Contact(c) => angle_uri(c.value()),
+                _ => None,
+            })
+            .unwrap_or_else(|| remote_uri.clone());
+        let route_set = req
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                rsip::Header::RecordRoute(r) => Some(r.value().to_string()),
+                _ => None,
+            })
+            .collect();
+        Some(Dialog {
+            call_id,
+            local: format!("{to};tag={local_tag}"),
+            local_tag,
+            remote_tag,
+            remote: from,
+            remote_uri,
+            remote_target,
+            route_set,
+            local_cseq: 0,
+        })
     }
 
     /// Request URI and Route headers for a request inside the dialog (§12.2.1.1): loose
@@ -311,6 +346,36 @@ mod tests {
         assert!(text.contains("CSeq: 1 INVITE"));
         assert!(text.contains("Content-Length: 5"));
         assert!(text.contains("X-Test: 1"));
+    }
+
+    #[test]
+    fn uas_dialog_from_an_incoming_invite() {
+        let raw = "INVITE sip:rec@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+Record-Route: <sip:p1.example;lr>\r\n\
+Record-Route: <sip:p2.example;lr>\r\n\
+From: \"Alice\" <sip:alice@example.com>;tag=a1\r\n\
+To: <sip:rec@127.0.0.1>\r\n\
+Call-ID: c1@x\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@10.0.0.5:5070>\r\n\
+Content-Length: 0\r\n\r\n";
+        let req = rsip::Request::try_from(raw.as_bytes()).unwrap();
+        let d = Dialog::from_request(&req, "ours".into()).unwrap();
+        assert_eq!(d.call_id, "c1@x");
+        assert_eq!(d.remote_tag.as_deref(), Some("a1"));
+        assert_eq!(d.remote_uri, "sip:alice@example.com");
+        assert_eq!(d.remote_target, "sip:alice@10.0.0.5:5070");
+        assert_eq!(d.local, "<sip:rec@127.0.0.1>;tag=ours");
+        assert!(d.remote.contains("tag=a1"));
+        // The UAS keeps the Record-Route order (§12.1.1); the UAC reverses it.
+        assert_eq!(
+            d.route_set,
+            vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
+        );
+        let (uri, routes) = d.target_and_routes();
+        assert_eq!(uri, "sip:alice@10.0.0.5:5070");
+        assert_eq!(routes.len(), 2);
     }
 
     #[test]

@@ -614,6 +614,114 @@ pub fn negotiate(
     })
 }
 
+/// The direction of our answer to an offered `offer` direction, given what we want
+/// (`want`: sendrecv normally, sendonly while we hold the peer). RFC 3264 §6.1: we may only
+/// send where the offer receives and only receive where the offer sends.
+pub fn answer_direction(offer: Direction, want: Direction) -> Direction {
+    let send = want.sends() && matches!(offer, Direction::SendRecv | Direction::RecvOnly);
+    let recv = matches!(want, Direction::SendRecv | Direction::RecvOnly) && offer.sends();
+    match (send, recv) {
+        (true, true) => Direction::SendRecv,
+        (true, false) => Direction::SendOnly,
+        (false, true) => Direction::RecvOnly,
+        (false, false) => Direction::Inactive,
+    }
+}
+
+/// Our answer to `offer` (RFC 3264 §6): one `m=` per offered `m=`, in the offer's order. A
+/// section of a kind we have in `ours` lists the offered formats we support (a subset of the
+/// offer, in its order, with its payload types) and is answered from our port; a section we
+/// cannot take (other kind, or no common codec) is rejected with port 0. Directions follow
+/// [`answer_direction`] with `want`. The origin is `ours`'s; stamp the version with
+/// [`LocalSession`].
+pub fn answer(
+    ours: &SessionDescription,
+    offer: &SessionDescription,
+    want: Direction,
+) -> SessionDescription {
+    let mut used = vec![false; ours.media.len()];
+    let media = offer
+        .media
+        .iter()
+        .map(|o| {
+            let mine = ours
+                .media
+                .iter()
+                .enumerate()
+                .find(|(i, m)| !used[*i] && m.kind == o.kind && o.port != 0);
+            let common: Vec<RtpMap> = match mine {
+                Some((_, m)) => o
+                    .rtpmaps
+                    .iter()
+                    .filter(|r| m.rtpmaps.iter().any(|ours| ours.same_codec(r)))
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            match mine {
+                Some((i, m)) if common.iter().any(|r| !r.is_dtmf()) => {
+                    used[i] = true;
+                    let mut a = m.clone();
+                    a.formats = common.iter().map(|r| r.pt).collect();
+                    a.rtpmaps = common;
+                    a.direction = answer_direction(o.direction, want);
+                    a
+                }
+                _ => {
+                    let mut a = MediaDescription::new(o.kind.clone(), 0, &o.proto);
+                    a.formats = o.formats.iter().take(1).copied().collect();
+                    a.rtpmaps = o.rtpmaps.iter().take(1).cloned().collect();
+                    a.direction = Direction::Inactive;
+                    a
+                }
+            }
+        })
+        .collect();
+    SessionDescription {
+        origin: ours.origin.clone(),
+        session_name: ours.session_name.clone(),
+        connection: ours.connection,
+        media,
+    }
+}
+
+/// Our side of an SDP session across offers and answers: one `o=` session id, and a version
+/// that moves exactly when what we describe changes (RFC 3264 §8: a changed description
+/// carries version + 1, a repeated one the same version).
+#[derive(Debug, Clone)]
+pub struct LocalSession {
+    session_id: u64,
+    version: u64,
+    /// The last description we sent, with its origin version zeroed for comparison.
+    last: Option<SessionDescription>,
+}
+
+impl LocalSession {
+    pub fn new(session_id: u64) -> Self {
+        Self {
+            session_id,
+            version: 0,
+            last: None,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Gives `sd` our session id and the right version, and returns its text.
+    pub fn stamp(&mut self, mut sd: SessionDescription) -> String {
+        sd.origin.session_id = self.session_id;
+        sd.origin.version = 0;
+        if self.last.as_ref() != Some(&sd) {
+            self.version += 1;
+            self.last = Some(sd.clone());
+        }
+        sd.origin.version = self.version;
+        sd.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,6 +841,89 @@ mod tests {
             text.contains("opus/48000/2") && text.contains("PCMA/8000"),
             "{text}"
         );
+    }
+
+    fn our_audio() -> SessionDescription {
+        build_offer(&OfferParams {
+            session_id: 9,
+            version: 1,
+            ip: "127.0.0.1".parse().unwrap(),
+            audio: Some((
+                4000,
+                vec![
+                    codec_pcmu(),
+                    codec_pcma(),
+                    codec_opus(),
+                    codec_telephone_event(),
+                ],
+            )),
+            video: None,
+            direction: Direction::SendRecv,
+        })
+    }
+
+    #[test]
+    fn answer_is_a_subset_of_the_offer_in_its_order_and_payload_types() {
+        let offer = SessionDescription::parse(
+            "v=0\r\no=x 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+             m=audio 5000 RTP/AVP 8 18 0 100\r\na=rtpmap:100 telephone-event/8000\r\n\
+             m=video 5002 RTP/AVP 97\r\na=rtpmap:97 VP8/90000\r\n",
+        )
+        .unwrap();
+        let a = answer(&our_audio(), &offer, Direction::SendRecv);
+        assert_eq!(a.media.len(), 2, "one answer section per offered section");
+        let audio = &a.media[0];
+        assert_eq!(audio.port, 4000);
+        assert_eq!(
+            audio.formats,
+            vec![8, 0, 100],
+            "G729 dropped, offer order and PTs kept"
+        );
+        assert_eq!(audio.direction, Direction::SendRecv);
+        assert_eq!(a.media[1].port, 0, "video rejected");
+        let text = a.to_string();
+        assert!(
+            !text.contains("opus"),
+            "codecs the offer lacks are not answered: {text}"
+        );
+    }
+
+    #[test]
+    fn answer_directions_follow_rfc_3264() {
+        use Direction::*;
+        assert_eq!(answer_direction(SendOnly, SendRecv), RecvOnly);
+        assert_eq!(answer_direction(Inactive, SendRecv), Inactive);
+        assert_eq!(answer_direction(RecvOnly, SendRecv), SendOnly);
+        assert_eq!(answer_direction(SendRecv, SendOnly), SendOnly);
+        assert_eq!(answer_direction(SendOnly, SendOnly), Inactive);
+    }
+
+    #[test]
+    fn no_common_codec_rejects_the_section() {
+        let offer = SessionDescription::parse(
+            "v=0\r\no=x 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 18 101\r\na=rtpmap:101 telephone-event/8000\r\n",
+        )
+        .unwrap();
+        let a = answer(&our_audio(), &offer, Direction::SendRecv);
+        assert_eq!(a.media[0].port, 0);
+    }
+
+    #[test]
+    fn origin_version_moves_only_when_the_content_changes() {
+        let mut local = LocalSession::new(42);
+        let v = |t: &str| SessionDescription::parse(t).unwrap().origin.version;
+        let first = local.stamp(our_audio());
+        assert_eq!(v(&first), 1);
+        assert_eq!(
+            v(&local.stamp(our_audio())),
+            1,
+            "same content, same version"
+        );
+        let mut held = our_audio();
+        held.media[0].direction = Direction::SendOnly;
+        assert_eq!(v(&local.stamp(held)), 2, "hold changes the version");
+        assert_eq!(v(&local.stamp(our_audio())), 3, "resume changes it again");
+        assert!(first.contains("o=- 42 1 "));
     }
 
     #[test]

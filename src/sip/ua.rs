@@ -1,8 +1,14 @@
 //! The SIP user agent core (sans-IO): outgoing calls as UAC (INVITE with digest retry,
-//! CANCEL, ACK, BYE, answer timeout), registrations (REGISTER, refresh before expiry,
+//! CANCEL, ACK, BYE, answer timeout), incoming calls as UAS (100/180, 2xx retransmitted until
+//! its ACK, CANCEL → 487, reject), registrations (REGISTER, refresh before expiry,
 //! un-REGISTER when the last call of the account ends or on shutdown), and the requests that
 //! arrive inside our dialogs (BYE, re-INVITE, UPDATE, OPTIONS, INFO, NOTIFY). It sits on the
 //! [`Endpoint`], which owns the transactions.
+//!
+//! The UA carries signalling only; it decides nothing about media. An incoming call
+//! ([`UaEvent::Incoming`]) waits for the call layer's [`Command::Answer`] / `Reject`; a
+//! re-offer from the far end ([`UaEvent::RemoteOffer`]) waits for [`Command::AnswerOffer`]
+//! (the call layer chooses hold, bridging or exchange answers).
 //!
 //! Drive contract (the same as the endpoint's): feed `handle_input`, `handle_command` and
 //! `handle_timeout(now)`; after each, drain `poll_transmit` and `poll_event`; sleep until
@@ -17,13 +23,14 @@ use bytes::Bytes;
 use rsip::prelude::*;
 
 use super::dialog::{
-    build_request, build_response, new_branch, random_token, Dialog, LocalEnd, RequestSpec,
+    angle_uri, build_request, build_response, new_branch, Dialog, LocalEnd, RequestSpec,
 };
 use super::digest::{Challenge, ChallengeKind, ChallengeVerdict, Credentials, DigestSession};
 use super::endpoint::{Endpoint, EndpointEvent, EndpointStats, Transmit, Transport};
-use super::sdp::{Direction, SessionDescription};
+use super::sdp::SessionDescription;
 use super::timer::TimerQueue;
 use super::transaction::{ClientEvent, Timers, TransactionKey};
+use crate::ids::random_token;
 
 /// Identifies a call inside the UA (assigned by the caller).
 pub type CallKey = u64;
@@ -70,6 +77,9 @@ pub struct PlaceCall {
     pub callee_uri: String,
     pub register: bool,
     pub route: Route,
+    /// Where REGISTER goes when it is not `route.dest` (the domain, when the INVITE follows
+    /// the Request-URI elsewhere).
+    pub registrar: Option<SocketAddr>,
     /// Our SDP: the INVITE's body unless `body` is set, and the base of our answers to
     /// re-offers.
     pub sdp_offer: String,
@@ -97,8 +107,54 @@ pub enum Command {
         key: CallKey,
         sdp: String,
     },
+    /// Inbound: 180 Ringing for an incoming call.
+    Ring(CallKey),
+    /// Inbound: 200 OK with our SDP (the answer, or our offer when the INVITE had none).
+    /// `local` is our address as the caller reaches it (Contact).
+    Answer {
+        key: CallKey,
+        sdp: String,
+        local: SocketAddr,
+    },
+    /// Inbound: a final non-2xx answer (486 busy, 480, 488 no common codec, 603 decline...).
+    Reject {
+        key: CallKey,
+        status: u16,
+    },
+    /// The call layer's reply to [`UaEvent::RemoteOffer`]: `Ok(sdp)` → 200 with that SDP,
+    /// `Err(status)` → that status (488 when nothing in the offer is acceptable).
+    AnswerOffer {
+        key: CallKey,
+        result: Result<String, u16>,
+    },
     /// Hang up every call, un-REGISTER every account; `UaEvent::Idle` follows.
     Shutdown,
+}
+
+/// An INVITE that opens a new dialog towards the gateway.
+#[derive(Debug, Clone)]
+pub struct IncomingCall {
+    /// Assigned by the UA (the inbound key space, see [`is_inbound_key`]).
+    pub key: CallKey,
+    pub sip_call_id: String,
+    pub request_uri: String,
+    /// The user part of the Request-URI (empty when it has none).
+    pub user: String,
+    pub from_uri: String,
+    pub to_uri: String,
+    /// The SDP offer; None when the INVITE has no body (we then offer in the 2xx).
+    pub sdp: Option<String>,
+    /// Headers other than the structural ones, for routing (`X-Call-Id`...).
+    pub headers: Vec<(String, String)>,
+    pub transport: Transport,
+    pub source: SocketAddr,
+}
+
+/// Keys of calls the UA created for incoming INVITEs start here; callers pick keys below.
+pub const INBOUND_KEY_BASE: CallKey = 1 << 62;
+
+pub fn is_inbound_key(key: CallKey) -> bool {
+    key >= INBOUND_KEY_BASE
 }
 
 /// WCS's call status set.
@@ -159,7 +215,12 @@ pub enum UaEvent {
         sdp: Option<String>,
         sip_call_id: String,
     },
-    /// The far end changed the media inside the dialog (re-INVITE or UPDATE with SDP).
+    /// A new call arrived; answer it with `Ring`/`Answer`/`Reject`.
+    Incoming(Box<IncomingCall>),
+    /// The far end sent an offer inside the dialog (re-INVITE or UPDATE; `sdp` None for a
+    /// re-INVITE without body, which asks for our offer). Answer with `AnswerOffer`.
+    RemoteOffer { key: CallKey, sdp: Option<String> },
+    /// The far end's answer to an offer we made in a 2xx (it came in the ACK).
     RemoteMedia { key: CallKey, sdp: String },
     /// Our re-INVITE was answered (`status` 2xx: accepted, with the answer's SDP) or failed
     /// (the dialog goes on with the previous media).
@@ -188,6 +249,8 @@ pub struct UaConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
+    /// Inbound: the INVITE arrived, no final response sent yet.
+    Incoming,
     /// Waiting for the account's registration.
     WaitRegister,
     /// INVITE sent, no provisional yet.
@@ -222,12 +285,18 @@ struct Call {
     /// `stale=true` forever cannot loop us.
     auth_rounds: u32,
     deadline: Option<Instant>,
-    /// A 2xx we sent to a re-INVITE, retransmitted until its ACK arrives (§13.3.1.4).
+    /// A 2xx we sent to an INVITE, retransmitted until its ACK arrives (§13.3.1.4).
     pending_2xx: Option<Retransmit>,
     hangup_status: Option<u16>,
+    /// Inbound: the INVITE's server transaction, until its final response.
+    server_invite: Option<(TransactionKey, rsip::Request)>,
+    /// A re-INVITE/UPDATE from the far end waiting for the call layer's answer.
+    pending_offer: Option<(TransactionKey, rsip::Request, Transport, SocketAddr)>,
 }
 
 struct Retransmit {
+    /// The 2xx of the dialog's first INVITE: no ACK means no dialog (BYE, §13.3.1.4).
+    initial: bool,
     cseq: u32,
     data: Bytes,
     dest: SocketAddr,
@@ -295,6 +364,7 @@ pub struct UserAgent {
     registrations: HashMap<u64, Registration>,
     reg_ids: HashMap<String, u64>,
     next_reg: u64,
+    next_inbound: CallKey,
     owners: HashMap<TransactionKey, TxOwner>,
     timers: TimerQueue<Timer>,
     events: std::collections::VecDeque<UaEvent>,
@@ -314,6 +384,7 @@ impl UserAgent {
             registrations: HashMap::new(),
             reg_ids: HashMap::new(),
             next_reg: 1,
+            next_inbound: INBOUND_KEY_BASE,
             owners: HashMap::new(),
             timers: TimerQueue::default(),
             events: Default::default(),
@@ -380,6 +451,10 @@ impl UserAgent {
             Command::PlaceCall(pc) => self.place_call(now, *pc),
             Command::Hangup(key) => self.hangup(now, key, None),
             Command::Reinvite { key, sdp } => self.send_reinvite(now, key, sdp),
+            Command::Ring(key) => self.ring(now, key),
+            Command::Answer { key, sdp, local } => self.answer(now, key, sdp, local),
+            Command::Reject { key, status } => self.reject(now, key, status),
+            Command::AnswerOffer { key, result } => self.answer_offer(now, key, result),
             Command::Shutdown => {
                 self.shutting_down = true;
                 let keys: Vec<CallKey> = self.calls.keys().copied().collect();
@@ -488,14 +563,20 @@ impl UserAgent {
             deadline: Some(now + self.cfg.invite_timeout),
             pending_2xx: None,
             hangup_status: None,
+            server_invite: None,
+            pending_offer: None,
         };
         self.timers
             .push(now + self.cfg.invite_timeout, Timer::Call(pc.key));
         tracing::info!(call = pc.key, sip_call_id = %call.dialog.call_id, callee = %pc.callee_uri, "placing call");
         if pc.register {
+            let reg_route = Route {
+                dest: pc.registrar.unwrap_or(pc.route.dest),
+                ..pc.route
+            };
             let reg_key = format!(
                 "{}@{}|{:?}|{}",
-                pc.account.login, pc.account.domain, pc.route.transport, pc.route.dest
+                pc.account.login, pc.account.domain, reg_route.transport, reg_route.dest
             );
             call.reg_key = Some(reg_key.clone());
             let id = match self.reg_ids.get(&reg_key) {
@@ -510,7 +591,7 @@ impl UserAgent {
                         id,
                         Registration {
                             account: pc.account.clone(),
-                            route: pc.route,
+                            route: reg_route,
                             local: call.local.clone(),
                             call_id: format!("{}@{}", random_token(20), pc.route.local.ip()),
                             local_tag: random_token(10),
@@ -746,7 +827,7 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        if call.stage != Stage::Confirmed {
+        if call.stage != Stage::Confirmed || call.pending_offer.is_some() {
             self.events.push_back(UaEvent::Reinvited {
                 key,
                 status: 491,
@@ -834,6 +915,24 @@ impl UserAgent {
         };
         call.hangup_status = status;
         match call.stage {
+            Stage::Incoming => {
+                // Not answered yet: a final response ends it (480 when nobody answered in time).
+                let code = match status {
+                    Some(408) => 480,
+                    Some(c) if c >= 400 => c,
+                    _ => 603,
+                };
+                self.respond_invite(now, key, code, vec![], None);
+                let (phase, reason) = if status == Some(408) {
+                    (
+                        CallPhase::Failed,
+                        "not answered within sip_invite_timeout_s",
+                    )
+                } else {
+                    (CallPhase::Finish, "rejected by the gateway before answer")
+                };
+                self.end_call(key, phase, Some(code), Some(reason.into()));
+            }
             Stage::WaitRegister => self.end_call(
                 key,
                 CallPhase::Finish,
@@ -960,8 +1059,16 @@ impl UserAgent {
         };
         if let Some(p) = &mut call.pending_2xx {
             if now >= p.give_up {
-                tracing::warn!(call = key, "no ACK for our 2xx to a re-INVITE");
+                let initial = p.initial;
                 call.pending_2xx = None;
+                if initial {
+                    // §13.3.1.4: no ACK for the 2xx of the first INVITE: end the dialog.
+                    tracing::warn!(call = key, "no ACK for our 2xx; hanging up");
+                    call.hangup_status = Some(408);
+                    self.send_bye(now, key);
+                    return;
+                }
+                tracing::warn!(call = key, "no ACK for our 2xx to a re-INVITE");
             } else if now >= p.next {
                 let (data, dest) = (p.data.clone(), p.dest);
                 p.interval = (p.interval * 2).min(self.cfg.timers.t2);
@@ -978,7 +1085,7 @@ impl UserAgent {
         if call.deadline.is_some_and(|d| now >= d)
             && matches!(
                 call.stage,
-                Stage::Calling | Stage::Early | Stage::WaitRegister
+                Stage::Calling | Stage::Early | Stage::WaitRegister | Stage::Incoming
             )
         {
             call.deadline = None;
@@ -1296,9 +1403,7 @@ impl UserAgent {
             .copied();
         let method = req.method;
         let response = match (method, dialog_call) {
-            (rsip::Method::Cancel, _) => {
-                build_response(&req, 481, Some(&random_token(8)), vec![], None)
-            }
+            (rsip::Method::Cancel, _) => return self.on_cancel(now, key, req),
             (rsip::Method::Options, None) if to_tag.is_none() => build_response(
                 &req,
                 200,
@@ -1310,8 +1415,7 @@ impl UserAgent {
                 None,
             ),
             (rsip::Method::Invite, None) if to_tag.is_none() => {
-                // Incoming calls are not routed to streams yet (the gateway places calls).
-                build_response(&req, 480, Some(&random_token(8)), vec![], None)
+                return self.on_incoming_invite(now, key, req, transport, source);
             }
             (
                 rsip::Method::Register
@@ -1365,8 +1469,9 @@ impl UserAgent {
         }
     }
 
-    /// A re-INVITE or UPDATE from the far end: answer with our SDP, mirroring its direction
-    /// (hold), and tell the media layer about the new remote description.
+    /// A re-INVITE or UPDATE from the far end: held until the call layer answers it
+    /// ([`Command::AnswerOffer`]). A second offer while one is open gets 500 with
+    /// Retry-After, an INVITE crossing our own re-INVITE 491 (RFC 3261 §14.2).
     fn on_remote_offer(
         &mut self,
         now: Instant,
@@ -1377,18 +1482,49 @@ impl UserAgent {
         source: SocketAddr,
     ) {
         let offer = sdp_text(&req.body);
+        let ours_in_flight = self.owners.values().any(|o| *o == TxOwner::Reinvite(c));
         let Some(call) = self.calls.get_mut(&c) else {
             return;
         };
-        let answer = match offer.as_deref().map(SessionDescription::parse) {
-            None => call.sdp_offer.clone(),
-            Some(Err(e)) => {
-                tracing::info!(call = c, error = %e, "re-INVITE with unreadable SDP");
-                let resp = build_response(&req, 488, None, vec![], None);
+        let refuse = if call.pending_offer.is_some() || call.stage != Stage::Confirmed {
+            Some((
+                500,
+                vec![rsip::Header::Other("Retry-After".into(), "1".into())],
+            ))
+        } else if ours_in_flight && req.method == rsip::Method::Invite {
+            Some((491, vec![]))
+        } else if let Some(Err(e)) = offer.as_deref().map(SessionDescription::parse) {
+            tracing::info!(call = c, error = %e, "re-offer with unreadable SDP");
+            Some((488, vec![]))
+        } else {
+            None
+        };
+        if let Some((code, extra)) = refuse {
+            let resp = build_response(&req, code, None, extra, None);
+            let _ = self.endpoint.respond(now, &key, resp);
+            return;
+        }
+        call.pending_offer = Some((key, req, transport, source));
+        self.events
+            .push_back(UaEvent::RemoteOffer { key: c, sdp: offer });
+    }
+
+    /// Sends the call layer's answer to the pending re-offer.
+    fn answer_offer(&mut self, now: Instant, c: CallKey, result: Result<String, u16>) {
+        let Some(call) = self.calls.get_mut(&c) else {
+            return;
+        };
+        let Some((key, req, transport, source)) = call.pending_offer.take() else {
+            tracing::debug!(call = c, "answer without a pending offer ignored");
+            return;
+        };
+        let answer = match result {
+            Ok(sdp) => sdp,
+            Err(code) => {
+                let resp = build_response(&req, code, None, vec![], None);
                 let _ = self.endpoint.respond(now, &key, resp);
                 return;
             }
-            Some(Ok(remote)) => answer_for(&call.sdp_offer, &remote),
         };
         let contact = rsip::headers::Contact::new(call.contact()).into();
         let resp = build_response(
@@ -1398,30 +1534,284 @@ impl UserAgent {
             vec![contact],
             Some(("application/sdp", answer.into_bytes())),
         );
-        if req.method == rsip::Method::Invite {
-            let cseq = req
-                .cseq_header()
-                .ok()
-                .and_then(|h| h.typed().ok())
-                .map(|c| c.seq)
-                .unwrap_or(0);
-            let data = super::message::response_bytes(&resp);
+        if req.method == rsip::Method::Invite && !transport.is_reliable() {
             let interval = self.cfg.timers.t1;
-            if !transport.is_reliable() {
-                call.pending_2xx = Some(Retransmit {
-                    cseq,
-                    data,
-                    dest: source,
-                    next: now + interval,
-                    interval,
-                    give_up: now + self.cfg.timers.t1 * 64,
-                });
-                self.timers.push(now + interval, Timer::Call(c));
-            }
+            call.pending_2xx = Some(Retransmit {
+                initial: false,
+                cseq: cseq_of(&req),
+                data: super::message::response_bytes(&resp),
+                dest: source,
+                next: now + interval,
+                interval,
+                give_up: now + self.cfg.timers.t1 * 64,
+            });
+            self.timers.push(now + interval, Timer::Call(c));
         }
         let _ = self.endpoint.respond(now, &key, resp);
-        if let Some(sdp) = offer {
-            self.events.push_back(UaEvent::RemoteMedia { key: c, sdp });
+    }
+
+    // ---- incoming calls (UAS) ----
+
+    /// A dialog-creating INVITE: 100 Trying at once, then the call layer decides.
+    fn on_incoming_invite(
+        &mut self,
+        now: Instant,
+        key: TransactionKey,
+        req: rsip::Request,
+        transport: Transport,
+        source: SocketAddr,
+    ) {
+        let refuse = |ua: &mut Self, code: u16, extra: Vec<rsip::Header>| {
+            let resp = build_response(&req, code, Some(&random_token(8)), extra, None);
+            let _ = ua.endpoint.respond(now, &key, resp);
+        };
+        if self.shutting_down {
+            return refuse(self, 503, vec![]);
+        }
+        // RFC 3261 §8.2.2.3: extensions we do not support are refused with 420. Session
+        // timers (RFC 4028) need nothing of ours: the peer refreshes, we answer.
+        let unsupported: Vec<String> = header_values(&req.headers, "Require")
+            .flat_map(|v| v.split(',').map(|t| t.trim().to_string()))
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
+            .collect();
+        if !unsupported.is_empty() {
+            let h = rsip::Header::Other("Unsupported".into(), unsupported.join(", "));
+            return refuse(self, 420, vec![h]);
+        }
+        if !req.body.is_empty() && !is_sdp(&req.headers) {
+            return refuse(self, 415, vec![accept_sdp()]);
+        }
+        let local_tag = random_token(10);
+        let Some(dialog) = Dialog::from_request(&req, local_tag) else {
+            return refuse(self, 400, vec![]);
+        };
+        let uri = req.uri.to_string();
+        let user = req
+            .uri
+            .auth
+            .as_ref()
+            .map(|a| a.user.clone())
+            .unwrap_or_default();
+        let host = req.uri.host_with_port.host.to_string();
+        let trying = build_response(&req, 100, None, vec![], None);
+        let _ = self.endpoint.respond(now, &key, trying);
+        let c = self.next_inbound;
+        self.next_inbound += 1;
+        let incoming = IncomingCall {
+            key: c,
+            sip_call_id: dialog.call_id.clone(),
+            request_uri: uri.clone(),
+            user: user.clone(),
+            from_uri: dialog.remote_uri.clone(),
+            to_uri: req
+                .to_header()
+                .ok()
+                .and_then(|h| angle_uri(h.value()))
+                .unwrap_or_default(),
+            sdp: sdp_text(&req.body),
+            headers: req
+                .headers
+                .iter()
+                .filter_map(|h| match h {
+                    rsip::Header::Other(n, v) => Some((n.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            transport,
+            source,
+        };
+        let route = Route {
+            transport,
+            dest: source,
+            local: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+            sticky: false,
+        };
+        let call = Call {
+            account: Account {
+                login: user,
+                auth_name: String::new(),
+                password: String::new(),
+                domain: host,
+            },
+            reg_key: None,
+            route,
+            local: LocalEnd {
+                transport,
+                addr: route.local,
+                user_agent: self.cfg.user_agent.clone(),
+            },
+            dialog,
+            request_uri: uri,
+            sdp_offer: String::new(),
+            body: None,
+            contact_params: String::new(),
+            headers: Vec::new(),
+            stage: Stage::Incoming,
+            phase: CallPhase::Pending,
+            invite: None,
+            cancel_wanted: false,
+            cancel_sent: false,
+            ack: None,
+            auth: DigestSession::new(Credentials::new(String::new(), String::new())),
+            auth_rounds: 0,
+            deadline: Some(now + self.cfg.invite_timeout),
+            pending_2xx: None,
+            hangup_status: None,
+            server_invite: Some((key, req)),
+            pending_offer: None,
+        };
+        tracing::info!(call = c, sip_call_id = %call.dialog.call_id, from = %incoming.from_uri, to = %incoming.request_uri, "incoming call");
+        self.timers
+            .push(now + self.cfg.invite_timeout, Timer::Call(c));
+        self.calls.insert(c, call);
+        self.events.push_back(UaEvent::Incoming(Box::new(incoming)));
+    }
+
+    /// A response to the pending incoming INVITE, with our tag (no-op once it is final).
+    fn respond_invite(
+        &mut self,
+        now: Instant,
+        c: CallKey,
+        code: u16,
+        extra: Vec<rsip::Header>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Option<rsip::Response> {
+        let call = self.calls.get_mut(&c)?;
+        let (key, req) = call.server_invite.as_ref()?;
+        let resp = build_response(req, code, Some(&call.dialog.local_tag), extra, body);
+        let key = key.clone();
+        if code >= 200 {
+            call.server_invite = None;
+        }
+        if let Err(e) = self.endpoint.respond(now, &key, resp.clone()) {
+            tracing::debug!(call = c, code, error = %e, "response to the INVITE not sent");
+        }
+        Some(resp)
+    }
+
+    fn ring(&mut self, now: Instant, c: CallKey) {
+        if self
+            .calls
+            .get(&c)
+            .is_none_or(|call| call.stage != Stage::Incoming)
+        {
+            return;
+        }
+        self.respond_invite(now, c, 180, vec![], None);
+        self.set_phase(c, CallPhase::Ring, Some(180), None, None);
+    }
+
+    fn answer(&mut self, now: Instant, c: CallKey, sdp: String, local: SocketAddr) {
+        let Some(call) = self.calls.get_mut(&c) else {
+            return;
+        };
+        if call.stage != Stage::Incoming {
+            return;
+        }
+        call.route.local = local;
+        call.local.addr = local;
+        let contact = rsip::headers::Contact::new(call.contact()).into();
+        let allow = rsip::Header::Allow(rsip::headers::Allow::new(ALLOW));
+        let cseq = call
+            .server_invite
+            .as_ref()
+            .map(|(_, r)| cseq_of(r))
+            .unwrap_or(0);
+        let Some(resp) = self.respond_invite(
+            now,
+            c,
+            200,
+            vec![contact, allow],
+            Some(("application/sdp", sdp.into_bytes())),
+        ) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&c) else {
+            return;
+        };
+        call.stage = Stage::Confirmed;
+        call.deadline = None;
+        if !call.route.transport.is_reliable() {
+            let interval = self.cfg.timers.t1;
+            call.pending_2xx = Some(Retransmit {
+                initial: true,
+                cseq,
+                data: super::message::response_bytes(&resp),
+                dest: call.route.dest,
+                next: now + interval,
+                interval,
+                give_up: now + self.cfg.timers.t1 * 64,
+            });
+            self.timers.push(now + interval, Timer::Call(c));
+        }
+        self.dialogs.insert(
+            (call.dialog.call_id.clone(), call.dialog.local_tag.clone()),
+            c,
+        );
+        tracing::info!(call = c, "incoming call answered");
+        self.set_phase(c, CallPhase::Established, Some(200), None, None);
+    }
+
+    fn reject(&mut self, now: Instant, c: CallKey, status: u16) {
+        if self
+            .calls
+            .get(&c)
+            .is_none_or(|call| call.stage != Stage::Incoming)
+        {
+            return;
+        }
+        let status = if (300..700).contains(&status) {
+            status
+        } else {
+            500
+        };
+        self.respond_invite(now, c, status, vec![], None);
+        let phase = match status {
+            486 | 600 => CallPhase::Busy,
+            _ => CallPhase::Failed,
+        };
+        let reason = format!(
+            "rejected with {}",
+            super::message::status_line(&rsip::StatusCode::from(status))
+        );
+        self.end_call(c, phase, Some(status), Some(reason));
+    }
+
+    /// CANCEL (§9.2): 200 to the CANCEL and 487 to the INVITE when it is still pending;
+    /// 481 when no INVITE transaction matches.
+    fn on_cancel(&mut self, now: Instant, key: TransactionKey, req: rsip::Request) {
+        let invite_key = match &key {
+            TransactionKey::Server {
+                branch, sent_by, ..
+            } => TransactionKey::Server {
+                branch: branch.clone(),
+                sent_by: sent_by.clone(),
+                method: "INVITE".into(),
+            },
+            other => other.clone(),
+        };
+        let call = self.calls.iter().find_map(|(c, call)| {
+            call.server_invite
+                .as_ref()
+                .filter(|(k, _)| *k == invite_key)
+                .map(|_| *c)
+        });
+        let code = if call.is_some() || self.endpoint.has_server(&invite_key) {
+            200
+        } else {
+            481
+        };
+        let resp = build_response(&req, code, None, vec![], None);
+        let _ = self.endpoint.respond(now, &key, resp);
+        if let Some(c) = call {
+            tracing::info!(call = c, "CANCEL from the caller");
+            self.respond_invite(now, c, 487, vec![], None);
+            self.end_call(
+                c,
+                CallPhase::Finish,
+                Some(487),
+                Some("cancelled by the caller".into()),
+            );
         }
     }
 
@@ -1435,6 +1825,10 @@ impl UserAgent {
             if let Some(call) = self.calls.get_mut(&c) {
                 if call.pending_2xx.as_ref().map(|p| p.cseq) == cseq {
                     call.pending_2xx = None;
+                    // The answer to an offer we made in the 2xx comes in the ACK.
+                    if let Some(sdp) = sdp_text(&req.body) {
+                        self.events.push_back(UaEvent::RemoteMedia { key: c, sdp });
+                    }
                 }
             }
         }
@@ -1618,22 +2012,30 @@ fn granted_expires(resp: &rsip::Response, _our_contact: &str) -> Option<u32> {
     })
 }
 
-/// Our answer to a re-offer: our own description with the direction mirrored.
-fn answer_for(our_sdp: &str, remote: &SessionDescription) -> String {
-    let Ok(mut ours) = SessionDescription::parse(our_sdp) else {
-        return our_sdp.to_string();
-    };
-    ours.origin.version = ours.origin.version.wrapping_add(1);
-    for m in ours.media.iter_mut() {
-        let remote_dir = remote
-            .media
-            .iter()
-            .find(|r| r.kind == m.kind)
-            .map(|r| r.direction)
-            .unwrap_or(Direction::SendRecv);
-        m.direction = remote_dir.reversed();
-    }
-    ours.to_string()
+fn cseq_of(req: &rsip::Request) -> u32 {
+    req.cseq_header()
+        .ok()
+        .and_then(|h| h.typed().ok())
+        .map(|c| c.seq)
+        .unwrap_or(0)
+}
+
+fn is_sdp(headers: &rsip::Headers) -> bool {
+    headers.iter().any(|h| match h {
+        rsip::Header::ContentType(ct) => {
+            ct.value().to_ascii_lowercase().contains("application/sdp")
+        }
+        _ => false,
+    })
+}
+
+/// Values of an extension header (rsip keeps unknown headers as `Other`).
+fn header_values<'a>(headers: &'a rsip::Headers, name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers.iter().filter_map(move |h| match h {
+        rsip::Header::Other(n, v) if n.eq_ignore_ascii_case(name) => Some(v.as_str()),
+        rsip::Header::Require(v) if name.eq_ignore_ascii_case("Require") => Some(v.value()),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -1678,6 +2080,7 @@ mod tests {
                     local: "127.0.0.1:5060".parse().unwrap(),
                     sticky: false,
                 },
+                registrar: None,
                 sdp_offer: "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n".into(),
                 body: None,
                 from_uri: None,
@@ -1909,6 +2312,284 @@ mod tests {
         );
         let evs = events(&mut ua);
         assert_eq!(phases(&evs).last(), Some(&(CallPhase::Failed, Some(407))));
+    }
+
+    const OFFER: &str = "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+
+    fn incoming_invite(branch: &str, body: &str) -> String {
+        format!(
+            "INVITE sip:rec@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\n\
+             From: <sip:alice@127.0.0.1:5070>;tag=caller1\r\nTo: <sip:rec@127.0.0.1>\r\nCall-ID: in-1@peer\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:5070>\r\nMax-Forwards: 70\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn incoming_key(evs: &[UaEvent]) -> CallKey {
+        evs.iter()
+            .find_map(|e| match e {
+                UaEvent::Incoming(c) => Some(c.key),
+                _ => None,
+            })
+            .expect("an Incoming event")
+    }
+
+    /// The 200 of an incoming call: its To tag and what the ACK must look like.
+    fn answer_call(ua: &mut UserAgent, t0: Instant) -> (CallKey, String) {
+        let peer: SocketAddr = PEER.parse().unwrap();
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            incoming_invite("z9hG4bKin1", OFFER).as_bytes(),
+        );
+        let out = sent(ua);
+        assert!(out[0].starts_with("SIP/2.0 100"), "{out:?}");
+        let evs = events(ua);
+        let key = incoming_key(&evs);
+        assert!(is_inbound_key(key));
+        match &evs[0] {
+            UaEvent::Incoming(c) => {
+                assert_eq!(c.user, "rec");
+                assert_eq!(c.from_uri, "sip:alice@127.0.0.1:5070");
+                assert_eq!(c.sdp.as_deref(), Some(OFFER));
+            }
+            other => panic!("{other:?}"),
+        }
+        ua.handle_command(
+            t0,
+            Command::Answer {
+                key,
+                sdp: OFFER.replace("6000", "4000"),
+                local: "127.0.0.1:5060".parse().unwrap(),
+            },
+        );
+        let ok = sent(ua).remove(0);
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+        assert!(header(&ok, "To").contains(";tag="), "{ok}");
+        assert!(header(&ok, "Contact").contains("127.0.0.1:5060"), "{ok}");
+        assert_eq!(
+            phases(&events(ua)),
+            vec![(CallPhase::Established, Some(200))]
+        );
+        (key, ok)
+    }
+
+    #[test]
+    fn incoming_call_is_answered_and_its_2xx_retransmitted_until_the_ack() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let (_, ok) = answer_call(&mut ua, t0);
+        // No ACK yet: the 2xx goes again after T1, then 2*T1.
+        ua.handle_timeout(t0 + Duration::from_millis(500));
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+        ua.handle_timeout(t0 + Duration::from_millis(1500));
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+        let ack = format!(
+            "ACK sip:rec@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack1\r\n\
+             From: <sip:alice@127.0.0.1:5070>;tag=caller1\r\nTo: {}\r\nCall-ID: in-1@peer\r\nCSeq: 1 ACK\r\n\
+             Content-Length: 0\r\n\r\n",
+            header(&ok, "To")
+        );
+        ua.handle_input(
+            t0 + Duration::from_secs(2),
+            Transport::Udp,
+            peer,
+            ack.as_bytes(),
+        );
+        ua.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(
+            sent(&mut ua).is_empty(),
+            "the ACK stops the retransmissions"
+        );
+        // The caller hangs up: 200 to its BYE, the call ends FINISH.
+        let bye = ack
+            .replace("ACK sip", "BYE sip")
+            .replace("CSeq: 1 ACK", "CSeq: 2 BYE")
+            .replace("z9hG4bKack1", "z9hG4bKbye1");
+        ua.handle_input(
+            t0 + Duration::from_secs(11),
+            Transport::Udp,
+            peer,
+            bye.as_bytes(),
+        );
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+        assert_eq!(
+            phases(&events(&mut ua)),
+            vec![(CallPhase::Finish, Some(200))]
+        );
+        assert_eq!(ua.active_calls(), 0);
+    }
+
+    #[test]
+    fn no_ack_for_the_2xx_ends_the_call_with_bye() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        answer_call(&mut ua, t0);
+        let mut t = t0;
+        let mut bye = None;
+        while t < t0 + Duration::from_secs(40) && bye.is_none() {
+            t += Duration::from_millis(250);
+            ua.handle_timeout(t);
+            bye = sent(&mut ua).into_iter().find(|m| m.starts_with("BYE "));
+        }
+        let bye = bye.expect("a BYE after 64*T1 without ACK");
+        assert!(
+            bye.starts_with("BYE sip:alice@127.0.0.1:5070 SIP/2.0"),
+            "{bye}"
+        );
+        assert!(header(&bye, "From").contains("sip:rec@127.0.0.1"), "{bye}");
+        assert!(header(&bye, "To").contains("tag=caller1"), "{bye}");
+        assert!(t >= t0 + Duration::from_secs(32), "not before 64*T1");
+    }
+
+    #[test]
+    fn cancel_of_an_incoming_call_gets_200_and_the_invite_487() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let invite = incoming_invite("z9hG4bKc1", OFFER);
+        ua.handle_input(t0, Transport::Udp, peer, invite.as_bytes());
+        sent(&mut ua);
+        let key = incoming_key(&events(&mut ua));
+        ua.handle_command(t0, Command::Ring(key));
+        let ring = sent(&mut ua).remove(0);
+        assert!(ring.starts_with("SIP/2.0 180"), "{ring}");
+        let cancel = invite
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .replace("INVITE sip:rec", "CANCEL sip:rec")
+            .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+            .replace("Content-Type: application/sdp\r\n", "")
+            .replace(
+                &format!("Content-Length: {}", OFFER.len()),
+                "Content-Length: 0",
+            )
+            + "\r\n\r\n";
+        ua.handle_input(t0, Transport::Udp, peer, cancel.as_bytes());
+        let out = sent(&mut ua);
+        assert!(
+            out.iter()
+                .any(|m| m.starts_with("SIP/2.0 200") && m.contains("CANCEL")),
+            "{out:?}"
+        );
+        let r487 = out
+            .iter()
+            .find(|m| m.starts_with("SIP/2.0 487"))
+            .expect("487");
+        assert_eq!(
+            header(r487, "To"),
+            header(&ring, "To"),
+            "same tag as the 180"
+        );
+        let evs = events(&mut ua);
+        assert_eq!(phases(&evs).last(), Some(&(CallPhase::Finish, Some(487))));
+        // A CANCEL that matches nothing gets 481.
+        let stray = cancel.replace("z9hG4bKc1", "z9hG4bKnone");
+        ua.handle_input(t0, Transport::Udp, peer, stray.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 481"));
+    }
+
+    #[test]
+    fn unsupported_require_gets_420_and_reject_sends_the_status() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let inv = incoming_invite("z9hG4bKr1", OFFER).replace(
+            "Max-Forwards: 70",
+            "Require: 100rel, foo\r\nMax-Forwards: 70",
+        );
+        ua.handle_input(t0, Transport::Udp, peer, inv.as_bytes());
+        let out = sent(&mut ua);
+        assert!(out[0].starts_with("SIP/2.0 420"), "{out:?}");
+        assert!(out[0].contains("Unsupported: 100rel, foo"), "{out:?}");
+        assert!(events(&mut ua).is_empty());
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            incoming_invite("z9hG4bKr2", OFFER).as_bytes(),
+        );
+        sent(&mut ua);
+        let key = incoming_key(&events(&mut ua));
+        ua.handle_command(t0, Command::Reject { key, status: 486 });
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 486"));
+        assert_eq!(phases(&events(&mut ua)), vec![(CallPhase::Busy, Some(486))]);
+    }
+
+    #[test]
+    fn re_offers_wait_for_the_call_layer_and_a_second_one_gets_500() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let (key, ok) = answer_call(&mut ua, t0);
+        let reinvite = |branch: &str, cseq: u32| {
+            incoming_invite(
+                branch,
+                &OFFER.replace("\r\nm=audio", "\r\na=sendonly\r\nm=audio"),
+            )
+            .replace(
+                "To: <sip:rec@127.0.0.1>",
+                &format!("To: {}", header(&ok, "To")),
+            )
+            .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+        };
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            reinvite("z9hG4bKre1", 2).as_bytes(),
+        );
+        assert!(
+            sent(&mut ua).is_empty(),
+            "no answer before the call layer's"
+        );
+        let evs = events(&mut ua);
+        assert!(
+            matches!(&evs[..], [UaEvent::RemoteOffer { key: k, sdp: Some(_) }] if *k == key),
+            "{evs:?}"
+        );
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            reinvite("z9hG4bKre2", 3).as_bytes(),
+        );
+        let out = sent(&mut ua);
+        assert!(
+            out[0].starts_with("SIP/2.0 500") && out[0].contains("Retry-After"),
+            "{out:?}"
+        );
+        ua.handle_command(
+            t0,
+            Command::AnswerOffer {
+                key,
+                result: Ok("v=0\r\n".into()),
+            },
+        );
+        let out = sent(&mut ua);
+        assert!(
+            out[0].starts_with("SIP/2.0 200") && out[0].contains("CSeq: 2 INVITE"),
+            "{out:?}"
+        );
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            reinvite("z9hG4bKre3", 4).as_bytes(),
+        );
+        events(&mut ua);
+        ua.handle_command(
+            t0,
+            Command::AnswerOffer {
+                key,
+                result: Err(488),
+            },
+        );
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 488"));
     }
 
     #[test]

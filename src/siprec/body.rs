@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::sip::dialog::random_token;
+use crate::ids::random_token;
 use crate::sip::sdp::{Direction, RtpMap};
 
 /// The SDP offered to the SRS. `ports` are our RTP ports for (callee stream, caller stream).

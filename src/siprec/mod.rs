@@ -243,7 +243,7 @@ impl SiprecStartRequest {
             .instance
             .filter(|s| !s.trim().is_empty())
             .unwrap_or_else(|| "default".into());
-        if !crate::call::model::is_valid_id(&instance) {
+        if !crate::ids::is_valid_id(&instance) {
             return Err(bad(
                 "instance",
                 format!("{instance:?} must be 1-128 characters of A-Z a-z 0-9 _ . -"),

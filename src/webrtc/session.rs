@@ -188,7 +188,7 @@ impl WhepService {
         let tracks = wait_for_tracks(&mut reader, stream, self.inner.cfg.track_wait).await?;
         let selections = offer::select(&tracks, &offer)?;
         let port = self.take_port()?;
-        let id = crate::sip::dialog::random_token(16);
+        let id = crate::ids::random_token(16);
         let span = tracing::info_span!("whep", stream = %stream, session = %id);
         let started = self
             .start_peer(&selections, offer_sdp, port.port)

@@ -273,6 +273,21 @@ impl Sipp {
 
     /// As [`Sipp::uas`], with more `@NAME@` placeholders of the scenario replaced.
     pub fn uas_with(scenario: &str, transport: &str, alaw: bool, vars: &[(&str, String)]) -> Sipp {
+        Self::launch(scenario, transport, alaw, vars, None)
+    }
+
+    /// Starts sipp as UAC with `scenario`, placing one call to the gateway's SIP port.
+    pub fn uac(scenario: &str, gateway_sip_port: u16, vars: &[(&str, String)]) -> Sipp {
+        Self::launch(scenario, "udp", false, vars, Some(gateway_sip_port))
+    }
+
+    fn launch(
+        scenario: &str,
+        transport: &str,
+        alaw: bool,
+        vars: &[(&str, String)],
+        remote_port: Option<u16>,
+    ) -> Sipp {
         require("sipp");
         let dir = tempdir();
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -297,7 +312,11 @@ impl Sipp {
         };
         let log = dir.path().join("sipp.log");
         let t = if transport == "tcp" { "t1" } else { "u1" };
-        let child = Command::new("sipp")
+        let mut cmd = Command::new("sipp");
+        if let Some(p) = remote_port {
+            cmd.arg(format!("127.0.0.1:{p}"));
+        }
+        let child = cmd
             .args(["-sf", sf.to_str().unwrap()])
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
             .args(["-mi", "127.0.0.1", "-mp", &media_port.to_string()])

@@ -1,0 +1,393 @@
+//! The body of `/call/startup` as WCS clients send it (booleans and the port may be strings)
+//! and its validation into the call layer's [`CallSpec`]. Errors name the field at fault.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::json::{flex_bool, flex_port};
+use crate::call::model::{CallSpec, Secret};
+use crate::error::ApiError;
+use crate::ids::is_valid_id;
+use crate::sip::endpoint::Transport;
+
+/// Body of `/call/startup` (WCS field names; booleans and the port may be strings).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallStartupRequest {
+    /// Our id for the call (1–128 of A-Z a-z 0-9 _ . -); generated when absent.
+    pub call_id: Option<String>,
+    /// Who to call: a user part (`10005`, then `@sipDomain` is added) or a full `sip:` URI.
+    pub callee: String,
+    pub sip_login: String,
+    /// Digest user name; defaults to sipLogin.
+    pub sip_authentication_name: Option<String>,
+    /// Never returned nor logged.
+    #[schema(value_type = Option<String>)]
+    pub sip_password: Option<Secret>,
+    pub sip_domain: String,
+    /// Host (name or IP) all requests are sent to; defaults to sipDomain.
+    pub sip_outbound_proxy: Option<String>,
+    /// Port of the outbound proxy (or domain); default 5060.
+    #[serde(default, deserialize_with = "flex_port")]
+    #[schema(value_type = Option<u16>)]
+    pub sip_port: Option<u16>,
+    /// `udp` (default) or `tcp`.
+    pub sip_transport: Option<String>,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[schema(value_type = Option<bool>)]
+    pub sip_register_required: Option<bool>,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[schema(value_type = Option<bool>)]
+    pub has_audio: Option<bool>,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[schema(value_type = Option<bool>)]
+    pub has_video: Option<bool>,
+    /// Name of the stream the callee's media becomes; defaults to callId.
+    pub to_stream: Option<String>,
+    #[serde(default, deserialize_with = "flex_bool")]
+    #[schema(value_type = Option<bool>)]
+    pub record: Option<bool>,
+    /// Extra headers for the INVITE (`X-*` and other non-structural headers).
+    pub sip_headers: Option<BTreeMap<String, String>>,
+}
+
+/// Headers the gateway writes itself; a caller may not override them through sipHeaders.
+const RESERVED_HEADERS: &[&str] = &[
+    "via",
+    "v",
+    "from",
+    "f",
+    "to",
+    "t",
+    "call-id",
+    "i",
+    "cseq",
+    "content-length",
+    "l",
+    "content-type",
+    "c",
+    "contact",
+    "m",
+    "max-forwards",
+    "route",
+    "record-route",
+    "authorization",
+    "proxy-authorization",
+    "expires",
+    "allow",
+];
+
+fn is_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+fn is_user(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%#".contains(&b))
+}
+
+impl CallStartupRequest {
+    /// Checks every field and normalises the callee into a SIP URI. Errors name the field.
+    pub fn validate(self, generated_id: impl FnOnce() -> String) -> Result<CallSpec, ApiError> {
+        let bad = |field: &str, why: String| ApiError::BadRequest(format!("{field}: {why}"));
+        let call_id = match self.call_id.filter(|s| !s.is_empty()) {
+            Some(id) if is_valid_id(&id) => id,
+            Some(id) => {
+                return Err(bad(
+                    "callId",
+                    format!("{id:?} must be 1-128 characters of A-Z a-z 0-9 _ . -"),
+                ))
+            }
+            None => generated_id(),
+        };
+        let domain = self.sip_domain.trim().to_string();
+        if !is_host(&domain) {
+            return Err(bad(
+                "sipDomain",
+                format!("{domain:?} is not a host name or address"),
+            ));
+        }
+        let login = self.sip_login.trim().to_string();
+        if !is_user(&login) {
+            return Err(bad(
+                "sipLogin",
+                format!("{login:?} is not a valid SIP user"),
+            ));
+        }
+        let auth_name = match self
+            .sip_authentication_name
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(a) if is_user(a.trim()) => a.trim().to_string(),
+            Some(a) => {
+                return Err(bad(
+                    "sipAuthenticationName",
+                    format!("{a:?} is not a valid user name"),
+                ))
+            }
+            None => login.clone(),
+        };
+        let password = self.sip_password.unwrap_or_default();
+        if password.expose().contains(['\r', '\n']) {
+            return Err(bad("sipPassword", "must not contain CR or LF".into()));
+        }
+        let callee = self.callee.trim();
+        let callee_uri = if callee.is_empty() {
+            return Err(bad("callee", "must not be empty".into()));
+        } else if callee.starts_with("sip:") || callee.starts_with("sips:") {
+            callee.to_string()
+        } else if let Some((user, host)) = callee.split_once('@') {
+            if !is_user(user) || !is_host(host) {
+                return Err(bad("callee", format!("{callee:?} is not user@host")));
+            }
+            format!("sip:{callee}")
+        } else if is_user(callee) {
+            format!("sip:{callee}@{domain}")
+        } else {
+            return Err(bad(
+                "callee",
+                format!("{callee:?} is not a SIP user or URI"),
+            ));
+        };
+        if callee_uri.starts_with("sips:") {
+            return Err(bad(
+                "callee",
+                "sips: URIs need TLS, which the gateway does not offer yet".into(),
+            ));
+        }
+        if callee_uri.contains(['\r', '\n', ' ', '<', '>', '"']) {
+            return Err(bad(
+                "callee",
+                format!("{callee_uri:?} contains characters not allowed in a URI"),
+            ));
+        }
+        let parsed =
+            crate::sip::dialog::parse_uri(&callee_uri).map_err(|e| bad("callee", e.to_string()))?;
+        let proxy = match self
+            .sip_outbound_proxy
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+        {
+            Some(p) if is_host(&p) => Some(p),
+            Some(p) => {
+                return Err(bad(
+                    "sipOutboundProxy",
+                    format!("{p:?} is not a host name or address"),
+                ))
+            }
+            None => None,
+        };
+        // Where the INVITE goes (RFC 3261 §8.1.2): an explicit outbound proxy wins (and then
+        // carries the dialog's requests too); else the Request-URI's host and port, where
+        // sipPort is the port of sipDomain when the URI names no port of its own.
+        let uri_host = parsed.host_with_port.host.to_string();
+        let uri_port = parsed.host_with_port.port.map(|p| *p.value());
+        let (proxy_host, proxy_port, sticky) = match proxy.clone() {
+            Some(p) => (p, self.sip_port.unwrap_or(5060), true),
+            None => {
+                let port = uri_port
+                    .or(self
+                        .sip_port
+                        .filter(|_| uri_host.eq_ignore_ascii_case(&domain)))
+                    .unwrap_or(5060);
+                (uri_host, port, false)
+            }
+        };
+        let registrar = (
+            proxy.unwrap_or_else(|| domain.clone()),
+            self.sip_port.unwrap_or(5060),
+        );
+        let transport = match self
+            .sip_transport
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => Transport::Udp,
+            Some(t) => Transport::parse(t)
+                .ok_or_else(|| bad("sipTransport", format!("{t:?}: expected udp or tcp")))?,
+        };
+        let stream = match self
+            .to_stream
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+        {
+            Some(s) if is_valid_id(&s) => s,
+            Some(s) => {
+                return Err(bad(
+                    "toStream",
+                    format!("{s:?} must be 1-128 characters of A-Z a-z 0-9 _ . -"),
+                ))
+            }
+            None => call_id.clone(),
+        };
+        let has_audio = self.has_audio.unwrap_or(true);
+        let has_video = self.has_video.unwrap_or(false);
+        if !has_audio && !has_video {
+            return Err(bad(
+                "hasAudio",
+                "hasAudio and hasVideo are both false: nothing to stream".into(),
+            ));
+        }
+        let mut headers = Vec::new();
+        for (name, value) in self.sip_headers.unwrap_or_default() {
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b));
+            if !valid_name {
+                return Err(bad("sipHeaders", format!("{name:?} is not a header name")));
+            }
+            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(bad(
+                    "sipHeaders",
+                    format!("{name} is set by the gateway and cannot be overridden"),
+                ));
+            }
+            if value.contains(['\r', '\n', '\0']) {
+                return Err(bad(
+                    "sipHeaders",
+                    format!("value of {name} must not contain CR, LF or NUL"),
+                ));
+            }
+            headers.push((name, value));
+        }
+        Ok(CallSpec {
+            call_id,
+            callee_uri,
+            sip_login: login,
+            auth_name,
+            password,
+            domain,
+            proxy_host,
+            proxy_port,
+            sticky,
+            registrar,
+            transport,
+            register: self.sip_register_required.unwrap_or(false),
+            has_audio,
+            has_video,
+            stream,
+            record: self.record.unwrap_or(false),
+            headers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: serde_json::Value) -> CallStartupRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let r = req(
+            serde_json::json!({"callee":"1","sipLogin":"a","sipDomain":"d","sipPassword":"hunter2"}),
+        );
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let spec = r.validate(|| "g".into()).unwrap();
+        assert!(!format!("{spec:?}").contains("hunter2"));
+        assert_eq!(spec.password.expose(), "hunter2");
+    }
+
+    #[test]
+    fn callee_is_normalised() {
+        let s =
+            req(serde_json::json!({"callee":"10005","sipLogin":"10006","sipDomain":"example.net"}))
+                .validate(|| "gen".into())
+                .unwrap();
+        assert_eq!(s.callee_uri, "sip:10005@example.net");
+        assert_eq!(s.call_id, "gen");
+        assert_eq!(s.stream, "gen");
+        assert_eq!(s.proxy_host, "example.net");
+        assert_eq!(s.proxy_port, 5060);
+    }
+
+    #[test]
+    fn requests_go_where_the_request_uri_says_unless_a_proxy_is_given() {
+        let spec = |v: serde_json::Value| req(v).validate(|| "g".into()).unwrap();
+        // The issue's case: the URI's own port, not the domain's default port.
+        let s = spec(
+            serde_json::json!({"callee":"sip:answer@127.0.0.1:5070","sipLogin":"a","sipDomain":"127.0.0.1"}),
+        );
+        assert_eq!(
+            (s.proxy_host.as_str(), s.proxy_port, s.sticky),
+            ("127.0.0.1", 5070, false)
+        );
+        assert_eq!(s.registrar, ("127.0.0.1".to_string(), 5060));
+        // A number at sipDomain uses sipPort (the domain's port).
+        let s = spec(
+            serde_json::json!({"callee":"10005","sipLogin":"a","sipDomain":"127.0.0.1","sipPort":"5080"}),
+        );
+        assert_eq!((s.proxy_host.as_str(), s.proxy_port), ("127.0.0.1", 5080));
+        // Another host without a port: 5060 there, not sipPort of the domain.
+        let s = spec(
+            serde_json::json!({"callee":"sip:bob@10.0.0.9","sipLogin":"a","sipDomain":"127.0.0.1","sipPort":"5080"}),
+        );
+        assert_eq!((s.proxy_host.as_str(), s.proxy_port), ("10.0.0.9", 5060));
+        // An explicit outbound proxy wins and stays on the dialog's path.
+        let s = spec(
+            serde_json::json!({"callee":"sip:answer@127.0.0.1:5070","sipLogin":"a","sipDomain":"example.com","sipOutboundProxy":"10.1.1.1","sipPort":5062}),
+        );
+        assert_eq!(
+            (s.proxy_host.as_str(), s.proxy_port, s.sticky),
+            ("10.1.1.1", 5062, true)
+        );
+        assert_eq!(s.registrar, ("10.1.1.1".to_string(), 5062));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (
+                serde_json::json!({"callee":"a b","sipLogin":"x","sipDomain":"d"}),
+                "callee",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d e"}),
+                "sipDomain",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","callId":"../x"}),
+                "callId",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","sipTransport":"sctp"}),
+                "sipTransport",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","sipHeaders":{"Via":"x"}}),
+                "sipHeaders",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","sipHeaders":{"X-A":"a\r\nBYE"}}),
+                "sipHeaders",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","toStream":"a/b"}),
+                "toStream",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","hasAudio":false}),
+                "hasAudio",
+            ),
+        ];
+        for (body, field) in cases {
+            let e = req(body.clone())
+                .validate(|| "g".into())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(field), "{body}: {e}");
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Call control end to end against sipp on 127.0.0.1: inbound calls answered by the gateway
+//! (recorded, ended from either side, routed by the `inbound_*` properties), hold and unhold
+//! by re-INVITE from the REST API, answers to the far end's re-offers (RFC 3264 subset and
+//! `o=` versions), and routing by the Request-URI (RFC 3261 §8.1.2).
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{startup_body, Gateway, Sipp};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(15);
+
+/// sipp hangs up itself after streaming for a while.
+const SIPP_HANGS_UP: &str = r#"  <pause milliseconds="3000"/>
+  <send retrans="500"><![CDATA[
+
+BYE sip:@USER@@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:alice@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:@USER@@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>"#;
+
+/// sipp waits for the gateway's BYE.
+const GATEWAY_HANGS_UP: &str = r#"  <recv request="BYE"/>
+  <send><![CDATA[
+
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>"#;
+
+fn uac(gw: &Gateway, user: &str, end: &str) -> Sipp {
+    let what = if end == SIPP_HANGS_UP {
+        "hangs up"
+    } else {
+        "waits for the gateway's BYE"
+    };
+    Sipp::uac(
+        "uac_inbound.xml",
+        gw.sip_port,
+        &[
+            ("USER", user.to_string()),
+            ("END_BLOCK", end.to_string()),
+            ("END", what.to_string()),
+        ],
+    )
+}
+
+/// The first inbound call the gateway lists.
+async fn inbound_call(gw: &Gateway) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, all) = gw.post("/call/find_all", "").await;
+        if let Some(c) = all
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["direction"] == "inbound"))
+        {
+            return c.clone();
+        }
+        assert!(Instant::now() < deadline, "no inbound call:\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn packets_arrive(gw: &Gateway, stream: &str) -> u64 {
+    let deadline = Instant::now() + T;
+    loop {
+        let n = gw
+            .stream(stream)
+            .await
+            .and_then(|s| s["tracks"][0]["packets"].as_u64())
+            .unwrap_or(0);
+        if n >= 25 {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no RTP in {stream}:\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn inbound_call_is_answered_recorded_and_hung_up_by_the_caller() {
+    let gw = Gateway::start(&[("sip_record_stream", "true".to_string())]).await;
+    let mut sipp = uac(&gw, "rec-7", SIPP_HANGS_UP);
+    let call = inbound_call(&gw).await;
+    let id = call["callId"].as_str().unwrap().to_string();
+    assert_eq!(
+        call["toStream"], "rec-7",
+        "inbound_stream_name={{user}}: {call}"
+    );
+    assert!(
+        call["caller"]
+            .as_str()
+            .unwrap()
+            .starts_with("sip:alice@127.0.0.1"),
+        "{call}"
+    );
+    // The callId is the SIP Call-ID, made safe for ids (inbound_call_id=sip).
+    let sip_call_id = call["sipCallId"].as_str().unwrap();
+    assert!(!id.contains('@') && id.starts_with(sip_call_id.split('@').next().unwrap()));
+    let call = gw.wait_status(&id, &["ESTABLISHED"], T).await;
+    assert_eq!(call["legs"][0]["name"], "caller", "{call}");
+    let track = &call["legs"][0]["tracks"][0];
+    assert_eq!(
+        track["codec"], "PCMU",
+        "first offered codec we take: {call}"
+    );
+    packets_arrive(&gw, "rec-7").await;
+    let call = gw.wait_status(&id, &["FINISH"], T).await;
+    assert_eq!(call["reason"], "hung up by the far end", "{call}");
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let msgs = sipp.messages();
+    assert!(
+        msgs.contains("X-Subset: m=audio"),
+        "answer is a subset of the offer: {msgs}"
+    );
+    // The recording of the inbound call is there and has the call's audio.
+    let deadline = Instant::now() + T;
+    let rec = loop {
+        let (_, all) = gw.post("/recorder/find_all", "").await;
+        let done = all.as_array().and_then(|a| {
+            a.iter()
+                .find(|r| r["stream"] == "rec-7" && r["state"] != "recording")
+                .cloned()
+        });
+        if let Some(r) = done {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no finished recording: {all}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rec["callId"], id.as_str(), "{rec}");
+    assert!(
+        rec["durationMs"].as_u64().unwrap() >= 2000,
+        "about 3 s of audio: {rec}"
+    );
+}
+
+#[tokio::test]
+async fn inbound_call_is_hung_up_by_the_api_and_other_users_are_refused() {
+    let gw = Gateway::start(&[
+        ("inbound_user_pattern", "rec-.*".to_string()),
+        ("inbound_stream_name", "in_{user}".to_string()),
+        ("inbound_call_id", "random".to_string()),
+    ])
+    .await;
+    // A user outside the pattern: 404, no call.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:other@127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKpat1\r\nFrom: <sip:x@{me}>;tag=1\r\nTo: <sip:other@127.0.0.1>\r\nCall-ID: pat-1\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        p = gw.sip_port
+    );
+    sock.send_to(invite.as_bytes(), ("127.0.0.1", gw.sip_port))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let text = loop {
+        let (n, _) = tokio::time::timeout(T, sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if !text.starts_with("SIP/2.0 100") {
+            break text;
+        }
+    };
+    assert!(text.starts_with("SIP/2.0 404"), "{text}");
+
+    let mut sipp = uac(&gw, "rec-9", GATEWAY_HANGS_UP);
+    let call = inbound_call(&gw).await;
+    let id = call["callId"].as_str().unwrap().to_string();
+    assert!(id.starts_with("in-"), "inbound_call_id=random: {call}");
+    assert_eq!(call["toStream"], "in_rec-9");
+    gw.wait_status(&id, &["ESTABLISHED"], T).await;
+    packets_arrive(&gw, "in_rec-9").await;
+    // A hold of an inbound call goes to the caller as a re-INVITE too; here: unknown id.
+    let (s, e) = gw.post_json("/call/hold", json!({"callId": "nope"})).await;
+    assert_eq!(s, 404, "{e}");
+    let (s, _) = gw.post_json("/call/terminate", json!({"callId": id})).await;
+    assert_eq!(s, 200);
+    let call = gw.wait_status(&id, &["FINISH"], T).await;
+    assert_eq!(call["sipStatus"], 200, "BYE answered: {call}");
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(gw
+        .stream("in_rec-9")
+        .await
+        .is_none_or(|s| s["status"] != "PUBLISHING"));
+}
+
+#[tokio::test]
+async fn hold_and_unhold_by_reinvite_from_the_api() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_hold_by_gateway.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("gh1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("gh1", &["ESTABLISHED"], T).await;
+    let (s, e) = gw
+        .post_json("/call/hold", json!({"callId": "gh1", "leg": "caller"}))
+        .await;
+    assert_eq!(s, 400, "this call has no caller leg: {e}");
+    let (s, _) = gw.post_json("/call/hold", json!({"callId": "gh1"})).await;
+    assert_eq!(s, 200);
+    let call = gw.wait_status("gh1", &["HOLD"], T).await;
+    assert_eq!(
+        call["legs"][0]["tracks"][0]["direction"], "recvonly",
+        "the callee answered recvonly: {call}"
+    );
+    let (s, _) = gw.post_json("/call/unhold", json!({"callId": "gh1"})).await;
+    assert_eq!(s, 200);
+    let call = gw.wait_status("gh1", &["ESTABLISHED"], T).await;
+    assert_eq!(call["legs"][0]["tracks"][0]["direction"], "sendrecv");
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "gh1"}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("gh1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let msgs = sipp.messages();
+    assert!(
+        msgs.contains("held=a=sendonly resumed=a=sendrecv"),
+        "{msgs}"
+    );
+    // Our three offers carry versions 1, 2, 3 (RFC 3264 §8).
+    let versions = origin_versions(&msgs);
+    assert_eq!(versions, vec![1, 2, 3], "{msgs}");
+}
+
+/// The `o=` versions of the gateway's SDPs (origin user `-`) in sipp's trace, repeats removed.
+fn origin_versions(msgs: &str) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    for line in msgs.lines().filter(|l| l.starts_with("o=- ")) {
+        if let Some(v) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
+            if out.last() != Some(&v) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn far_end_reoffers_get_subset_answers_with_moving_versions() {
+    // uas_hold.xml holds the gateway (sendonly) and resumes it, offering PCMU only.
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_hold.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("ro1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("ro1", &["HOLD"], T).await;
+    gw.wait_status("ro1", &["ESTABLISHED"], T).await;
+    gw.post_json("/call/terminate", json!({"callId": "ro1"}))
+        .await;
+    gw.wait_status("ro1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let msgs = sipp.messages();
+    assert_eq!(origin_versions(&msgs), vec![1, 2, 3], "{msgs}");
+    // Only the first INVITE (our offer) lists PCMA and opus; the answers list PCMU alone.
+    let offers = msgs.matches("a=rtpmap:8 PCMA/8000").count();
+    let answers_m = msgs.matches("RTP/AVP 0\r").count() + msgs.matches("RTP/AVP 0\n").count();
+    assert!(offers >= 1, "{msgs}");
+    assert!(answers_m >= 2, "answers list only PCMU: {msgs}");
+}
+
+#[tokio::test]
+async fn callee_uri_port_routes_the_invite_without_an_outbound_proxy() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let mut body = startup_body("rt1", sipp.port, "udp");
+    // As a new user writes it: the callee URI carries the port, no sipPort, no proxy.
+    body["callee"] = json!(format!("sip:answer@127.0.0.1:{}", sipp.port));
+    body.as_object_mut().unwrap().remove("sipPort");
+    let (status, call) = gw.post_json("/call/startup", body).await;
+    assert_eq!(status, 200, "{call}");
+    assert_eq!(call["sipPort"], sipp.port, "next hop shown: {call}");
+    gw.wait_status("rt1", &["ESTABLISHED"], T).await;
+    gw.post_json("/call/terminate", json!({"callId": "rt1"}))
+        .await;
+    gw.wait_status("rt1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
+#[tokio::test]
+async fn hold_of_a_ringing_call_is_refused_and_nothing_else_changes() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_ring_cancel.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("rh1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("rh1", &["RING"], T).await;
+    let (s, e) = gw.post_json("/call/hold", json!({"callId": "rh1"})).await;
+    assert_eq!(s, 409, "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("RING") && msg.contains("only an established call"),
+        "{msg}"
+    );
+    let (s, e) = gw.post("/call/hold", "{\"callId\": 5}").await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().starts_with("callId"), "{e}");
+    assert_eq!(gw.call("rh1").await["status"], "RING");
+    gw.post_json("/call/terminate", json!({"callId": "rh1"}))
+        .await;
+    gw.wait_status("rh1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
