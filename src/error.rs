@@ -25,6 +25,9 @@ pub enum ApiError {
     /// 503: out of capacity (calls, RTP ports).
     #[error("{0}")]
     Unavailable(String),
+    /// 501: a variant of a method that is not built yet (the message says which).
+    #[error("{0}")]
+    NotImplemented(String),
     /// 500: a bug or an internal failure.
     #[error("{0}")]
     Internal(String),
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Upstream(_) => "upstream",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -58,6 +62,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

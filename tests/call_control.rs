@@ -324,3 +324,64 @@ async fn hold_of_a_ringing_call_is_refused_and_nothing_else_changes() {
     gw.wait_status("rh1", &["FINISH"], T).await;
     assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
 }
+
+#[tokio::test]
+async fn dtmf_by_info_both_ways() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let mut sipp = Sipp::uas("uas_info_dtmf.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("dt1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("dt1", &["ESTABLISHED"], T).await;
+    // The digit sipp sends arrives as an event.
+    let ev = common::wait_event(&mut rx, "DtmfEvent", T).await;
+    assert_eq!(ev["callId"], "dt1", "{ev}");
+    assert_eq!(ev["digit"], "5", "{ev}");
+    assert_eq!(ev["duration"], 250, "{ev}");
+    assert_eq!(ev["method"], "INFO", "{ev}");
+    // Bad input is named; the call is untouched.
+    let (s, e) = gw
+        .post_json(
+            "/call/send_dtmf",
+            json!({"callId": "dt1", "dtmf": "7x", "type": "INFO"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("'x'"), "{e}");
+    let (s, e) = gw
+        .post_json("/call/send_dtmf", json!({"callId": "dt1", "dtmf": "7"}))
+        .await;
+    assert_eq!(s, 501, "RFC2833 not built yet, said so: {e}");
+    let (s, _) = gw
+        .post_json(
+            "/call/send_dtmf",
+            json!({"callId": "nope", "dtmf": "7", "type": "INFO"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Two digits by INFO, in order (sipp checks each body).
+    let (s, e) = gw
+        .post_json(
+            "/call/send_dtmf",
+            json!({"callId": "dt1", "dtmf": "7#", "type": "INFO"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let deadline = Instant::now() + T;
+    while !sipp.messages().contains("Signal=#") {
+        assert!(Instant::now() < deadline, "{}", sipp.messages());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.post_json("/call/terminate", json!({"callId": "dt1"}))
+        .await;
+    gw.wait_status("dt1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(
+        sipp.messages().contains("X-Digits: Signal=7 Signal=#"),
+        "{}",
+        sipp.messages()
+    );
+}

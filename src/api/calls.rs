@@ -15,6 +15,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/call/terminate", web::post().to(terminate))
         .route("/call/hold", web::post().to(hold))
         .route("/call/unhold", web::post().to(unhold))
+        .route("/call/send_dtmf", web::post().to(send_dtmf))
         .route("/call/find", web::post().to(find))
         .route("/call/find", web::get().to(find_get))
         .route("/call/find_all", web::post().to(find_all))
@@ -100,6 +101,40 @@ pub async fn unhold(
 ) -> Result<HttpResponse, ApiError> {
     let req: HoldRequest = parse_body(&body)?;
     let info = state.calls.hold(&req.call_id, req.leg.as_deref(), false)?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DtmfRequest {
+    pub call_id: String,
+    /// Digits 0-9 * # A-D (1 to 64).
+    pub dtmf: String,
+    /// `INFO` (SIP INFO, application/dtmf-relay) or `RFC2833` (the default; not built yet: 501).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Per digit, in ms (default 160).
+    pub duration: Option<u32>,
+}
+
+/// Send DTMF digits into a call, one SIP INFO per digit in order.
+#[utoipa::path(post, path = "/rest-api/call/send_dtmf", request_body = DtmfRequest,
+    responses((status = 200, description = "Digits queued", body = CallInfo),
+        (status = 400, description = "A digit, type or duration is invalid", body = ErrorBody),
+        (status = 404, description = "Unknown callId", body = ErrorBody),
+        (status = 409, description = "The call is not established", body = ErrorBody),
+        (status = 501, description = "type RFC2833 is not built yet", body = ErrorBody)))]
+pub async fn send_dtmf(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req: DtmfRequest = parse_body(&body)?;
+    let info = state.calls.send_dtmf(
+        &req.call_id,
+        &req.dtmf,
+        req.kind.as_deref(),
+        req.duration.unwrap_or(160),
+    )?;
     Ok(HttpResponse::Ok().json(info))
 }
 

@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         super::calls::terminate,
         super::calls::hold,
         super::calls::unhold,
+        super::calls::send_dtmf,
         super::calls::find,
         super::calls::find_all,
         super::streams::find,

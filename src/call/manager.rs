@@ -466,6 +466,16 @@ impl CallManager {
                     sip_call_id,
                 } => self.on_call_state(key, phase, sip_status, reason, sdp, sip_call_id),
                 UaEvent::RemoteMedia { key, sdp } => self.on_remote_media(key, &sdp),
+                UaEvent::Dtmf {
+                    key,
+                    digit,
+                    duration_ms,
+                } => self.on_dtmf(key, digit, duration_ms, "INFO"),
+                UaEvent::InfoAnswered { key, status } => {
+                    if !(200..300).contains(&status) {
+                        tracing::warn!(key, status, "INFO refused by the far end");
+                    }
+                }
                 UaEvent::RemoteOffer { key, sdp } => self.on_remote_offer(key, sdp),
                 UaEvent::Incoming(call) => self.on_incoming(*call),
                 UaEvent::Registration {
@@ -757,6 +767,90 @@ impl CallManager {
             self.inner.bus.publish(e);
         }
         Ok(info)
+    }
+
+    /// A digit from the far end: a `DtmfEvent` on the bus.
+    fn on_dtmf(&self, key: CallKey, digit: char, duration_ms: Option<u32>, method: &str) {
+        let event = {
+            let st = self.inner.state.lock();
+            let Some(entry) = st.keys.get(&key).and_then(|id| st.calls.get(id)) else {
+                return;
+            };
+            tracing::info!(call_id = %entry.info.call_id, %digit, method, "DTMF received");
+            Event::DtmfEvent {
+                call_id: entry.info.call_id.clone(),
+                leg: entry.leg_name().to_string(),
+                digit: digit.to_string(),
+                duration: duration_ms,
+                method: method.to_string(),
+                timestamp: unix_ms(),
+            }
+        };
+        self.inner.bus.publish(event);
+    }
+
+    /// `/call/send_dtmf`: each digit as one SIP INFO (`application/dtmf-relay`), in order.
+    /// RFC 4733 telephone-events in the RTP stream are not sent yet: `RFC2833` answers 501.
+    pub fn send_dtmf(
+        &self,
+        call_id: &str,
+        dtmf: &str,
+        kind: Option<&str>,
+        duration_ms: u32,
+    ) -> Result<CallInfo, ApiError> {
+        let digits: Vec<char> = dtmf.chars().filter(|c| !c.is_whitespace()).collect();
+        if digits.is_empty() || digits.len() > 64 {
+            return Err(ApiError::BadRequest(
+                "dtmf: 1 to 64 digits of 0-9 * # A-D".into(),
+            ));
+        }
+        if let Some(bad) = digits
+            .iter()
+            .find(|c| !(c.is_ascii_digit() || "*#ABCDabcd".contains(**c)))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "dtmf: {bad:?} is not a DTMF digit (0-9 * # A-D)"
+            )));
+        }
+        match kind.map(str::to_ascii_uppercase).as_deref() {
+            Some("INFO") => {}
+            None | Some("RFC2833") | Some("RFC4733") => {
+                return Err(ApiError::NotImplemented(
+                    "type: RFC2833 (telephone-events in RTP) is not implemented yet; use INFO"
+                        .into(),
+                ))
+            }
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "type: {other:?}: expected RFC2833 or INFO"
+                )))
+            }
+        }
+        if !(40..=5000).contains(&duration_ms) {
+            return Err(ApiError::BadRequest("duration: 40 to 5000 ms".into()));
+        }
+        let st = self.inner.state.lock();
+        let entry = st
+            .calls
+            .get(call_id)
+            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
+            return Err(ApiError::Conflict(format!(
+                "callId {call_id:?} is {}: DTMF needs an established call",
+                entry.info.status.as_str()
+            )));
+        }
+        for d in digits {
+            let signal = d.to_ascii_uppercase();
+            let body = format!("Signal={signal}\r\nDuration={duration_ms}\r\n");
+            self.inner.sip.command(Command::Info {
+                key: entry.key,
+                content_type: "application/dtmf-relay".into(),
+                body: body.into_bytes(),
+            });
+        }
+        tracing::info!(call_id, dtmf, "DTMF sent by INFO");
+        Ok(self.snapshot(entry))
     }
 
     // ---- inbound calls ----

@@ -32,6 +32,17 @@ pub enum Event {
         reason: Option<String>,
         timestamp: u64,
     },
+    /// A DTMF digit from the far end (`method`: INFO; RFC 4733 later).
+    #[serde(rename_all = "camelCase")]
+    DtmfEvent {
+        call_id: String,
+        leg: String,
+        digit: String,
+        /// Milliseconds, when the peer said.
+        duration: Option<u32>,
+        method: String,
+        timestamp: u64,
+    },
     #[serde(rename_all = "camelCase")]
     RegistrationStatusEvent {
         sip_login: String,

@@ -127,6 +127,13 @@ pub enum Command {
         key: CallKey,
         result: Result<String, u16>,
     },
+    /// An INFO inside an established dialog (e.g. `application/dtmf-relay`). INFOs of one
+    /// call go out one at a time, in order: the next after the previous one's final response.
+    Info {
+        key: CallKey,
+        content_type: String,
+        body: Vec<u8>,
+    },
     /// Hang up every call, un-REGISTER every account; `UaEvent::Idle` follows.
     Shutdown,
 }
@@ -222,6 +229,15 @@ pub enum UaEvent {
     RemoteOffer { key: CallKey, sdp: Option<String> },
     /// The far end's answer to an offer we made in a 2xx (it came in the ACK).
     RemoteMedia { key: CallKey, sdp: String },
+    /// A DTMF digit the far end sent by SIP INFO (`application/dtmf-relay` or
+    /// `application/dtmf`).
+    Dtmf {
+        key: CallKey,
+        digit: char,
+        duration_ms: Option<u32>,
+    },
+    /// The final status of one of our INFOs (a failed one does not end the call).
+    InfoAnswered { key: CallKey, status: u16 },
     /// Our re-INVITE was answered (`status` 2xx: accepted, with the answer's SDP) or failed
     /// (the dialog goes on with the previous media).
     Reinvited {
@@ -292,6 +308,9 @@ struct Call {
     server_invite: Option<(TransactionKey, rsip::Request)>,
     /// A re-INVITE/UPDATE from the far end waiting for the call layer's answer.
     pending_offer: Option<(TransactionKey, rsip::Request, Transport, SocketAddr)>,
+    /// INFOs waiting to be sent (content type, body), and whether one is in flight.
+    info_queue: std::collections::VecDeque<(String, Vec<u8>)>,
+    info_in_flight: bool,
 }
 
 struct Retransmit {
@@ -346,6 +365,7 @@ enum TxOwner {
     Reinvite(CallKey),
     Cancel(CallKey),
     Bye(CallKey),
+    Info(CallKey),
     Register(u64),
 }
 
@@ -455,6 +475,16 @@ impl UserAgent {
             Command::Answer { key, sdp, local } => self.answer(now, key, sdp, local),
             Command::Reject { key, status } => self.reject(now, key, status),
             Command::AnswerOffer { key, result } => self.answer_offer(now, key, result),
+            Command::Info {
+                key,
+                content_type,
+                body,
+            } => {
+                if let Some(call) = self.calls.get_mut(&key) {
+                    call.info_queue.push_back((content_type, body));
+                    self.send_next_info(now, key);
+                }
+            }
             Command::Shutdown => {
                 self.shutting_down = true;
                 let keys: Vec<CallKey> = self.calls.keys().copied().collect();
@@ -496,6 +526,7 @@ impl UserAgent {
                         Some(TxOwner::Reinvite(c)) => self.on_reinvite_event(c, event),
                         Some(TxOwner::Cancel(c)) => self.on_cancel_event(c, event),
                         Some(TxOwner::Bye(c)) => self.on_bye_event(c, event),
+                        Some(TxOwner::Info(c)) => self.on_info_event(now, c, event),
                         Some(TxOwner::Register(r)) => self.on_register_event(now, r, event),
                         None => {}
                     }
@@ -565,6 +596,8 @@ impl UserAgent {
             hangup_status: None,
             server_invite: None,
             pending_offer: None,
+            info_queue: Default::default(),
+            info_in_flight: false,
         };
         self.timers
             .push(now + self.cfg.invite_timeout, Timer::Call(pc.key));
@@ -1034,6 +1067,63 @@ impl UserAgent {
         }
     }
 
+    fn send_next_info(&mut self, now: Instant, key: CallKey) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.info_in_flight || call.stage != Stage::Confirmed {
+            return;
+        }
+        let Some((ct, body)) = call.info_queue.pop_front() else {
+            return;
+        };
+        call.dialog.local_cseq += 1;
+        let req = in_dialog_request(call, rsip::Method::Info, None, &[], Some((&ct, body)));
+        let (t, d) = in_dialog_dest(call);
+        let sent = req.map_err(|e| e.to_string()).and_then(|r| {
+            self.endpoint
+                .send_request(now, r, t, d)
+                .map_err(|e| e.to_string())
+        });
+        match sent {
+            Ok(tx) => {
+                self.owners.insert(tx, TxOwner::Info(key));
+                if let Some(call) = self.calls.get_mut(&key) {
+                    call.info_in_flight = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(call = key, error = %e, "INFO not sent");
+                self.events
+                    .push_back(UaEvent::InfoAnswered { key, status: 500 });
+            }
+        }
+    }
+
+    fn on_info_event(&mut self, now: Instant, key: CallKey, event: ClientEvent) {
+        let status = match &event {
+            ClientEvent::Final(r) => r.status_code.code(),
+            ClientEvent::Timeout => 408,
+            ClientEvent::TransportError => 503,
+            _ => return,
+        };
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.info_in_flight = false;
+        }
+        self.events.push_back(UaEvent::InfoAnswered { key, status });
+        if status == 481 || status == 408 {
+            // RFC 3261 §12.2.1.2: the dialog is gone.
+            self.end_call(
+                key,
+                CallPhase::Finish,
+                Some(status),
+                Some(format!("INFO answered {status}")),
+            );
+            return;
+        }
+        self.send_next_info(now, key);
+    }
+
     fn on_bye_event(&mut self, key: CallKey, event: ClientEvent) {
         let (status, reason) = match &event {
             ClientEvent::Final(resp) => {
@@ -1149,9 +1239,11 @@ impl UserAgent {
         self.dialogs
             .remove(&(call.dialog.call_id.clone(), call.dialog.local_tag.clone()));
         self.owners.retain(|_, o| match o {
-            TxOwner::Invite(c) | TxOwner::Reinvite(c) | TxOwner::Cancel(c) | TxOwner::Bye(c) => {
-                *c != key
-            }
+            TxOwner::Invite(c)
+            | TxOwner::Reinvite(c)
+            | TxOwner::Cancel(c)
+            | TxOwner::Bye(c)
+            | TxOwner::Info(c) => *c != key,
             TxOwner::Register(_) => true,
         });
         self.events.push_back(UaEvent::CallState {
@@ -1449,13 +1541,20 @@ impl UserAgent {
             (rsip::Method::Invite | rsip::Method::Update, Some(c)) => {
                 return self.on_remote_offer(now, key, c, req, transport, source);
             }
-            (
-                rsip::Method::Options
-                | rsip::Method::Info
-                | rsip::Method::Notify
-                | rsip::Method::Message,
-                Some(_),
-            ) => build_response(&req, 200, None, vec![], None),
+            (rsip::Method::Info, Some(c)) => {
+                if let Some((digit, duration_ms)) = dtmf_info(&req) {
+                    tracing::info!(call = c, %digit, "DTMF by INFO");
+                    self.events.push_back(UaEvent::Dtmf {
+                        key: c,
+                        digit,
+                        duration_ms,
+                    });
+                }
+                build_response(&req, 200, None, vec![], None)
+            }
+            (rsip::Method::Options | rsip::Method::Notify | rsip::Method::Message, Some(_)) => {
+                build_response(&req, 200, None, vec![], None)
+            }
             (_, Some(_)) => build_response(
                 &req,
                 405,
@@ -1659,6 +1758,8 @@ impl UserAgent {
             hangup_status: None,
             server_invite: Some((key, req)),
             pending_offer: None,
+            info_queue: Default::default(),
+            info_in_flight: false,
         };
         tracing::info!(call = c, sip_call_id = %call.dialog.call_id, from = %incoming.from_uri, to = %incoming.request_uri, "incoming call");
         self.timers
@@ -2010,6 +2111,45 @@ fn granted_expires(resp: &rsip::Response, _our_contact: &str) -> Option<u32> {
             _ => None,
         })
     })
+}
+
+/// The digit of a DTMF INFO: `application/dtmf-relay` (`Signal=5`, `Duration=160`) or
+/// `application/dtmf` (the digit alone). None for other INFOs.
+pub fn dtmf_info(req: &rsip::Request) -> Option<(char, Option<u32>)> {
+    let ct = req.headers.iter().find_map(|h| match h {
+        rsip::Header::ContentType(ct) => Some(ct.value().to_ascii_lowercase()),
+        _ => None,
+    })?;
+    let body = std::str::from_utf8(&req.body).ok()?;
+    let valid = |c: char| c.is_ascii_digit() || "*#ABCDabcd".contains(c);
+    if ct.starts_with("application/dtmf-relay") {
+        let mut digit = None;
+        let mut duration = None;
+        for line in body.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "signal" => {
+                    let v = v.trim();
+                    digit = match v {
+                        "10" => Some('*'),
+                        "11" => Some('#'),
+                        _ => v.chars().next().filter(|c| v.len() == 1 && valid(*c)),
+                    };
+                }
+                "duration" => duration = v.trim().parse().ok(),
+                _ => {}
+            }
+        }
+        return digit.map(|d| (d.to_ascii_uppercase(), duration));
+    }
+    if ct.starts_with("application/dtmf") {
+        let v = body.trim();
+        let d = v.chars().next().filter(|c| v.len() == 1 && valid(*c))?;
+        return Some((d.to_ascii_uppercase(), None));
+    }
+    None
 }
 
 fn cseq_of(req: &rsip::Request) -> u32 {
@@ -2590,6 +2730,33 @@ mod tests {
             },
         );
         assert!(sent(&mut ua)[0].starts_with("SIP/2.0 488"));
+    }
+
+    #[test]
+    fn dtmf_info_bodies_are_read() {
+        let info = |ct: &str, body: &str| {
+            let raw = format!(
+                "INFO sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKi\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 3 INFO\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            dtmf_info(&rsip::Request::try_from(raw.as_bytes()).unwrap())
+        };
+        assert_eq!(
+            info("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+            Some(('5', Some(160)))
+        );
+        assert_eq!(
+            info("application/dtmf-relay", "Signal= 11\r\n"),
+            Some(('#', None))
+        );
+        assert_eq!(
+            info("application/dtmf-relay", "signal=*\r\nduration=x\r\n"),
+            Some(('*', None))
+        );
+        assert_eq!(info("application/dtmf", "b"), Some(('B', None)));
+        assert_eq!(info("application/dtmf-relay", "Signal=55\r\n"), None);
+        assert_eq!(info("application/dtmf-relay", "Signal=x\r\n"), None);
+        assert_eq!(info("text/plain", "Signal=5"), None);
     }
 
     #[test]
