@@ -385,3 +385,100 @@ async fn dtmf_by_info_both_ways() {
         sipp.messages()
     );
 }
+
+#[tokio::test]
+async fn inbound_invite_without_sdp_gets_our_offer_and_the_ack_answers_it() {
+    let gw = Gateway::start(&[]).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let p = gw.sip_port;
+    let invite = format!(
+        "INVITE sip:late@127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKlate1\r\nFrom: <sip:x@{me}>;tag=l1\r\nTo: <sip:late@127.0.0.1>\r\nCall-ID: late-1\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(invite.as_bytes(), ("127.0.0.1", p))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let ok = loop {
+        let (n, _) = tokio::time::timeout(T, sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("SIP/2.0 200") {
+            break text;
+        }
+        assert!(text.starts_with("SIP/2.0 1"), "{text}");
+    };
+    assert!(
+        ok.contains("m=audio ") && ok.contains("PCMU/8000"),
+        "our offer: {ok}"
+    );
+    let to = ok
+        .lines()
+        .find_map(|l| l.strip_prefix("To: "))
+        .unwrap()
+        .to_string();
+    let answer = format!(
+        "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+    );
+    let ack = format!(
+        "ACK sip:late@127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKlate2\r\nFrom: <sip:x@{me}>;tag=l1\r\nTo: {to}\r\nCall-ID: late-1\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+        answer.len()
+    );
+    sock.send_to(ack.as_bytes(), ("127.0.0.1", p))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let call = loop {
+        let c = gw.call("late-1").await;
+        if c["legs"][0]["tracks"][0]["remoteRtp"].is_string() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{c}\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(call["status"], "ESTABLISHED", "{call}");
+    let track = &call["legs"][0]["tracks"][0];
+    assert_eq!(
+        track["codec"], "PCMA",
+        "the ACK's answer chose PCMA: {call}"
+    );
+    assert_eq!(track["remoteRtp"], format!("127.0.0.1:{rtp_port}"));
+    // The gateway's silence reaches the answered port.
+    rtp.set_read_timeout(Some(T)).unwrap();
+    let mut pkt = [0u8; 512];
+    let (n, _) = rtp.recv_from(&mut pkt).expect("RTP from the gateway");
+    assert!(n > 12 && pkt[1] & 0x7f == 8, "PCMA RTP");
+    gw.post_json("/call/terminate", json!({"callId": "late-1"}))
+        .await;
+    let bye = loop {
+        let (n, _) = tokio::time::timeout(T, sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("BYE ") {
+            break text;
+        }
+    };
+    assert!(
+        bye.starts_with(&format!("BYE sip:x@{me} SIP/2.0")),
+        "to the Contact: {bye}"
+    );
+    let copy: String = bye
+        .lines()
+        .filter(|l| {
+            ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        })
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let ok = format!("SIP/2.0 200 OK\r\n{copy}Content-Length: 0\r\n\r\n");
+    sock.send_to(ok.as_bytes(), ("127.0.0.1", p)).await.unwrap();
+    let call = gw.wait_status("late-1", &["FINISH"], T).await;
+    assert_eq!(call["sipStatus"], 200, "{call}");
+}

@@ -1603,6 +1603,14 @@ impl UserAgent {
             let _ = self.endpoint.respond(now, &key, resp);
             return;
         }
+        if req.method == rsip::Method::Update && offer.is_none() {
+            // An UPDATE without SDP (a session-timer refresh, RFC 4028) changes no media,
+            // and its 200 must not carry an offer.
+            let contact = rsip::headers::Contact::new(call.contact()).into();
+            let resp = build_response(&req, 200, None, vec![contact], None);
+            let _ = self.endpoint.respond(now, &key, resp);
+            return;
+        }
         call.pending_offer = Some((key, req, transport, source));
         self.events
             .push_back(UaEvent::RemoteOffer { key: c, sdp: offer });
@@ -2730,6 +2738,29 @@ mod tests {
             },
         );
         assert!(sent(&mut ua)[0].starts_with("SIP/2.0 488"));
+    }
+
+    #[test]
+    fn update_without_sdp_is_a_refresh_answered_at_once() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let (_, ok) = answer_call(&mut ua, t0);
+        let update = format!(
+            "UPDATE sip:rec@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKup1\r\n\
+             From: <sip:alice@127.0.0.1:5070>;tag=caller1\r\nTo: {}\r\nCall-ID: in-1@peer\r\nCSeq: 2 UPDATE\r\n\
+             Session-Expires: 1800;refresher=uac\r\nContent-Length: 0\r\n\r\n",
+            header(&ok, "To")
+        );
+        ua.handle_input(t0, Transport::Udp, peer, update.as_bytes());
+        let out = sent(&mut ua);
+        assert!(out[0].starts_with("SIP/2.0 200"), "{out:?}");
+        assert!(
+            !out[0].contains("application/sdp"),
+            "no offer in the 200: {}",
+            out[0]
+        );
+        assert!(events(&mut ua).is_empty(), "nothing for the call layer");
     }
 
     #[test]
