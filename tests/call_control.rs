@@ -482,3 +482,101 @@ async fn inbound_invite_without_sdp_gets_our_offer_and_the_ack_answers_it() {
     let call = gw.wait_status("late-1", &["FINISH"], T).await;
     assert_eq!(call["sipStatus"], 200, "{call}");
 }
+
+/// RTP packet with an RFC 4733 telephone-event payload.
+fn telephone_event(seq: u16, ts: u32, event: u8, end: bool, duration: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 101 | if seq == 1 { 0x80 } else { 0 }];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[event, if end { 0x80 | 10 } else { 10 }]);
+    p.extend_from_slice(&duration.to_be_bytes());
+    p
+}
+
+#[tokio::test]
+async fn rfc4733_digits_from_the_far_end_become_events() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let p = gw.sip_port;
+    let offer = format!(
+        "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
+    );
+    let invite = format!(
+        "INVITE sip:dtmf@127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKte1\r\nFrom: <sip:x@{me}>;tag=t1\r\nTo: <sip:dtmf@127.0.0.1>\r\nCall-ID: te-1\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        offer.len()
+    );
+    sock.send_to(invite.as_bytes(), ("127.0.0.1", p))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let ok = loop {
+        let (n, _) = tokio::time::timeout(T, sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("SIP/2.0 200") {
+            break text;
+        }
+    };
+    assert!(
+        ok.contains("RTP/AVP 0 101"),
+        "telephone-event answered: {ok}"
+    );
+    let gw_rtp: u16 = ok
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let to = ok
+        .lines()
+        .find_map(|l| l.strip_prefix("To: "))
+        .unwrap()
+        .to_string();
+    let ack = format!(
+        "ACK sip:dtmf@127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKte2\r\nFrom: <sip:x@{me}>;tag=t1\r\nTo: {to}\r\nCall-ID: te-1\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(ack.as_bytes(), ("127.0.0.1", p))
+        .await
+        .unwrap();
+    gw.wait_status("te-1", &["ESTABLISHED"], T).await;
+    // Digit 9 for 100 ms: three progress packets, then the end packet three times.
+    let dest = ("127.0.0.1", gw_rtp);
+    let mut seq = 1;
+    for d in [160u16, 320, 480] {
+        rtp.send_to(&telephone_event(seq, 8000, 9, false, d), dest)
+            .unwrap();
+        seq += 1;
+    }
+    for _ in 0..3 {
+        rtp.send_to(&telephone_event(seq, 8000, 9, true, 800), dest)
+            .unwrap();
+        seq += 1;
+    }
+    // A truncated one is counted as invalid and changes nothing.
+    rtp.send_to(&[0x80, 101, 0, 9], dest).unwrap();
+    let ev = common::wait_event(&mut rx, "DtmfEvent", T).await;
+    assert_eq!(ev["callId"], "te-1", "{ev}");
+    assert_eq!(ev["digit"], "9", "{ev}");
+    assert_eq!(ev["duration"], 100, "{ev}");
+    assert_eq!(ev["method"], "RFC4733", "{ev}");
+    assert_eq!(ev["leg"], "caller", "{ev}");
+    // Only one event for the digit (the end packet came three times).
+    let more = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match rx.recv().await {
+                Some(e) if e["type"] == "DtmfEvent" => return e,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "a second DtmfEvent: {more:?}");
+}

@@ -1111,6 +1111,24 @@ impl CallManager {
                         track,
                         span,
                     );
+                    if let (Some(te), TrackKind::Audio) = (&neg.dtmf, leg.kind) {
+                        // RFC 4733 digits from the far end become DtmfEvents.
+                        let (tx, mut rx) = mpsc::unbounded_channel();
+                        let update = LegUpdate::Dtmf {
+                            payload_type: te.pt,
+                            clock_rate: te.clock_rate,
+                            digits: tx,
+                        };
+                        if handle.update(update).is_ok() {
+                            let this = self.clone();
+                            let key = entry.key;
+                            tokio::spawn(async move {
+                                while let Some(d) = rx.recv().await {
+                                    this.on_dtmf(key, d.digit, Some(d.duration_ms), "RFC4733");
+                                }
+                            });
+                        }
+                    }
                     leg.running = Some((handle, track));
                     tracing::info!(%call_id, kind = ?leg.kind, codec = %neg.codec.encoding, remote = ?neg.remote_rtp, "media started");
                 }

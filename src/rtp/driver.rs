@@ -58,7 +58,7 @@ pub struct LegStats {
 }
 
 /// A change to a running leg.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LegUpdate {
     /// New remote addresses from a re-INVITE (re-arms latching).
     Remote {
@@ -71,6 +71,14 @@ pub enum LegUpdate {
         payload_type: u8,
         clock_rate: u32,
         silence_payload: Bytes,
+    },
+    /// Read RFC 4733 telephone-events of this payload type and clock rate; each digit goes
+    /// to `digits` (the leg never waits for the receiver). The packets still reach the
+    /// stream as they are.
+    Dtmf {
+        payload_type: u8,
+        clock_rate: u32,
+        digits: tokio::sync::mpsc::UnboundedSender<crate::media::dtmf::Digit>,
     },
 }
 
@@ -180,6 +188,7 @@ pub fn spawn_leg_on(
         last_push: now,
         last_snapshot: now,
         send_ahead,
+        dtmf: None,
     };
     let task = rt.spawn(
         async move {
@@ -365,6 +374,10 @@ struct Leg {
     last_snapshot: Instant,
     /// See the run loop: 90 % of the ptime.
     send_ahead: Duration,
+    dtmf: Option<(
+        crate::media::dtmf::TelephoneEvents,
+        tokio::sync::mpsc::UnboundedSender<crate::media::dtmf::Digit>,
+    )>,
 }
 
 fn clock() -> Instant {
@@ -445,6 +458,14 @@ impl Leg {
             } => self
                 .session
                 .set_codec(payload_type, clock_rate, silence_payload),
+            LegUpdate::Dtmf {
+                payload_type,
+                clock_rate,
+                digits,
+            } => {
+                let reader = crate::media::dtmf::TelephoneEvents::new(payload_type, clock_rate);
+                self.dtmf = Some((reader, digits));
+            }
         }
     }
 
@@ -462,6 +483,14 @@ impl Leg {
                     .get(rx.payload.clone())
                     .map(Bytes::copy_from_slice)
                     .unwrap_or_default();
+                if let Some((reader, digits)) = &mut self.dtmf {
+                    if rx.payload_type == reader.payload_type() {
+                        if let Some(d) = reader.on_packet(rx.payload_type, rx.timestamp, &payload) {
+                            tracing::debug!(digit = %d.digit, "RFC 4733 digit");
+                            let _ = digits.send(d);
+                        }
+                    }
+                }
                 self.publisher.publish(MediaUnit {
                     track: self.track,
                     payload_type: rx.payload_type,
