@@ -36,7 +36,8 @@ pub enum ApiError {
 /// The JSON body of every error.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// bad_request, unauthorized, not_found, conflict, upstream, unavailable, internal
+    /// bad_request, unauthorized, not_found, conflict, upstream, unavailable, not_implemented,
+    /// internal
     pub error: &'static str,
     pub message: String,
 }
