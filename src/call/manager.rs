@@ -68,6 +68,14 @@ pub(super) struct State {
     pub(super) siprec_keys: HashMap<CallKey, (String, String)>,
 }
 
+impl State {
+    /// The call a UA key belongs to (the router from UA events to calls).
+    pub(super) fn by_key(&mut self, key: CallKey) -> Option<&mut Entry> {
+        let id = self.keys.get(&key)?;
+        self.calls.get_mut(id)
+    }
+}
+
 pub(super) struct Entry {
     pub(super) info: CallInfo,
     pub(super) key: CallKey,
@@ -597,21 +605,13 @@ impl CallManager {
     fn on_remote_media(&self, key: CallKey, sdp: &str) {
         let info = {
             let mut st = self.inner.state.lock();
-            let Some(entry) = st
-                .keys
-                .get(&key)
-                .cloned()
-                .and_then(|id| st.calls.get_mut(&id))
-            else {
+            let Some(entry) = st.by_key(key) else {
                 return;
             };
             self.apply_remote_sdp(entry, sdp, None);
             hold_status(entry)
         };
-        if let Some(info) = info {
-            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), "call status");
-            self.publish_status(&info);
-        }
+        self.status_changed(info);
     }
 
     /// An offer from the far end inside the dialog: we answer it (or 488), and follow its
@@ -638,10 +638,7 @@ impl CallManager {
             tracing::info!(key, status, "offer from the far end refused");
         }
         self.inner.sip.command(Command::AnswerOffer { key, result });
-        if let Some(info) = info {
-            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), "call status");
-            self.publish_status(&info);
-        }
+        self.status_changed(info);
     }
 
     /// Our answer to `offer` (None: a re-INVITE without SDP asks for our offer). The media
@@ -667,12 +664,7 @@ impl CallManager {
     fn on_reinvited(&self, key: CallKey, status: u16, answer: Option<String>) {
         let (event, info) = {
             let mut st = self.inner.state.lock();
-            let Some(entry) = st
-                .keys
-                .get(&key)
-                .cloned()
-                .and_then(|id| st.calls.get_mut(&id))
-            else {
+            let Some(entry) = st.by_key(key) else {
                 if !(200..300).contains(&status) {
                     tracing::warn!(key, status, "re-INVITE refused");
                 }
@@ -699,10 +691,7 @@ impl CallManager {
             (event, hold_status(entry))
         };
         self.inner.bus.publish(event);
-        if let Some(info) = info {
-            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), "call status");
-            self.publish_status(&info);
-        }
+        self.status_changed(info);
     }
 
     /// `/call/hold` (`on`) and `/call/unhold`: a re-INVITE with our media sendonly (or
@@ -1159,6 +1148,14 @@ impl CallManager {
                 (None, None) => {}
             }
             leg.codec = Some(neg.codec);
+        }
+    }
+
+    /// Logs and publishes a status change (None: nothing changed).
+    fn status_changed(&self, info: Option<CallInfo>) {
+        if let Some(info) = info {
+            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), "call status");
+            self.publish_status(&info);
         }
     }
 

@@ -28,10 +28,6 @@ impl TelephoneEvents {
         }
     }
 
-    pub fn payload_type(&self) -> u8 {
-        self.payload_type
-    }
-
     /// One RTP packet's payload type, timestamp and payload. Some(digit) for the first end
     /// packet of an event that is a DTMF digit (events 0–15); None otherwise, and for
     /// truncated payloads.

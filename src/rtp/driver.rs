@@ -484,11 +484,9 @@ impl Leg {
                     .map(Bytes::copy_from_slice)
                     .unwrap_or_default();
                 if let Some((reader, digits)) = &mut self.dtmf {
-                    if rx.payload_type == reader.payload_type() {
-                        if let Some(d) = reader.on_packet(rx.payload_type, rx.timestamp, &payload) {
-                            tracing::debug!(digit = %d.digit, "RFC 4733 digit");
-                            let _ = digits.send(d);
-                        }
+                    if let Some(d) = reader.on_packet(rx.payload_type, rx.timestamp, &payload) {
+                        tracing::debug!(digit = %d.digit, "RFC 4733 digit");
+                        let _ = digits.send(d);
                     }
                 }
                 self.publisher.publish(MediaUnit {

@@ -878,16 +878,9 @@ impl UserAgent {
             &call.headers,
             Some(("application/sdp", sdp.into_bytes())),
         );
-        let (t, d) = in_dialog_dest(call);
-        let sent = req.map_err(|e| e.to_string()).and_then(|r| {
-            self.endpoint
-                .send_request(now, r, t, d)
-                .map_err(|e| e.to_string())
-        });
+        let sent = self.send_in_dialog(now, key, req, TxOwner::Reinvite(key));
         match sent {
-            Ok(tx) => {
-                self.owners.insert(tx, TxOwner::Reinvite(key));
-            }
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(call = key, error = %e, "re-INVITE not sent");
                 self.events.push_back(UaEvent::Reinvited {
@@ -1047,17 +1040,10 @@ impl UserAgent {
         call.stage = Stage::Ending;
         call.dialog.local_cseq += 1;
         let bye = in_dialog_request(call, rsip::Method::Bye, None, &[], None);
-        let (t, d) = in_dialog_dest(call);
         tracing::info!(call = key, "sending BYE");
-        let sent = bye.map_err(|e| e.to_string()).and_then(|bye| {
-            self.endpoint
-                .send_request(now, bye, t, d)
-                .map_err(|e| e.to_string())
-        });
+        let sent = self.send_in_dialog(now, key, bye, TxOwner::Bye(key));
         match sent {
-            Ok(tx) => {
-                self.owners.insert(tx, TxOwner::Bye(key));
-            }
+            Ok(()) => {}
             Err(e) => self.end_call(
                 key,
                 CallPhase::Finish,
@@ -1065,6 +1051,25 @@ impl UserAgent {
                 Some(format!("BYE not sent: {e}")),
             ),
         }
+    }
+
+    /// Sends a request built inside `key`'s dialog as a client transaction owned by `owner`.
+    fn send_in_dialog(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        req: Result<rsip::Request, super::dialog::UriError>,
+        owner: TxOwner,
+    ) -> Result<(), String> {
+        let call = self.calls.get(&key).ok_or("the call has ended")?;
+        let (t, d) = in_dialog_dest(call);
+        let req = req.map_err(|e| e.to_string())?;
+        let tx = self
+            .endpoint
+            .send_request(now, req, t, d)
+            .map_err(|e| e.to_string())?;
+        self.owners.insert(tx, owner);
+        Ok(())
     }
 
     fn send_next_info(&mut self, now: Instant, key: CallKey) {
@@ -1079,15 +1084,9 @@ impl UserAgent {
         };
         call.dialog.local_cseq += 1;
         let req = in_dialog_request(call, rsip::Method::Info, None, &[], Some((&ct, body)));
-        let (t, d) = in_dialog_dest(call);
-        let sent = req.map_err(|e| e.to_string()).and_then(|r| {
-            self.endpoint
-                .send_request(now, r, t, d)
-                .map_err(|e| e.to_string())
-        });
+        let sent = self.send_in_dialog(now, key, req, TxOwner::Info(key));
         match sent {
-            Ok(tx) => {
-                self.owners.insert(tx, TxOwner::Info(key));
+            Ok(()) => {
                 if let Some(call) = self.calls.get_mut(&key) {
                     call.info_in_flight = true;
                 }
