@@ -104,6 +104,8 @@ pub struct Config {
     pub webhook_url: Option<String>,
     pub webhook_retries: u32,
     pub webhook_timeout: Duration,
+    /// With a secret, every webhook POST carries `X-Sipstream-Signature: sha256=<hex HMAC>`.
+    pub webhook_secret: crate::secret::Secret,
     pub log_level: String,
     pub shutdown_timeout: Duration,
     /// `rtmp_audio_codec` with `rtmp_aac_sample_rate` and `rtmp_aac_bitrate`.
@@ -187,6 +189,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("webhook_url", ""),
     ("webhook_retries", "3"),
     ("webhook_timeout_ms", "3000"),
+    ("webhook_secret", ""),
     ("log_level", "info"),
     ("shutdown_timeout_s", "5"),
 ];
@@ -343,6 +346,7 @@ impl Config {
             webhook_url: Some(r.string("webhook_url")).filter(|s| !s.is_empty()),
             webhook_retries: r.parse("webhook_retries")?,
             webhook_timeout: Duration::from_millis(r.parse("webhook_timeout_ms")?),
+            webhook_secret: crate::secret::Secret::new(r.string("webhook_secret")),
             log_level: r.string("log_level"),
             shutdown_timeout: Duration::from_secs(r.parse("shutdown_timeout_s")?),
             rtmp_audio: crate::rtmp::audio::AudioCodecPolicy::parse(

@@ -13,6 +13,7 @@ pub mod record;
 pub mod registry;
 pub mod rtmp;
 pub mod rtp;
+pub mod secret;
 pub mod sip;
 pub mod siprec;
 pub mod webrtc;

@@ -40,6 +40,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
                 url: url.clone(),
                 retries: cfg.webhook_retries,
                 timeout: cfg.webhook_timeout,
+                secret: cfg.webhook_secret.clone(),
             },
         );
     }
@@ -77,7 +78,15 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     );
     let media = MediaThreads::start(cfg.rtp_threads).context("media threads")?;
     tracing::info!(threads = media.len(), "media threads started");
-    let calls = CallManager::new(cfg.clone(), sip, registry, ports, bus, recordings, media);
+    let calls = CallManager::new(
+        cfg.clone(),
+        sip,
+        registry,
+        ports,
+        bus.clone(),
+        recordings,
+        media,
+    );
     tokio::spawn(calls.clone().run(ua_rx));
 
     let state = web::Data::new(AppState {
@@ -85,6 +94,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         whep,
         pushes: pushes.clone(),
+        bus,
         core: tokio::runtime::Handle::current(),
     });
     let server =

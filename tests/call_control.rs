@@ -580,3 +580,148 @@ async fn rfc4733_digits_from_the_far_end_become_events() {
     .await;
     assert!(more.is_err(), "a second DtmfEvent: {more:?}");
 }
+
+/// The `event` names of CallControlEvents for `call_id`, until `last` (or the timeout).
+async fn control_events_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    call_id: &str,
+    last: &[&str],
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + T;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ev)) if ev["type"] == "CallControlEvent" && ev["callId"] == call_id => {
+                let done = last.iter().any(|l| ev["event"] == *l);
+                seen.push(ev);
+                if done {
+                    return seen;
+                }
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("no {last:?} for {call_id} within {T:?}; saw {seen:?}"),
+        }
+    }
+}
+
+fn names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn blind_transfer_by_refer_follows_the_notifies_and_ends_our_dialog() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let mut sipp = Sipp::uas_with(
+        "uas_refer.xml",
+        "udp",
+        false,
+        &[("FINAL", "200 OK".to_string())],
+    );
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("bt1", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("bt1", &["ESTABLISHED"], T).await;
+    // Bad input is named and sends nothing.
+    for (body, want) in [
+        (json!({"callId": "bt1", "target": "sip:c@h\r\nVia: x"}), 400),
+        (json!({"callId": "bt1", "target": "<sip:c@h>"}), 400),
+        (json!({"callId": "bt1", "target": "http://x"}), 400),
+        (json!({"callId": "bt1"}), 400),
+        (
+            json!({"callId": "bt1", "target": "carol", "leg": "caller"}),
+            400,
+        ),
+        (json!({"callId": "nope", "target": "carol"}), 404),
+        (json!({"callId": "bt1", "replaceCallId": "nope"}), 404),
+        (json!({"callId": "bt1", "replaceCallId": "bt1"}), 400),
+    ] {
+        let (s, e) = gw.post_json("/call/transfer", body.clone()).await;
+        assert_eq!(s, want, "{body} → {e}");
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+    }
+    let (s, e) = gw
+        .post_json(
+            "/call/transfer",
+            json!({"callId": "bt1", "target": "sip:carol@127.0.0.1:5999"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, e) = gw
+        .post_json(
+            "/call/transfer",
+            json!({"callId": "bt1", "target": "sip:dave@127.0.0.1"}),
+        )
+        .await;
+    assert_eq!(s, 409, "one transfer at a time: {e}");
+    let events =
+        control_events_until(&mut rx, "bt1", &["TransferSuccessful", "TransferFailed"]).await;
+    assert_eq!(
+        names(&events),
+        [
+            "Transferring",
+            "TransferStart",
+            "TransferPending",
+            "TransferSuccessful"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(events[1]["sipStatus"], 202);
+    assert_eq!(events[2]["reason"], "100 Trying");
+    assert_eq!(events[3]["sipStatus"], 200);
+    // After success the gateway hangs up its dialog with the transferee.
+    let call = gw.wait_status("bt1", &["FINISH"], T).await;
+    assert_eq!(
+        call["reason"], "transferred to sip:carol@127.0.0.1:5999",
+        "{call}"
+    );
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let msgs = sipp.messages();
+    assert!(
+        msgs.contains("X-Refer-To: <sip:carol@127.0.0.1:5999>"),
+        "{msgs}"
+    );
+    assert!(msgs.contains("Referred-By:"), "{msgs}");
+}
+
+#[tokio::test]
+async fn a_transfer_the_target_refuses_fails_with_its_status_and_the_call_goes_on() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let mut sipp = Sipp::uas_with(
+        "uas_refer.xml",
+        "udp",
+        false,
+        &[("FINAL", "486 Busy Here".to_string())],
+    );
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("bt2", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("bt2", &["ESTABLISHED"], T).await;
+    // A number goes to the host of the call's far end.
+    let (s, e) = gw
+        .post_json("/call/transfer", json!({"callId": "bt2", "target": "1002"}))
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let events =
+        control_events_until(&mut rx, "bt2", &["TransferSuccessful", "TransferFailed"]).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "TransferFailed", "{events:?}");
+    assert_eq!(last["sipStatus"], 486, "{last}");
+    assert_eq!(last["reason"], "486 Busy Here", "{last}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.call("bt2").await["status"], "ESTABLISHED");
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "bt2"}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("bt2", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let msgs = sipp.messages();
+    assert!(msgs.contains("X-Refer-To: <sip:1002@127.0.0.1"), "{msgs}");
+}

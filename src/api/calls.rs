@@ -10,15 +10,9 @@ use super::AppState;
 use crate::call::model::CallInfo;
 use crate::error::{ApiError, ErrorBody};
 
+/// The GET forms; the POST methods are in `methods.rs`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/call/startup", web::post().to(startup))
-        .route("/call/terminate", web::post().to(terminate))
-        .route("/call/hold", web::post().to(hold))
-        .route("/call/unhold", web::post().to(unhold))
-        .route("/call/send_dtmf", web::post().to(send_dtmf))
-        .route("/call/find", web::post().to(find))
-        .route("/call/find", web::get().to(find_get))
-        .route("/call/find_all", web::post().to(find_all))
+    cfg.route("/call/find", web::get().to(find_get))
         .route("/call/find_all", web::get().to(find_all_get));
 }
 
@@ -134,6 +128,58 @@ pub async fn send_dtmf(
         &req.dtmf,
         req.kind.as_deref(),
         req.duration.unwrap_or(160),
+    )?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferRequest {
+    pub call_id: String,
+    /// The leg to transfer: `caller`, `callee` (default: the call's only leg).
+    pub leg: Option<String>,
+    /// Blind transfer: where the far end goes, a SIP URI or a number (then at the host of
+    /// the call's far end). call-api's `destination` is accepted too.
+    #[serde(alias = "destination")]
+    pub target: Option<String>,
+    /// Attended transfer: another established call of ours; the far end of `callId` is
+    /// asked (REFER with Replaces) to call that call's far end and replace our dialog.
+    pub replace_call_id: Option<String>,
+    /// The leg of `replaceCallId` (default: its only leg).
+    pub replace_leg: Option<String>,
+}
+
+/// Transfer a call's far end with REFER: blind to `target`, or attended to the far end of
+/// `replaceCallId`. Answers at once; events `Transferring`, `TransferStart`,
+/// `TransferPending`, then `TransferSuccessful` (our dialog then ends, reason "transferred
+/// to ...") or `TransferFailed` with the SIP status (the call goes on).
+#[utoipa::path(post, path = "/rest-api/call/transfer", request_body = TransferRequest,
+    responses((status = 200, description = "REFER sent", body = CallInfo),
+        (status = 400, description = "target is not a SIP URI or number, or a leg is wrong", body = ErrorBody),
+        (status = 404, description = "Unknown callId or replaceCallId", body = ErrorBody),
+        (status = 409, description = "The call (or replaceCallId) is not established, or a transfer is in progress", body = ErrorBody)))]
+pub async fn transfer(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req: TransferRequest = parse_body(&body)?;
+    if let Some(other) = &req.replace_call_id {
+        if let Some(leg) = &req.replace_leg {
+            let info = state.calls.find(other).ok_or_else(|| {
+                ApiError::NotFound(format!("replaceCallId {other:?}: no such call"))
+            })?;
+            if leg != "both" && !info.legs.iter().any(|l| &l.name == leg) {
+                return Err(ApiError::BadRequest(format!(
+                    "replaceLeg: {leg:?}: call {other:?} has no such leg"
+                )));
+            }
+        }
+    }
+    let info = state.calls.transfer(
+        &req.call_id,
+        req.leg.as_deref(),
+        req.target.as_deref(),
+        req.replace_call_id.as_deref(),
     )?;
     Ok(HttpResponse::Ok().json(info))
 }

@@ -4,11 +4,14 @@
 pub mod call_request;
 pub mod calls;
 pub mod json;
+pub mod jsonrpc;
+pub mod methods;
 pub mod openapi;
 pub mod pages;
 pub mod push;
 pub mod recording;
 pub mod siprec;
+pub mod sse;
 pub mod streams;
 pub mod whep;
 
@@ -31,6 +34,8 @@ pub struct AppState {
     pub whep: crate::webrtc::WhepService,
     /// RTMP pushes (`/push/*`).
     pub pushes: crate::rtmp::PushManager,
+    /// The event bus, for `/ws` notifications and `/events`.
+    pub bus: crate::events::EventBus,
     /// The gateway's own runtime. Actix runs handlers on per-worker runtimes; sockets and
     /// tasks created there would be driven by the HTTP worker threads (cross-thread wake-ups
     /// per RTP packet showed in profiles), so media set-up runs here instead.
@@ -56,6 +61,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/rest-api")
             .wrap(actix_web::middleware::from_fn(require_api_key))
+            .configure(methods::routes)
             .configure(calls::routes)
             .configure(streams::routes)
             .configure(siprec::routes)
@@ -69,6 +75,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/health", web::get().to(streams::health))
     .route("/openapi.json", web::get().to(openapi::serve))
+    .configure(jsonrpc::routes)
+    .configure(sse::routes)
     .configure(whep::routes)
     .configure(pages::routes)
     .app_data(
@@ -85,7 +93,7 @@ async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
 
 /// With `api_keys` set, every `/rest-api` call needs `Authorization: Bearer KEY` or
 /// `X-Api-Key: KEY`.
-async fn require_api_key(
+pub(crate) async fn require_api_key(
     req: ServiceRequest,
     next: Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, Error> {

@@ -17,6 +17,7 @@ use utoipa::OpenApi;
         super::calls::hold,
         super::calls::unhold,
         super::calls::send_dtmf,
+        super::calls::transfer,
         super::calls::find,
         super::calls::find_all,
         super::streams::find,
@@ -68,5 +69,22 @@ mod tests {
             checked_in == doc,
             "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --lib openapi` and commit it"
         );
+    }
+
+    /// Every method of the table (REST POST and JSON-RPC) is documented, aliases aside.
+    #[test]
+    fn every_method_is_in_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let aliases = ["/recorder/startup", "/recorder/terminate"];
+        for m in crate::api::methods::METHODS {
+            if aliases.contains(&m.path) {
+                continue;
+            }
+            let path = format!("/rest-api{}", m.path);
+            assert!(
+                doc["paths"][&path]["post"].is_object(),
+                "{path} is a method but not in openapi.json"
+            );
+        }
     }
 }

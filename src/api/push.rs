@@ -10,12 +10,9 @@ use super::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::rtmp::PushInfo;
 
+/// The GET forms; the POST methods are in `methods.rs`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/push/startup", web::post().to(startup))
-        .route("/push/terminate", web::post().to(terminate))
-        .route("/push/find", web::post().to(find))
-        .route("/push/find", web::get().to(find_get))
-        .route("/push/find_all", web::post().to(find_all))
+    cfg.route("/push/find", web::get().to(find_get))
         .route("/push/find_all", web::get().to(find_all_get));
 }
 

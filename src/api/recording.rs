@@ -11,13 +11,9 @@ use super::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::record::{RecordingInfo, RecordingMeta};
 
+/// The GET forms; the POST methods are in `methods.rs`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/stream/startRecording", web::post().to(start))
-        .route("/recorder/startup", web::post().to(start))
-        .route("/stream/stopRecording", web::post().to(stop))
-        .route("/recorder/terminate", web::post().to(stop))
-        .route("/recorder/find_all", web::post().to(find_all))
-        .route("/recorder/find_all", web::get().to(find_all));
+    cfg.route("/recorder/find_all", web::get().to(find_all));
 }
 
 /// A stream by `name`, or — as WCS clients send it — by `mediaSessionId`. For

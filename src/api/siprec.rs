@@ -7,13 +7,9 @@ use super::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::siprec::{SiprecControlRequest, SiprecInfo, SiprecStartRequest};
 
+/// The GET forms; the POST methods are in `methods.rs`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/siprec/start", web::post().to(start))
-        .route("/siprec/pause", web::post().to(pause))
-        .route("/siprec/resume", web::post().to(resume))
-        .route("/siprec/stop", web::post().to(stop))
-        .route("/siprec/find", web::post().to(find))
-        .route("/siprec/find", web::get().to(find_get));
+    cfg.route("/siprec/find", web::get().to(find_get));
 }
 
 fn call_id(req: &SiprecControlRequest) -> Result<&str, ApiError> {

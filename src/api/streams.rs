@@ -9,10 +9,9 @@ use super::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::registry::StreamInfo;
 
+/// The GET forms; the POST methods are in `methods.rs`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/stream/find", web::post().to(find))
-        .route("/stream/find", web::get().to(find_get))
-        .route("/stream/find_all", web::post().to(find_all))
+    cfg.route("/stream/find", web::get().to(find_get))
         .route("/stream/find_all", web::get().to(find_all));
 }
 

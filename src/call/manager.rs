@@ -33,7 +33,8 @@ use crate::sip::sdp::{
     self, Direction, LocalSession, MediaKind, OfferParams, RtpMap, SessionDescription,
 };
 use crate::sip::ua::{
-    Account, CallKey, CallPhase, Command, IncomingCall, PlaceCall, RegStatus, Route, UaEvent,
+    Account, CallKey, CallPhase, Command, IncomingCall, PlaceCall, ReferTarget, RegStatus, Route,
+    UaEvent,
 };
 
 /// How many ended calls `/call/find` still shows.
@@ -89,6 +90,10 @@ pub(super) struct Entry {
     /// The address our SDP announces.
     pub(super) media_ip: Option<IpAddr>,
     pub(super) hold: HoldState,
+    /// A transfer of the far end by REFER in progress (or the last one).
+    pub(super) transfer: Option<super::transfer::Transfer>,
+    /// Our BYE after a successful transfer: the call ends as "transferred".
+    pub(super) transferred_to: Option<String>,
 }
 
 /// Who holds whom.
@@ -112,6 +117,8 @@ impl Entry {
             sdp: LocalSession::new(rand::random::<u32>() as u64),
             media_ip: None,
             hold: HoldState::default(),
+            transfer: None,
+            transferred_to: None,
         }
     }
 
@@ -506,6 +513,21 @@ impl CallManager {
                     });
                 }
                 UaEvent::Reinvited { key, status, sdp } => self.on_reinvited(key, status, sdp),
+                UaEvent::ReferAnswered { key, status } => {
+                    self.on_transfer(key, |t| t.on_answer(status))
+                }
+                UaEvent::ReferProgress {
+                    key,
+                    status,
+                    reason,
+                    terminated,
+                } => self.on_transfer(key, |t| t.on_progress(status, &reason, terminated)),
+                UaEvent::Referred {
+                    key,
+                    target,
+                    replaces,
+                    referred_by,
+                } => self.on_referred(key, target, replaces, referred_by),
                 UaEvent::Idle => self.inner.idle.notify_waiters(),
             }
         }
@@ -521,6 +543,7 @@ impl CallManager {
         sip_call_id: String,
     ) {
         let mut ended: Option<(Option<Arc<Publisher>>, Vec<MediaLeg>, String)> = None;
+        let mut transfer_events = Vec::new();
         let info = {
             let mut st = self.inner.state.lock();
             let Some(call_id) = st.keys.get(&key).cloned() else {
@@ -562,6 +585,21 @@ impl CallManager {
                 return;
             };
             if phase.is_final() {
+                if let Some(to) = &entry.transferred_to {
+                    entry.info.reason = Some(format!("transferred to {to}"));
+                }
+                if let Some(t) = entry.transfer.as_mut() {
+                    for step in t.on_call_ended() {
+                        if let super::transfer::Step::Event {
+                            name,
+                            sip_status,
+                            reason,
+                        } = step
+                        {
+                            transfer_events.push(control_event(entry, name, sip_status, reason));
+                        }
+                    }
+                }
                 entry.info.ended_at = Some(unix_ms());
                 entry.info.legs =
                     vec![leg_info(entry.leg_name(), entry.remote_uri(), &entry.media)];
@@ -582,8 +620,11 @@ impl CallManager {
             }
             st.calls.get(&call_id).map(|e| e.info.clone())
         };
+        for e in transfer_events {
+            self.inner.bus.publish(e);
+        }
         if let Some(info) = info {
-            tracing::info!(call_id = %info.call_id, status = phase.as_str(), sip_status, reason = reason.as_deref().unwrap_or(""), "call status");
+            tracing::info!(call_id = %info.call_id, status = phase.as_str(), sip_status, reason = info.reason.as_deref().unwrap_or(""), "call status");
             self.publish_status(&info);
         }
         if let Some((publisher, media, why)) = ended {
@@ -704,14 +745,7 @@ impl CallManager {
                 .calls
                 .get_mut(call_id)
                 .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
-            if let Some(leg) = leg {
-                if leg != "both" && leg != entry.leg_name() {
-                    return Err(ApiError::BadRequest(format!(
-                        "leg: {leg:?}: this call has one leg, {:?} (or use both)",
-                        entry.leg_name()
-                    )));
-                }
-            }
+            check_leg(entry, leg)?;
             if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
                 return Err(ApiError::Conflict(format!(
                     "callId {call_id:?} is {}: only an established call can be {}",
@@ -756,6 +790,152 @@ impl CallManager {
             self.inner.bus.publish(e);
         }
         Ok(info)
+    }
+
+    /// `/call/transfer`: a REFER asking the far end to call `target` (blind), or with
+    /// `replace_call_id` to join the far end of that call of ours (attended, Replaces).
+    /// Answers at once; `Transferring → TransferStart → TransferPending →
+    /// TransferSuccessful` (or `TransferFailed` with the SIP status) follow as events, and
+    /// after success our dialog ends (status FINISH, reason "transferred to ...").
+    pub fn transfer(
+        &self,
+        call_id: &str,
+        leg: Option<&str>,
+        target: Option<&str>,
+        replace_call_id: Option<&str>,
+    ) -> Result<CallInfo, ApiError> {
+        let (events, info) = {
+            let mut st = self.inner.state.lock();
+            let replaces = match replace_call_id {
+                None => None,
+                Some(other) if other == call_id => {
+                    return Err(ApiError::BadRequest(
+                        "replaceCallId: must be another call than callId".into(),
+                    ))
+                }
+                Some(other) => {
+                    let o = st.calls.get(other).ok_or_else(|| {
+                        ApiError::NotFound(format!("replaceCallId {other:?}: no such call"))
+                    })?;
+                    if o.info.status != CallPhase::Established {
+                        return Err(ApiError::Conflict(format!(
+                            "replaceCallId {other:?} is {}: only an established call can be joined",
+                            o.info.status.as_str()
+                        )));
+                    }
+                    Some((other.to_string(), o.key, o.remote_uri().to_string()))
+                }
+            };
+            let entry = st
+                .calls
+                .get_mut(call_id)
+                .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            check_leg(entry, leg)?;
+            if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
+                return Err(ApiError::Conflict(format!(
+                    "callId {call_id:?} is {}: only an established call can be transferred",
+                    entry.info.status.as_str()
+                )));
+            }
+            if entry.transfer.as_ref().is_some_and(|t| !t.is_done()) {
+                return Err(ApiError::Conflict(format!(
+                    "callId {call_id:?}: a transfer is already in progress"
+                )));
+            }
+            let (target_uri, refer) = match (&replaces, target) {
+                (Some((_, key, uri)), _) => (uri.clone(), ReferTarget::Replaces(*key)),
+                (None, Some(t)) => {
+                    let uri = transfer_target(t, entry.remote_uri())?;
+                    (uri.clone(), ReferTarget::Uri(uri))
+                }
+                (None, None) => {
+                    return Err(ApiError::BadRequest(
+                        "target: missing field (a SIP URI or a number; or replaceCallId)".into(),
+                    ))
+                }
+            };
+            let (t, steps) = super::transfer::Transfer::start(
+                target_uri,
+                replaces.as_ref().map(|r| r.0.clone()),
+            );
+            entry.transfer = Some(t);
+            self.inner.sip.command(Command::Refer {
+                key: entry.key,
+                target: refer,
+            });
+            tracing::info!(call_id, "transfer: REFER sent");
+            let events = steps
+                .into_iter()
+                .filter_map(|s| match s {
+                    super::transfer::Step::Event {
+                        name,
+                        sip_status,
+                        reason,
+                    } => Some(control_event(entry, name, sip_status, reason)),
+                    super::transfer::Step::HangUp => None,
+                })
+                .collect::<Vec<_>>();
+            (events, self.snapshot(entry))
+        };
+        for e in events {
+            self.inner.bus.publish(e);
+        }
+        Ok(info)
+    }
+
+    /// Feeds the call's transfer a REFER answer or NOTIFY, and does what it says.
+    fn on_transfer(
+        &self,
+        key: CallKey,
+        f: impl FnOnce(&mut super::transfer::Transfer) -> Vec<super::transfer::Step>,
+    ) {
+        let mut events = Vec::new();
+        {
+            let mut st = self.inner.state.lock();
+            let Some(entry) = st.by_key(key) else {
+                return;
+            };
+            let Some(t) = entry.transfer.as_mut() else {
+                return;
+            };
+            let target = t.target.clone();
+            for step in f(t) {
+                match step {
+                    super::transfer::Step::Event {
+                        name,
+                        sip_status,
+                        reason,
+                    } => {
+                        tracing::info!(call_id = %entry.info.call_id, event = name, sip_status, "transfer");
+                        events.push(control_event(entry, name, sip_status, reason));
+                    }
+                    super::transfer::Step::HangUp => {
+                        entry.transferred_to = Some(target.clone());
+                        self.inner.sip.command(Command::Hangup(entry.key));
+                    }
+                }
+            }
+        }
+        for e in events {
+            self.inner.bus.publish(e);
+        }
+    }
+
+    /// The far end REFERs us. Transfers of the gateway itself are not built yet: the REFER
+    /// was accepted (202) by the UA, and the NOTIFY says 603 so the phone keeps the call.
+    fn on_referred(
+        &self,
+        key: CallKey,
+        target: String,
+        replaces: Option<String>,
+        referred_by: Option<String>,
+    ) {
+        let _ = (target, replaces, referred_by);
+        self.inner.sip.command(Command::NotifyRefer {
+            key,
+            status: 603,
+            reason: "Declined".into(),
+        });
     }
 
     /// A digit from the far end: a `DtmfEvent` on the bus.
@@ -1295,6 +1475,53 @@ fn hold_status(entry: &mut Entry) -> Option<CallInfo> {
     };
     entry.info.status = next;
     Some(entry.info.clone())
+}
+
+/// `leg` in a request: `both`, or the name of the call's one leg.
+fn check_leg(entry: &Entry, leg: Option<&str>) -> Result<(), ApiError> {
+    match leg {
+        Some(leg) if leg != "both" && leg != entry.leg_name() => {
+            Err(ApiError::BadRequest(format!(
+                "leg: {leg:?}: this call has one leg, {:?} (or use both)",
+                entry.leg_name()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A transfer target: a sip:/sips:/tel: URI, or a user (number) at the host of the call's
+/// far end. No header injection: the URI is checked as a Refer-To would be read.
+fn transfer_target(target: &str, remote_uri: &str) -> Result<String, ApiError> {
+    let target = target.trim();
+    let lower = target.to_ascii_lowercase();
+    let uri =
+        if lower.starts_with("sip:") || lower.starts_with("sips:") || lower.starts_with("tel:") {
+            target.to_string()
+        } else if !target.is_empty()
+            && target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()&=$,;?/".contains(c))
+        {
+            let host = remote_uri
+                .split_once('@')
+                .map(|(_, h)| h)
+                .unwrap_or_else(|| remote_uri.split_once(':').map(|(_, h)| h).unwrap_or(""));
+            let host = host.split([';', '>', '?']).next().unwrap_or("");
+            format!("sip:{target}@{host}")
+        } else {
+            return Err(ApiError::BadRequest(format!(
+                "target: {target:?} is neither a SIP URI nor a number"
+            )));
+        };
+    if uri.contains(['<', '>', '"']) {
+        return Err(ApiError::BadRequest(format!(
+            "target: {uri:?} must be a bare URI (no <>, no quotes)"
+        )));
+    }
+    crate::sip::refer::parse_refer_to(&uri)
+        .map_err(|e| ApiError::BadRequest(format!("target: {e}")))?;
+    Ok(uri)
 }
 
 fn control_event(

@@ -3,3 +3,4 @@
 pub mod manager;
 pub mod model;
 pub mod siprec;
+pub mod transfer;

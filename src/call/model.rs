@@ -2,28 +2,13 @@
 //! object returned by `/call/find`, with its legs. The JSON request and its validation live in
 //! `api/call_request.rs`: the call layer takes only checked values.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::sip::endpoint::Transport;
 use crate::sip::ua::CallPhase;
 
-/// A password: its `Debug` never shows it, so no log line or error can carry it.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<hidden>")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A validated startup request.
 #[derive(Debug, Clone)]

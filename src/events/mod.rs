@@ -96,6 +96,51 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event's `type` as serialised (`CallStatusEvent`, `E_SIPREC_START`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::CallStatusEvent { .. } => "CallStatusEvent",
+            Event::CallControlEvent { .. } => "CallControlEvent",
+            Event::DtmfEvent { .. } => "DtmfEvent",
+            Event::RegistrationStatusEvent { .. } => "RegistrationStatusEvent",
+            Event::SiprecStart(_) => "E_SIPREC_START",
+            Event::SiprecStop(_) => "E_SIPREC_STOP",
+            Event::SiprecFailed { .. } => "E_SIPREC_FAILED",
+            Event::RecordingStatusEvent { .. } => "RecordingStatusEvent",
+            Event::StreamStatusEvent { .. } | Event::RtmpPushStatusEvent { .. } => {
+                "StreamStatusEvent"
+            }
+        }
+    }
+
+    /// The call the event is about, if any (what subscribers filter on).
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            Event::CallStatusEvent { call_id, .. }
+            | Event::CallControlEvent { call_id, .. }
+            | Event::DtmfEvent { call_id, .. } => Some(call_id),
+            Event::SiprecStart(p) | Event::SiprecStop(p) => Some(&p.dlg_id),
+            Event::SiprecFailed { dlg_id, .. } => Some(dlg_id),
+            Event::RecordingStatusEvent { recording, .. } => recording.call_id.as_deref(),
+            Event::StreamStatusEvent { call_id, .. }
+            | Event::RtmpPushStatusEvent { call_id, .. } => call_id.as_deref(),
+            Event::RegistrationStatusEvent { .. } => None,
+        }
+    }
+
+    /// The call-api style name of what happened, for JSON-RPC notifications' `event`: the
+    /// control step for call control (`CallHoldSuccessful`...), the status for a call's
+    /// status (`RING`, `ESTABLISHED`, `FINISH`...), else the event's type.
+    pub fn name(&self) -> &str {
+        match self {
+            Event::CallControlEvent { event, .. } => event,
+            Event::CallStatusEvent { status, .. } => status,
+            other => other.kind(),
+        }
+    }
+}
+
 /// Parameters of `E_SIPREC_START` / `E_SIPREC_STOP`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SiprecEventParams {

@@ -6,6 +6,7 @@ pub mod digest;
 pub mod driver;
 pub mod endpoint;
 pub mod message;
+pub mod refer;
 pub mod sdp;
 pub mod timer;
 pub mod transaction;

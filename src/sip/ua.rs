@@ -27,6 +27,7 @@ use super::dialog::{
 };
 use super::digest::{Challenge, ChallengeKind, ChallengeVerdict, Credentials, DigestSession};
 use super::endpoint::{Endpoint, EndpointEvent, EndpointStats, Transmit, Transport};
+use super::refer;
 use super::sdp::SessionDescription;
 use super::timer::TimerQueue;
 use super::transaction::{ClientEvent, Timers, TransactionKey};
@@ -35,7 +36,7 @@ use crate::ids::random_token;
 /// Identifies a call inside the UA (assigned by the caller).
 pub type CallKey = u64;
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE, REFER";
 
 /// A SIP account. The password never leaves this struct except inside a digest response.
 #[derive(Clone)]
@@ -134,8 +135,30 @@ pub enum Command {
         content_type: String,
         body: Vec<u8>,
     },
+    /// A REFER inside an established dialog asking the far end to call `target` (blind
+    /// transfer), or to call the far end of `replaces` taking over that dialog (attended
+    /// transfer, RFC 3891). `UaEvent::ReferAnswered` then `UaEvent::ReferProgress` follow.
+    Refer {
+        key: CallKey,
+        target: ReferTarget,
+    },
+    /// A NOTIFY (message/sipfrag) on the implicit subscription of a REFER we accepted:
+    /// how our call to the Refer-To target goes. A final status ends the subscription.
+    NotifyRefer {
+        key: CallKey,
+        status: u16,
+        reason: String,
+    },
     /// Hang up every call, un-REGISTER every account; `UaEvent::Idle` follows.
     Shutdown,
+}
+
+/// Whom a REFER sends the far end to.
+#[derive(Debug, Clone)]
+pub enum ReferTarget {
+    Uri(String),
+    /// The far end of another call of ours, replacing our dialog with it.
+    Replaces(CallKey),
 }
 
 /// An INVITE that opens a new dialog towards the gateway.
@@ -238,6 +261,24 @@ pub enum UaEvent {
     },
     /// The final status of one of our INFOs (a failed one does not end the call).
     InfoAnswered { key: CallKey, status: u16 },
+    /// The far end's final answer to our REFER (202: it will try; else refused).
+    ReferAnswered { key: CallKey, status: u16 },
+    /// A NOTIFY on our REFER's subscription: the status line of the transferee's new call
+    /// (`100 Trying`, `200 OK`, `486 Busy Here`); `terminated` when the subscription ended.
+    ReferProgress {
+        key: CallKey,
+        status: u16,
+        reason: String,
+        terminated: bool,
+    },
+    /// The far end REFERs us (it transfers the gateway): we answered 202; the call layer
+    /// places the new call and reports it with [`Command::NotifyRefer`].
+    Referred {
+        key: CallKey,
+        target: String,
+        replaces: Option<String>,
+        referred_by: Option<String>,
+    },
     /// Our re-INVITE was answered (`status` 2xx: accepted, with the answer's SDP) or failed
     /// (the dialog goes on with the previous media).
     Reinvited {
@@ -366,6 +407,8 @@ enum TxOwner {
     Cancel(CallKey),
     Bye(CallKey),
     Info(CallKey),
+    Refer(CallKey),
+    Notify(CallKey),
     Register(u64),
 }
 
@@ -485,6 +528,12 @@ impl UserAgent {
                     self.send_next_info(now, key);
                 }
             }
+            Command::Refer { key, target } => self.send_refer(now, key, target),
+            Command::NotifyRefer {
+                key,
+                status,
+                reason,
+            } => self.send_refer_notify(now, key, status, &reason),
             Command::Shutdown => {
                 self.shutting_down = true;
                 let keys: Vec<CallKey> = self.calls.keys().copied().collect();
@@ -527,6 +576,8 @@ impl UserAgent {
                         Some(TxOwner::Cancel(c)) => self.on_cancel_event(c, event),
                         Some(TxOwner::Bye(c)) => self.on_bye_event(c, event),
                         Some(TxOwner::Info(c)) => self.on_info_event(now, c, event),
+                        Some(TxOwner::Refer(c)) => self.on_refer_event(c, event),
+                        Some(TxOwner::Notify(_)) => {}
                         Some(TxOwner::Register(r)) => self.on_register_event(now, r, event),
                         None => {}
                     }
@@ -1123,6 +1174,97 @@ impl UserAgent {
         self.send_next_info(now, key);
     }
 
+    fn send_refer(&mut self, now: Instant, key: CallKey, target: ReferTarget) {
+        let value = match &target {
+            ReferTarget::Uri(uri) => Ok(refer::refer_to_value(uri, None)),
+            ReferTarget::Replaces(other) => match self.calls.get(other) {
+                Some(o) if o.stage == Stage::Confirmed => {
+                    let d = &o.dialog;
+                    Ok(refer::refer_to_value(
+                        &d.remote_target,
+                        Some(&refer::ReplacedDialog {
+                            call_id: &d.call_id,
+                            to_tag: d.remote_tag.as_deref().unwrap_or(""),
+                            from_tag: &d.local_tag,
+                        }),
+                    ))
+                }
+                _ => Err("the call to join has ended or is not established"),
+            },
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let value = match value {
+            Ok(v) if call.stage == Stage::Confirmed => v,
+            Ok(_) => {
+                self.events
+                    .push_back(UaEvent::ReferAnswered { key, status: 481 });
+                return;
+            }
+            Err(e) => {
+                tracing::info!(call = key, error = e, "REFER not sent");
+                self.events
+                    .push_back(UaEvent::ReferAnswered { key, status: 481 });
+                return;
+            }
+        };
+        call.dialog.local_cseq += 1;
+        let referred_by = format!(
+            "<{}>",
+            call.local
+                .contact(&call.account.login)
+                .trim_matches(|c| c == '<' || c == '>')
+        );
+        let contact = call.contact();
+        let extra = vec![
+            ("Refer-To".to_string(), value.clone()),
+            ("Referred-By".to_string(), referred_by),
+        ];
+        let req = in_dialog_request(call, rsip::Method::Refer, Some(&contact), &extra, None);
+        tracing::info!(call = key, refer_to = %value, "sending REFER");
+        if let Err(e) = self.send_in_dialog(now, key, req, TxOwner::Refer(key)) {
+            tracing::warn!(call = key, error = %e, "REFER not sent");
+            self.events
+                .push_back(UaEvent::ReferAnswered { key, status: 500 });
+        }
+    }
+
+    fn on_refer_event(&mut self, key: CallKey, event: ClientEvent) {
+        let status = match &event {
+            ClientEvent::Final(r) => r.status_code.code(),
+            ClientEvent::Timeout => 408,
+            ClientEvent::TransportError => 503,
+            _ => return,
+        };
+        tracing::info!(call = key, status, "REFER answered");
+        self.events
+            .push_back(UaEvent::ReferAnswered { key, status });
+    }
+
+    fn send_refer_notify(&mut self, now: Instant, key: CallKey, status: u16, reason: &str) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if !matches!(call.stage, Stage::Confirmed) {
+            return;
+        }
+        call.dialog.local_cseq += 1;
+        let contact = call.contact();
+        let extra = refer::notify_headers(status >= 200);
+        let body = refer::sipfrag_body(status, reason);
+        let req = in_dialog_request(
+            call,
+            rsip::Method::Notify,
+            Some(&contact),
+            &extra,
+            Some((refer::SIPFRAG, body)),
+        );
+        if let Err(e) = self.send_in_dialog(now, key, req, TxOwner::Notify(key)) {
+            tracing::warn!(call = key, error = %e, "NOTIFY not sent");
+        }
+    }
+
     fn on_bye_event(&mut self, key: CallKey, event: ClientEvent) {
         let (status, reason) = match &event {
             ClientEvent::Final(resp) => {
@@ -1242,7 +1384,9 @@ impl UserAgent {
             | TxOwner::Reinvite(c)
             | TxOwner::Cancel(c)
             | TxOwner::Bye(c)
-            | TxOwner::Info(c) => *c != key,
+            | TxOwner::Info(c)
+            | TxOwner::Refer(c)
+            | TxOwner::Notify(c) => *c != key,
             TxOwner::Register(_) => true,
         });
         self.events.push_back(UaEvent::CallState {
@@ -1551,7 +1695,64 @@ impl UserAgent {
                 }
                 build_response(&req, 200, None, vec![], None)
             }
-            (rsip::Method::Options | rsip::Method::Notify | rsip::Method::Message, Some(_)) => {
+            (rsip::Method::Notify, Some(c)) => {
+                let event = any_header(&req.headers, "Event", "o").unwrap_or_default();
+                let package = event.split(';').next().unwrap_or("").trim();
+                if package.eq_ignore_ascii_case("refer") {
+                    match refer::sipfrag_status(&req.body) {
+                        Some((status, reason)) => {
+                            let terminated = any_header(&req.headers, "Subscription-State", "")
+                                .is_some_and(|v| {
+                                    v.trim().to_ascii_lowercase().starts_with("terminated")
+                                });
+                            tracing::info!(
+                                call = c,
+                                status,
+                                terminated,
+                                "transfer progress (NOTIFY)"
+                            );
+                            self.events.push_back(UaEvent::ReferProgress {
+                                key: c,
+                                status,
+                                reason,
+                                terminated,
+                            });
+                            build_response(&req, 200, None, vec![], None)
+                        }
+                        None => build_response(&req, 400, None, vec![], None),
+                    }
+                } else {
+                    build_response(&req, 200, None, vec![], None)
+                }
+            }
+            (rsip::Method::Refer, Some(c)) => {
+                let confirmed = self
+                    .calls
+                    .get(&c)
+                    .is_some_and(|call| call.stage == Stage::Confirmed);
+                let refer_to = any_header(&req.headers, "Refer-To", "r");
+                match refer_to.as_deref().map(refer::parse_refer_to) {
+                    _ if !confirmed => build_response(&req, 481, None, vec![], None),
+                    None => {
+                        build_response(&req, 400, None, vec![warning("no Refer-To header")], None)
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!(call = c, error = %e, "REFER refused");
+                        build_response(&req, 400, None, vec![warning(&e)], None)
+                    }
+                    Some(Ok(to)) => {
+                        tracing::info!(call = c, target = %to.uri, "REFER from the far end");
+                        self.events.push_back(UaEvent::Referred {
+                            key: c,
+                            target: to.uri,
+                            replaces: to.replaces,
+                            referred_by: any_header(&req.headers, "Referred-By", "b"),
+                        });
+                        build_response(&req, 202, None, vec![], None)
+                    }
+                }
+            }
+            (rsip::Method::Options | rsip::Method::Message, Some(_)) => {
                 build_response(&req, 200, None, vec![], None)
             }
             (_, Some(_)) => build_response(
@@ -2071,6 +2272,27 @@ fn accept_sdp() -> rsip::Header {
 
 fn reason_phrase(resp: &rsip::Response) -> String {
     super::message::status_line(&resp.status_code)
+}
+
+/// `Warning: 399 sipstream "<text>"` (RFC 3261 §20.43): why a request was refused.
+fn warning(text: &str) -> rsip::Header {
+    let clean: String = text
+        .chars()
+        .map(|c| if c == '"' || c.is_control() { '\'' } else { c })
+        .collect();
+    rsip::Header::Other("Warning".into(), format!("399 sipstream \"{clean}\""))
+}
+
+/// A header by name (or compact form) whatever rsip made of it: typed headers are read back
+/// from their text form. For rare requests (REFER, NOTIFY), not per-packet paths.
+fn any_header(headers: &rsip::Headers, name: &str, compact: &str) -> Option<String> {
+    headers.iter().find_map(|h| {
+        let text = h.to_string();
+        let (n, v) = text.split_once(':')?;
+        let n = n.trim();
+        (n.eq_ignore_ascii_case(name) || (!compact.is_empty() && n.eq_ignore_ascii_case(compact)))
+            .then(|| v.trim().to_string())
+    })
 }
 
 fn header_other<'a>(headers: &'a rsip::Headers, name: &str) -> Option<&'a str> {
