@@ -20,6 +20,9 @@ pub struct CallStartupRequest {
     pub call_id: Option<String>,
     /// Who to call: a user part (`10005`, then `@sipDomain` is added) or a full `sip:` URI.
     pub callee: String,
+    /// A second party for a two-party call (the gateway calls the caller, then the callee,
+    /// and bridges them). Not built yet: a request with `caller` gets 501.
+    pub caller: Option<String>,
     pub sip_login: String,
     /// Digest user name; defaults to sipLogin.
     pub sip_authentication_name: Option<String>,
@@ -97,6 +100,13 @@ impl CallStartupRequest {
     /// Checks every field and normalises the callee into a SIP URI. Errors name the field.
     pub fn validate(self, generated_id: impl FnOnce() -> String) -> Result<CallSpec, ApiError> {
         let bad = |field: &str, why: String| ApiError::BadRequest(format!("{field}: {why}"));
+        if self.caller.as_deref().is_some_and(|c| !c.trim().is_empty()) {
+            return Err(ApiError::NotImplemented(
+                "caller: two-party calls (caller and callee bridged by the gateway) are not \
+                 built yet; place a call with callee only"
+                    .into(),
+            ));
+        }
         let call_id = match self.call_id.filter(|s| !s.is_empty()) {
             Some(id) if is_valid_id(&id) => id,
             Some(id) => {
