@@ -353,7 +353,11 @@ async fn dtmf_by_info_both_ways() {
     let (s, e) = gw
         .post_json("/call/send_dtmf", json!({"callId": "dt1", "dtmf": "7"}))
         .await;
-    assert_eq!(s, 501, "RFC2833 not built yet, said so: {e}");
+    assert_eq!(s, 409, "sipp took no telephone-event, said so: {e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("telephone-event"),
+        "{e}"
+    );
     let (s, _) = gw
         .post_json(
             "/call/send_dtmf",
@@ -579,6 +583,77 @@ async fn rfc4733_digits_from_the_far_end_become_events() {
     })
     .await;
     assert!(more.is_err(), "a second DtmfEvent: {more:?}");
+
+    // The other way: the gateway sends 1 and # (100 ms each) as telephone-events on the
+    // payload type the far end offered; read back from the RTP it sends us.
+    let (s, e) = gw
+        .post_json(
+            "/call/send_dtmf",
+            json!({"callId": "te-1", "dtmf": "1#", "duration": 100}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    rtp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut events: Vec<(u16, u32, bool, [u8; 4])> = Vec::new();
+    let mut last_seq: Option<u16> = None;
+    let deadline = Instant::now() + T;
+    let mut pkt = [0u8; 1500];
+    while events
+        .iter()
+        .filter(|e| e.3[0] == 11 && e.3[1] & 0x80 != 0)
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "digits not all seen: {events:?}");
+        let Ok((n, _)) = rtp.recv_from(&mut pkt) else {
+            continue;
+        };
+        assert!(n >= 12, "an RTP packet");
+        let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+        if let Some(prev) = last_seq {
+            assert_eq!(
+                seq,
+                prev.wrapping_add(1),
+                "one sequence for audio and events"
+            );
+        }
+        last_seq = Some(seq);
+        if pkt[1] & 0x7f == 101 {
+            assert_eq!(n, 16, "a 4-byte telephone-event payload");
+            let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+            events.push((
+                seq,
+                ts,
+                pkt[1] & 0x80 != 0,
+                [pkt[12], pkt[13], pkt[14], pkt[15]],
+            ));
+        }
+    }
+    for (code, name) in [(1u8, "1"), (11, "#")] {
+        let ev: Vec<_> = events.iter().filter(|e| e.3[0] == code).collect();
+        assert!(ev[0].2, "{name}: marker on the first packet");
+        assert!(ev.iter().skip(1).all(|e| !e.2), "{name}: marker only once");
+        assert!(ev.iter().all(|e| e.1 == ev[0].1), "{name}: one timestamp");
+        let durations: Vec<u16> = ev
+            .iter()
+            .map(|e| u16::from_be_bytes([e.3[2], e.3[3]]))
+            .collect();
+        assert!(durations.windows(2).all(|w| w[0] <= w[1]), "{durations:?}");
+        let ends: Vec<_> = ev.iter().filter(|e| e.3[1] & 0x80 != 0).collect();
+        assert_eq!(ends.len(), 3, "{name}: the end packet three times: {ev:?}");
+        assert!(
+            ends.iter()
+                .all(|e| u16::from_be_bytes([e.3[2], e.3[3]]) == 800),
+            "{name}: 100 ms at 8 kHz"
+        );
+    }
+    let first_ts = events.iter().find(|e| e.3[0] == 1).unwrap().1;
+    let second_ts = events.iter().find(|e| e.3[0] == 11).unwrap().1;
+    assert!(
+        second_ts.wrapping_sub(first_ts) >= 800,
+        "# starts after 1 ended"
+    );
 }
 
 /// The `event` names of CallControlEvents for `call_id`, until `last` (or the timeout).

@@ -104,20 +104,21 @@ pub struct DtmfRequest {
     pub call_id: String,
     /// Digits 0-9 * # A-D (1 to 64).
     pub dtmf: String,
-    /// `INFO` (SIP INFO, application/dtmf-relay) or `RFC2833` (the default; not built yet: 501).
+    /// `RFC2833` (the default: RFC 4733 telephone-events in the audio RTP) or `INFO`
+    /// (SIP INFO, application/dtmf-relay).
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// Per digit, in ms (default 160).
     pub duration: Option<u32>,
 }
 
-/// Send DTMF digits into a call, one SIP INFO per digit in order.
+/// Send DTMF digits into a call: RFC 4733 telephone-events in the RTP (end packet sent
+/// three times, a pause between digits), or one SIP INFO per digit, in order.
 #[utoipa::path(post, path = "/rest-api/call/send_dtmf", request_body = DtmfRequest,
     responses((status = 200, description = "Digits queued", body = CallInfo),
         (status = 400, description = "A digit, type or duration is invalid", body = ErrorBody),
         (status = 404, description = "Unknown callId", body = ErrorBody),
-        (status = 409, description = "The call is not established", body = ErrorBody),
-        (status = 501, description = "type RFC2833 is not built yet", body = ErrorBody)))]
+        (status = 409, description = "The call is not established; or for RFC2833 the far end did not take telephone-event or does not receive our audio", body = ErrorBody)))]
 pub async fn send_dtmf(
     state: web::Data<AppState>,
     body: web::Bytes,

@@ -173,6 +173,8 @@ pub(super) struct MediaLeg {
     pub(super) codec: Option<RtpMap>,
     pub(super) remote: Option<SocketAddr>,
     pub(super) direction: Option<Direction>,
+    /// The negotiated telephone-event format (RFC 4733), if the far end took it.
+    pub(super) dtmf: Option<RtpMap>,
 }
 
 impl CallManager {
@@ -958,8 +960,9 @@ impl CallManager {
         self.inner.bus.publish(event);
     }
 
-    /// `/call/send_dtmf`: each digit as one SIP INFO (`application/dtmf-relay`), in order.
-    /// RFC 4733 telephone-events in the RTP stream are not sent yet: `RFC2833` answers 501.
+    /// `/call/send_dtmf`: digits as RFC 4733 telephone-events in the call's audio RTP
+    /// (`RFC2833`, the default: the far end must have taken `telephone-event` on the audio
+    /// clock), or each digit as one SIP INFO (`application/dtmf-relay`), in order.
     pub fn send_dtmf(
         &self,
         call_id: &str,
@@ -981,20 +984,15 @@ impl CallManager {
                 "dtmf: {bad:?} is not a DTMF digit (0-9 * # A-D)"
             )));
         }
-        match kind.map(str::to_ascii_uppercase).as_deref() {
-            Some("INFO") => {}
-            None | Some("RFC2833") | Some("RFC4733") => {
-                return Err(ApiError::NotImplemented(
-                    "type: RFC2833 (telephone-events in RTP) is not implemented yet; use INFO"
-                        .into(),
-                ))
-            }
+        let by_info = match kind.map(str::to_ascii_uppercase).as_deref() {
+            Some("INFO") => true,
+            None | Some("RFC2833") | Some("RFC4733") => false,
             Some(other) => {
                 return Err(ApiError::BadRequest(format!(
                     "type: {other:?}: expected RFC2833 or INFO"
                 )))
             }
-        }
+        };
         if !(40..=5000).contains(&duration_ms) {
             return Err(ApiError::BadRequest("duration: 40 to 5000 ms".into()));
         }
@@ -1008,6 +1006,56 @@ impl CallManager {
                 "callId {call_id:?} is {}: DTMF needs an established call",
                 entry.info.status.as_str()
             )));
+        }
+        if !by_info {
+            let audio = entry
+                .media
+                .iter()
+                .find(|m| m.kind == TrackKind::Audio && m.running.is_some());
+            let Some(audio) = audio else {
+                return Err(ApiError::Conflict(format!(
+                    "callId {call_id:?} has no running audio to carry RFC 4733 digits; use INFO"
+                )));
+            };
+            let te = match (&audio.dtmf, &audio.codec) {
+                (Some(te), Some(c)) if te.clock_rate == c.clock_rate => te.clone(),
+                (Some(te), Some(c)) => {
+                    return Err(ApiError::Conflict(format!(
+                        "callId {call_id:?}: the far end took telephone-event/{} but the audio \
+                         runs at {} Hz; use INFO",
+                        te.clock_rate, c.clock_rate
+                    )))
+                }
+                _ => {
+                    return Err(ApiError::Conflict(format!(
+                        "callId {call_id:?}: the far end did not accept telephone-event \
+                         (RFC 4733) in its SDP; use type INFO"
+                    )))
+                }
+            };
+            // The far end's direction: it must receive (sendrecv or recvonly).
+            if audio.direction.is_some_and(|d| !d.reversed().sends()) {
+                return Err(ApiError::Conflict(format!(
+                    "callId {call_id:?}: the far end does not take our audio now (it is \
+                     {:?}); RFC 4733 digits cannot go out",
+                    audio.direction.unwrap_or(Direction::SendRecv)
+                )));
+            }
+            let tones: Vec<crate::media::dtmf::Tone> = digits
+                .iter()
+                .filter_map(|d| crate::media::dtmf::event_code(*d))
+                .map(|event| crate::media::dtmf::Tone { event, duration_ms })
+                .collect();
+            if let Some((handle, _)) = &audio.running {
+                handle
+                    .update(LegUpdate::SendDtmf {
+                        payload_type: te.pt,
+                        tones,
+                    })
+                    .map_err(|e| ApiError::Unavailable(format!("DTMF not queued: {e}")))?;
+            }
+            tracing::info!(call_id, dtmf, payload_type = te.pt, "DTMF sent by RFC 4733");
+            return Ok(self.snapshot(entry));
         }
         for d in digits {
             let signal = d.to_ascii_uppercase();
@@ -1327,6 +1375,7 @@ impl CallManager {
                 }
                 (None, None) => {}
             }
+            leg.dtmf = neg.dtmf.clone();
             leg.codec = Some(neg.codec);
         }
     }
@@ -1378,6 +1427,7 @@ impl MediaLeg {
             codec: None,
             remote: None,
             direction: None,
+            dtmf: None,
         }
     }
 }

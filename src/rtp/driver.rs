@@ -80,6 +80,11 @@ pub enum LegUpdate {
         clock_rate: u32,
         digits: tokio::sync::mpsc::UnboundedSender<crate::media::dtmf::Digit>,
     },
+    /// Send these digits as RFC 4733 telephone-events with this payload type.
+    SendDtmf {
+        payload_type: u8,
+        tones: Vec<crate::media::dtmf::Tone>,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -465,6 +470,14 @@ impl Leg {
             } => {
                 let reader = crate::media::dtmf::TelephoneEvents::new(payload_type, clock_rate);
                 self.dtmf = Some((reader, digits));
+            }
+            LegUpdate::SendDtmf {
+                payload_type,
+                tones,
+            } => {
+                if !self.session.send_dtmf(payload_type, &tones) {
+                    tracing::warn!(digits = tones.len(), "DTMF queue full; digits not sent");
+                }
             }
         }
     }

@@ -144,6 +144,8 @@ pub struct SessionCounters {
     /// Send ticks skipped because the driver woke up late (not sent as a burst).
     pub tx_late_ticks: u64,
     pub inject_overflow: u64,
+    /// RFC 4733 telephone-event packets sent.
+    pub dtmf_tx: u64,
     pub rtcp_rx: u64,
     pub rtcp_tx: u64,
     pub rtcp_invalid: u64,
@@ -177,6 +179,8 @@ pub struct RtpSession {
     clock_idle: bool,
     next_rtcp: Instant,
     inject: VecDeque<Bytes>,
+    /// RFC 4733 digits to send (they replace the audio of their ticks).
+    dtmf_tx: Option<crate::media::dtmf::DtmfSender>,
     counters: SessionCounters,
     rng: u32,
     report_about_us: Option<ReportBlock>,
@@ -203,6 +207,7 @@ impl RtpSession {
             clock_idle: false,
             next_rtcp: now,
             inject: VecDeque::new(),
+            dtmf_tx: None,
             counters: SessionCounters::default(),
             rng: cfg.local_ssrc | 1,
             report_about_us: None,
@@ -320,6 +325,19 @@ impl RtpSession {
         }
         self.inject.push_back(payload);
         true
+    }
+
+    /// Queues DTMF digits to send as RFC 4733 telephone-events with `payload_type` (on the
+    /// audio clock). False when the queue is full; nothing is queued then.
+    pub fn send_dtmf(&mut self, payload_type: u8, tones: &[crate::media::dtmf::Tone]) -> bool {
+        if self.dtmf_tx.as_ref().map(|d| d.payload_type()) != Some(payload_type) {
+            self.dtmf_tx = Some(crate::media::dtmf::DtmfSender::new(
+                payload_type,
+                self.cfg.clock_rate,
+                self.cfg.ptime_ms,
+            ));
+        }
+        self.dtmf_tx.as_mut().is_some_and(|d| d.push(tones))
     }
 
     /// An RTP datagram from `from`. `Ok(None)`: valid but not for us (unknown source after
@@ -483,9 +501,36 @@ impl RtpSession {
         let to = self.remote_rtp().filter(|_| self.cfg.direction.sends());
         let Some(to) = to else {
             self.inject.clear();
+            if let Some(d) = self.dtmf_tx.as_mut() {
+                d.clear();
+            }
             self.need_marker = true;
             return None;
         };
+        if let Some(ev) = self.dtmf_tx.as_mut().and_then(|d| d.tick(ts, spt)) {
+            // The digit replaces this tick's audio; what was injected for it is dropped so
+            // that the audio after the digit stays in time.
+            self.inject.pop_front();
+            let header = RtpHeader {
+                pt: ev.payload_type,
+                marker: ev.marker,
+                seq: self.tx_seq,
+                timestamp: ev.timestamp,
+                ssrc: self.cfg.local_ssrc,
+            };
+            self.tx_seq = self.tx_seq.wrapping_add(1);
+            self.counters.tx_packets += 1;
+            self.counters.tx_bytes += ev.payload.len() as u64;
+            self.counters.dtmf_tx += 1;
+            self.sent_since_report = true;
+            // The audio after an event starts a new talkspurt.
+            self.need_marker = true;
+            return Some(Transmit {
+                to,
+                data: header.to_vec(&ev.payload),
+                rtcp: false,
+            });
+        }
         let payload = match self.inject.pop_front() {
             Some(p) => p,
             None if self.cfg.send_silence && !self.cfg.silence_payload.is_empty() => {
@@ -575,7 +620,9 @@ impl RtpSession {
 
     /// Whether a ptime tick can produce a packet: silence is on, or media was injected.
     fn has_media_to_send(&self) -> bool {
-        !self.inject.is_empty() || (self.cfg.send_silence && !self.cfg.silence_payload.is_empty())
+        !self.inject.is_empty()
+            || self.dtmf_tx.as_ref().is_some_and(|d| d.is_busy())
+            || (self.cfg.send_silence && !self.cfg.silence_payload.is_empty())
     }
 }
 

@@ -51,12 +51,12 @@ pub enum Direction {
 }
 
 impl Direction {
-    /// The direction seen from the other side: our sendonly is their recvonly.
     /// Whether we send RTP in this direction (our side's view).
     pub fn sends(self) -> bool {
         matches!(self, Direction::SendRecv | Direction::SendOnly)
     }
 
+    /// The direction seen from the other side: our sendonly is their recvonly.
     pub fn reversed(self) -> Self {
         match self {
             Self::SendOnly => Self::RecvOnly,
