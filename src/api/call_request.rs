@@ -20,8 +20,9 @@ pub struct CallStartupRequest {
     pub call_id: Option<String>,
     /// Who to call: a user part (`10005`, then `@sipDomain` is added) or a full `sip:` URI.
     pub callee: String,
-    /// A second party for a two-party call (the gateway calls the caller, then the callee,
-    /// and bridges them). Not built yet: a request with `caller` gets 501.
+    /// A second party for a two-party call: the gateway calls the caller first, then the
+    /// callee, and bridges their media through itself (both legs are tracks of the stream).
+    /// A user part or a `sip:` URI, like callee.
     pub caller: Option<String>,
     pub sip_login: String,
     /// Digest user name; defaults to sipLogin.
@@ -96,17 +97,66 @@ fn is_user(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%#".contains(&b))
 }
 
+/// A party's URI from `callee` / `caller`: a user (at sipDomain), user@host or a sip: URI.
+fn party_uri(field: &str, value: &str, domain: &str) -> Result<(String, rsip::Uri), ApiError> {
+    let bad = |why: String| ApiError::BadRequest(format!("{field}: {why}"));
+    let v = value.trim();
+    let uri = if v.is_empty() {
+        return Err(bad("must not be empty".into()));
+    } else if v.starts_with("sip:") || v.starts_with("sips:") {
+        v.to_string()
+    } else if let Some((user, host)) = v.split_once('@') {
+        if !is_user(user) || !is_host(host) {
+            return Err(bad(format!("{v:?} is not user@host")));
+        }
+        format!("sip:{v}")
+    } else if is_user(v) {
+        format!("sip:{v}@{domain}")
+    } else {
+        return Err(bad(format!("{v:?} is not a SIP user or URI")));
+    };
+    if uri.starts_with("sips:") {
+        return Err(bad(
+            "sips: URIs need TLS, which the gateway does not offer yet".into(),
+        ));
+    }
+    if uri.contains(['\r', '\n', ' ', '<', '>', '"']) {
+        return Err(bad(format!(
+            "{uri:?} contains characters not allowed in a URI"
+        )));
+    }
+    let parsed = crate::sip::dialog::parse_uri(&uri).map_err(|e| bad(e.to_string()))?;
+    Ok((uri, parsed))
+}
+
+/// Where the INVITE for `uri` goes (RFC 3261 §8.1.2): an explicit outbound proxy wins (and
+/// then carries the dialog's requests too: sticky); else the Request-URI's host and port,
+/// where sipPort is the port of sipDomain when the URI names no port of its own.
+fn next_hop(
+    uri: &rsip::Uri,
+    proxy: Option<&str>,
+    sip_port: Option<u16>,
+    domain: &str,
+) -> (String, u16, bool) {
+    match proxy {
+        Some(p) => (p.to_string(), sip_port.unwrap_or(5060), true),
+        None => {
+            let host = uri.host_with_port.host.to_string();
+            let port = uri
+                .host_with_port
+                .port
+                .map(|p| *p.value())
+                .or(sip_port.filter(|_| host.eq_ignore_ascii_case(domain)))
+                .unwrap_or(5060);
+            (host, port, false)
+        }
+    }
+}
+
 impl CallStartupRequest {
     /// Checks every field and normalises the callee into a SIP URI. Errors name the field.
     pub fn validate(self, generated_id: impl FnOnce() -> String) -> Result<CallSpec, ApiError> {
         let bad = |field: &str, why: String| ApiError::BadRequest(format!("{field}: {why}"));
-        if self.caller.as_deref().is_some_and(|c| !c.trim().is_empty()) {
-            return Err(ApiError::NotImplemented(
-                "caller: two-party calls (caller and callee bridged by the gateway) are not \
-                 built yet; place a call with callee only"
-                    .into(),
-            ));
-        }
         let call_id = match self.call_id.filter(|s| !s.is_empty()) {
             Some(id) if is_valid_id(&id) => id,
             Some(id) => {
@@ -148,38 +198,7 @@ impl CallStartupRequest {
         if password.expose().contains(['\r', '\n']) {
             return Err(bad("sipPassword", "must not contain CR or LF".into()));
         }
-        let callee = self.callee.trim();
-        let callee_uri = if callee.is_empty() {
-            return Err(bad("callee", "must not be empty".into()));
-        } else if callee.starts_with("sip:") || callee.starts_with("sips:") {
-            callee.to_string()
-        } else if let Some((user, host)) = callee.split_once('@') {
-            if !is_user(user) || !is_host(host) {
-                return Err(bad("callee", format!("{callee:?} is not user@host")));
-            }
-            format!("sip:{callee}")
-        } else if is_user(callee) {
-            format!("sip:{callee}@{domain}")
-        } else {
-            return Err(bad(
-                "callee",
-                format!("{callee:?} is not a SIP user or URI"),
-            ));
-        };
-        if callee_uri.starts_with("sips:") {
-            return Err(bad(
-                "callee",
-                "sips: URIs need TLS, which the gateway does not offer yet".into(),
-            ));
-        }
-        if callee_uri.contains(['\r', '\n', ' ', '<', '>', '"']) {
-            return Err(bad(
-                "callee",
-                format!("{callee_uri:?} contains characters not allowed in a URI"),
-            ));
-        }
-        let parsed =
-            crate::sip::dialog::parse_uri(&callee_uri).map_err(|e| bad("callee", e.to_string()))?;
+        let (callee_uri, parsed) = party_uri("callee", &self.callee, &domain)?;
         let proxy = match self
             .sip_outbound_proxy
             .map(|s| s.trim().to_string())
@@ -194,20 +213,26 @@ impl CallStartupRequest {
             }
             None => None,
         };
-        // Where the INVITE goes (RFC 3261 §8.1.2): an explicit outbound proxy wins (and then
-        // carries the dialog's requests too); else the Request-URI's host and port, where
-        // sipPort is the port of sipDomain when the URI names no port of its own.
-        let uri_host = parsed.host_with_port.host.to_string();
-        let uri_port = parsed.host_with_port.port.map(|p| *p.value());
-        let (proxy_host, proxy_port, sticky) = match proxy.clone() {
-            Some(p) => (p, self.sip_port.unwrap_or(5060), true),
-            None => {
-                let port = uri_port
-                    .or(self
-                        .sip_port
-                        .filter(|_| uri_host.eq_ignore_ascii_case(&domain)))
-                    .unwrap_or(5060);
-                (uri_host, port, false)
+        let hop = |uri: &rsip::Uri| next_hop(uri, proxy.as_deref(), self.sip_port, &domain);
+        let (proxy_host, proxy_port, sticky) = hop(&parsed);
+        let caller = match self
+            .caller
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            None => None,
+            Some(c) => {
+                let (uri, parsed) = party_uri("caller", c, &domain)?;
+                if uri == callee_uri {
+                    return Err(bad("caller", "must differ from callee".into()));
+                }
+                let (host, port, _) = hop(&parsed);
+                Some(crate::call::model::PartySpec {
+                    uri,
+                    proxy_host: host,
+                    proxy_port: port,
+                })
             }
         };
         let registrar = (
@@ -272,6 +297,7 @@ impl CallStartupRequest {
         Ok(CallSpec {
             call_id,
             callee_uri,
+            caller,
             sip_login: login,
             auth_name,
             password,

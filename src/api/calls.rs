@@ -102,6 +102,9 @@ pub async fn unhold(
 #[serde(rename_all = "camelCase")]
 pub struct DtmfRequest {
     pub call_id: String,
+    /// The leg that receives the digits: `caller` or `callee` (default: the call's only
+    /// leg, or the callee of a two-party call).
+    pub leg: Option<String>,
     /// Digits 0-9 * # A-D (1 to 64).
     pub dtmf: String,
     /// `RFC2833` (the default: RFC 4733 telephone-events in the audio RTP) or `INFO`
@@ -126,6 +129,7 @@ pub async fn send_dtmf(
     let req: DtmfRequest = parse_body(&body)?;
     let info = state.calls.send_dtmf(
         &req.call_id,
+        req.leg.as_deref(),
         &req.dtmf,
         req.kind.as_deref(),
         req.duration.unwrap_or(160),
@@ -164,23 +168,12 @@ pub async fn transfer(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let req: TransferRequest = parse_body(&body)?;
-    if let Some(other) = &req.replace_call_id {
-        if let Some(leg) = &req.replace_leg {
-            let info = state.calls.find(other).ok_or_else(|| {
-                ApiError::NotFound(format!("replaceCallId {other:?}: no such call"))
-            })?;
-            if leg != "both" && !info.legs.iter().any(|l| &l.name == leg) {
-                return Err(ApiError::BadRequest(format!(
-                    "replaceLeg: {leg:?}: call {other:?} has no such leg"
-                )));
-            }
-        }
-    }
     let info = state.calls.transfer(
         &req.call_id,
         req.leg.as_deref(),
         req.target.as_deref(),
         req.replace_call_id.as_deref(),
+        req.replace_leg.as_deref(),
     )?;
     Ok(HttpResponse::Ok().json(info))
 }

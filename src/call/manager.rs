@@ -19,19 +19,18 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
-use super::model::{CallInfo, CallSpec, LegInfo, LegTrackInfo};
+use super::leg::{CallLeg, MediaLeg};
+use super::model::{CallInfo, CallSpec, LegInfo};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::events::{unix_ms, Event, EventBus};
-use crate::registry::{Leg, Publisher, Registry, RegistryError, TrackId, TrackKind, TrackSpec};
-use crate::rtp::driver::{spawn_leg_on, LegHandle, LegUpdate};
+use crate::registry::{Leg, Publisher, Registry, RegistryError, TrackKind, TrackSpec};
+use crate::rtp::driver::{spawn_leg_on, LegUpdate};
 use crate::rtp::ports::{BoundPair, PortPool};
 use crate::rtp::session::{silence_payload, SessionConfig};
 use crate::rtp::threads::MediaThreads;
 use crate::sip::driver::{local_ip_for, SipHandle};
-use crate::sip::sdp::{
-    self, Direction, LocalSession, MediaKind, OfferParams, RtpMap, SessionDescription,
-};
+use crate::sip::sdp::{self, Direction, MediaKind, SessionDescription};
 use crate::sip::ua::{
     Account, CallKey, CallPhase, Command, IncomingCall, PlaceCall, ReferTarget, RegStatus, Route,
     UaEvent,
@@ -79,102 +78,69 @@ impl State {
 
 pub(super) struct Entry {
     pub(super) info: CallInfo,
-    pub(super) key: CallKey,
-    /// The registry leg of the far end: `Callee` for outbound calls, `Caller` for inbound.
-    pub(super) leg: Leg,
     pub(super) publisher: Option<Arc<Publisher>>,
-    pub(super) media: Vec<MediaLeg>,
     pub(super) siprec: Vec<super::siprec::SiprecSession>,
-    /// Our side of the SDP session (origin id and version).
-    pub(super) sdp: LocalSession,
-    /// The address our SDP announces.
-    pub(super) media_ip: Option<IpAddr>,
-    pub(super) hold: HoldState,
-    /// A transfer of the far end by REFER in progress (or the last one).
-    pub(super) transfer: Option<super::transfer::Transfer>,
-    /// Our BYE after a successful transfer: the call ends as "transferred".
-    pub(super) transferred_to: Option<String>,
-}
-
-/// Who holds whom.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct HoldState {
-    /// We hold the far end (our last accepted offer was sendonly).
-    pub(super) ours: bool,
-    /// A hold (true) or unhold (false) re-INVITE of ours is in flight.
-    pub(super) pending: Option<bool>,
+    /// The call's SIP legs: one (the callee we called, or the caller who called us), or
+    /// two for a two-party call (caller first, then callee), bridged through the gateway.
+    pub(super) legs: Vec<CallLeg>,
+    /// Two-party: the INVITE to the callee, sent once the caller has answered.
+    pub(super) pending_callee: Option<Box<PlaceCall>>,
+    /// Two-party: the media bridge between the legs (one sink per direction).
+    pub(super) bridge: Vec<crate::registry::SinkHandle>,
 }
 
 impl Entry {
-    fn new(info: CallInfo, key: CallKey, leg: Leg) -> Self {
+    fn new(info: CallInfo, key: CallKey, leg: Leg, uri: &str) -> Self {
         Self {
             info,
-            key,
-            leg,
             publisher: None,
-            media: Vec::new(),
             siprec: Vec::new(),
-            sdp: LocalSession::new(rand::random::<u32>() as u64),
-            media_ip: None,
-            hold: HoldState::default(),
-            transfer: None,
-            transferred_to: None,
+            legs: vec![CallLeg::new(leg, key, uri)],
+            pending_callee: None,
+            bridge: Vec::new(),
         }
     }
 
-    fn leg_name(&self) -> &'static str {
-        match self.leg {
-            Leg::Caller => "caller",
-            _ => "callee",
+    /// The leg a UA key belongs to.
+    pub(super) fn leg_index(&self, key: CallKey) -> Option<usize> {
+        self.legs.iter().position(|l| l.key == key)
+    }
+
+    pub(super) fn leg_mut(&mut self, key: CallKey) -> Option<&mut CallLeg> {
+        self.legs.iter_mut().find(|l| l.key == key)
+    }
+
+    /// The legs a request's `leg` names: `caller`, `callee`, `both` (default: all).
+    pub(super) fn select(&self, leg: Option<&str>) -> Result<Vec<usize>, ApiError> {
+        match leg {
+            None | Some("both") => Ok((0..self.legs.len()).collect()),
+            Some(name) => match self.legs.iter().position(|l| l.name_str() == name) {
+                Some(i) => Ok(vec![i]),
+                None => {
+                    let names: Vec<&str> = self.legs.iter().map(CallLeg::name_str).collect();
+                    Err(ApiError::BadRequest(format!(
+                        "leg: {name:?}: this call's legs are {names:?} (or use both)"
+                    )))
+                }
+            },
         }
     }
 
-    /// The far end's URI (the callee we called, or the caller who called us).
-    fn remote_uri(&self) -> &str {
-        self.info.caller.as_deref().unwrap_or(&self.info.callee)
-    }
-
-    /// Our description of the call's media, with direction `want` on every section.
-    fn local_sdp(&self, want: Direction) -> SessionDescription {
-        let section = |kind: TrackKind| {
-            self.media
-                .iter()
-                .find(|m| m.kind == kind)
-                .map(|m| (m.local_port, m.offered.clone()))
-        };
-        sdp::build_offer(&OfferParams {
-            session_id: 0,
-            version: 0,
-            ip: self
-                .media_ip
-                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-            audio: section(TrackKind::Audio),
-            video: section(TrackKind::Video),
-            direction: want,
-        })
-    }
-
-    fn want(&self) -> Direction {
-        if self.hold.ours {
-            Direction::SendOnly
-        } else {
-            Direction::SendRecv
+    /// One leg for a request that acts on one (transfer, DTMF): named, or the only one, or
+    /// the callee of a two-party call.
+    pub(super) fn select_one(&self, leg: Option<&str>) -> Result<usize, ApiError> {
+        match leg {
+            Some("both") if self.legs.len() > 1 => Err(ApiError::BadRequest(
+                "leg: both: this request acts on one leg; name caller or callee".into(),
+            )),
+            None | Some("both") => Ok(self.legs.len() - 1),
+            Some(_) => Ok(self.select(leg)?[0]),
         }
     }
-}
 
-/// One media line of the callee leg: ports reserved at startup, RTP running once negotiated.
-pub(super) struct MediaLeg {
-    pub(super) kind: TrackKind,
-    pub(super) offered: Vec<RtpMap>,
-    pub(super) local_port: u16,
-    pub(super) pair: Option<BoundPair>,
-    pub(super) running: Option<(LegHandle, TrackId)>,
-    pub(super) codec: Option<RtpMap>,
-    pub(super) remote: Option<SocketAddr>,
-    pub(super) direction: Option<Direction>,
-    /// The negotiated telephone-event format (RFC 4733), if the far end took it.
-    pub(super) dtmf: Option<RtpMap>,
+    fn leg_infos(&self) -> Vec<LegInfo> {
+        self.legs.iter().map(CallLeg::info).collect()
+    }
 }
 
 impl CallManager {
@@ -226,7 +192,10 @@ impl CallManager {
     /// Places a call. Returns the call object with status PENDING; progress follows as events.
     pub async fn startup(&self, spec: CallSpec) -> Result<CallInfo, ApiError> {
         let inner = &self.inner;
-        let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+        // Two keys for a two-party call (caller, callee), one otherwise.
+        let key = inner
+            .next_key
+            .fetch_add(if spec.caller.is_some() { 2 } else { 1 }, Ordering::Relaxed);
         // Reserve the callId first so that two concurrent startups cannot both take it.
         {
             let mut st = inner.state.lock();
@@ -246,24 +215,35 @@ impl CallManager {
             }
             let info = initial_info(&spec);
             st.history.retain(|id| id != &spec.call_id);
-            st.calls
-                .insert(spec.call_id.clone(), Entry::new(info, key, Leg::Callee));
+            let entry = match &spec.caller {
+                // Two-party: the caller leg first (this key), the callee after it answers.
+                Some(caller) => {
+                    let mut e = Entry::new(info, key, Leg::Caller, &caller.uri);
+                    e.legs
+                        .push(CallLeg::new(Leg::Callee, key + 1, &spec.callee_uri));
+                    st.keys.insert(key + 1, spec.call_id.clone());
+                    e
+                }
+                None => Entry::new(info, key, Leg::Callee, &spec.callee_uri),
+            };
+            st.calls.insert(spec.call_id.clone(), entry);
             st.keys.insert(key, spec.call_id.clone());
             st.active += 1;
         }
-        match self.prepare(key, &spec).await {
+        match self.prepare(&spec).await {
             Ok(info) => Ok(info),
             Err(e) => {
                 let mut st = inner.state.lock();
                 st.calls.remove(&spec.call_id);
                 st.keys.remove(&key);
+                st.keys.remove(&(key + 1));
                 st.active = st.active.saturating_sub(1);
                 Err(e)
             }
         }
     }
 
-    async fn prepare(&self, key: CallKey, spec: &CallSpec) -> Result<CallInfo, ApiError> {
+    async fn prepare(&self, spec: &CallSpec) -> Result<CallInfo, ApiError> {
         let inner = &self.inner;
         let publisher = inner
             .registry
@@ -277,7 +257,11 @@ impl CallManager {
         let publisher = Arc::new(publisher);
 
         let dest = resolve(&spec.proxy_host, spec.proxy_port).await?;
-        let local_ip = self.local_ip(dest)?;
+        let caller_dest = match &spec.caller {
+            Some(c) => Some(resolve(&c.proxy_host, c.proxy_port).await?),
+            None => None,
+        };
+        let local_ip = self.local_ip(caller_dest.unwrap_or(dest))?;
         let sip_port = inner.sip.port(spec.transport).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "sipTransport: {} is disabled in the gateway's properties",
@@ -286,12 +270,17 @@ impl CallManager {
         })?;
         let media_ip = inner.cfg.media_ip.unwrap_or(local_ip);
 
+        let legs = if spec.caller.is_some() { 2 } else { 1 };
         let mut media = Vec::new();
-        if spec.has_audio {
-            media.push(self.media_leg(TrackKind::Audio).await?);
-        }
-        if spec.has_video {
-            media.push(self.media_leg(TrackKind::Video).await?);
+        for _ in 0..legs {
+            let mut m = Vec::new();
+            if spec.has_audio {
+                m.push(self.media_leg(TrackKind::Audio).await?);
+            }
+            if spec.has_video && legs == 1 {
+                m.push(self.media_leg(TrackKind::Video).await?);
+            }
+            media.push(m);
         }
         let registrar =
             if spec.register && spec.registrar != (spec.proxy_host.clone(), spec.proxy_port) {
@@ -300,63 +289,126 @@ impl CallManager {
                 None
             };
 
-        let sip_call_id = crate::sip::ua::new_call_id(local_ip);
-        let (info, sdp_offer) = {
+        let places = {
             let mut st = inner.state.lock();
             let Some(entry) = st.calls.get_mut(&spec.call_id) else {
                 return Err(ApiError::Internal("call vanished during startup".into()));
             };
-            entry.info.sip_call_id = Some(sip_call_id.clone());
             entry.publisher = Some(publisher);
-            entry.media = media;
-            entry.media_ip = Some(media_ip);
-            let offer = entry.local_sdp(Direction::SendRecv);
-            let sdp_offer = entry.sdp.stamp(offer);
-            entry.info.legs = vec![leg_info("callee", &spec.callee_uri, &entry.media)];
-            (entry.info.clone(), sdp_offer)
+            let mut places = Vec::new();
+            for (i, (leg, m)) in entry.legs.iter_mut().zip(media).enumerate() {
+                let sip_call_id = crate::sip::ua::new_call_id(local_ip);
+                leg.sip_call_id = Some(sip_call_id.clone());
+                leg.media = m;
+                leg.media_ip = Some(media_ip);
+                let offer = leg.local_sdp(Direction::SendRecv);
+                let sdp_offer = leg.sdp.stamp(offer);
+                // The caller of a two-party call has its own next hop.
+                let to = if i == 0 {
+                    caller_dest.unwrap_or(dest)
+                } else {
+                    dest
+                };
+                places.push(PlaceCall {
+                    key: leg.key,
+                    account: Account {
+                        login: spec.sip_login.clone(),
+                        auth_name: spec.auth_name.clone(),
+                        password: spec.password.expose().to_string(),
+                        domain: spec.domain.clone(),
+                    },
+                    callee_uri: leg.uri.clone(),
+                    register: spec.register,
+                    route: Route {
+                        transport: spec.transport,
+                        dest: to,
+                        local: SocketAddr::new(local_ip, sip_port),
+                        sticky: spec.sticky,
+                    },
+                    registrar,
+                    sdp_offer,
+                    body: None,
+                    from_uri: None,
+                    to_uri: None,
+                    contact_params: String::new(),
+                    sip_call_id: Some(sip_call_id),
+                    headers: spec.headers.clone(),
+                });
+            }
+            entry.info.sip_call_id = entry.legs[0].sip_call_id.clone();
+            entry.info.legs = entry.leg_infos();
+            if places.len() > 1 {
+                // The callee is called once the caller has answered.
+                entry.pending_callee = places.pop().map(Box::new);
+            }
+            places
         };
-        let place = PlaceCall {
-            key,
-            account: Account {
-                login: spec.sip_login.clone(),
-                auth_name: spec.auth_name.clone(),
-                password: spec.password.expose().to_string(),
-                domain: spec.domain.clone(),
-            },
-            callee_uri: spec.callee_uri.clone(),
-            register: spec.register,
-            route: Route {
-                transport: spec.transport,
-                dest,
-                local: SocketAddr::new(local_ip, sip_port),
-                sticky: spec.sticky,
-            },
-            registrar,
-            sdp_offer,
-            body: None,
-            from_uri: None,
-            to_uri: None,
-            contact_params: String::new(),
-            sip_call_id: Some(sip_call_id.clone()),
-            headers: spec.headers.clone(),
-        };
-        if !inner.sip.command(Command::PlaceCall(Box::new(place))) {
-            return Err(ApiError::Unavailable(
-                "the SIP stack is shutting down".into(),
-            ));
+        let info = self
+            .find(&spec.call_id)
+            .ok_or_else(|| ApiError::Internal("call vanished during startup".into()))?;
+        for place in places {
+            if !inner.sip.command(Command::PlaceCall(Box::new(place))) {
+                return Err(ApiError::Unavailable(
+                    "the SIP stack is shutting down".into(),
+                ));
+            }
         }
-        tracing::info!(call_id = %spec.call_id, stream = %spec.stream, callee = %spec.callee_uri, dest = %dest, "call started");
+        let first = spec
+            .caller
+            .as_ref()
+            .map(|c| c.uri.as_str())
+            .unwrap_or(&spec.callee_uri);
+        tracing::info!(call_id = %spec.call_id, stream = %spec.stream, first = %first, callee = %spec.callee_uri, dest = %caller_dest.unwrap_or(dest), "call started");
         self.publish_status(&info);
-        self.start_outputs(
-            &info,
-            spec.record,
-            vec![
-                format!("sip:{}@{}", spec.sip_login, spec.domain),
-                spec.callee_uri.clone(),
-            ],
-        )
-        .await;
+        let caller = spec
+            .caller
+            .as_ref()
+            .map(|c| c.uri.clone())
+            .unwrap_or_else(|| format!("sip:{}@{}", spec.sip_login, spec.domain));
+        self.start_outputs(&info, spec.record, vec![caller, spec.callee_uri.clone()])
+            .await;
         Ok(info)
+    }
+
+    /// Two-party: both legs answered; their audio is bridged through the gateway, each
+    /// direction transcoded to the receiving leg's codec when they differ.
+    fn start_bridge(&self, key: CallKey) {
+        let mut st = self.inner.state.lock();
+        let Some(entry) = st.by_key(key) else {
+            return;
+        };
+        if entry.legs.len() < 2 || !entry.bridge.is_empty() {
+            return;
+        }
+        let stream = entry.info.to_stream.clone();
+        let call_id = entry.info.call_id.clone();
+        for (from, to) in [(0, 1), (1, 0)] {
+            let target = &entry.legs[to];
+            let audio = target.media.iter().find(|m| m.kind == TrackKind::Audio);
+            let Some((handle, codec)) =
+                audio.and_then(|m| m.running.as_ref().map(|r| &r.0).zip(m.codec.as_ref()))
+            else {
+                tracing::warn!(%call_id, leg = target.name_str(), "bridge: the leg has no running audio");
+                continue;
+            };
+            let Some(to_codec) =
+                crate::media::transcode::AudioCodec::from_encoding(&codec.encoding)
+            else {
+                tracing::warn!(%call_id, codec = %codec.encoding, "bridge: codec not transcodable");
+                continue;
+            };
+            let sink = Arc::new(super::bridge::BridgeSink::new(
+                entry.legs[from].name,
+                handle.injector(),
+                to_codec,
+                self.inner.cfg.rtp_ptime_ms,
+            ));
+            match self.inner.registry.attach(&stream, "bridge", sink) {
+                Ok(h) => entry.bridge.push(h),
+                Err(e) => tracing::warn!(%call_id, error = %e, "bridge not attached"),
+            }
+        }
+        tracing::info!(%call_id, directions = entry.bridge.len(), "legs bridged");
     }
 
     /// What a call asks for once it exists: its recording (`record`, `sip_record_stream`)
@@ -440,7 +492,9 @@ impl CallManager {
             .get(call_id)
             .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
         if !entry.info.status.is_final() {
-            self.inner.sip.command(Command::Hangup(entry.key));
+            for leg in entry.legs.iter().filter(|l| !l.status.is_final()) {
+                self.inner.sip.command(Command::Hangup(leg.key));
+            }
         }
         Ok(self.snapshot(entry))
     }
@@ -464,8 +518,8 @@ impl CallManager {
 
     fn snapshot(&self, entry: &Entry) -> CallInfo {
         let mut info = entry.info.clone();
-        if !entry.media.is_empty() {
-            info.legs = vec![leg_info(entry.leg_name(), entry.remote_uri(), &entry.media)];
+        if entry.legs.iter().any(|l| !l.media.is_empty()) {
+            info.legs = entry.leg_infos();
         }
         info
     }
@@ -545,7 +599,8 @@ impl CallManager {
         sip_call_id: String,
     ) {
         let mut ended: Option<(Option<Arc<Publisher>>, Vec<MediaLeg>, String)> = None;
-        let mut transfer_events = Vec::new();
+        let mut events = Vec::new();
+        let mut bridge_now = false;
         let info = {
             let mut st = self.inner.state.lock();
             let Some(call_id) = st.keys.get(&key).cloned() else {
@@ -565,54 +620,124 @@ impl CallManager {
             let Some(entry) = st.calls.get_mut(&call_id) else {
                 return;
             };
-            entry.info.status = phase;
-            if sip_status.is_some() {
-                entry.info.sip_status = sip_status;
+            let Some(idx) = entry.leg_index(key) else {
+                return;
+            };
+            {
+                let leg = &mut entry.legs[idx];
+                leg.status = phase;
+                leg.sip_status = sip_status.or(leg.sip_status);
+                leg.sip_call_id = Some(sip_call_id.clone());
             }
-            entry.info.reason =
-                reason
-                    .clone()
-                    .or(entry.info.reason.take().filter(|_| !phase.is_final()));
-            entry.info.sip_call_id = Some(sip_call_id);
-            if phase == CallPhase::Established && entry.info.established_at.is_none() {
-                entry.info.established_at = Some(unix_ms());
-            }
-            if let Some(sdp) = &sdp {
-                self.apply_remote_sdp(entry, sdp, None);
-            }
-            if phase == CallPhase::Established {
-                self.siprec_on_call_phase(&mut st, &call_id, phase);
+            if phase.is_final() {
+                st.keys.remove(&key);
             }
             let Some(entry) = st.calls.get_mut(&call_id) else {
                 return;
             };
-            if phase.is_final() {
-                if let Some(to) = &entry.transferred_to {
-                    entry.info.reason = Some(format!("transferred to {to}"));
+            if entry.info.status.is_final() {
+                // A leg of a call that has already ended (its BYE completed): nothing more.
+                return;
+            }
+            if let Some(sdp) = &sdp {
+                self.apply_remote_sdp(entry, idx, sdp, None);
+            }
+            let leg_name = entry.legs[idx].name_str();
+            let two_party = entry.legs.len() > 1 || entry.pending_callee.is_some();
+            if two_party && phase == CallPhase::Established {
+                if let Some(place) = entry.pending_callee.take() {
+                    // The caller answered: now the callee (call-api's CallerAnswered).
+                    tracing::info!(%call_id, "caller answered; calling the callee");
+                    events.push(control_event(
+                        &call_id,
+                        leg_name,
+                        "CallerAnswered",
+                        sip_status,
+                        None,
+                    ));
+                    if !self.inner.sip.command(Command::PlaceCall(place)) {
+                        tracing::warn!(%call_id, "the SIP stack is shutting down; callee not called");
+                    }
+                } else if idx > 0 {
+                    events.push(control_event(
+                        &call_id,
+                        leg_name,
+                        "CalleeAnswered",
+                        sip_status,
+                        None,
+                    ));
+                    bridge_now = true;
                 }
-                if let Some(t) = entry.transfer.as_mut() {
-                    for step in t.on_call_ended() {
-                        if let super::transfer::Step::Event {
-                            name,
-                            sip_status,
-                            reason,
-                        } = step
-                        {
-                            transfer_events.push(control_event(entry, name, sip_status, reason));
+            }
+            let call_phase = call_phase(&entry.legs, entry.pending_callee.is_some());
+            let changed = call_phase != entry.info.status;
+            entry.info.status = call_phase;
+            if sip_status.is_some() {
+                entry.info.sip_status = sip_status;
+            }
+            entry.info.reason = if two_party {
+                reason.clone().map(|r| format!("{leg_name}: {r}"))
+            } else {
+                reason.clone()
+            }
+            .or(entry.info.reason.take().filter(|_| !phase.is_final()));
+            if idx == 0 {
+                entry.info.sip_call_id = Some(sip_call_id);
+            }
+            let established_now =
+                call_phase == CallPhase::Established && entry.info.established_at.is_none();
+            if established_now {
+                entry.info.established_at = Some(unix_ms());
+            }
+            if established_now {
+                self.siprec_on_call_phase(&mut st, &call_id, call_phase);
+            }
+            let Some(entry) = st.calls.get_mut(&call_id) else {
+                return;
+            };
+            if call_phase.is_final() {
+                for leg in entry.legs.iter_mut() {
+                    if let Some(to) = &leg.transferred_to {
+                        entry.info.reason = Some(format!("transferred to {to}"));
+                    }
+                    if let Some(t) = leg.transfer.as_mut() {
+                        for step in t.on_call_ended() {
+                            if let super::transfer::Step::Event {
+                                name,
+                                sip_status,
+                                reason,
+                            } = step
+                            {
+                                events.push(control_event(
+                                    &call_id,
+                                    leg.name_str(),
+                                    name,
+                                    sip_status,
+                                    reason,
+                                ));
+                            }
                         }
+                    }
+                    if !leg.status.is_final() {
+                        // The other party of a two-party call: hang it up too.
+                        self.inner.sip.command(Command::Hangup(leg.key));
                     }
                 }
                 entry.info.ended_at = Some(unix_ms());
-                entry.info.legs =
-                    vec![leg_info(entry.leg_name(), entry.remote_uri(), &entry.media)];
+                entry.info.legs = entry.leg_infos();
+                entry.bridge.clear();
+                let media = entry
+                    .legs
+                    .iter_mut()
+                    .flat_map(|l| std::mem::take(&mut l.media))
+                    .collect();
                 ended = Some((
                     entry.publisher.take(),
-                    std::mem::take(&mut entry.media),
-                    phase.as_str().to_string(),
+                    media,
+                    call_phase.as_str().to_string(),
                 ));
-                st.keys.remove(&key);
                 st.active = st.active.saturating_sub(1);
-                self.siprec_on_call_phase(&mut st, &call_id, phase);
+                self.siprec_on_call_phase(&mut st, &call_id, call_phase);
                 st.history.push_back(call_id.clone());
                 while st.history.len() > HISTORY {
                     if let Some(old) = st.history.pop_front() {
@@ -620,13 +745,19 @@ impl CallManager {
                     }
                 }
             }
-            st.calls.get(&call_id).map(|e| e.info.clone())
+            st.calls
+                .get(&call_id)
+                .filter(|e| changed || e.legs.len() == 1)
+                .map(|e| e.info.clone())
         };
-        for e in transfer_events {
+        for e in events {
             self.inner.bus.publish(e);
         }
+        if bridge_now {
+            self.start_bridge(key);
+        }
         if let Some(info) = info {
-            tracing::info!(call_id = %info.call_id, status = phase.as_str(), sip_status, reason = info.reason.as_deref().unwrap_or(""), "call status");
+            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), sip_status, reason = info.reason.as_deref().unwrap_or(""), "call status");
             self.publish_status(&info);
         }
         if let Some((publisher, media, why)) = ended {
@@ -651,7 +782,10 @@ impl CallManager {
             let Some(entry) = st.by_key(key) else {
                 return;
             };
-            self.apply_remote_sdp(entry, sdp, None);
+            let Some(idx) = entry.leg_index(key) else {
+                return;
+            };
+            self.apply_remote_sdp(entry, idx, sdp, None);
             hold_status(entry)
         };
         self.status_changed(info);
@@ -664,10 +798,13 @@ impl CallManager {
             let mut st = self.inner.state.lock();
             match st.keys.get(&key).cloned() {
                 Some(call_id) => match st.calls.get_mut(&call_id) {
-                    Some(entry) => {
-                        let r = self.answer_offer(entry, offer.as_deref());
-                        (r, hold_status(entry))
-                    }
+                    Some(entry) => match entry.leg_index(key) {
+                        Some(idx) => {
+                            let r = self.answer_offer(entry, idx, offer.as_deref());
+                            (r, hold_status(entry))
+                        }
+                        None => (Err(481), None),
+                    },
                     None => (Err(481), None),
                 },
                 None => (
@@ -684,22 +821,28 @@ impl CallManager {
         self.status_changed(info);
     }
 
-    /// Our answer to `offer` (None: a re-INVITE without SDP asks for our offer). The media
-    /// follows the offer at once; a 488 leaves the call as it was.
-    fn answer_offer(&self, entry: &mut Entry, offer: Option<&str>) -> Result<String, u16> {
-        let want = entry.want();
+    /// Our answer to `offer` on leg `idx` (None: a re-INVITE without SDP asks for our
+    /// offer). The media follows the offer at once; a 488 leaves the call as it was.
+    fn answer_offer(
+        &self,
+        entry: &mut Entry,
+        idx: usize,
+        offer: Option<&str>,
+    ) -> Result<String, u16> {
+        let leg = &mut entry.legs[idx];
+        let want = leg.want();
         let Some(text) = offer else {
-            let ours = entry.local_sdp(want);
-            return Ok(entry.sdp.stamp(ours));
+            let ours = leg.local_sdp(want);
+            return Ok(leg.sdp.stamp(ours));
         };
         let remote = SessionDescription::parse(text).map_err(|_| 488u16)?;
-        let answer = sdp::answer(&entry.local_sdp(want), &remote, want);
+        let answer = sdp::answer(&leg.local_sdp(want), &remote, want);
         if answer.media.iter().all(|m| m.port == 0) {
             tracing::info!(call_id = %entry.info.call_id, "offer has no media we can take");
             return Err(488);
         }
-        self.apply_remote_sdp(entry, text, Some(want));
-        Ok(entry.sdp.stamp(answer))
+        self.apply_remote_sdp(entry, idx, text, Some(want));
+        Ok(entry.legs[idx].sdp.stamp(answer))
     }
 
     /// The answer to our own re-INVITE (hold, unhold): the media follows it, and the
@@ -713,14 +856,17 @@ impl CallManager {
                 }
                 return;
             };
-            let Some(on) = entry.hold.pending.take() else {
+            let Some(idx) = entry.leg_index(key) else {
+                return;
+            };
+            let Some(on) = entry.legs[idx].hold.pending.take() else {
                 return;
             };
             let ok = (200..300).contains(&status);
             if ok {
-                entry.hold.ours = on;
+                entry.legs[idx].hold.ours = on;
                 if let Some(sdp) = &answer {
-                    self.apply_remote_sdp(entry, sdp, None);
+                    self.apply_remote_sdp(entry, idx, sdp, None);
                 }
             }
             let name = match (on, ok) {
@@ -729,8 +875,9 @@ impl CallManager {
                 (false, true) => "CallUnholdSuccessful",
                 (false, false) => "CallUnholdFailed",
             };
-            tracing::info!(call_id = %entry.info.call_id, status, event = name, "hold");
-            let event = control_event(entry, name, Some(status), None);
+            let leg_name = entry.legs[idx].name_str();
+            tracing::info!(call_id = %entry.info.call_id, leg = leg_name, status, event = name, "hold");
+            let event = control_event(&entry.info.call_id, leg_name, name, Some(status), None);
             (event, hold_status(entry))
         };
         self.inner.bus.publish(event);
@@ -738,8 +885,9 @@ impl CallManager {
     }
 
     /// `/call/hold` (`on`) and `/call/unhold`: a re-INVITE with our media sendonly (or
-    /// sendrecv again). Answers at once; `CallHolding → CallHoldStart → CallHoldSuccessful`
-    /// (or `CallHoldFailed` with the SIP status) follow as events.
+    /// sendrecv again) to each chosen leg. Answers at once; `CallHolding`, then per leg
+    /// `CallHoldStart` and `CallHoldSuccessful` (or `CallHoldFailed` with the SIP status)
+    /// follow as events.
     pub fn hold(&self, call_id: &str, leg: Option<&str>, on: bool) -> Result<CallInfo, ApiError> {
         let (events, info) = {
             let mut st = self.inner.state.lock();
@@ -747,7 +895,7 @@ impl CallManager {
                 .calls
                 .get_mut(call_id)
                 .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
-            check_leg(entry, leg)?;
+            let chosen = entry.select(leg)?;
             if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
                 return Err(ApiError::Conflict(format!(
                     "callId {call_id:?} is {}: only an established call can be {}",
@@ -755,37 +903,47 @@ impl CallManager {
                     if on { "held" } else { "resumed" }
                 )));
             }
-            if entry.hold.pending.is_some() {
+            if chosen.iter().any(|i| entry.legs[*i].hold.pending.is_some()) {
                 return Err(ApiError::Conflict(format!(
                     "callId {call_id:?}: a hold or unhold is already in progress"
                 )));
             }
-            if entry.hold.ours == on {
-                // Already where the caller wants it: nothing to send.
-                return Ok(self.snapshot(entry));
-            }
-            entry.hold.pending = Some(on);
-            let want = if on {
-                Direction::SendOnly
-            } else {
-                Direction::SendRecv
-            };
-            let ours = entry.local_sdp(want);
-            let sdp = entry.sdp.stamp(ours);
-            self.inner.sip.command(Command::Reinvite {
-                key: entry.key,
-                sdp,
-            });
             let (a, b) = if on {
                 ("CallHolding", "CallHoldStart")
             } else {
                 ("CallUnholding", "CallUnholdStart")
             };
-            tracing::info!(call_id, hold = on, "hold re-INVITE sent");
-            let events = [
-                control_event(entry, a, None, None),
-                control_event(entry, b, None, None),
-            ];
+            let mut events = Vec::new();
+            let mut first = true;
+            for i in chosen {
+                let leg = &mut entry.legs[i];
+                if leg.hold.ours == on {
+                    // Already where the caller wants it: nothing to send.
+                    continue;
+                }
+                leg.hold.pending = Some(on);
+                let want = if on {
+                    Direction::SendOnly
+                } else {
+                    Direction::SendRecv
+                };
+                let ours = leg.local_sdp(want);
+                let sdp = leg.sdp.stamp(ours);
+                self.inner
+                    .sip
+                    .command(Command::Reinvite { key: leg.key, sdp });
+                tracing::info!(
+                    call_id,
+                    leg = leg.name_str(),
+                    hold = on,
+                    "hold re-INVITE sent"
+                );
+                if first {
+                    events.push(control_event(call_id, leg.name_str(), a, None, None));
+                    first = false;
+                }
+                events.push(control_event(call_id, leg.name_str(), b, None, None));
+            }
             (events, self.snapshot(entry))
         };
         for e in events {
@@ -805,6 +963,7 @@ impl CallManager {
         leg: Option<&str>,
         target: Option<&str>,
         replace_call_id: Option<&str>,
+        replace_leg: Option<&str>,
     ) -> Result<CallInfo, ApiError> {
         let (events, info) = {
             let mut st = self.inner.state.lock();
@@ -825,21 +984,24 @@ impl CallManager {
                             o.info.status.as_str()
                         )));
                     }
-                    Some((other.to_string(), o.key, o.remote_uri().to_string()))
+                    let i = o.select_one(replace_leg)?;
+                    let l = &o.legs[i];
+                    Some((other.to_string(), l.key, l.uri.clone()))
                 }
             };
             let entry = st
                 .calls
                 .get_mut(call_id)
                 .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
-            check_leg(entry, leg)?;
+            let idx = entry.select_one(leg)?;
             if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
                 return Err(ApiError::Conflict(format!(
                     "callId {call_id:?} is {}: only an established call can be transferred",
                     entry.info.status.as_str()
                 )));
             }
-            if entry.transfer.as_ref().is_some_and(|t| !t.is_done()) {
+            let leg = &mut entry.legs[idx];
+            if leg.transfer.as_ref().is_some_and(|t| !t.is_done()) {
                 return Err(ApiError::Conflict(format!(
                     "callId {call_id:?}: a transfer is already in progress"
                 )));
@@ -847,7 +1009,7 @@ impl CallManager {
             let (target_uri, refer) = match (&replaces, target) {
                 (Some((_, key, uri)), _) => (uri.clone(), ReferTarget::Replaces(*key)),
                 (None, Some(t)) => {
-                    let uri = transfer_target(t, entry.remote_uri())?;
+                    let uri = transfer_target(t, &leg.uri)?;
                     (uri.clone(), ReferTarget::Uri(uri))
                 }
                 (None, None) => {
@@ -860,12 +1022,13 @@ impl CallManager {
                 target_uri,
                 replaces.as_ref().map(|r| r.0.clone()),
             );
-            entry.transfer = Some(t);
+            leg.transfer = Some(t);
             self.inner.sip.command(Command::Refer {
-                key: entry.key,
+                key: leg.key,
                 target: refer,
             });
-            tracing::info!(call_id, "transfer: REFER sent");
+            let leg_name = leg.name_str();
+            tracing::info!(call_id, leg = leg_name, "transfer: REFER sent");
             let events = steps
                 .into_iter()
                 .filter_map(|s| match s {
@@ -873,7 +1036,7 @@ impl CallManager {
                         name,
                         sip_status,
                         reason,
-                    } => Some(control_event(entry, name, sip_status, reason)),
+                    } => Some(control_event(call_id, leg_name, name, sip_status, reason)),
                     super::transfer::Step::HangUp => None,
                 })
                 .collect::<Vec<_>>();
@@ -897,7 +1060,12 @@ impl CallManager {
             let Some(entry) = st.by_key(key) else {
                 return;
             };
-            let Some(t) = entry.transfer.as_mut() else {
+            let call_id = entry.info.call_id.clone();
+            let Some(leg) = entry.leg_mut(key) else {
+                return;
+            };
+            let leg_name = leg.name_str();
+            let Some(t) = leg.transfer.as_mut() else {
                 return;
             };
             let target = t.target.clone();
@@ -908,12 +1076,12 @@ impl CallManager {
                         sip_status,
                         reason,
                     } => {
-                        tracing::info!(call_id = %entry.info.call_id, event = name, sip_status, "transfer");
-                        events.push(control_event(entry, name, sip_status, reason));
+                        tracing::info!(%call_id, leg = leg_name, event = name, sip_status, "transfer");
+                        events.push(control_event(&call_id, leg_name, name, sip_status, reason));
                     }
                     super::transfer::Step::HangUp => {
-                        entry.transferred_to = Some(target.clone());
-                        self.inner.sip.command(Command::Hangup(entry.key));
+                        leg.transferred_to = Some(target.clone());
+                        self.inner.sip.command(Command::Hangup(key));
                     }
                 }
             }
@@ -947,10 +1115,13 @@ impl CallManager {
             let Some(entry) = st.keys.get(&key).and_then(|id| st.calls.get(id)) else {
                 return;
             };
-            tracing::info!(call_id = %entry.info.call_id, %digit, method, "DTMF received");
+            let Some(leg) = entry.legs.iter().find(|l| l.key == key) else {
+                return;
+            };
+            tracing::info!(call_id = %entry.info.call_id, leg = leg.name_str(), %digit, method, "DTMF received");
             Event::DtmfEvent {
                 call_id: entry.info.call_id.clone(),
-                leg: entry.leg_name().to_string(),
+                leg: leg.name_str().to_string(),
                 digit: digit.to_string(),
                 duration: duration_ms,
                 method: method.to_string(),
@@ -966,6 +1137,7 @@ impl CallManager {
     pub fn send_dtmf(
         &self,
         call_id: &str,
+        leg: Option<&str>,
         dtmf: &str,
         kind: Option<&str>,
         duration_ms: u32,
@@ -1007,8 +1179,9 @@ impl CallManager {
                 entry.info.status.as_str()
             )));
         }
+        let target = &entry.legs[entry.select_one(leg)?];
         if !by_info {
-            let audio = entry
+            let audio = target
                 .media
                 .iter()
                 .find(|m| m.kind == TrackKind::Audio && m.running.is_some());
@@ -1061,7 +1234,7 @@ impl CallManager {
             let signal = d.to_ascii_uppercase();
             let body = format!("Signal={signal}\r\nDuration={duration_ms}\r\n");
             self.inner.sip.command(Command::Info {
-                key: entry.key,
+                key: target.key,
                 content_type: "application/dtmf-relay".into(),
                 body: body.into_bytes(),
             });
@@ -1123,8 +1296,10 @@ impl CallManager {
             }
             let info = inbound_info(&ic, &call_id, &stream, cfg.sip_record_stream);
             st.history.retain(|id| id != &call_id);
-            st.calls
-                .insert(call_id.clone(), Entry::new(info, ic.key, Leg::Caller));
+            st.calls.insert(
+                call_id.clone(),
+                Entry::new(info, ic.key, Leg::Caller, &ic.from_uri),
+            );
             st.keys.insert(ic.key, call_id.clone());
             st.active += 1;
         }
@@ -1211,14 +1386,18 @@ impl CallManager {
                 return Err((487, "the call ended during set-up".into()));
             };
             entry.publisher = Some(publisher.clone());
-            entry.media = media;
-            entry.media_ip = Some(media_ip);
             entry.info.has_audio = has_audio;
             entry.info.has_video = has_video;
+            {
+                let leg = &mut entry.legs[0];
+                leg.media = media;
+                leg.media_ip = Some(media_ip);
+                leg.sip_call_id = Some(ic.sip_call_id.clone());
+            }
             let sdp = match &offer {
                 Some(o) => {
                     let answer = sdp::answer(
-                        &entry.local_sdp(Direction::SendRecv),
+                        &entry.legs[0].local_sdp(Direction::SendRecv),
                         o,
                         Direction::SendRecv,
                     );
@@ -1226,16 +1405,16 @@ impl CallManager {
                         return Err((488, "no codec of the offer is one we take".into()));
                     }
                     if let Some(text) = &ic.sdp {
-                        self.apply_remote_sdp(entry, text, Some(Direction::SendRecv));
+                        self.apply_remote_sdp(entry, 0, text, Some(Direction::SendRecv));
                     }
-                    entry.sdp.stamp(answer)
+                    entry.legs[0].sdp.stamp(answer)
                 }
                 None => {
-                    let ours = entry.local_sdp(Direction::SendRecv);
-                    entry.sdp.stamp(ours)
+                    let ours = entry.legs[0].local_sdp(Direction::SendRecv);
+                    entry.legs[0].sdp.stamp(ours)
                 }
             };
-            entry.info.legs = vec![leg_info(entry.leg_name(), entry.remote_uri(), &entry.media)];
+            entry.info.legs = entry.leg_infos();
             (sdp, entry.info.clone())
         };
         self.inner.sip.command(Command::Answer {
@@ -1249,8 +1428,16 @@ impl CallManager {
     /// Negotiates each media line against the remote SDP; starts RTP on first use, updates
     /// the remote address, direction and codec afterwards.
     /// `want`: Some(our wish) when `text` is an offer we answer, None when it answers ours.
-    fn apply_remote_sdp(&self, entry: &mut Entry, text: &str, want: Option<Direction>) {
+    fn apply_remote_sdp(&self, entry: &mut Entry, idx: usize, text: &str, want: Option<Direction>) {
         let call_id = entry.info.call_id.clone();
+        let Entry {
+            legs, publisher, ..
+        } = entry;
+        let Some(call_leg) = legs.get_mut(idx) else {
+            return;
+        };
+        let leg_name = call_leg.name;
+        let key = call_leg.key;
         let remote = match SessionDescription::parse(text) {
             Ok(r) => r,
             Err(e) => {
@@ -1259,7 +1446,7 @@ impl CallManager {
             }
         };
         let cfg = &self.inner.cfg;
-        for leg in entry.media.iter_mut() {
+        for leg in call_leg.media.iter_mut() {
             let kind = match leg.kind {
                 TrackKind::Audio => MediaKind::Audio,
                 TrackKind::Video => MediaKind::Video,
@@ -1278,7 +1465,7 @@ impl CallManager {
             leg.direction = Some(neg.direction);
             let track_spec = TrackSpec {
                 kind: leg.kind,
-                leg: entry.leg,
+                leg: leg_name,
                 codec: neg.codec.encoding.clone(),
                 clock_rate: neg.codec.clock_rate,
                 channels: neg.codec.channels,
@@ -1293,7 +1480,7 @@ impl CallManager {
             };
             match (&leg.running, leg.pair.take()) {
                 (None, Some(pair)) => {
-                    let Some(publisher) = entry.publisher.clone() else {
+                    let Some(publisher) = publisher.clone() else {
                         continue;
                     };
                     let track = match publisher.add_track(track_spec) {
@@ -1319,7 +1506,7 @@ impl CallManager {
                         initial_seq: rand::random(),
                         initial_timestamp: rand::random(),
                     };
-                    let span = tracing::info_span!("rtp", call_id = %call_id, kind = ?leg.kind);
+                    let span = tracing::info_span!("rtp", call_id = %call_id, leg = ?leg_name, kind = ?leg.kind);
                     let handle = spawn_leg_on(
                         self.inner.media.pick(),
                         pair,
@@ -1338,7 +1525,6 @@ impl CallManager {
                         };
                         if handle.update(update).is_ok() {
                             let this = self.clone();
-                            let key = entry.key;
                             tokio::spawn(async move {
                                 while let Some(d) = rx.recv().await {
                                     this.on_dtmf(key, d.digit, Some(d.duration_ms), "RFC4733");
@@ -1358,7 +1544,7 @@ impl CallManager {
                         LegUpdate::Direction(ours),
                     ];
                     if leg.codec.as_ref() != Some(&neg.codec) {
-                        if let Some(p) = &entry.publisher {
+                        if let Some(p) = publisher {
                             let _ = p.update_track(*track, track_spec);
                         }
                         updates.push(LegUpdate::Codec {
@@ -1416,27 +1602,11 @@ impl CallManager {
     }
 }
 
-impl MediaLeg {
-    fn new(kind: TrackKind, offered: Vec<RtpMap>, local_port: u16, pair: BoundPair) -> Self {
-        Self {
-            kind,
-            offered,
-            local_port,
-            pair: Some(pair),
-            running: None,
-            codec: None,
-            remote: None,
-            direction: None,
-            dtmf: None,
-        }
-    }
-}
-
 fn initial_info(spec: &CallSpec) -> CallInfo {
     CallInfo {
         call_id: spec.call_id.clone(),
         direction: "outbound".into(),
-        caller: None,
+        caller: spec.caller.as_ref().map(|c| c.uri.clone()),
         callee: spec.callee_uri.clone(),
         sip_login: spec.sip_login.clone(),
         sip_domain: spec.domain.clone(),
@@ -1510,14 +1680,10 @@ fn sanitize_id(text: &str) -> String {
     }
 }
 
-/// The status a change of directions gives: HOLD while either side holds the other.
+/// The status a change of directions gives: HOLD while either side of any leg holds the
+/// other.
 fn hold_status(entry: &mut Entry) -> Option<CallInfo> {
-    let directions: Vec<Direction> = entry.media.iter().filter_map(|m| m.direction).collect();
-    let peer_holds = !directions.is_empty()
-        && directions
-            .iter()
-            .all(|d| matches!(d, Direction::SendOnly | Direction::Inactive));
-    let held = entry.hold.ours || peer_holds;
+    let held = entry.legs.iter().any(|l| l.hold.ours || l.peer_holds());
     let next = match (entry.info.status, held) {
         (CallPhase::Established, true) => CallPhase::Hold,
         (CallPhase::Hold, false) => CallPhase::Established,
@@ -1525,19 +1691,6 @@ fn hold_status(entry: &mut Entry) -> Option<CallInfo> {
     };
     entry.info.status = next;
     Some(entry.info.clone())
-}
-
-/// `leg` in a request: `both`, or the name of the call's one leg.
-fn check_leg(entry: &Entry, leg: Option<&str>) -> Result<(), ApiError> {
-    match leg {
-        Some(leg) if leg != "both" && leg != entry.leg_name() => {
-            Err(ApiError::BadRequest(format!(
-                "leg: {leg:?}: this call has one leg, {:?} (or use both)",
-                entry.leg_name()
-            )))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// A transfer target: a sip:/sips:/tel: URI, or a user (number) at the host of the call's
@@ -1575,45 +1728,45 @@ fn transfer_target(target: &str, remote_uri: &str) -> Result<String, ApiError> {
 }
 
 fn control_event(
-    entry: &Entry,
+    call_id: &str,
+    leg: &str,
     name: &str,
     sip_status: Option<u16>,
     reason: Option<String>,
 ) -> Event {
     Event::CallControlEvent {
-        call_id: entry.info.call_id.clone(),
+        call_id: call_id.to_string(),
         event: name.to_string(),
-        leg: Some(entry.leg_name().to_string()),
+        leg: Some(leg.to_string()),
         sip_status,
         reason,
         timestamp: unix_ms(),
     }
 }
 
-fn leg_info(name: &str, uri: &str, media: &[MediaLeg]) -> LegInfo {
-    LegInfo {
-        name: name.into(),
-        uri: uri.to_string(),
-        tracks: media
-            .iter()
-            .map(|m| {
-                let stats = m.running.as_ref().map(|(h, _)| h.stats().session);
-                LegTrackInfo {
-                    kind: match m.kind {
-                        TrackKind::Audio => "audio".into(),
-                        TrackKind::Video => "video".into(),
-                    },
-                    codec: m.codec.as_ref().map(|c| c.encoding.clone()),
-                    payload_type: m.codec.as_ref().map(|c| c.pt),
-                    local_rtp_port: m.local_port,
-                    remote_rtp: m.remote.map(|a| a.to_string()),
-                    direction: m.direction.map(|d| d.to_string()),
-                    packets_received: stats.as_ref().map(|s| s.rx_packets).unwrap_or(0),
-                    packets_sent: stats.as_ref().map(|s| s.tx_packets).unwrap_or(0),
-                    invalid_packets: stats.as_ref().map(|s| s.invalid).unwrap_or(0),
-                }
-            })
-            .collect(),
+/// The call's status from its legs'. One leg: that leg's. Two-party: a leg's end ends the
+/// call; before that the caller's progress, then the callee's, and ESTABLISHED when both
+/// answered.
+fn call_phase(legs: &[CallLeg], callee_pending: bool) -> CallPhase {
+    if let Some(l) = legs.iter().find(|l| l.status.is_final()) {
+        return l.status;
+    }
+    match legs {
+        [] => CallPhase::Pending,
+        [one] if !callee_pending => one.status,
+        [caller] => match caller.status {
+            CallPhase::Established | CallPhase::Hold => CallPhase::Trying,
+            other => other,
+        },
+        [caller, rest @ ..] => {
+            if caller.status != CallPhase::Established {
+                return caller.status;
+            }
+            rest.iter()
+                .map(|l| l.status)
+                .find(|s| *s != CallPhase::Established)
+                .unwrap_or(CallPhase::Established)
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Calls: the API's call model (startup request, call object with legs) and the manager that
 //! joins SIP signalling, RTP legs and the stream registry.
+mod bridge;
+mod leg;
 pub mod manager;
 pub mod model;
 pub mod siprec;

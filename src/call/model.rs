@@ -10,11 +10,21 @@ use crate::sip::ua::CallPhase;
 
 pub use crate::secret::Secret;
 
+/// The first party of a two-party call: its URI and where its INVITE goes.
+#[derive(Debug, Clone)]
+pub struct PartySpec {
+    pub uri: String,
+    pub proxy_host: String,
+    pub proxy_port: u16,
+}
+
 /// A validated startup request.
 #[derive(Debug, Clone)]
 pub struct CallSpec {
     pub call_id: String,
     pub callee_uri: String,
+    /// Two-party: the caller, called first, then bridged with the callee.
+    pub caller: Option<PartySpec>,
     pub sip_login: String,
     pub auth_name: String,
     pub password: Secret,
@@ -42,6 +52,10 @@ pub struct LegInfo {
     /// `callee` (the party an outbound call reached) or `caller` (who called in).
     pub name: String,
     pub uri: String,
+    /// The leg's own status (the call's status for a one-leg call).
+    pub status: String,
+    /// The SIP Call-ID of this leg's dialog.
+    pub sip_call_id: Option<String>,
     pub tracks: Vec<LegTrackInfo>,
 }
 

@@ -277,8 +277,9 @@ impl CallManager {
     ) {
         let call_id = entry.info.call_id.clone();
         let audio = entry
-            .media
+            .legs
             .iter()
+            .flat_map(|l| l.media.iter())
             .find(|m| m.kind == TrackKind::Audio)
             .and_then(|m| m.codec.clone());
         let caller_uri = format!("sip:{}@{}", entry.info.sip_login, entry.info.sip_domain);

@@ -1,7 +1,10 @@
-//! Codecs and media helpers: G.711 tables, the silence payloads the RTP legs send, and the
-//! G.711 → Opus transcoder recordings use, and the RFC 4733 telephone-event reader.
+//! Codecs and media helpers: G.711 tables, the silence payloads the RTP legs send, the
+//! G.711 → Opus encoder recordings use, the resampler, the transcoder between two legs'
+//! codecs, and RFC 4733 telephone-events both ways.
 //! Owns sample-level transforms only; no I/O, no timing.
 pub mod dtmf;
 pub mod g711;
 pub mod h264;
 pub mod opus;
+pub mod resample;
+pub mod transcode;

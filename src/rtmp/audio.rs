@@ -18,8 +18,8 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::flv;
-use super::resample::Resampler;
 use crate::media::g711;
+use crate::media::resample::Resampler;
 
 /// Gaps up to this long are filled with silence; longer ones restart the AAC timeline.
 pub const FILL_GAP_MS: i64 = 1000;

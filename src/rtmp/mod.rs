@@ -3,7 +3,7 @@
 //! Owns the `/push/*` table ([`manager`]), one task per push ([`driver`]), and the pure parts
 //! those drive: the RTMP publishing session on rml_rtmp ([`session`]), the FLV tag builders
 //! ([`flv`]), the registry → FLV adapter ([`muxer`]) with its audio conversion ([`audio`],
-//! [`resample`]), H264 depacketising ([`crate::media::h264`]) and RTP → timeline clocks ([`clock`]), and
+//! [`crate::media::resample`]), H264 depacketising ([`crate::media::h264`]) and RTP → timeline clocks ([`clock`]), and
 //! publish URLs ([`url`]). It reads streams; it never publishes into the registry or touches
 //! calls.
 pub mod audio;
@@ -12,7 +12,6 @@ pub mod driver;
 pub mod flv;
 pub mod manager;
 pub mod muxer;
-pub mod resample;
 pub mod session;
 pub mod url;
 

@@ -98,7 +98,27 @@ pub enum LegError {
 enum Control {
     Update(LegUpdate),
     Inject(Bytes),
+    InjectLive(Bytes),
     Stop,
+}
+
+/// Plays payloads into a leg (one per ptime, instead of silence). Never waits: a full queue
+/// is an error the caller counts.
+#[derive(Debug, Clone)]
+pub struct Injector {
+    ctrl: mpsc::Sender<Control>,
+}
+
+impl Injector {
+    /// Live media (see [`RtpSession::inject_live`]): the leg keeps only the newest few.
+    pub fn inject(&self, payload: Bytes) -> Result<(), LegError> {
+        self.ctrl
+            .try_send(Control::InjectLive(payload))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LegError::Busy,
+                mpsc::error::TrySendError::Closed(_) => LegError::Stopped,
+            })
+    }
 }
 
 /// Handle on a running leg. Dropping it stops the leg.
@@ -128,6 +148,14 @@ impl LegHandle {
     /// Queues a payload to send instead of silence (see [`RtpSession::inject`]).
     pub fn inject(&self, payload: Bytes) -> Result<(), LegError> {
         self.send(Control::Inject(payload))
+    }
+
+    /// A cloneable sender of payloads into this leg, for a task or sink that plays media
+    /// into it (a bridge from another leg).
+    pub fn injector(&self) -> Injector {
+        Injector {
+            ctrl: self.ctrl.clone(),
+        }
     }
 
     /// Stops the leg, waits for its task (the ports are back in the pool when this returns)
@@ -416,6 +444,9 @@ impl Leg {
                     Some(Control::Update(u)) => self.apply(u),
                     Some(Control::Inject(p)) => {
                         self.session.inject(p);
+                    }
+                    Some(Control::InjectLive(p)) => {
+                        self.session.inject_live(p);
                     }
                 },
                 r = socks.rtp.readable() => {

@@ -32,6 +32,8 @@ pub use crate::sip::sdp::Direction;
 
 /// Largest number of injected payloads waiting to be sent (2 s at 20 ms).
 pub const INJECT_QUEUE_MAX: usize = 100;
+/// Live payloads waiting at most: two ptimes of added delay.
+pub const LIVE_INJECT_MAX: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
@@ -338,6 +340,17 @@ impl RtpSession {
             ));
         }
         self.dtmf_tx.as_mut().is_some_and(|d| d.push(tones))
+    }
+
+    /// Queues a payload of live media (another leg's audio): at most [`LIVE_INJECT_MAX`]
+    /// wait, the oldest dropped (and counted) first, so a burst from the source adds no
+    /// lasting delay.
+    pub fn inject_live(&mut self, payload: Bytes) {
+        while self.inject.len() >= LIVE_INJECT_MAX {
+            self.inject.pop_front();
+            self.counters.inject_overflow += 1;
+        }
+        self.inject.push_back(payload);
     }
 
     /// An RTP datagram from `from`. `Ok(None)`: valid but not for us (unknown source after

@@ -1,6 +1,6 @@
 //! A rational polyphase resampler for mono `f32` audio (windowed-sinc FIR, Blackman window).
 //!
-//! Used to bring 8 kHz G.711 up to the AAC encoder's rate; any ratio of integer rates works
+//! Used to bring 8 kHz G.711 up to the AAC encoder's rate and between legs' codecs; any ratio of integer rates works
 //! (48000/8000 = 6/1 phases, 44100/8000 = 441/80). Streaming: `process` may be called with
 //! any chunk size and the output continues seamlessly. Pure; no allocation after warm-up
 //! except the output it appends to.

@@ -1,0 +1,99 @@
+//! The media bridge of a two-party call: one [`InlineSink`] per direction on the call's
+//! stream takes one leg's audio track, transcodes it to the other leg's codec and packet
+//! time when they differ, and plays it into the other leg's RTP session. It runs on the
+//! publishing leg's media thread, inside `publish`: no task, no queue hop, never waits
+//! (a full leg queue is a counted drop). Telephone-events and video are not carried.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::media::transcode::{AudioCodec, Transcoder};
+use crate::registry::{InlineSink, Leg, MediaUnit, TrackId, TrackKind, TrackSpec};
+use crate::rtp::driver::Injector;
+
+pub(super) struct BridgeSink {
+    /// The leg whose audio this direction carries.
+    from: Leg,
+    to: Injector,
+    to_codec: AudioCodec,
+    ptime_ms: u32,
+    state: Mutex<State>,
+    pub(super) forwarded: AtomicU64,
+    pub(super) dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The source track, its payload type, and the transcoder from its codec.
+    source: Option<(TrackId, u8, Option<Transcoder>)>,
+    out: Vec<Bytes>,
+}
+
+impl BridgeSink {
+    pub(super) fn new(from: Leg, to: Injector, to_codec: AudioCodec, ptime_ms: u32) -> Self {
+        Self {
+            from,
+            to,
+            to_codec,
+            ptime_ms,
+            state: Mutex::new(State::default()),
+            forwarded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl InlineSink for BridgeSink {
+    fn on_track(&self, id: TrackId, spec: &TrackSpec) {
+        if spec.kind != TrackKind::Audio || spec.leg != self.from {
+            return;
+        }
+        let transcoder = match AudioCodec::from_encoding(&spec.codec) {
+            Some(from) => match Transcoder::new(from, self.to_codec, self.ptime_ms) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bridge: no transcoder; this direction is silent");
+                    None
+                }
+            },
+            None => {
+                tracing::warn!(codec = %spec.codec, "bridge: codec not transcodable; this direction is silent");
+                None
+            }
+        };
+        tracing::info!(from = ?self.from, codec = %spec.codec, to = ?self.to_codec, "bridge direction ready");
+        self.state.lock().source = Some((id, spec.payload_type, transcoder));
+    }
+
+    fn on_media(&self, unit: &MediaUnit) -> bool {
+        let mut st = self.state.lock();
+        let State { source, out } = &mut *st;
+        let Some((track, pt, Some(t))) = source else {
+            return true;
+        };
+        if unit.track != *track || unit.payload_type != *pt {
+            // Another leg's track, or a telephone-event on this one.
+            return true;
+        }
+        out.clear();
+        if let Err(e) = t.push(&unit.payload, out) {
+            tracing::debug!(error = %e, "bridge: payload not transcoded");
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let mut ok = true;
+        for p in out.drain(..) {
+            if self.to.inject(p).is_ok() {
+                self.forwarded.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    fn on_end(&self, _reason: &str) {}
+}

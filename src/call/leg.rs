@@ -1,0 +1,171 @@
+//! One SIP leg of a call: its dialog (the UA key), its status, its media lines and our side
+//! of its SDP session, its hold and transfer state. A call has one leg (outbound to the
+//! callee, or inbound from the caller) or two (a two-party call bridged by the gateway).
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::model::{LegInfo, LegTrackInfo};
+use crate::registry::{Leg, TrackId, TrackKind};
+use crate::rtp::driver::LegHandle;
+use crate::rtp::ports::BoundPair;
+use crate::sip::sdp::{self, Direction, LocalSession, OfferParams, RtpMap, SessionDescription};
+use crate::sip::ua::{CallKey, CallPhase};
+
+pub(super) struct CallLeg {
+    /// Which party: the registry's tracks of this leg carry the same name.
+    pub(super) name: Leg,
+    pub(super) key: CallKey,
+    /// The far end's URI (the party we called, or who called us).
+    pub(super) uri: String,
+    pub(super) status: CallPhase,
+    pub(super) sip_status: Option<u16>,
+    pub(super) sip_call_id: Option<String>,
+    pub(super) media: Vec<MediaLeg>,
+    /// Our side of the SDP session (origin id and version).
+    pub(super) sdp: LocalSession,
+    /// The address our SDP announces.
+    pub(super) media_ip: Option<IpAddr>,
+    pub(super) hold: HoldState,
+    /// A transfer of this leg's far end by REFER in progress (or the last one).
+    pub(super) transfer: Option<super::transfer::Transfer>,
+    /// Our BYE after a successful transfer: the call ends as "transferred".
+    pub(super) transferred_to: Option<String>,
+}
+
+/// Who holds whom.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct HoldState {
+    /// We hold the far end (our last accepted offer was sendonly).
+    pub(super) ours: bool,
+    /// A hold (true) or unhold (false) re-INVITE of ours is in flight.
+    pub(super) pending: Option<bool>,
+}
+
+impl CallLeg {
+    pub(super) fn new(name: Leg, key: CallKey, uri: &str) -> Self {
+        Self {
+            name,
+            key,
+            uri: uri.to_string(),
+            status: CallPhase::Pending,
+            sip_status: None,
+            sip_call_id: None,
+            media: Vec::new(),
+            sdp: LocalSession::new(rand::random::<u32>() as u64),
+            media_ip: None,
+            hold: HoldState::default(),
+            transfer: None,
+            transferred_to: None,
+        }
+    }
+
+    pub(super) fn name_str(&self) -> &'static str {
+        match self.name {
+            Leg::Caller => "caller",
+            _ => "callee",
+        }
+    }
+
+    /// Our description of the leg's media, with direction `want` on every section.
+    pub(super) fn local_sdp(&self, want: Direction) -> SessionDescription {
+        let section = |kind: TrackKind| {
+            self.media
+                .iter()
+                .find(|m| m.kind == kind)
+                .map(|m| (m.local_port, m.offered.clone()))
+        };
+        sdp::build_offer(&OfferParams {
+            session_id: 0,
+            version: 0,
+            ip: self
+                .media_ip
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            audio: section(TrackKind::Audio),
+            video: section(TrackKind::Video),
+            direction: want,
+        })
+    }
+
+    /// The direction we ask for: sendonly while we hold the far end.
+    pub(super) fn want(&self) -> Direction {
+        if self.hold.ours {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        }
+    }
+
+    /// The far end holds us: every negotiated line is sendonly or inactive on its side.
+    pub(super) fn peer_holds(&self) -> bool {
+        let directions: Vec<Direction> = self.media.iter().filter_map(|m| m.direction).collect();
+        !directions.is_empty()
+            && directions
+                .iter()
+                .all(|d| matches!(d, Direction::SendOnly | Direction::Inactive))
+    }
+
+    pub(super) fn info(&self) -> LegInfo {
+        LegInfo {
+            name: self.name_str().into(),
+            uri: self.uri.clone(),
+            status: self.status.as_str().to_string(),
+            sip_call_id: self.sip_call_id.clone(),
+            tracks: self
+                .media
+                .iter()
+                .map(|m| {
+                    let stats = m.running.as_ref().map(|(h, _)| h.stats().session);
+                    LegTrackInfo {
+                        kind: match m.kind {
+                            TrackKind::Audio => "audio".into(),
+                            TrackKind::Video => "video".into(),
+                        },
+                        codec: m.codec.as_ref().map(|c| c.encoding.clone()),
+                        payload_type: m.codec.as_ref().map(|c| c.pt),
+                        local_rtp_port: m.local_port,
+                        remote_rtp: m.remote.map(|a| a.to_string()),
+                        direction: m.direction.map(|d| d.to_string()),
+                        packets_received: stats.as_ref().map(|s| s.rx_packets).unwrap_or(0),
+                        packets_sent: stats.as_ref().map(|s| s.tx_packets).unwrap_or(0),
+                        invalid_packets: stats.as_ref().map(|s| s.invalid).unwrap_or(0),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One media line of a leg: ports reserved at startup, RTP running once negotiated.
+pub(super) struct MediaLeg {
+    pub(super) kind: TrackKind,
+    pub(super) offered: Vec<RtpMap>,
+    pub(super) local_port: u16,
+    pub(super) pair: Option<BoundPair>,
+    pub(super) running: Option<(LegHandle, TrackId)>,
+    pub(super) codec: Option<RtpMap>,
+    pub(super) remote: Option<SocketAddr>,
+    pub(super) direction: Option<Direction>,
+    /// The negotiated telephone-event format (RFC 4733), if the far end took it.
+    pub(super) dtmf: Option<RtpMap>,
+}
+
+impl MediaLeg {
+    pub(super) fn new(
+        kind: TrackKind,
+        offered: Vec<RtpMap>,
+        local_port: u16,
+        pair: BoundPair,
+    ) -> Self {
+        Self {
+            kind,
+            offered,
+            local_port,
+            pair: Some(pair),
+            running: None,
+            codec: None,
+            remote: None,
+            direction: None,
+            dtmf: None,
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Audio from one leg's codec and packet time to another's: what a bridge between two call
+//! legs (PCMU ↔ PCMA ↔ Opus) and any "play into a leg" path needs. Sans-IO: payloads in,
+//! payloads of one ptime each out. Same codec and the right packet size pass through
+//! untouched; otherwise samples go through a FIFO at the target rate (decode, resample,
+//! re-frame, encode), so a 30 ms sender feeds a 20 ms leg without gaps.
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use super::g711;
+use super::resample::Resampler;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioCodec {
+    Pcmu,
+    Pcma,
+    Opus,
+}
+
+impl AudioCodec {
+    /// From an rtpmap encoding name; None for what we cannot transcode.
+    pub fn from_encoding(encoding: &str) -> Option<Self> {
+        match encoding.to_ascii_uppercase().as_str() {
+            "PCMU" => Some(Self::Pcmu),
+            "PCMA" => Some(Self::Pcma),
+            "OPUS" => Some(Self::Opus),
+            _ => None,
+        }
+    }
+
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            Self::Pcmu | Self::Pcma => 8000,
+            Self::Opus => 48000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum TranscodeError {
+    #[error("opus: {0}")]
+    Opus(#[from] ::opus::Error),
+    #[error("cannot resample {0} Hz to {1} Hz")]
+    Rate(u32, u32),
+}
+
+/// One direction of audio between two codecs.
+pub struct Transcoder {
+    from: AudioCodec,
+    to: AudioCodec,
+    /// Samples per outgoing packet at the target rate.
+    frame: usize,
+    decoder: Option<::opus::Decoder>,
+    encoder: Option<::opus::Encoder>,
+    resampler: Option<Resampler>,
+    /// Decoded samples at the source rate (scratch).
+    decoded: Vec<i16>,
+    /// Samples at the target rate waiting for a whole frame.
+    fifo: Vec<i16>,
+    /// Same G.711 law: the codes themselves wait here when packet sizes differ.
+    codes: Vec<u8>,
+    scratch_in: Vec<f32>,
+    scratch_out: Vec<f32>,
+    encoded: Vec<u8>,
+}
+
+impl std::fmt::Debug for Transcoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transcoder")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("frame", &self.frame)
+            .finish()
+    }
+}
+
+/// Longest Opus packet: 120 ms at 48 kHz.
+const OPUS_MAX_SAMPLES: usize = 5760;
+/// Samples beyond this many frames are dropped (the sender runs ahead of our clock).
+const FIFO_FRAMES: usize = 10;
+
+impl Transcoder {
+    pub fn new(from: AudioCodec, to: AudioCodec, ptime_ms: u32) -> Result<Self, TranscodeError> {
+        let ptime = if ptime_ms == 0 { 20 } else { ptime_ms } as usize;
+        let frame = to.sample_rate() as usize * ptime / 1000;
+        let decoder = match from {
+            AudioCodec::Opus if to != AudioCodec::Opus => {
+                Some(::opus::Decoder::new(48000, ::opus::Channels::Mono)?)
+            }
+            _ => None,
+        };
+        let encoder = match to {
+            AudioCodec::Opus if from != AudioCodec::Opus => {
+                let mut e =
+                    ::opus::Encoder::new(48000, ::opus::Channels::Mono, ::opus::Application::Voip)?;
+                e.set_bitrate(::opus::Bitrate::Bits(32000))?;
+                Some(e)
+            }
+            _ => None,
+        };
+        let resampler = if from.sample_rate() != to.sample_rate() {
+            Some(
+                Resampler::new(from.sample_rate(), to.sample_rate())
+                    .ok_or(TranscodeError::Rate(from.sample_rate(), to.sample_rate()))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            from,
+            to,
+            frame,
+            decoder,
+            encoder,
+            resampler,
+            decoded: Vec::with_capacity(OPUS_MAX_SAMPLES),
+            fifo: Vec::new(),
+            codes: Vec::new(),
+            scratch_in: Vec::new(),
+            scratch_out: Vec::new(),
+            encoded: vec![0; 1500],
+        })
+    }
+
+    pub fn from(&self) -> AudioCodec {
+        self.from
+    }
+
+    pub fn to(&self) -> AudioCodec {
+        self.to
+    }
+
+    /// One payload of the source codec; appends the target payloads now complete.
+    pub fn push(&mut self, payload: &[u8], out: &mut Vec<Bytes>) -> Result<(), TranscodeError> {
+        if payload.is_empty() {
+            return Ok(());
+        }
+        match (self.from, self.to) {
+            (AudioCodec::Opus, AudioCodec::Opus) => {
+                out.push(Bytes::copy_from_slice(payload));
+                return Ok(());
+            }
+            (a, b) if a == b => {
+                // Same G.711 law: bytes are samples; re-frame only when sizes differ.
+                if payload.len() == self.frame && self.codes.is_empty() {
+                    out.push(Bytes::copy_from_slice(payload));
+                    return Ok(());
+                }
+                self.codes.extend_from_slice(payload);
+                let cap = self.frame * FIFO_FRAMES;
+                if self.codes.len() > cap {
+                    let excess = self.codes.len() - cap;
+                    self.codes.drain(..excess);
+                }
+                while self.codes.len() >= self.frame {
+                    out.push(Bytes::copy_from_slice(&self.codes[..self.frame]));
+                    self.codes.drain(..self.frame);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.decoded.clear();
+        match self.from {
+            AudioCodec::Pcmu => g711::decode_ulaw(payload, &mut self.decoded),
+            AudioCodec::Pcma => g711::decode_alaw(payload, &mut self.decoded),
+            AudioCodec::Opus => {
+                let dec = self.decoder.as_mut().expect("an Opus source has a decoder");
+                self.decoded.resize(OPUS_MAX_SAMPLES, 0);
+                let n = dec.decode(payload, &mut self.decoded, false)?;
+                self.decoded.truncate(n);
+            }
+        }
+        match &mut self.resampler {
+            None => self.fifo.extend_from_slice(&self.decoded),
+            Some(r) => {
+                self.scratch_in.clear();
+                self.scratch_in
+                    .extend(self.decoded.iter().map(|s| f32::from(*s) / 32768.0));
+                self.scratch_out.clear();
+                r.process(&self.scratch_in, &mut self.scratch_out);
+                self.fifo.extend(
+                    self.scratch_out
+                        .iter()
+                        .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
+                );
+            }
+        }
+        let cap = self.frame * FIFO_FRAMES;
+        if self.fifo.len() > cap {
+            let excess = self.fifo.len() - cap;
+            self.fifo.drain(..excess);
+        }
+        while self.fifo.len() >= self.frame {
+            let pcm = &self.fifo[..self.frame];
+            let payload = match self.to {
+                AudioCodec::Pcmu => {
+                    let mut v = Vec::with_capacity(pcm.len());
+                    g711::encode_ulaw(pcm, &mut v);
+                    Bytes::from(v)
+                }
+                AudioCodec::Pcma => {
+                    let mut v = Vec::with_capacity(pcm.len());
+                    g711::encode_alaw(pcm, &mut v);
+                    Bytes::from(v)
+                }
+                AudioCodec::Opus => {
+                    let enc = self
+                        .encoder
+                        .as_mut()
+                        .expect("an Opus target has an encoder");
+                    let n = enc.encode(pcm, &mut self.encoded)?;
+                    Bytes::copy_from_slice(&self.encoded[..n])
+                }
+            };
+            out.push(payload);
+            self.fifo.drain(..self.frame);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(rate: u32, hz: f64, n: usize) -> Vec<i16> {
+        (0..n)
+            .map(|i| {
+                (8000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(rate)).sin())
+                    as i16
+            })
+            .collect()
+    }
+
+    /// Power of `hz` in `pcm` relative to the total (Goertzel).
+    fn share_at(pcm: &[i16], rate: u32, hz: f64) -> f64 {
+        let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+        let (mut s1, mut s2) = (0f64, 0f64);
+        let mut total = 0f64;
+        for x in pcm {
+            let x = f64::from(*x);
+            total += x * x;
+            let s = x + 2.0 * w.cos() * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+        p * 2.0 / (pcm.len() as f64 * total.max(1.0))
+    }
+
+    fn ulaw(pcm: &[i16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        g711::encode_ulaw(pcm, &mut v);
+        v
+    }
+
+    #[test]
+    fn same_codec_and_size_passes_through_and_other_sizes_are_reframed() {
+        let mut t = Transcoder::new(AudioCodec::Pcmu, AudioCodec::Pcmu, 20).unwrap();
+        let mut out = Vec::new();
+        t.push(&[1u8; 160], &mut out).unwrap();
+        assert_eq!(out, vec![Bytes::from(vec![1u8; 160])]);
+        out.clear();
+        // 30 ms packets into a 20 ms leg: 240 + 240 bytes = three 160-byte packets.
+        t.push(&[2u8; 240], &mut out).unwrap();
+        t.push(&[3u8; 240], &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|p| p.len() == 160));
+        assert_eq!(&out[1][..80], &[2u8; 80][..]);
+        assert_eq!(&out[1][80..], &[3u8; 80][..]);
+    }
+
+    #[test]
+    fn pcmu_to_pcma_keeps_the_tone() {
+        let mut t = Transcoder::new(AudioCodec::Pcmu, AudioCodec::Pcma, 20).unwrap();
+        let pcm = tone(8000, 440.0, 1600);
+        let mut out = Vec::new();
+        for chunk in pcm.chunks(160) {
+            t.push(&ulaw(chunk), &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 10);
+        let mut back = Vec::new();
+        for p in &out {
+            g711::decode_alaw(p, &mut back);
+        }
+        assert!(
+            share_at(&back, 8000, 440.0) > 0.9,
+            "{}",
+            share_at(&back, 8000, 440.0)
+        );
+    }
+
+    #[test]
+    fn g711_to_opus_and_back_keeps_the_tone() {
+        let mut up = Transcoder::new(AudioCodec::Pcmu, AudioCodec::Opus, 20).unwrap();
+        let mut down = Transcoder::new(AudioCodec::Opus, AudioCodec::Pcma, 20).unwrap();
+        let pcm = tone(8000, 1000.0, 8000);
+        let mut opus = Vec::new();
+        for chunk in pcm.chunks(160) {
+            up.push(&ulaw(chunk), &mut opus).unwrap();
+        }
+        assert!(opus.len() >= 48, "{} Opus frames", opus.len());
+        let mut g711 = Vec::new();
+        for p in &opus {
+            down.push(p, &mut g711).unwrap();
+        }
+        assert!(g711.iter().all(|p| p.len() == 160));
+        let mut back = Vec::new();
+        for p in &g711[10..] {
+            g711::decode_alaw(p, &mut back);
+        }
+        let share = share_at(&back, 8000, 1000.0);
+        assert!(share > 0.8, "1 kHz share {share}");
+        assert!(share_at(&back, 8000, 440.0) < 0.05);
+    }
+
+    #[test]
+    fn a_sender_far_ahead_is_capped_and_garbage_opus_is_an_error() {
+        let mut t = Transcoder::new(AudioCodec::Pcmu, AudioCodec::Pcmu, 20).unwrap();
+        let mut out = Vec::new();
+        t.push(&vec![0u8; 160 * 50 + 7], &mut out).unwrap();
+        assert!(out.len() <= FIFO_FRAMES, "{}", out.len());
+        let mut t = Transcoder::new(AudioCodec::Opus, AudioCodec::Pcmu, 20).unwrap();
+        // A code-3 TOC with an impossible frame count.
+        assert!(t.push(&[0xff, 0xff, 0xff], &mut out).is_err());
+        assert!(t.push(&[], &mut out).is_ok());
+        assert_eq!(AudioCodec::from_encoding("opus"), Some(AudioCodec::Opus));
+        assert_eq!(AudioCodec::from_encoding("G729"), None);
+    }
+}
