@@ -43,10 +43,10 @@ async fn bad_input_gets_precise_errors() {
     expect(
         &gw,
         "/call/startup",
-        r#"{"callee":"1","sipDomain":"d"}"#,
+        r#"{"callee":"1","sipLogin":"a"}"#,
         400,
         "bad_request",
-        "sipLogin",
+        "sipDomain",
     )
     .await;
     expect(

@@ -24,13 +24,18 @@ pub struct CallStartupRequest {
     /// callee, and bridges their media through itself (both legs are tracks of the stream).
     /// A user part or a `sip:` URI, like callee.
     pub caller: Option<String>,
-    pub sip_login: String,
+    /// Our SIP user (From, and the digest user by default); default `sipstream`.
+    #[serde(default)]
+    pub sip_login: Option<String>,
     /// Digest user name; defaults to sipLogin.
     pub sip_authentication_name: Option<String>,
     /// Never returned nor logged.
     #[schema(value_type = Option<String>)]
     pub sip_password: Option<Secret>,
-    pub sip_domain: String,
+    /// Our SIP domain (From, registration, the host of number callees); default: the host
+    /// of a `sip:` callee URI.
+    #[serde(default)]
+    pub sip_domain: Option<String>,
     /// Host (name or IP) all requests are sent to; defaults to sipDomain.
     pub sip_outbound_proxy: Option<String>,
     /// Port of the outbound proxy (or domain); default 5060.
@@ -167,14 +172,43 @@ impl CallStartupRequest {
             }
             None => generated_id(),
         };
-        let domain = self.sip_domain.trim().to_string();
+        let domain = match self
+            .sip_domain
+            .as_deref()
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
+            Some(d) => d.to_string(),
+            None => {
+                // call-api's CallStart sends URIs only: take the callee's host.
+                let callee = self.callee.trim();
+                let host = callee
+                    .strip_prefix("sip:")
+                    .and_then(|rest| rest.split_once('@'))
+                    .map(|(_, h)| h.split([':', ';', '?']).next().unwrap_or(""))
+                    .unwrap_or("");
+                if host.is_empty() {
+                    return Err(bad(
+                        "sipDomain",
+                        "missing field (needed when callee is not a sip: URI)".into(),
+                    ));
+                }
+                host.to_string()
+            }
+        };
         if !is_host(&domain) {
             return Err(bad(
                 "sipDomain",
                 format!("{domain:?} is not a host name or address"),
             ));
         }
-        let login = self.sip_login.trim().to_string();
+        let login = self
+            .sip_login
+            .as_deref()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .unwrap_or("sipstream")
+            .to_string();
         if !is_user(&login) {
             return Err(bad(
                 "sipLogin",

@@ -734,3 +734,204 @@ pub async fn wait_event(
         }
     }
 }
+
+/// A minimal SIP UAS with real RTP on 127.0.0.1, for tests that must hear what the gateway
+/// sends: it answers one INVITE with `codec` (PCMU or PCMA), then streams a sine of `tone_hz`
+/// every 20 ms to the offered port and keeps every RTP payload it receives. It answers BYE,
+/// and can hang up itself ([`RawUas::hang_up`]).
+/// RTP payloads a peer received, with their payload types.
+type Heard = std::sync::Arc<std::sync::Mutex<Vec<(u8, Vec<u8>)>>>;
+
+pub struct RawUas {
+    pub port: u16,
+    pub rtp_port: u16,
+    received: Heard,
+    invites: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    byes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    hangup: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl RawUas {
+    pub async fn start(codec: &'static str, tone_hz: f64) -> RawUas {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Arc, Mutex};
+        let sip = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rtp = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let port = sip.local_addr().unwrap().port();
+        let rtp_port = rtp.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let invites = Arc::new(AtomicUsize::new(0));
+        let byes = Arc::new(AtomicUsize::new(0));
+        let (hangup, mut hangup_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let pt: u8 = if codec == "PCMA" { 8 } else { 0 };
+        // Receiver: every RTP payload, by payload type.
+        {
+            let rtp = rtp.clone();
+            let received = received.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, _)) = rtp.recv_from(&mut buf).await {
+                    if n > 12 {
+                        received
+                            .lock()
+                            .unwrap()
+                            .push((buf[1] & 0x7f, buf[12..n].to_vec()));
+                    }
+                }
+            });
+        }
+        let (inv, bye) = (invites.clone(), byes.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            let mut dialog: Option<(std::net::SocketAddr, String, String, String, String)> = None;
+            let mut streaming: Option<tokio::task::JoinHandle<()>> = None;
+            loop {
+                tokio::select! {
+                    r = sip.recv_from(&mut buf) => {
+                        let Ok((n, from)) = r else { return };
+                        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                        let header = |name: &str| {
+                            msg.lines()
+                                .find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
+                                .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+                                .unwrap_or_default()
+                        };
+                        let reply = |code: &str, to: &str, extra: &str, body: &str| {
+                            let vias: String = msg
+                                .lines()
+                                .filter(|l| l.to_ascii_lowercase().starts_with("via:"))
+                                .map(|l| format!("{l}\r\n"))
+                                .collect();
+                            format!(
+                                "SIP/2.0 {code}\r\n{vias}From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                                header("From"), header("Call-ID"), header("CSeq"), body.len()
+                            )
+                        };
+                        if msg.starts_with("INVITE ") {
+                            inv.fetch_add(1, Ordering::SeqCst);
+                            let remote_rtp: u16 = msg
+                                .lines()
+                                .find_map(|l| l.strip_prefix("m=audio "))
+                                .and_then(|l| l.split(' ').next())
+                                .and_then(|p| p.parse().ok())
+                                .unwrap_or(0);
+                            let to = format!("{};tag=raw{port}", header("To"));
+                            let sdp = format!(
+                                "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/8000\r\na=sendrecv\r\n"
+                            );
+                            let contact = format!("Contact: <sip:raw@127.0.0.1:{port}>\r\nContent-Type: application/sdp\r\n");
+                            let ok = reply("200 OK", &to, &contact, &sdp);
+                            let _ = sip.send_to(ok.as_bytes(), from).await;
+                            let contact_uri = header("Contact").trim_start_matches('<').split('>').next().unwrap_or("").to_string();
+                            dialog = Some((from, header("Call-ID"), header("From"), to, contact_uri));
+                            if streaming.is_none() {
+                                let rtp = rtp.clone();
+                                streaming = Some(tokio::spawn(async move {
+                                    let dest = std::net::SocketAddr::from(([127, 0, 0, 1], remote_rtp));
+                                    let mut tick = tokio::time::interval(Duration::from_millis(20));
+                                    let (mut seq, mut ts, mut n) = (1u16, 0u32, 0u64);
+                                    let ssrc: u32 = 0x5151_0000 | u32::from(port);
+                                    loop {
+                                        tick.tick().await;
+                                        let mut p = vec![0x80, pt];
+                                        p.extend_from_slice(&seq.to_be_bytes());
+                                        p.extend_from_slice(&ts.to_be_bytes());
+                                        p.extend_from_slice(&ssrc.to_be_bytes());
+                                        for _ in 0..160 {
+                                            let s = ((n as f64) * 2.0 * std::f64::consts::PI * tone_hz / 8000.0).sin() * 8000.0;
+                                            p.push(if pt == 8 {
+                                                sipstream::media::g711::linear_to_alaw(s as i16)
+                                            } else {
+                                                sipstream::media::g711::linear_to_ulaw(s as i16)
+                                            });
+                                            n += 1;
+                                        }
+                                        let _ = rtp.send_to(&p, dest).await;
+                                        seq = seq.wrapping_add(1);
+                                        ts = ts.wrapping_add(160);
+                                    }
+                                }));
+                            }
+                        } else if msg.starts_with("BYE ") {
+                            bye.fetch_add(1, Ordering::SeqCst);
+                            let ok = reply("200 OK", &header("To"), "", "");
+                            let _ = sip.send_to(ok.as_bytes(), from).await;
+                            if let Some(s) = streaming.take() {
+                                s.abort();
+                            }
+                        } else if msg.starts_with("SIP/2.0 ") || msg.starts_with("ACK ") {
+                            // The answer to our BYE, or the gateway's ACK.
+                        } else {
+                            let ok = reply("200 OK", &header("To"), "", "");
+                            let _ = sip.send_to(ok.as_bytes(), from).await;
+                        }
+                    }
+                    h = hangup_rx.recv() => {
+                        if h.is_none() { return }
+                        if let Some((to, call_id, from_hdr, to_hdr, contact)) = dialog.take() {
+                            if let Some(s) = streaming.take() {
+                                s.abort();
+                            }
+                            let bye = format!(
+                                "BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKrawbye{port}\r\nFrom: {to_hdr}\r\nTo: {from_hdr}\r\nCall-ID: {call_id}\r\nCSeq: 99 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+                            );
+                            let _ = sip.send_to(bye.as_bytes(), to).await;
+                        }
+                    }
+                }
+            }
+        });
+        RawUas {
+            port,
+            rtp_port,
+            received,
+            invites,
+            byes,
+            hangup,
+        }
+    }
+
+    /// Sends BYE for the answered call.
+    pub fn hang_up(&self) {
+        let _ = self.hangup.send(());
+    }
+
+    pub fn invites(&self) -> usize {
+        self.invites.load(Ordering::SeqCst)
+    }
+
+    pub fn byes(&self) -> usize {
+        self.byes.load(Ordering::SeqCst)
+    }
+
+    /// The audio received so far with payload type `pt`, decoded to 8 kHz samples.
+    pub fn heard(&self, pt: u8) -> Vec<i16> {
+        let mut pcm = Vec::new();
+        for (p, payload) in self.received.lock().unwrap().iter() {
+            if *p != pt {
+                continue;
+            }
+            if pt == 8 {
+                sipstream::media::g711::decode_alaw(payload, &mut pcm);
+            } else {
+                sipstream::media::g711::decode_ulaw(payload, &mut pcm);
+            }
+        }
+        pcm
+    }
+}
+
+/// The share of `pcm`'s power at `hz` (Goertzel), 0..1: a pure tone at `hz` gives ~1.
+pub fn tone_share(pcm: &[i16], rate: u32, hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+    let (mut s1, mut s2, mut total) = (0f64, 0f64, 0f64);
+    for x in pcm {
+        let x = f64::from(*x);
+        total += x * x;
+        let s = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+    p * 2.0 / (pcm.len().max(1) as f64 * total.max(1.0))
+}

@@ -1,0 +1,249 @@
+//! Two-party calls anchored in the gateway, end to end: `/call/startup` with `caller` and
+//! `callee` calls the caller, then the callee, and bridges their RTP through itself,
+//! transcoding where the legs' codecs differ. The peers are real RTP endpoints on 127.0.0.1
+//! (sipp, and a small UAS that streams a tone and keeps what it hears): each must hear the
+//! other's tone.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{tone_share, Gateway, RawUas, Sipp};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(15);
+
+fn body(call_id: &str, caller: String, callee: String) -> Value {
+    json!({
+        "callId": call_id,
+        "caller": caller,
+        "callee": callee,
+        "sipLogin": "gw",
+        "sipDomain": "127.0.0.1",
+        "sipRegisterRequired": "false",
+        "toStream": format!("{call_id}_stream"),
+    })
+}
+
+/// Waits until `peer` has heard `secs` of audio with payload type `pt`, returns it.
+async fn heard(peer: &RawUas, pt: u8, secs: f64) -> Vec<i16> {
+    let deadline = Instant::now() + T;
+    loop {
+        let pcm = peer.heard(pt);
+        if pcm.len() as f64 >= secs * 8000.0 {
+            return pcm;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heard only {} samples",
+            pcm.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn control_events(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    call_id: &str,
+    until: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while !seen.iter().any(|e| e == until) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ev)) if ev["type"] == "CallControlEvent" && ev["callId"] == call_id => {
+                seen.push(ev["event"].as_str().unwrap().to_string());
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("no {until} for {call_id}; saw {seen:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_two_party_call_bridges_pcmu_and_pcma_both_ways_and_hangs_up_both_legs() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMA", 1000.0).await;
+    let (s, call) = gw
+        .post_json(
+            "/call/startup",
+            body(
+                "tp1",
+                format!("sip:alice@127.0.0.1:{}", alice.port),
+                format!("sip:bob@127.0.0.1:{}", bob.port),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{call}");
+    assert_eq!(
+        call["caller"],
+        format!("sip:alice@127.0.0.1:{}", alice.port)
+    );
+    let events = control_events(&mut rx, "tp1", "CalleeAnswered").await;
+    assert_eq!(events, ["CallerAnswered", "CalleeAnswered"]);
+    let call = gw.wait_status("tp1", &["ESTABLISHED"], T).await;
+    assert_eq!(call["legs"][0]["name"], "caller", "{call}");
+    assert_eq!(call["legs"][1]["name"], "callee", "{call}");
+    assert_eq!(call["legs"][0]["status"], "ESTABLISHED", "{call}");
+    assert_eq!(call["legs"][1]["status"], "ESTABLISHED", "{call}");
+    assert_ne!(call["legs"][0]["sipCallId"], call["legs"][1]["sipCallId"]);
+    assert_eq!(call["legs"][0]["tracks"][0]["codec"], "PCMU", "{call}");
+    assert_eq!(call["legs"][1]["tracks"][0]["codec"], "PCMA", "{call}");
+    // Each hears the other: Alice's 440 Hz reaches Bob as PCMA, Bob's 1 kHz reaches Alice
+    // as PCMU (the first 200 ms skipped: silence before the bridge).
+    let at_bob = heard(&bob, 8, 2.0).await;
+    let at_alice = heard(&alice, 0, 2.0).await;
+    let bob_hears = tone_share(&at_bob[at_bob.len() - 8000..], 8000, 440.0);
+    let alice_hears = tone_share(&at_alice[at_alice.len() - 8000..], 8000, 1000.0);
+    eprintln!("shares: bob {bob_hears:.3} alice {alice_hears:.3}");
+    assert!(
+        bob_hears > 0.5,
+        "Bob hears Alice's 440 Hz: share {bob_hears}"
+    );
+    assert!(
+        alice_hears > 0.5,
+        "Alice hears Bob's 1 kHz: share {alice_hears}"
+    );
+    assert!(tone_share(&at_bob[at_bob.len() - 8000..], 8000, 1000.0) < 0.1);
+    // The stream carries both legs' tracks.
+    let stream = gw.stream("tp1_stream").await.expect("stream");
+    let legs: Vec<&str> = stream["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["leg"].as_str().unwrap())
+        .collect();
+    assert!(
+        legs.contains(&"caller") && legs.contains(&"callee"),
+        "{stream}"
+    );
+    // Hold the callee only: one re-INVITE to Bob.
+    let (s, e) = gw
+        .post_json("/call/hold", json!({"callId": "tp1", "leg": "nobody"}))
+        .await;
+    assert_eq!(s, 400, "{e}");
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "tp1"}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("tp1", &["FINISH"], T).await;
+    let deadline = Instant::now() + T;
+    while alice.byes() == 0 || bob.byes() == 0 {
+        assert!(Instant::now() < deadline, "both legs get a BYE");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sipp_as_caller_is_heard_by_the_callee_and_the_callee_hanging_up_ends_both() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let bob = RawUas::start("PCMA", 1000.0).await;
+    let (s, call) = gw
+        .post_json(
+            "/call/startup",
+            body(
+                "tp2",
+                format!("sip:alice@127.0.0.1:{}", sipp.port),
+                format!("sip:bob@127.0.0.1:{}", bob.port),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{call}");
+    gw.wait_status("tp2", &["ESTABLISHED"], T).await;
+    // sipp's 440 Hz PCMU tone arrives at Bob as PCMA.
+    let at_bob = heard(&bob, 8, 2.0).await;
+    let share = tone_share(&at_bob[at_bob.len() - 8000..], 8000, 440.0);
+    assert!(share > 0.5, "Bob hears sipp's tone: share {share}");
+    // Bob hangs up: the gateway ends the call and hangs up sipp.
+    bob.hang_up();
+    let call = gw.wait_status("tp2", &["FINISH"], T).await;
+    assert!(
+        call["reason"].as_str().unwrap_or("").starts_with("callee"),
+        "{call}"
+    );
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
+#[tokio::test]
+async fn a_busy_caller_fails_the_call_and_the_callee_is_never_called() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_busy.xml", "udp", false);
+    let bob = RawUas::start("PCMU", 1000.0).await;
+    let (s, _) = gw
+        .post_json(
+            "/call/startup",
+            body(
+                "tp3",
+                format!("sip:alice@127.0.0.1:{}", sipp.port),
+                format!("sip:bob@127.0.0.1:{}", bob.port),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let call = gw.wait_status("tp3", &["BUSY", "FAILED"], T).await;
+    assert_eq!(call["sipStatus"], 486, "{call}");
+    assert_eq!(call["legs"][1]["status"], "PENDING", "{call}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bob.invites(), 0, "the callee is not called");
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    // caller equal to callee is refused by name.
+    let (s, e) = gw
+        .post_json(
+            "/call/startup",
+            body("tp4", "sip:x@127.0.0.1".into(), "sip:x@127.0.0.1".into()),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("caller"), "{e}");
+}
+
+#[tokio::test]
+async fn call_api_callstart_with_caller_and_callee_only_bridges_them() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMU", 1000.0).await;
+    let url = format!("{}/call-api", gw.rest.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // call-api's CallStart: two SIP URIs, nothing else.
+    let start = json!({"jsonrpc": "2.0", "id": "c1", "method": "CallStart", "params": {
+        "caller": format!("sip:alice@127.0.0.1:{}", alice.port),
+        "callee": format!("sip:bob@127.0.0.1:{}", bob.port),
+    }});
+    ws.send(Message::text(start.to_string())).await.unwrap();
+    let mut call_id = None;
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while !events.iter().any(|e| e == "ESTABLISHED") {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled; saw {events:?}"))
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["id"] == "c1" {
+            assert_eq!(v["result"]["status"], "Started", "{v}");
+            call_id = v["result"]["callId"].as_str().map(str::to_string);
+        } else if v["method"] == "Event"
+            && call_id.is_some()
+            && v["params"]["callId"] == call_id.as_deref().unwrap()
+        {
+            events.push(v["params"]["event"].as_str().unwrap().to_string());
+        }
+    }
+    let call_id = call_id.unwrap();
+    assert!(events.contains(&"CallerAnswered".to_string()), "{events:?}");
+    assert!(events.contains(&"CalleeAnswered".to_string()), "{events:?}");
+    let at_bob = heard(&bob, 0, 1.0).await;
+    let share = tone_share(&at_bob[at_bob.len() - 4000..], 8000, 440.0);
+    assert!(share > 0.5, "Bob hears Alice: {share}");
+    let end =
+        json!({"jsonrpc": "2.0", "id": "c2", "method": "CallEnd", "params": {"callid": call_id}});
+    ws.send(Message::text(end.to_string())).await.unwrap();
+    gw.wait_status(&call_id, &["FINISH"], T).await;
+}
