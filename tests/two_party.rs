@@ -247,3 +247,89 @@ async fn call_api_callstart_with_caller_and_callee_only_bridges_them() {
     ws.send(Message::text(end.to_string())).await.unwrap();
     gw.wait_status(&call_id, &["FINISH"], T).await;
 }
+
+/// Decodes a recording to 8 kHz stereo and returns (left, right).
+fn stereo_pcm(file: &std::path::Path) -> (Vec<i16>, Vec<i16>) {
+    common::require("ffmpeg");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "s16le", "-ac", "2", "-ar", "8000", "pipe:1"])
+        .output()
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<i16> = out
+        .stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let left = samples.iter().step_by(2).copied().collect();
+    let right = samples.iter().skip(1).step_by(2).copied().collect();
+    (left, right)
+}
+
+#[tokio::test]
+async fn a_recorded_two_party_call_is_stereo_with_one_leg_per_channel() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMA", 1000.0).await;
+    let mut b = body(
+        "tp5",
+        format!("sip:alice@127.0.0.1:{}", alice.port),
+        format!("sip:bob@127.0.0.1:{}", bob.port),
+    );
+    b["record"] = json!(true);
+    let (s, call) = gw.post_json("/call/startup", b).await;
+    assert_eq!(s, 200, "{call}");
+    gw.wait_status("tp5", &["ESTABLISHED"], T).await;
+    // The stream's first track is the mixed one: stereo Opus.
+    let stream = gw.stream("tp5_stream").await.unwrap();
+    let t0 = &stream["tracks"][0];
+    assert_eq!(t0["leg"], "mixed", "{stream}");
+    assert_eq!(t0["codec"], "opus", "{stream}");
+    assert_eq!(t0["channels"], 2, "{stream}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gw.post_json("/call/terminate", json!({"callId": "tp5"}))
+        .await;
+    gw.wait_status("tp5", &["FINISH"], T).await;
+    let deadline = Instant::now() + T;
+    let file = loop {
+        let (_, all) = gw.post("/recorder/find_all", "").await;
+        let done = all.as_array().and_then(|a| {
+            a.iter()
+                .find(|r| r["stream"] == "tp5_stream" && r["state"] == "done")
+                .cloned()
+        });
+        if let Some(r) = done {
+            break gw
+                .dir()
+                .join("records")
+                .join(r["fileName"].as_str().unwrap());
+        }
+        assert!(Instant::now() < deadline, "no finished recording: {all}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let probe = common::ffprobe(file.to_str().unwrap(), T).expect("ffprobe reads it");
+    let audio = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["codec_type"] == "audio")
+        .cloned()
+        .unwrap();
+    assert_eq!(audio["channels"], 2, "{audio}");
+    let (left, right) = stereo_pcm(&file);
+    assert!(left.len() > 16000, "at least 2 s: {}", left.len());
+    let mid = |v: &[i16]| v[v.len() / 2 - 8000..v.len() / 2 + 8000].to_vec();
+    let (l, r) = (mid(&left), mid(&right));
+    let (l440, r1k) = (tone_share(&l, 8000, 440.0), tone_share(&r, 8000, 1000.0));
+    eprintln!("recording: left 440 Hz {l440:.3}, right 1 kHz {r1k:.3}");
+    assert!(l440 > 0.5, "the caller's tone on the left: {l440}");
+    assert!(r1k > 0.5, "the callee's tone on the right: {r1k}");
+    assert!(tone_share(&l, 8000, 1000.0) < 0.1, "no callee on the left");
+    assert!(tone_share(&r, 8000, 440.0) < 0.1, "no caller on the right");
+}

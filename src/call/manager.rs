@@ -87,6 +87,8 @@ pub(super) struct Entry {
     pub(super) pending_callee: Option<Box<PlaceCall>>,
     /// Two-party: the media bridge between the legs (one sink per direction).
     pub(super) bridge: Vec<crate::registry::SinkHandle>,
+    /// Two-party: the task that publishes the mixed (stereo) track.
+    pub(super) mixer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Entry {
@@ -98,6 +100,7 @@ impl Entry {
             legs: vec![CallLeg::new(leg, key, uri)],
             pending_callee: None,
             bridge: Vec::new(),
+            mixer: None,
         }
     }
 
@@ -234,6 +237,9 @@ impl CallManager {
             Ok(info) => Ok(info),
             Err(e) => {
                 let mut st = inner.state.lock();
+                if let Some(m) = st.calls.get_mut(&spec.call_id).and_then(|e| e.mixer.take()) {
+                    m.abort();
+                }
                 st.calls.remove(&spec.call_id);
                 st.keys.remove(&key);
                 st.keys.remove(&(key + 1));
@@ -255,6 +261,14 @@ impl CallManager {
                 other => ApiError::BadRequest(format!("toStream: {other}")),
             })?;
         let publisher = Arc::new(publisher);
+        if spec.caller.is_some() {
+            // The mixed track first (track 0): what recorders and players take.
+            let mixer = super::mixer::spawn(&inner.registry, publisher.clone(), &spec.call_id)
+                .map_err(|e| ApiError::Internal(format!("mixed track: {e}")))?;
+            if let Some(entry) = inner.state.lock().calls.get_mut(&spec.call_id) {
+                entry.mixer = Some(mixer);
+            }
+        }
 
         let dest = resolve(&spec.proxy_host, spec.proxy_port).await?;
         let caller_dest = match &spec.caller {
@@ -726,6 +740,9 @@ impl CallManager {
                 entry.info.ended_at = Some(unix_ms());
                 entry.info.legs = entry.leg_infos();
                 entry.bridge.clear();
+                if let Some(m) = entry.mixer.take() {
+                    m.abort();
+                }
                 let media = entry
                     .legs
                     .iter_mut()

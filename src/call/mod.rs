@@ -3,6 +3,7 @@
 mod bridge;
 mod leg;
 pub mod manager;
+pub mod mixer;
 pub mod model;
 pub mod siprec;
 pub mod transfer;

@@ -220,6 +220,66 @@ impl Transcoder {
     }
 }
 
+/// Decodes one codec's payloads to 48 kHz mono samples (for mixing).
+pub struct Decoder48k {
+    codec: AudioCodec,
+    opus: Option<::opus::Decoder>,
+    resampler: Option<Resampler>,
+    decoded: Vec<i16>,
+    scratch_in: Vec<f32>,
+    scratch_out: Vec<f32>,
+}
+
+impl Decoder48k {
+    pub fn new(codec: AudioCodec) -> Result<Self, TranscodeError> {
+        Ok(Self {
+            codec,
+            opus: match codec {
+                AudioCodec::Opus => Some(::opus::Decoder::new(48000, ::opus::Channels::Mono)?),
+                _ => None,
+            },
+            resampler: match codec {
+                AudioCodec::Opus => None,
+                _ => Some(Resampler::new(8000, 48000).ok_or(TranscodeError::Rate(8000, 48000))?),
+            },
+            decoded: Vec::with_capacity(OPUS_MAX_SAMPLES),
+            scratch_in: Vec::new(),
+            scratch_out: Vec::new(),
+        })
+    }
+
+    /// Appends the payload's samples at 48 kHz to `out`.
+    pub fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<(), TranscodeError> {
+        self.decoded.clear();
+        match self.codec {
+            AudioCodec::Pcmu => g711::decode_ulaw(payload, &mut self.decoded),
+            AudioCodec::Pcma => g711::decode_alaw(payload, &mut self.decoded),
+            AudioCodec::Opus => {
+                let dec = self.opus.as_mut().expect("an Opus decoder");
+                self.decoded.resize(OPUS_MAX_SAMPLES, 0);
+                let n = dec.decode(payload, &mut self.decoded, false)?;
+                self.decoded.truncate(n);
+            }
+        }
+        match &mut self.resampler {
+            None => out.extend_from_slice(&self.decoded),
+            Some(r) => {
+                self.scratch_in.clear();
+                self.scratch_in
+                    .extend(self.decoded.iter().map(|s| f32::from(*s) / 32768.0));
+                self.scratch_out.clear();
+                r.process(&self.scratch_in, &mut self.scratch_out);
+                out.extend(
+                    self.scratch_out
+                        .iter()
+                        .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
