@@ -650,7 +650,11 @@ impl CallManager {
                 return;
             };
             if entry.info.status.is_final() {
-                // A leg of a call that has already ended (its BYE completed): nothing more.
+                // A leg of a call that has already ended (its BYE completed): only its own
+                // status in the call object moves.
+                if let Some(l) = entry.info.legs.get_mut(idx) {
+                    l.status = phase.as_str().to_string();
+                }
                 return;
             }
             if let Some(sdp) = &sdp {

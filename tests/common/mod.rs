@@ -402,13 +402,23 @@ pub struct Kamailio {
 impl Kamailio {
     /// Starts kamailio with tests/kamailio/kamailio.cfg, relaying INVITEs to `callee_port`.
     pub fn start(callee_port: u16) -> Kamailio {
+        Self::start_cfg("kamailio.cfg", callee_port)
+    }
+
+    /// Starts kamailio as the registrar and proxy of softphones (tests/kamailio/phones.cfg).
+    pub fn start_phones() -> Kamailio {
+        Self::start_cfg("phones.cfg", 0)
+    }
+
+    fn start_cfg(file: &str, callee_port: u16) -> Kamailio {
         require("kamailio");
         let dir = tempdir();
         let port = free_udp_port();
-        let cfg = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/kamailio/kamailio.cfg"
-        ))
+        let cfg = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/kamailio")
+                .join(file),
+        )
         .unwrap()
         .replace("@PORT@", &port.to_string())
         .replace("@CALLEE@", &callee_port.to_string());
@@ -934,4 +944,132 @@ pub fn tone_share(pcm: &[i16], rate: u32, hz: f64) -> f64 {
     }
     let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
     p * 2.0 / (pcm.len().max(1) as f64 * total.max(1.0))
+}
+
+/// A baresip softphone registered through kamailio: user `user` (password `pw<user>`),
+/// auto-answer, a sine of `tone_hz` as its microphone, and what it hears dumped to WAV files
+/// (the `sndfile` module). Ports come from a [`port_block`].
+pub struct Baresip {
+    child: Child,
+    pub user: String,
+    dir: tempfile::TempDir,
+}
+
+impl Baresip {
+    pub fn start(user: &str, kamailio_port: u16, tone_hz: u32) -> Baresip {
+        require("baresip");
+        let dir = tempdir();
+        let (base, top) = port_block();
+        let config = format!(
+            "sip_listen 127.0.0.1:{base}\n\
+             net_interface 127.0.0.1\n\
+             rtp_ports {}-{top}\n\
+             audio_source ausine,{tone_hz}\n\
+             audio_player aufile,/dev/null\n\
+             audio_alert aufile,/dev/null\n\
+             ausrc_srate 48000\n\
+             ausrc_channels 2\n\
+             module_path /usr/lib/baresip/modules\n\
+             module g711.so\n\
+             module aufile.so\n\
+             module ausine.so\n\
+             module sndfile.so\n\
+             snd_path {}\n\
+             module_app account.so\n\
+             module_app menu.so\n",
+            base + 10,
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("config"), config).unwrap();
+        std::fs::write(
+            dir.path().join("accounts"),
+            format!(
+                "<sip:{user}@sipstream.test>;auth_pass=pw{user};outbound=\"sip:127.0.0.1:{kamailio_port}\";regint=600;answermode=auto;audio_codecs=PCMU,PCMA\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
+            .spawn()
+            .expect("start baresip");
+        Baresip {
+            child,
+            user: user.to_string(),
+            dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default()
+    }
+
+    /// The samples (and rate) of the calls' decoded audio, all dump files in order.
+    pub fn heard(&self) -> (Vec<i16>, u32) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .collect();
+        files.sort();
+        let mut all = Vec::new();
+        let mut rate = 8000;
+        for f in files {
+            if let Some((pcm, r)) = read_wav(&f) {
+                all.extend(pcm);
+                rate = r;
+            }
+        }
+        (all, rate)
+    }
+
+    /// How many calls it has dumped (one pair of WAV files per call).
+    pub fn calls(&self) -> usize {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with("-dec.wav"))
+            .count()
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A 16-bit PCM WAV file's first channel and its sample rate.
+pub fn read_wav(path: &Path) -> Option<(Vec<i16>, u32)> {
+    let data = std::fs::read(path).ok()?;
+    if data.len() < 12 || &data[..4] != b"RIFF" || &data[8..12] != b"WAVE" {
+        return None;
+    }
+    let (mut pos, mut rate, mut channels) = (12usize, 8000u32, 1usize);
+    while pos + 8 <= data.len() {
+        let id = &data[pos..pos + 4];
+        let mut len = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().ok()?) as usize;
+        if id == b"data" && (len == 0 || pos + 8 + len > data.len()) {
+            // Still being written: the header's length is filled in at close.
+            len = data.len() - pos - 8;
+        }
+        let body = &data[pos + 8..(pos + 8 + len).min(data.len())];
+        if id == b"fmt " && body.len() >= 16 {
+            channels = u16::from_le_bytes([body[2], body[3]]).max(1) as usize;
+            rate = u32::from_le_bytes(body[4..8].try_into().ok()?);
+        } else if id == b"data" {
+            let pcm = body
+                .chunks_exact(2 * channels)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            return Some((pcm, rate));
+        }
+        pos += 8 + len + (len & 1);
+    }
+    None
 }
