@@ -800,3 +800,61 @@ async fn a_transfer_the_target_refuses_fails_with_its_status_and_the_call_goes_o
     let msgs = sipp.messages();
     assert!(msgs.contains("X-Refer-To: <sip:1002@127.0.0.1"), "{msgs}");
 }
+
+#[tokio::test]
+async fn attended_transfer_refers_with_replaces_naming_the_other_dialog() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let mut a = Sipp::uas_with(
+        "uas_refer.xml",
+        "udp",
+        false,
+        &[("FINAL", "200 OK".to_string())],
+    );
+    let mut b = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    for (id, port) in [("at-a", a.port), ("at-b", b.port)] {
+        let (s, _) = gw
+            .post_json("/call/startup", startup_body(id, port, "udp"))
+            .await;
+        assert_eq!(s, 200);
+        gw.wait_status(id, &["ESTABLISHED"], T).await;
+    }
+    let b_call = gw.call("at-b").await;
+    let b_sip_id = b_call["sipCallId"].as_str().unwrap().to_string();
+    let (s, e) = gw
+        .post_json(
+            "/call/transfer",
+            json!({"callId": "at-a", "replaceCallId": "at-b"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let events =
+        control_events_until(&mut rx, "at-a", &["TransferSuccessful", "TransferFailed"]).await;
+    assert_eq!(
+        names(&events).last().map(String::as_str),
+        Some("TransferSuccessful")
+    );
+    gw.wait_status("at-a", &["FINISH"], T).await;
+    assert_eq!(a.wait(T), Some(0), "{}", a.messages());
+    // Refer-To is B's far end with Replaces naming B's dialog (Call-ID, its tag as to-tag,
+    // ours as from-tag), escaped in the URI header.
+    let msgs = a.messages();
+    let refer_to = msgs
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Refer-To: "))
+        .unwrap_or_else(|| panic!("{msgs}"));
+    let escaped = b_sip_id.replace('@', "%40");
+    assert!(
+        refer_to.starts_with(&format!("<sip:127.0.0.1:{}", b.port)),
+        "{refer_to}"
+    );
+    assert!(
+        refer_to.contains(&format!("?Replaces={escaped}%3Bto-tag%3D")),
+        "{refer_to}"
+    );
+    assert!(refer_to.contains("%3Bfrom-tag%3D"), "{refer_to}");
+    gw.post_json("/call/terminate", json!({"callId": "at-b"}))
+        .await;
+    gw.wait_status("at-b", &["FINISH"], T).await;
+    assert_eq!(b.wait(T), Some(0), "{}", b.messages());
+}

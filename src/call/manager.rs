@@ -261,7 +261,7 @@ impl CallManager {
                 other => ApiError::BadRequest(format!("toStream: {other}")),
             })?;
         let publisher = Arc::new(publisher);
-        if spec.caller.is_some() {
+        if spec.caller.is_some() && inner.cfg.two_party_mix {
             // The mixed track first (track 0): what recorders and players take.
             let mixer = super::mixer::spawn(&inner.registry, publisher.clone(), &spec.call_id)
                 .map_err(|e| ApiError::Internal(format!("mixed track: {e}")))?;

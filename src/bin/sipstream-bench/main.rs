@@ -31,9 +31,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-const UAS_HOLD: &str = include_str!("../../benches/sipp/uas_hold.xml");
-const UAS_SHORT: &str = include_str!("../../benches/sipp/uas_short.xml");
-const SRS: &str = include_str!("../../benches/sipp/srs.xml");
+mod two_party;
+
+const UAS_HOLD: &str = include_str!("../../../benches/sipp/uas_hold.xml");
+const UAS_SHORT: &str = include_str!("../../../benches/sipp/uas_short.xml");
+const SRS: &str = include_str!("../../../benches/sipp/srs.xml");
 
 /// RTP packet: 12-byte header + 160 bytes of PCMU (20 ms). The payload starts with the send
 /// time (ns since the bench epoch), the stream index and a magic number.
@@ -64,7 +66,7 @@ struct Opts {
 
 fn usage() -> ! {
     eprintln!(
-        "sipstream-bench [--quick] [--steps relay,setup,calls,fanout,rtpengine] [--out FILE.json]\n\
+        "sipstream-bench [--quick] [--steps relay,setup,calls,twoparty,fanout,rtpengine] [--out FILE.json]\n\
          \x20 [--gateway PATH] [--calls 100,500,1000] [--readers 0,1,3] [--hold SECS]\n\
          \x20 [--fanout 1,10,100,1000] [--setup-rates 250,500,...] [--setup-secs N]\n\
          \x20 [--log-level warn] [--set key=value ...]\n\
@@ -1941,6 +1943,12 @@ fn main() -> Result<()> {
             }
             Err(e) => record(&mut r, "calls", Err(e)),
         }
+    }
+    if has("twoparty") {
+        let res = rt
+            .block_on(two_party::step_two_party(&o, &dir))
+            .map(Value::Array);
+        record(&mut r, "twoparty", res);
     }
     if has("fanout") {
         let res = rt.block_on(step_fanout(&o, &dir)).map(Value::Array);
