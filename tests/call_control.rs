@@ -858,3 +858,100 @@ async fn attended_transfer_refers_with_replaces_naming_the_other_dialog() {
     gw.wait_status("at-b", &["FINISH"], T).await;
     assert_eq!(b.wait(T), Some(0), "{}", b.messages());
 }
+
+#[tokio::test]
+async fn a_refer_from_the_far_end_moves_the_leg_to_the_target_and_keeps_the_stream() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let carol = common::RawUas::start("PCMU", 1000.0).await;
+    let mut sipp = Sipp::uas_with(
+        "uas_refers_gateway.xml",
+        "udp",
+        false,
+        &[("TARGET", format!("sip:carol@127.0.0.1:{}", carol.port))],
+    );
+    let (s, _) = gw
+        .post_json("/call/startup", startup_body("rf1", sipp.port, "udp"))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("rf1", &["ESTABLISHED"], T).await;
+    let events =
+        control_events_until(&mut rx, "rf1", &["TransferSuccessful", "TransferFailed"]).await;
+    assert_eq!(
+        names(&events),
+        ["TransferRequested", "TransferSuccessful"],
+        "{events:?}"
+    );
+    // The transferor got NOTIFY 100 and 200 (subscription terminated) and then our BYE.
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(
+        sipp.messages()
+            .contains("X-Result: SIP/2.0 100 SIP/2.0 200 OK terminated"),
+        "{}",
+        sipp.messages()
+    );
+    // The call goes on with Carol in the same leg and stream: her RTP arrives.
+    let deadline = Instant::now() + T;
+    let call = loop {
+        let c = gw.call("rf1").await;
+        let t = &c["legs"][0]["tracks"][0];
+        if t["remoteRtp"] == format!("127.0.0.1:{}", carol.rtp_port)
+            && c["legs"][0]["uri"] == format!("sip:carol@127.0.0.1:{}", carol.port)
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(call["status"], "ESTABLISHED", "{call}");
+    assert_eq!(call["toStream"], "rf1_stream");
+    let before = packets_arrive(&gw, "rf1_stream").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        packets_arrive(&gw, "rf1_stream").await > before,
+        "Carol's RTP reaches the stream"
+    );
+    gw.post_json("/call/terminate", json!({"callId": "rf1"}))
+        .await;
+    gw.wait_status("rf1", &["FINISH"], T).await;
+    let deadline = Instant::now() + T;
+    while carol.byes() == 0 {
+        assert!(Instant::now() < deadline, "Carol gets the BYE");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refer_to_a_busy_target_is_reported_and_the_call_goes_on() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let mut busy = Sipp::uas("uas_busy.xml", "udp", false);
+    let mut sipp = Sipp::uas_with(
+        "uas_refers_gateway.xml",
+        "udp",
+        false,
+        &[("TARGET", format!("sip:dave@127.0.0.1:{}", busy.port))],
+    );
+    let (s, _) = gw
+        .post_json("/call/startup", startup_body("rf2", sipp.port, "udp"))
+        .await;
+    assert_eq!(s, 200);
+    let events =
+        control_events_until(&mut rx, "rf2", &["TransferSuccessful", "TransferFailed"]).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "TransferFailed", "{events:?}");
+    assert_eq!(last["sipStatus"], 486, "{last}");
+    assert_eq!(busy.wait(T), Some(0), "{}", busy.messages());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.call("rf2").await["status"], "ESTABLISHED");
+    gw.post_json("/call/terminate", json!({"callId": "rf2"}))
+        .await;
+    gw.wait_status("rf2", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(
+        sipp.messages()
+            .contains("X-Result: SIP/2.0 100 SIP/2.0 486"),
+        "{}",
+        sipp.messages()
+    );
+}

@@ -35,11 +35,13 @@ async fn two_baresip_phones_bridged_recorded_in_stereo_then_transferred_to_a_thi
     let p1 = Baresip::start("1001", kam.port, 440);
     let p2 = Baresip::start("1002", kam.port, 1000);
     let p3 = Baresip::start("1003", kam.port, 660);
-    for u in ["1001", "1002", "1003"] {
+    for p in [&p1, &p2, &p3] {
+        let u = &p.user;
         let log = kam.wait_log(&format!("REGISTER-OK {u}"), T);
         assert!(
             log.contains(&format!("REGISTER-OK {u}")),
-            "{u} registers:\n{log}"
+            "{u} registers:\n{log}\n--- baresip {u} ---\n{}",
+            p.log()
         );
     }
     let (url, mut rx) = common::webhook().await;

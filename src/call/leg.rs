@@ -9,7 +9,7 @@ use crate::registry::{Leg, TrackId, TrackKind};
 use crate::rtp::driver::LegHandle;
 use crate::rtp::ports::BoundPair;
 use crate::sip::sdp::{self, Direction, LocalSession, OfferParams, RtpMap, SessionDescription};
-use crate::sip::ua::{CallKey, CallPhase};
+use crate::sip::ua::{CallKey, CallPhase, PlaceCall};
 
 pub(super) struct CallLeg {
     /// Which party: the registry's tracks of this leg carry the same name.
@@ -30,6 +30,11 @@ pub(super) struct CallLeg {
     pub(super) transfer: Option<super::transfer::Transfer>,
     /// Our BYE after a successful transfer: the call ends as "transferred".
     pub(super) transferred_to: Option<String>,
+    /// How this leg's INVITE went out (account, route), the base of a new INVITE when the
+    /// far end transfers us (REFER): for inbound legs, a route back to the caller's host.
+    pub(super) template: Option<Box<PlaceCall>>,
+    /// The far end REFERred us: the new leg's UA key and its target, until it answers.
+    pub(super) replacement: Option<(CallKey, String)>,
 }
 
 /// Who holds whom.
@@ -56,6 +61,8 @@ impl CallLeg {
             hold: HoldState::default(),
             transfer: None,
             transferred_to: None,
+            template: None,
+            replacement: None,
         }
     }
 

@@ -323,7 +323,7 @@ impl CallManager {
                 } else {
                     dest
                 };
-                places.push(PlaceCall {
+                let place = PlaceCall {
                     key: leg.key,
                     account: Account {
                         login: spec.sip_login.clone(),
@@ -347,7 +347,9 @@ impl CallManager {
                     contact_params: String::new(),
                     sip_call_id: Some(sip_call_id),
                     headers: spec.headers.clone(),
-                });
+                };
+                leg.template = Some(Box::new(place.clone()));
+                places.push(place);
             }
             entry.info.sip_call_id = entry.legs[0].sip_call_id.clone();
             entry.info.legs = entry.leg_infos();
@@ -635,6 +637,18 @@ impl CallManager {
                 return;
             };
             let Some(idx) = entry.leg_index(key) else {
+                let replacing = entry
+                    .legs
+                    .iter()
+                    .any(|l| l.replacement.as_ref().is_some_and(|r| r.0 == key));
+                if phase.is_final() && !replacing {
+                    // A dialog this call left behind (the old leg of a transfer).
+                    st.keys.remove(&key);
+                }
+                drop(st);
+                if replacing {
+                    self.on_replacement_state(key, phase, sip_status, reason, sdp, sip_call_id);
+                }
                 return;
             };
             {
@@ -1112,8 +1126,12 @@ impl CallManager {
         }
     }
 
-    /// The far end REFERs us. Transfers of the gateway itself are not built yet: the REFER
-    /// was accepted (202) by the UA, and the NOTIFY says 603 so the phone keeps the call.
+    /// The far end REFERs us (a phone transfers the gateway): the UA answered 202; we call
+    /// `target` from the same leg (its account and route), offering the leg's own media
+    /// ports, and report the new call's progress to the transferor by NOTIFY. When it
+    /// answers, it becomes the leg (same stream, same tracks: the media follows its SDP) and
+    /// the old dialog gets our BYE; when it fails, the call goes on as it was.
+    /// Events: `TransferRequested`, then `TransferSuccessful` or `TransferFailed`.
     fn on_referred(
         &self,
         key: CallKey,
@@ -1121,12 +1139,212 @@ impl CallManager {
         replaces: Option<String>,
         referred_by: Option<String>,
     ) {
-        let _ = (target, replaces, referred_by);
-        self.inner.sip.command(Command::NotifyRefer {
-            key,
-            status: 603,
-            reason: "Declined".into(),
+        let notify = |status: u16, reason: &str| {
+            self.inner.sip.command(Command::NotifyRefer {
+                key,
+                status,
+                reason: reason.into(),
+            });
+        };
+        if replaces.is_some() {
+            // Joining one of our dialogs on request of the far end is not built.
+            return notify(501, "Not Implemented");
+        }
+        let new_key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        let plan = {
+            let mut st = self.inner.state.lock();
+            let Some(call_id) = st.keys.get(&key).cloned() else {
+                drop(st);
+                return notify(481, "Call Does Not Exist");
+            };
+            let Some(entry) = st.calls.get_mut(&call_id) else {
+                return;
+            };
+            let Some(idx) = entry.leg_index(key) else {
+                return;
+            };
+            let leg = &mut entry.legs[idx];
+            if leg.replacement.is_some() || leg.template.is_none() {
+                let busy = leg.replacement.is_some();
+                drop(st);
+                return if busy {
+                    notify(491, "Request Pending")
+                } else {
+                    notify(603, "Decline")
+                };
+            }
+            let mut place = leg.template.clone().expect("checked above");
+            place.key = new_key;
+            place.callee_uri = target.clone();
+            place.to_uri = None;
+            let ours = leg.local_sdp(leg.want());
+            place.sdp_offer = leg.sdp.stamp(ours);
+            place.sip_call_id = None;
+            place.register = false;
+            if let Some(by) = &referred_by {
+                place
+                    .headers
+                    .retain(|(n, _)| !n.eq_ignore_ascii_case("Referred-By"));
+                place.headers.push(("Referred-By".into(), by.clone()));
+            }
+            leg.replacement = Some((new_key, target.clone()));
+            let event = control_event(
+                &call_id,
+                leg.name_str(),
+                "TransferRequested",
+                None,
+                Some(format!("the far end transfers us to {target}")),
+            );
+            st.keys.insert(new_key, call_id.clone());
+            (call_id, place, event)
+        };
+        let (call_id, mut place, event) = plan;
+        tracing::info!(%call_id, %target, "REFER from the far end: calling the target");
+        self.inner.bus.publish(event);
+        notify(100, "Trying");
+        let this = self.clone();
+        tokio::spawn(async move {
+            if !place.route.sticky {
+                // No outbound proxy: the new INVITE follows its Request-URI.
+                let hop = crate::sip::dialog::parse_uri(&target).map(|u| {
+                    (
+                        u.host_with_port.host.to_string(),
+                        u.host_with_port.port.map(|p| *p.value()).unwrap_or(5060),
+                    )
+                });
+                match hop {
+                    Ok((host, port)) => match resolve(&host, port).await {
+                        Ok(dest) => place.route.dest = dest,
+                        Err(e) => {
+                            tracing::info!(%call_id, error = %e, "REFER target not resolved");
+                            return this.replacement_ended(new_key, 503, "Service Unavailable");
+                        }
+                    },
+                    Err(_) => return this.replacement_ended(new_key, 400, "Bad Request"),
+                }
+            }
+            if !this.inner.sip.command(Command::PlaceCall(place)) {
+                this.replacement_ended(new_key, 503, "Service Unavailable");
+            }
         });
+    }
+
+    /// The new leg of a REFER from the far end did not come up: the transferor hears the
+    /// status, the call goes on with the old leg.
+    fn replacement_ended(&self, new_key: CallKey, status: u16, reason: &str) {
+        let event = {
+            let mut st = self.inner.state.lock();
+            st.keys.remove(&new_key);
+            let found = st.calls.values_mut().find_map(|e| {
+                let call_id = e.info.call_id.clone();
+                e.legs
+                    .iter_mut()
+                    .find(|l| l.replacement.as_ref().is_some_and(|r| r.0 == new_key))
+                    .map(|l| (call_id, l))
+            });
+            let Some((call_id, leg)) = found else {
+                return;
+            };
+            let (_, target) = leg.replacement.take().expect("matched above");
+            self.inner.sip.command(Command::NotifyRefer {
+                key: leg.key,
+                status,
+                reason: reason.into(),
+            });
+            tracing::info!(%call_id, %target, status, "transfer by the far end failed");
+            control_event(
+                &call_id,
+                leg.name_str(),
+                "TransferFailed",
+                Some(status),
+                Some(format!("{target}: {status} {reason}")),
+            )
+        };
+        self.inner.bus.publish(event);
+    }
+
+    /// A state of the new leg that a REFER from the far end asked for.
+    fn on_replacement_state(
+        &self,
+        key: CallKey,
+        phase: CallPhase,
+        sip_status: Option<u16>,
+        reason: Option<String>,
+        sdp: Option<String>,
+        sip_call_id: String,
+    ) {
+        if phase.is_final() {
+            let status = sip_status.filter(|s| *s >= 300).unwrap_or(500);
+            let why = reason.unwrap_or_else(|| phase.as_str().to_string());
+            return self.replacement_ended(key, status, &why);
+        }
+        let (events, info) = {
+            let mut st = self.inner.state.lock();
+            let Some(entry) = st.by_key(key) else {
+                return;
+            };
+            let Some(idx) = entry
+                .legs
+                .iter()
+                .position(|l| l.replacement.as_ref().is_some_and(|r| r.0 == key))
+            else {
+                return;
+            };
+            let old_key = entry.legs[idx].key;
+            if phase != CallPhase::Established {
+                if let Some(s @ 180..=199) = sip_status {
+                    let line = if s == 180 {
+                        "Ringing"
+                    } else {
+                        "Session Progress"
+                    };
+                    self.inner.sip.command(Command::NotifyRefer {
+                        key: old_key,
+                        status: s,
+                        reason: line.into(),
+                    });
+                }
+                return;
+            }
+            // Answered: the new dialog becomes the leg; the media follows its SDP.
+            let call_id = entry.info.call_id.clone();
+            let (_, target) = entry.legs[idx].replacement.take().expect("matched above");
+            {
+                let leg = &mut entry.legs[idx];
+                leg.key = key;
+                leg.uri = target.clone();
+                leg.sip_call_id = Some(sip_call_id);
+                leg.status = CallPhase::Established;
+                leg.hold = Default::default();
+            }
+            if let Some(sdp) = &sdp {
+                self.apply_remote_sdp(entry, idx, sdp, None);
+            }
+            if idx == 0 {
+                entry.info.sip_call_id = entry.legs[0].sip_call_id.clone();
+            }
+            entry.info.legs = entry.leg_infos();
+            self.inner.sip.command(Command::NotifyRefer {
+                key: old_key,
+                status: 200,
+                reason: "OK".into(),
+            });
+            self.inner.sip.command(Command::Hangup(old_key));
+            let leg_name = entry.legs[idx].name_str();
+            tracing::info!(%call_id, leg = leg_name, %target, "transferred by the far end");
+            let events = vec![control_event(
+                &call_id,
+                leg_name,
+                "TransferSuccessful",
+                Some(200),
+                Some(format!("now talking to {target}")),
+            )];
+            (events, hold_status(entry))
+        };
+        for e in events {
+            self.inner.bus.publish(e);
+        }
+        self.status_changed(info);
     }
 
     /// A digit from the far end: a `DtmfEvent` on the bus.
@@ -1414,6 +1632,39 @@ impl CallManager {
                 leg.media = media;
                 leg.media_ip = Some(media_ip);
                 leg.sip_call_id = Some(ic.sip_call_id.clone());
+                // If the caller transfers us, the new INVITE goes back towards its host.
+                let domain = crate::sip::dialog::parse_uri(&ic.request_uri)
+                    .map(|u| u.host_with_port.host.to_string())
+                    .unwrap_or_else(|_| local_ip.to_string());
+                leg.template = Some(Box::new(PlaceCall {
+                    key: 0,
+                    account: Account {
+                        login: if ic.user.is_empty() {
+                            "sipstream".into()
+                        } else {
+                            ic.user.clone()
+                        },
+                        auth_name: String::new(),
+                        password: String::new(),
+                        domain,
+                    },
+                    callee_uri: String::new(),
+                    register: false,
+                    route: Route {
+                        transport: ic.transport,
+                        dest: ic.source,
+                        local: SocketAddr::new(local_ip, sip_port),
+                        sticky: false,
+                    },
+                    registrar: None,
+                    sdp_offer: String::new(),
+                    body: None,
+                    from_uri: None,
+                    to_uri: None,
+                    contact_params: String::new(),
+                    sip_call_id: None,
+                    headers: Vec::new(),
+                }));
             }
             let sdp = match &offer {
                 Some(o) => {

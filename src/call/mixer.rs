@@ -12,13 +12,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::media::transcode::{AudioCodec, Decoder48k, TranscodeError};
+use crate::media::transcode::{AudioCodec, PcmDecoder, TranscodeError};
 use crate::registry::{
     Leg, MediaUnit, Publisher, ReaderEvent, Registry, RegistryError, TrackId, TrackKind, TrackSpec,
 };
 
-/// 20 ms at 48 kHz.
-const FRAME: usize = 960;
+/// The mix runs at 8 kHz: the legs are telephone audio, and Opus encodes 8 kHz input
+/// (narrowband) at a fraction of the cost of 48 kHz. The RTP clock stays 48 kHz (RFC 7587).
+const RATE: u32 = 8000;
+/// 20 ms at the mixing rate.
+const FRAME: usize = 160;
+/// 20 ms on the Opus RTP clock.
+const FRAME_TS: u32 = 960;
 /// Samples kept per leg beyond one frame: a burst from a leg adds at most this delay.
 const MAX_BACKLOG: usize = 3 * FRAME;
 /// The payload type announced for the mixed track.
@@ -36,8 +41,9 @@ pub struct StereoMix {
 impl StereoMix {
     pub fn new() -> Result<Self, TranscodeError> {
         let mut encoder =
-            ::opus::Encoder::new(48000, ::opus::Channels::Stereo, ::opus::Application::Voip)?;
-        encoder.set_bitrate(::opus::Bitrate::Bits(48000))?;
+            ::opus::Encoder::new(RATE, ::opus::Channels::Stereo, ::opus::Application::Voip)?;
+        encoder.set_bitrate(::opus::Bitrate::Bits(32000))?;
+        encoder.set_complexity(5)?;
         Ok(Self {
             left: Vec::new(),
             right: Vec::new(),
@@ -47,7 +53,7 @@ impl StereoMix {
         })
     }
 
-    /// 48 kHz samples from one leg (the caller goes left, anything else right).
+    /// 8 kHz samples from one leg (the caller goes left, anything else right).
     pub fn push(&mut self, leg: Leg, pcm: &[i16]) {
         let fifo = if leg == Leg::Caller {
             &mut self.left
@@ -116,7 +122,7 @@ pub(super) fn spawn(
     Ok(tokio::spawn(tracing::Instrument::instrument(
         async move {
             // Source tracks: (leg, payload type, decoder).
-            let mut sources: HashMap<TrackId, (Leg, u8, Decoder48k)> = HashMap::new();
+            let mut sources: HashMap<TrackId, (Leg, u8, PcmDecoder)> = HashMap::new();
             let mut pcm = Vec::with_capacity(6 * FRAME);
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -130,7 +136,7 @@ pub(super) fn spawn(
                             if id == track || spec.kind != TrackKind::Audio || spec.leg == Leg::Mixed {
                                 continue;
                             }
-                            match AudioCodec::from_encoding(&spec.codec).map(Decoder48k::new) {
+                            match AudioCodec::from_encoding(&spec.codec).map(|c| PcmDecoder::new(c, RATE)) {
                                 Some(Ok(d)) => {
                                     sources.insert(id, (spec.leg, spec.payload_type, d));
                                 }
@@ -170,7 +176,7 @@ pub(super) fn spawn(
                             Ok(None) => first = true,
                             Err(e) => tracing::debug!(error = %e, "mixer: frame not encoded"),
                         }
-                        ts = ts.wrapping_add(FRAME as u32);
+                        ts = ts.wrapping_add(FRAME_TS);
                     }
                 }
             }
@@ -187,12 +193,11 @@ mod tests {
     #[test]
     fn each_leg_gets_its_own_channel() {
         let mut mix = StereoMix::new().unwrap();
-        let mut dec = ::opus::Decoder::new(48000, ::opus::Channels::Stereo).unwrap();
+        let mut dec = ::opus::Decoder::new(8000, ::opus::Channels::Stereo).unwrap();
         let tone = |hz: f64, n: usize, phase: usize| -> Vec<i16> {
             (0..n)
                 .map(|i| {
-                    (8000.0
-                        * (2.0 * std::f64::consts::PI * hz * (i + phase) as f64 / 48000.0).sin())
+                    (8000.0 * (2.0 * std::f64::consts::PI * hz * (i + phase) as f64 / 8000.0).sin())
                         as i16
                 })
                 .collect()
@@ -210,7 +215,7 @@ mod tests {
             }
         }
         let share = |pcm: &[i16], hz: f64| {
-            let w = 2.0 * std::f64::consts::PI * hz / 48000.0;
+            let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
             let (mut s1, mut s2, mut total) = (0f64, 0f64, 0f64);
             for x in pcm {
                 let x = f64::from(*x);
@@ -221,7 +226,7 @@ mod tests {
             }
             (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) * 2.0 / (pcm.len() as f64 * total)
         };
-        let (l, r) = (&left[9600..], &right[9600..]);
+        let (l, r) = (&left[1600..], &right[1600..]);
         assert!(share(l, 440.0) > 0.8, "left 440: {}", share(l, 440.0));
         assert!(share(r, 1000.0) > 0.8, "right 1k: {}", share(r, 1000.0));
         assert!(

@@ -220,8 +220,8 @@ impl Transcoder {
     }
 }
 
-/// Decodes one codec's payloads to 48 kHz mono samples (for mixing).
-pub struct Decoder48k {
+/// Decodes one codec's payloads to mono samples at a chosen rate (for mixing).
+pub struct PcmDecoder {
     codec: AudioCodec,
     opus: Option<::opus::Decoder>,
     resampler: Option<Resampler>,
@@ -230,25 +230,31 @@ pub struct Decoder48k {
     scratch_out: Vec<f32>,
 }
 
-impl Decoder48k {
-    pub fn new(codec: AudioCodec) -> Result<Self, TranscodeError> {
+impl PcmDecoder {
+    /// `rate`: 8000 (no resampling from G.711; Opus decodes at 8 kHz itself) or any other.
+    pub fn new(codec: AudioCodec, rate: u32) -> Result<Self, TranscodeError> {
+        let opus = match codec {
+            // Opus decodes at 8, 12, 16, 24 or 48 kHz directly.
+            AudioCodec::Opus => Some(::opus::Decoder::new(rate, ::opus::Channels::Mono)?),
+            _ => None,
+        };
+        let resampler = match codec {
+            AudioCodec::Pcmu | AudioCodec::Pcma if rate != 8000 => {
+                Some(Resampler::new(8000, rate).ok_or(TranscodeError::Rate(8000, rate))?)
+            }
+            _ => None,
+        };
         Ok(Self {
             codec,
-            opus: match codec {
-                AudioCodec::Opus => Some(::opus::Decoder::new(48000, ::opus::Channels::Mono)?),
-                _ => None,
-            },
-            resampler: match codec {
-                AudioCodec::Opus => None,
-                _ => Some(Resampler::new(8000, 48000).ok_or(TranscodeError::Rate(8000, 48000))?),
-            },
+            opus,
+            resampler,
             decoded: Vec::with_capacity(OPUS_MAX_SAMPLES),
             scratch_in: Vec::new(),
             scratch_out: Vec::new(),
         })
     }
 
-    /// Appends the payload's samples at 48 kHz to `out`.
+    /// Appends the payload's samples to `out`.
     pub fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<(), TranscodeError> {
         self.decoded.clear();
         match self.codec {

@@ -446,7 +446,7 @@ impl Leg {
                         self.session.inject(p);
                     }
                     Some(Control::InjectLive(p)) => {
-                        self.session.inject_live(p);
+                        self.session.inject_live(clock(), p);
                     }
                 },
                 r = socks.rtp.readable() => {
@@ -570,6 +570,13 @@ impl Leg {
         if self.publisher.take_keyframe_request(self.track) && self.session.request_keyframe(now) {
             tracing::debug!("keyframe requested (RTCP PLI)");
         }
+        // Live media paces the sends itself; sending "ahead" would mistake its next payload
+        // for a gap.
+        let ahead = if self.session.is_live() {
+            Duration::ZERO
+        } else {
+            ahead
+        };
         while let Some(t) = self.session.poll_transmit(now + ahead) {
             let sock = if t.rtcp { &socks.rtcp } else { &socks.rtp };
             if let Err(e) = sock.get_ref().send_to(&t.data, t.to) {

@@ -183,6 +183,9 @@ pub struct RtpSession {
     inject: VecDeque<Bytes>,
     /// RFC 4733 digits to send (they replace the audio of their ticks).
     dtmf_tx: Option<crate::media::dtmf::DtmfSender>,
+    /// When the last live payload arrived ([`RtpSession::inject_live`]): while live media
+    /// flows, it sets the pace instead of the ptime clock.
+    live_last: Option<Instant>,
     counters: SessionCounters,
     rng: u32,
     report_about_us: Option<ReportBlock>,
@@ -210,6 +213,7 @@ impl RtpSession {
             next_rtcp: now,
             inject: VecDeque::new(),
             dtmf_tx: None,
+            live_last: None,
             counters: SessionCounters::default(),
             rng: cfg.local_ssrc | 1,
             report_about_us: None,
@@ -342,15 +346,41 @@ impl RtpSession {
         self.dtmf_tx.as_mut().is_some_and(|d| d.push(tones))
     }
 
-    /// Queues a payload of live media (another leg's audio): at most [`LIVE_INJECT_MAX`]
-    /// wait, the oldest dropped (and counted) first, so a burst from the source adds no
-    /// lasting delay.
-    pub fn inject_live(&mut self, payload: Bytes) {
+    /// Live media (another leg's audio, one ptime per payload): it goes out at once and its
+    /// arrivals set the pace, so relaying adds no wait for our own clock's tick. The
+    /// timestamps advance one ptime per payload, plus the ptimes of any gap the source left
+    /// (DTX); at most [`LIVE_INJECT_MAX`] wait (a burst), the oldest dropped and counted.
+    /// When the source stops for two ptimes, our own clock (and silence) takes over again.
+    pub fn inject_live(&mut self, now: Instant, payload: Bytes) {
         while self.inject.len() >= LIVE_INJECT_MAX {
             self.inject.pop_front();
             self.counters.inject_overflow += 1;
         }
         self.inject.push_back(payload);
+        let ptime = self.ptime();
+        match self.live_last {
+            Some(last) => {
+                let gap = now.saturating_duration_since(last);
+                let ticks = (gap.as_nanos() + ptime.as_nanos() / 2) / ptime.as_nanos().max(1);
+                if ticks > 1 {
+                    let skipped = u32::try_from(ticks - 1).unwrap_or(u32::MAX);
+                    self.tx_ts = self
+                        .tx_ts
+                        .wrapping_add(self.samples_per_tick().wrapping_mul(skipped));
+                    self.need_marker = true;
+                }
+            }
+            // A new talkspurt after our own clock ran.
+            None => self.need_marker = true,
+        }
+        self.live_last = Some(now);
+        // Its arrival is the tick (the gap above already counted any ptime it skipped).
+        self.next_tick = now;
+    }
+
+    /// Live media is pacing the sends ([`RtpSession::inject_live`]).
+    pub fn is_live(&self) -> bool {
+        self.live_last.is_some()
     }
 
     /// An RTP datagram from `from`. `Ok(None)`: valid but not for us (unknown source after
@@ -495,6 +525,26 @@ impl RtpSession {
     fn clock_tick(&mut self, now: Instant) -> Option<Transmit> {
         let ptime = self.ptime();
         let spt = self.samples_per_tick();
+        let dtmf_busy = self.dtmf_tx.as_ref().is_some_and(|d| d.is_busy());
+        if let (Some(last), true) = (self.live_last, self.inject.is_empty() && !dtmf_busy) {
+            let resume = last + ptime * 2;
+            if now < resume {
+                // Live media paces us: wait for its next payload (or the watchdog).
+                self.next_tick = resume;
+                return None;
+            }
+            // The source stopped: our clock resumes, the gap shows in the timestamps.
+            let gap = u32::try_from(
+                now.saturating_duration_since(last).as_nanos() / ptime.as_nanos().max(1),
+            )
+            .unwrap_or(u32::MAX);
+            self.tx_ts = self
+                .tx_ts
+                .wrapping_add(spt.wrapping_mul(gap.saturating_sub(1)));
+            self.next_tick = now;
+            self.live_last = None;
+            self.need_marker = true;
+        }
         // Woke up late by whole ticks: skip them (timestamps advance) rather than burst.
         let late = now.saturating_duration_since(self.next_tick);
         let missed = u32::try_from(late.as_nanos() / ptime.as_nanos().max(1)).unwrap_or(u32::MAX);
@@ -679,6 +729,88 @@ mod tests {
             now = next;
         }
         out
+    }
+
+    #[test]
+    fn live_media_goes_out_on_arrival_with_continuous_timestamps_then_silence_resumes() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.remote_rtp = Some(addr(7000));
+        let mut s = RtpSession::new(c, t0);
+        // Our own clock first: silence at t0.
+        let first = s.poll_transmit(t0).expect("silence");
+        let ts0 = u32::from_be_bytes(first.data[4..8].try_into().unwrap());
+        let _ = s.poll_transmit(t0);
+        // Live payloads every 20 ms with ±3 ms of jitter, starting mid-ptime.
+        let mut sent = Vec::new();
+        let now = t0 + Duration::from_millis(7);
+        for i in 0..20u32 {
+            let jitter = [0i64, 3, -2, 1, -3][i as usize % 5];
+            let at = now
+                + Duration::from_millis(20 * u64::from(i))
+                + Duration::from_millis((jitter + 3) as u64)
+                - Duration::from_millis(3);
+            // Anything due before the arrival (the clock must not send silence meanwhile).
+            let mut t = s.poll_timeout();
+            while t < at {
+                assert!(
+                    s.poll_transmit(t).map(|x| x.rtcp).unwrap_or(true),
+                    "no RTP between live payloads"
+                );
+                t = s.poll_timeout().max(t + Duration::from_micros(1));
+            }
+            s.inject_live(at, Bytes::from(vec![i as u8; 160]));
+            let out = s.poll_transmit(at).expect("sent on arrival");
+            assert!(!out.rtcp);
+            assert_eq!(out.data[12], i as u8, "the live payload itself");
+            sent.push(out);
+        }
+        let ts: Vec<u32> = sent
+            .iter()
+            .map(|t| u32::from_be_bytes(t.data[4..8].try_into().unwrap()))
+            .collect();
+        assert!(
+            ts.windows(2).all(|w| w[1].wrapping_sub(w[0]) == 160),
+            "{ts:?}"
+        );
+        assert_eq!(sent[0].data[1] & 0x80, 0x80, "a new talkspurt: marker");
+        assert!(sent[1..].iter().all(|t| t.data[1] & 0x80 == 0));
+        assert!(ts[0].wrapping_sub(ts0) >= 160);
+        // The source stops: silence resumes two ptimes after the last payload, marked, with
+        // the gap in its timestamp.
+        let last_at = now + Duration::from_millis(20 * 19) - Duration::from_millis(3);
+        let mut silence = None;
+        let mut t = last_at;
+        while silence.is_none() {
+            t = s.poll_timeout().max(t);
+            silence = s.poll_transmit(t).filter(|x| !x.rtcp);
+            if silence.is_none() {
+                t += Duration::from_micros(100);
+            }
+        }
+        assert!(
+            t >= last_at + Duration::from_millis(40),
+            "{:?}",
+            t - last_at
+        );
+        let silence = silence.unwrap();
+        assert_eq!(silence.data[1] & 0x80, 0x80);
+        let sts = u32::from_be_bytes(silence.data[4..8].try_into().unwrap());
+        assert!(
+            sts.wrapping_sub(*ts.last().unwrap()) >= 320,
+            "the gap counts"
+        );
+        // A short gap in the live media (one packet missing) shows in the timestamps too.
+        let back = t + Duration::from_millis(5);
+        s.inject_live(back, Bytes::from(vec![1; 160]));
+        let a = s.poll_transmit(back).unwrap();
+        s.inject_live(back + Duration::from_millis(40), Bytes::from(vec![2; 160]));
+        let b = s.poll_transmit(back + Duration::from_millis(40)).unwrap();
+        let (ta, tb) = (
+            u32::from_be_bytes(a.data[4..8].try_into().unwrap()),
+            u32::from_be_bytes(b.data[4..8].try_into().unwrap()),
+        );
+        assert_eq!(tb.wrapping_sub(ta), 320);
     }
 
     #[test]

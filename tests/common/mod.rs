@@ -1005,7 +1005,8 @@ impl Baresip {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default()
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        format!("{}{}", read("out.log"), read("err.log"))
     }
 
     /// The samples (and rate) of the calls' decoded audio, all dump files in order.

@@ -62,6 +62,9 @@ struct Opts {
     log_level: String,
     /// Gateway properties for every gateway the tool starts (`--set key=value`).
     sets: Vec<(String, String)>,
+    /// The properties file the gateways start with (`--properties`; default: this tree's):
+    /// an older gateway binary needs the file of its own tree.
+    properties: PathBuf,
 }
 
 fn usage() -> ! {
@@ -69,7 +72,7 @@ fn usage() -> ! {
         "sipstream-bench [--quick] [--steps relay,setup,calls,twoparty,fanout,rtpengine] [--out FILE.json]\n\
          \x20 [--gateway PATH] [--calls 100,500,1000] [--readers 0,1,3] [--hold SECS]\n\
          \x20 [--fanout 1,10,100,1000] [--setup-rates 250,500,...] [--setup-secs N]\n\
-         \x20 [--log-level warn] [--set key=value ...]\n\
+         \x20 [--log-level warn] [--set key=value ...] [--properties FILE]\n\
          sipstream-bench --plot FILE.json   (the SVG plot of an earlier run)"
     );
     std::process::exit(2)
@@ -94,6 +97,7 @@ fn parse_opts() -> Opts {
         setup_secs: 10,
         log_level: "warn".into(),
         sets: Vec::new(),
+        properties: Path::new(env!("CARGO_MANIFEST_DIR")).join("properties/sipstream.properties"),
     };
     let mut explicit_hold = false;
     let mut args = std::env::args().skip(1);
@@ -118,6 +122,7 @@ fn parse_opts() -> Opts {
             }
             "--steps" => o.steps = list(&val()),
             "--out" => o.out = PathBuf::from(val()),
+            "--properties" => o.properties = PathBuf::from(val()),
             "--gateway" => o.gateway = PathBuf::from(val()),
             "--calls" => o.calls = list(&val()),
             "--readers" => o.readers = list(&val()),
@@ -359,8 +364,7 @@ impl Gateway {
             sets.push((k.to_string(), v));
         }
         let mut cmd = Command::new(&o.gateway);
-        cmd.arg("--config")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("properties/sipstream.properties"));
+        cmd.arg("--config").arg(&o.properties);
         for (k, v) in sets {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }

@@ -112,6 +112,12 @@ pub(super) async fn step_two_party(o: &Opts, dir: &Path) -> Result<Vec<Value>> {
                 )
             })
             .await?;
+            // What the priming relayed is not part of the measured run.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sink.set_nonblocking(true)?;
+            let mut buf = [0u8; 2048];
+            while sink.recv(&mut buf).is_ok() {}
+            sink.set_nonblocking(false)?;
             let load0 = loadavg();
             progress(&format!(
                 "twoparty {n} (mixed {mix}): established in {setup_s:.1} s; relaying {n}×50 pps for {:.0} s, load {load0}",
