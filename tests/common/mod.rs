@@ -65,7 +65,13 @@ impl Gateway {
     pub async fn start(extra: &[(&str, String)]) -> Gateway {
         let dir = tempdir();
         let rest_port = free_tcp_port();
-        let sip_port = free_udp_port();
+        // Both are free when picked but not held: they must differ (SIP listens on TCP too).
+        let sip_port = loop {
+            let p = free_udp_port();
+            if p != rest_port {
+                break p;
+            }
+        };
         let (rtp_min, rtp_max) = port_block();
         let log = dir.path().join("gateway.log");
         let mut args: Vec<String> = vec![

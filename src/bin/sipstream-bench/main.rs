@@ -336,7 +336,12 @@ impl Gateway {
             );
         }
         let rest_port = free_port();
-        let sip_port = free_port();
+        let sip_port = loop {
+            let p = free_port();
+            if p != rest_port {
+                break p;
+            }
+        };
         let log = dir.join("gateway.log");
         let mut sets: Vec<(String, String)> = vec![
             ("rest_port".into(), rest_port.to_string()),
