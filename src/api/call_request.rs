@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::error::ApiError;
 use super::json::{flex_bool, flex_port};
 use crate::call::model::{CallSpec, Secret};
-use crate::error::ApiError;
 use crate::ids::is_valid_id;
 use crate::sip::endpoint::Transport;
 

@@ -5,10 +5,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::call_request::CallStartupRequest;
+use super::error::{ApiError, ErrorBody};
 use super::json::parse_body;
 use super::AppState;
 use crate::call::model::CallInfo;
-use crate::error::{ApiError, ErrorBody};
 
 /// The GET forms; the POST methods are in `methods.rs`.
 pub fn routes(cfg: &mut web::ServiceConfig) {

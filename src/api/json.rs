@@ -6,7 +6,7 @@ use actix_web::web::Bytes;
 use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 /// Parses a request body; errors name the JSON path (`sipPort: invalid type ...`).
 pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {

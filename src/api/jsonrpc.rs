@@ -20,9 +20,9 @@ use actix_ws::AggregatedMessage;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::error::ApiError;
 use super::methods::{self, Method};
 use super::AppState;
-use crate::error::ApiError;
 use crate::events::Event;
 
 /// Requests of one connection running at once; more get an error at once.

@@ -7,8 +7,8 @@ use std::pin::Pin;
 
 use actix_web::{web, HttpResponse};
 
+use super::error::ApiError;
 use super::{calls, push, recording, siprec, streams, AppState};
-use crate::error::ApiError;
 
 pub type MethodFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, ApiError>>>>;
 

@@ -3,6 +3,7 @@
 //! JSON and the call manager / registry; they hold no state of their own.
 pub mod call_request;
 pub mod calls;
+pub mod error;
 pub mod json;
 pub mod jsonrpc;
 pub mod methods;
@@ -21,9 +22,9 @@ use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpResponse, ResponseError};
 use std::sync::Arc;
 
+use self::error::ApiError;
 use crate::call::manager::CallManager;
 use crate::config::Config;
-use crate::error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]

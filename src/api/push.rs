@@ -5,9 +5,9 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::error::{ApiError, ErrorBody};
 use super::json::{flex_bool, parse_body};
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
 use crate::rtmp::PushInfo;
 
 /// The GET forms; the POST methods are in `methods.rs`.

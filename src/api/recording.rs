@@ -6,9 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::error::{ApiError, ErrorBody};
 use super::json::parse_body;
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
 use crate::record::{RecordingInfo, RecordingMeta};
 
 /// The GET forms; the POST methods are in `methods.rs`.

@@ -2,9 +2,9 @@
 
 use actix_web::{web, HttpResponse};
 
+use super::error::{ApiError, ErrorBody};
 use super::json::parse_body;
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
 use crate::siprec::{SiprecControlRequest, SiprecInfo, SiprecStartRequest};
 
 /// The GET forms; the POST methods are in `methods.rs`.

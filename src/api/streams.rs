@@ -4,9 +4,9 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::error::{ApiError, ErrorBody};
 use super::json::parse_body;
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
 use crate::registry::StreamInfo;
 
 /// The GET forms; the POST methods are in `methods.rs`.

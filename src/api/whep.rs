@@ -11,8 +11,8 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
 use crate::webrtc::{IceServer, WhepError};
 
 /// Headers a cross-origin player needs on every WHEP response, errors included.

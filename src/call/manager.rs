@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::leg::{CallLeg, MediaLeg};
 use super::model::{CallInfo, CallSpec, LegInfo};
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus};
 use crate::registry::{Leg, Publisher, Registry, RegistryError, TrackKind, TrackSpec};
 use crate::rtp::driver::{spawn_leg_on, LegUpdate};
@@ -114,14 +114,14 @@ impl Entry {
     }
 
     /// The legs a request's `leg` names: `caller`, `callee`, `both` (default: all).
-    pub(super) fn select(&self, leg: Option<&str>) -> Result<Vec<usize>, ApiError> {
+    pub(super) fn select(&self, leg: Option<&str>) -> Result<Vec<usize>, RequestError> {
         match leg {
             None | Some("both") => Ok((0..self.legs.len()).collect()),
             Some(name) => match self.legs.iter().position(|l| l.name_str() == name) {
                 Some(i) => Ok(vec![i]),
                 None => {
                     let names: Vec<&str> = self.legs.iter().map(CallLeg::name_str).collect();
-                    Err(ApiError::BadRequest(format!(
+                    Err(RequestError::BadRequest(format!(
                         "leg: {name:?}: this call's legs are {names:?} (or use both)"
                     )))
                 }
@@ -131,9 +131,9 @@ impl Entry {
 
     /// One leg for a request that acts on one (transfer, DTMF): named, or the only one, or
     /// the callee of a two-party call.
-    pub(super) fn select_one(&self, leg: Option<&str>) -> Result<usize, ApiError> {
+    pub(super) fn select_one(&self, leg: Option<&str>) -> Result<usize, RequestError> {
         match leg {
-            Some("both") if self.legs.len() > 1 => Err(ApiError::BadRequest(
+            Some("both") if self.legs.len() > 1 => Err(RequestError::BadRequest(
                 "leg: both: this request acts on one leg; name caller or callee".into(),
             )),
             None | Some("both") => Ok(self.legs.len() - 1),
@@ -193,7 +193,7 @@ impl CallManager {
     }
 
     /// Places a call. Returns the call object with status PENDING; progress follows as events.
-    pub async fn startup(&self, spec: CallSpec) -> Result<CallInfo, ApiError> {
+    pub async fn startup(&self, spec: CallSpec) -> Result<CallInfo, RequestError> {
         let inner = &self.inner;
         // Two keys for a two-party call (caller, callee), one otherwise.
         let key = inner
@@ -203,14 +203,14 @@ impl CallManager {
         {
             let mut st = inner.state.lock();
             if st.active >= inner.cfg.max_calls {
-                return Err(ApiError::Unavailable(format!(
+                return Err(RequestError::Unavailable(format!(
                     "{} calls are active, the limit (max_calls) is {}",
                     st.active, inner.cfg.max_calls
                 )));
             }
             if let Some(e) = st.calls.get(&spec.call_id) {
                 if !e.info.status.is_final() {
-                    return Err(ApiError::Conflict(format!(
+                    return Err(RequestError::Conflict(format!(
                         "callId {:?} is already in use",
                         spec.call_id
                     )));
@@ -249,22 +249,23 @@ impl CallManager {
         }
     }
 
-    async fn prepare(&self, spec: &CallSpec) -> Result<CallInfo, ApiError> {
+    async fn prepare(&self, spec: &CallSpec) -> Result<CallInfo, RequestError> {
         let inner = &self.inner;
         let publisher = inner
             .registry
             .create(&spec.stream, Some(spec.call_id.clone()))
             .map_err(|e| match e {
-                RegistryError::AlreadyExists(_) => {
-                    ApiError::Conflict(format!("toStream: stream {:?} already exists", spec.stream))
-                }
-                other => ApiError::BadRequest(format!("toStream: {other}")),
+                RegistryError::AlreadyExists(_) => RequestError::Conflict(format!(
+                    "toStream: stream {:?} already exists",
+                    spec.stream
+                )),
+                other => RequestError::BadRequest(format!("toStream: {other}")),
             })?;
         let publisher = Arc::new(publisher);
         if spec.caller.is_some() && inner.cfg.two_party_mix {
             // The mixed track first (track 0): what recorders and players take.
             let mixer = super::mixer::spawn(&inner.registry, publisher.clone(), &spec.call_id)
-                .map_err(|e| ApiError::Internal(format!("mixed track: {e}")))?;
+                .map_err(|e| RequestError::Internal(format!("mixed track: {e}")))?;
             if let Some(entry) = inner.state.lock().calls.get_mut(&spec.call_id) {
                 entry.mixer = Some(mixer);
             }
@@ -277,7 +278,7 @@ impl CallManager {
         };
         let local_ip = self.local_ip(caller_dest.unwrap_or(dest))?;
         let sip_port = inner.sip.port(spec.transport).ok_or_else(|| {
-            ApiError::BadRequest(format!(
+            RequestError::BadRequest(format!(
                 "sipTransport: {} is disabled in the gateway's properties",
                 spec.transport.via_token().to_ascii_lowercase()
             ))
@@ -306,7 +307,9 @@ impl CallManager {
         let places = {
             let mut st = inner.state.lock();
             let Some(entry) = st.calls.get_mut(&spec.call_id) else {
-                return Err(ApiError::Internal("call vanished during startup".into()));
+                return Err(RequestError::Internal(
+                    "call vanished during startup".into(),
+                ));
             };
             entry.publisher = Some(publisher);
             let mut places = Vec::new();
@@ -361,10 +364,10 @@ impl CallManager {
         };
         let info = self
             .find(&spec.call_id)
-            .ok_or_else(|| ApiError::Internal("call vanished during startup".into()))?;
+            .ok_or_else(|| RequestError::Internal("call vanished during startup".into()))?;
         for place in places {
             if !inner.sip.command(Command::PlaceCall(Box::new(place))) {
-                return Err(ApiError::Unavailable(
+                return Err(RequestError::Unavailable(
                     "the SIP stack is shutting down".into(),
                 ));
             }
@@ -465,7 +468,7 @@ impl CallManager {
     }
 
     /// Reserves the RTP ports of one media line with the codecs we offer for its kind.
-    async fn media_leg(&self, kind: TrackKind) -> Result<MediaLeg, ApiError> {
+    async fn media_leg(&self, kind: TrackKind) -> Result<MediaLeg, RequestError> {
         let pair = self.allocate().await?;
         let codecs = match kind {
             TrackKind::Audio => vec![
@@ -480,15 +483,15 @@ impl CallManager {
         Ok(MediaLeg::new(kind, codecs, port, pair))
     }
 
-    pub(super) async fn allocate(&self) -> Result<BoundPair, ApiError> {
+    pub(super) async fn allocate(&self) -> Result<BoundPair, RequestError> {
         self.inner
             .ports
             .allocate(self.inner.cfg.rtp_address)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("no RTP ports: {e}")))
+            .map_err(|e| RequestError::Unavailable(format!("no RTP ports: {e}")))
     }
 
-    pub(super) fn local_ip(&self, dest: SocketAddr) -> Result<IpAddr, ApiError> {
+    pub(super) fn local_ip(&self, dest: SocketAddr) -> Result<IpAddr, RequestError> {
         let cfg = &self.inner.cfg;
         if let Some(ip) = cfg.sip_external_address {
             return Ok(ip);
@@ -497,16 +500,16 @@ impl CallManager {
             return Ok(cfg.sip_address);
         }
         local_ip_for(dest)
-            .ok_or_else(|| ApiError::Upstream(format!("no local route towards {dest}")))
+            .ok_or_else(|| RequestError::Upstream(format!("no local route towards {dest}")))
     }
 
     /// Hangs up: BYE when established, CANCEL while ringing.
-    pub fn terminate(&self, call_id: &str) -> Result<CallInfo, ApiError> {
+    pub fn terminate(&self, call_id: &str) -> Result<CallInfo, RequestError> {
         let st = self.inner.state.lock();
         let entry = st
             .calls
             .get(call_id)
-            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
         if !entry.info.status.is_final() {
             for leg in entry.legs.iter().filter(|l| !l.status.is_final()) {
                 self.inner.sip.command(Command::Hangup(leg.key));
@@ -923,23 +926,27 @@ impl CallManager {
     /// sendrecv again) to each chosen leg. Answers at once; `CallHolding`, then per leg
     /// `CallHoldStart` and `CallHoldSuccessful` (or `CallHoldFailed` with the SIP status)
     /// follow as events.
-    pub fn hold(&self, call_id: &str, leg: Option<&str>, on: bool) -> Result<CallInfo, ApiError> {
+    pub fn hold(
+        &self,
+        call_id: &str,
+        leg: Option<&str>,
+        on: bool,
+    ) -> Result<CallInfo, RequestError> {
         let (events, info) = {
             let mut st = self.inner.state.lock();
-            let entry = st
-                .calls
-                .get_mut(call_id)
-                .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            let entry = st.calls.get_mut(call_id).ok_or_else(|| {
+                RequestError::NotFound(format!("callId {call_id:?}: no such call"))
+            })?;
             let chosen = entry.select(leg)?;
             if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
-                return Err(ApiError::Conflict(format!(
+                return Err(RequestError::Conflict(format!(
                     "callId {call_id:?} is {}: only an established call can be {}",
                     entry.info.status.as_str(),
                     if on { "held" } else { "resumed" }
                 )));
             }
             if chosen.iter().any(|i| entry.legs[*i].hold.pending.is_some()) {
-                return Err(ApiError::Conflict(format!(
+                return Err(RequestError::Conflict(format!(
                     "callId {call_id:?}: a hold or unhold is already in progress"
                 )));
             }
@@ -999,22 +1006,22 @@ impl CallManager {
         target: Option<&str>,
         replace_call_id: Option<&str>,
         replace_leg: Option<&str>,
-    ) -> Result<CallInfo, ApiError> {
+    ) -> Result<CallInfo, RequestError> {
         let (events, info) = {
             let mut st = self.inner.state.lock();
             let replaces = match replace_call_id {
                 None => None,
                 Some(other) if other == call_id => {
-                    return Err(ApiError::BadRequest(
+                    return Err(RequestError::BadRequest(
                         "replaceCallId: must be another call than callId".into(),
                     ))
                 }
                 Some(other) => {
                     let o = st.calls.get(other).ok_or_else(|| {
-                        ApiError::NotFound(format!("replaceCallId {other:?}: no such call"))
+                        RequestError::NotFound(format!("replaceCallId {other:?}: no such call"))
                     })?;
                     if o.info.status != CallPhase::Established {
-                        return Err(ApiError::Conflict(format!(
+                        return Err(RequestError::Conflict(format!(
                             "replaceCallId {other:?} is {}: only an established call can be joined",
                             o.info.status.as_str()
                         )));
@@ -1024,20 +1031,19 @@ impl CallManager {
                     Some((other.to_string(), l.key, l.uri.clone()))
                 }
             };
-            let entry = st
-                .calls
-                .get_mut(call_id)
-                .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            let entry = st.calls.get_mut(call_id).ok_or_else(|| {
+                RequestError::NotFound(format!("callId {call_id:?}: no such call"))
+            })?;
             let idx = entry.select_one(leg)?;
             if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
-                return Err(ApiError::Conflict(format!(
+                return Err(RequestError::Conflict(format!(
                     "callId {call_id:?} is {}: only an established call can be transferred",
                     entry.info.status.as_str()
                 )));
             }
             let leg = &mut entry.legs[idx];
             if leg.transfer.as_ref().is_some_and(|t| !t.is_done()) {
-                return Err(ApiError::Conflict(format!(
+                return Err(RequestError::Conflict(format!(
                     "callId {call_id:?}: a transfer is already in progress"
                 )));
             }
@@ -1048,7 +1054,7 @@ impl CallManager {
                     (uri.clone(), ReferTarget::Uri(uri))
                 }
                 (None, None) => {
-                    return Err(ApiError::BadRequest(
+                    return Err(RequestError::BadRequest(
                         "target: missing field (a SIP URI or a number; or replaceCallId)".into(),
                     ))
                 }
@@ -1380,10 +1386,10 @@ impl CallManager {
         dtmf: &str,
         kind: Option<&str>,
         duration_ms: u32,
-    ) -> Result<CallInfo, ApiError> {
+    ) -> Result<CallInfo, RequestError> {
         let digits: Vec<char> = dtmf.chars().filter(|c| !c.is_whitespace()).collect();
         if digits.is_empty() || digits.len() > 64 {
-            return Err(ApiError::BadRequest(
+            return Err(RequestError::BadRequest(
                 "dtmf: 1 to 64 digits of 0-9 * # A-D".into(),
             ));
         }
@@ -1391,7 +1397,7 @@ impl CallManager {
             .iter()
             .find(|c| !(c.is_ascii_digit() || "*#ABCDabcd".contains(**c)))
         {
-            return Err(ApiError::BadRequest(format!(
+            return Err(RequestError::BadRequest(format!(
                 "dtmf: {bad:?} is not a DTMF digit (0-9 * # A-D)"
             )));
         }
@@ -1399,21 +1405,21 @@ impl CallManager {
             Some("INFO") => true,
             None | Some("RFC2833") | Some("RFC4733") => false,
             Some(other) => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(RequestError::BadRequest(format!(
                     "type: {other:?}: expected RFC2833 or INFO"
                 )))
             }
         };
         if !(40..=5000).contains(&duration_ms) {
-            return Err(ApiError::BadRequest("duration: 40 to 5000 ms".into()));
+            return Err(RequestError::BadRequest("duration: 40 to 5000 ms".into()));
         }
         let st = self.inner.state.lock();
         let entry = st
             .calls
             .get(call_id)
-            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
         if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
-            return Err(ApiError::Conflict(format!(
+            return Err(RequestError::Conflict(format!(
                 "callId {call_id:?} is {}: DTMF needs an established call",
                 entry.info.status.as_str()
             )));
@@ -1425,21 +1431,21 @@ impl CallManager {
                 .iter()
                 .find(|m| m.kind == TrackKind::Audio && m.running.is_some());
             let Some(audio) = audio else {
-                return Err(ApiError::Conflict(format!(
+                return Err(RequestError::Conflict(format!(
                     "callId {call_id:?} has no running audio to carry RFC 4733 digits; use INFO"
                 )));
             };
             let te = match (&audio.dtmf, &audio.codec) {
                 (Some(te), Some(c)) if te.clock_rate == c.clock_rate => te.clone(),
                 (Some(te), Some(c)) => {
-                    return Err(ApiError::Conflict(format!(
+                    return Err(RequestError::Conflict(format!(
                         "callId {call_id:?}: the far end took telephone-event/{} but the audio \
                          runs at {} Hz; use INFO",
                         te.clock_rate, c.clock_rate
                     )))
                 }
                 _ => {
-                    return Err(ApiError::Conflict(format!(
+                    return Err(RequestError::Conflict(format!(
                         "callId {call_id:?}: the far end did not accept telephone-event \
                          (RFC 4733) in its SDP; use type INFO"
                     )))
@@ -1447,7 +1453,7 @@ impl CallManager {
             };
             // The far end's direction: it must receive (sendrecv or recvonly).
             if audio.direction.is_some_and(|d| !d.reversed().sends()) {
-                return Err(ApiError::Conflict(format!(
+                return Err(RequestError::Conflict(format!(
                     "callId {call_id:?}: the far end does not take our audio now (it is \
                      {:?}); RFC 4733 digits cannot go out",
                     audio.direction.unwrap_or(Direction::SendRecv)
@@ -1464,7 +1470,7 @@ impl CallManager {
                         payload_type: te.pt,
                         tones,
                     })
-                    .map_err(|e| ApiError::Unavailable(format!("DTMF not queued: {e}")))?;
+                    .map_err(|e| RequestError::Unavailable(format!("DTMF not queued: {e}")))?;
             }
             tracing::info!(call_id, dtmf, payload_type = te.pt, "DTMF sent by RFC 4733");
             return Ok(self.snapshot(entry));
@@ -1967,7 +1973,7 @@ fn hold_status(entry: &mut Entry) -> Option<CallInfo> {
 
 /// A transfer target: a sip:/sips:/tel: URI, or a user (number) at the host of the call's
 /// far end. No header injection: the URI is checked as a Refer-To would be read.
-fn transfer_target(target: &str, remote_uri: &str) -> Result<String, ApiError> {
+fn transfer_target(target: &str, remote_uri: &str) -> Result<String, RequestError> {
     let target = target.trim();
     let lower = target.to_ascii_lowercase();
     let uri =
@@ -1985,17 +1991,17 @@ fn transfer_target(target: &str, remote_uri: &str) -> Result<String, ApiError> {
             let host = host.split([';', '>', '?']).next().unwrap_or("");
             format!("sip:{target}@{host}")
         } else {
-            return Err(ApiError::BadRequest(format!(
+            return Err(RequestError::BadRequest(format!(
                 "target: {target:?} is neither a SIP URI nor a number"
             )));
         };
     if uri.contains(['<', '>', '"']) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(RequestError::BadRequest(format!(
             "target: {uri:?} must be a bare URI (no <>, no quotes)"
         )));
     }
     crate::sip::refer::parse_refer_to(&uri)
-        .map_err(|e| ApiError::BadRequest(format!("target: {e}")))?;
+        .map_err(|e| RequestError::BadRequest(format!("target: {e}")))?;
     Ok(uri)
 }
 
@@ -2042,7 +2048,7 @@ fn call_phase(legs: &[CallLeg], callee_pending: bool) -> CallPhase {
     }
 }
 
-pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ApiError> {
+pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RequestError> {
     let host_trim = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host_trim.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
@@ -2052,13 +2058,15 @@ pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ApiErro
         tokio::net::lookup_host((host, port)),
     )
     .await
-    .map_err(|_| ApiError::Upstream(format!("sipOutboundProxy: resolving {host:?} timed out")))?
-    .map_err(|e| ApiError::Upstream(format!("sipOutboundProxy: cannot resolve {host:?}: {e}")))?;
+    .map_err(|_| RequestError::Upstream(format!("sipOutboundProxy: resolving {host:?} timed out")))?
+    .map_err(|e| {
+        RequestError::Upstream(format!("sipOutboundProxy: cannot resolve {host:?}: {e}"))
+    })?;
     let addrs: Vec<SocketAddr> = addrs.collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
-        .ok_or_else(|| ApiError::Upstream(format!("sipOutboundProxy: {host:?} has no address")))
+        .ok_or_else(|| RequestError::Upstream(format!("sipOutboundProxy: {host:?} has no address")))
 }

@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::manager::{resolve, CallManager, Entry, State};
-use crate::error::ApiError;
+use crate::error::RequestError;
 use crate::events::{unix_ms, Event, SiprecEventParams};
 use crate::registry::TrackKind;
 use crate::rtp::ports::BoundPair;
@@ -83,15 +83,14 @@ impl SiprecSession {
 impl CallManager {
     /// `/siprec/start`: validates, resolves the SRS list, reserves ports, and starts at once
     /// when the call is answered (else when it is).
-    pub async fn siprec_start(&self, req: SiprecStartRequest) -> Result<SiprecInfo, ApiError> {
+    pub async fn siprec_start(&self, req: SiprecStartRequest) -> Result<SiprecInfo, RequestError> {
         let cfg = self.inner.cfg.clone();
         let (call_id, mut spec) = req.validate(&cfg.siprec_srs, &cfg.siprec_skip_failover_codes)?;
         {
             let st = self.inner.state.lock();
-            let entry = st
-                .calls
-                .get(&call_id)
-                .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            let entry = st.calls.get(&call_id).ok_or_else(|| {
+                RequestError::NotFound(format!("callId {call_id:?}: no such call"))
+            })?;
             check_startable(entry, &call_id, &spec.instance)?;
         }
         for target in spec.srs.iter_mut() {
@@ -104,7 +103,7 @@ impl CallManager {
         let entry = st
             .calls
             .get_mut(&call_id)
-            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
         check_startable(entry, &call_id, &spec.instance)?;
         entry.siprec.retain(|s| s.spec.instance != spec.instance);
         let info = SiprecInfo {
@@ -154,12 +153,12 @@ impl CallManager {
         call_id: &str,
         instance: Option<&str>,
         pause: bool,
-    ) -> Result<Vec<SiprecInfo>, ApiError> {
+    ) -> Result<Vec<SiprecInfo>, RequestError> {
         let mut st = self.inner.state.lock();
         let entry = st
             .calls
             .get_mut(call_id)
-            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
         let mut out = Vec::new();
         let (from, to, dir) = if pause {
             (
@@ -187,7 +186,7 @@ impl CallManager {
                     tracing::info!(call_id, instance = %s.info.instance, state = ?to, "SIPREC session");
                 }
             } else if s.info.state != to {
-                return Err(ApiError::Conflict(format!(
+                return Err(RequestError::Conflict(format!(
                     "instance {:?} is {:?}; only a {:?} session can be {}",
                     s.info.instance,
                     s.info.state,
@@ -205,13 +204,13 @@ impl CallManager {
         &self,
         call_id: &str,
         instance: Option<&str>,
-    ) -> Result<Vec<SiprecInfo>, ApiError> {
+    ) -> Result<Vec<SiprecInfo>, RequestError> {
         let mut st = self.inner.state.lock();
         let st = &mut *st;
         let entry = st
             .calls
             .get_mut(call_id)
-            .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
+            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
         let mut out = Vec::new();
         for s in selected(&mut entry.siprec, instance)? {
             self.stop_session(&mut st.siprec_keys, s, call_id);
@@ -225,15 +224,14 @@ impl CallManager {
         &self,
         call_id: Option<&str>,
         instance: Option<&str>,
-    ) -> Result<Vec<SiprecInfo>, ApiError> {
+    ) -> Result<Vec<SiprecInfo>, RequestError> {
         let st = self.inner.state.lock();
         let mut out = Vec::new();
         match call_id {
             Some(id) => {
-                let entry = st
-                    .calls
-                    .get(id)
-                    .ok_or_else(|| ApiError::NotFound(format!("callId {id:?}: no such call")))?;
+                let entry = st.calls.get(id).ok_or_else(|| {
+                    RequestError::NotFound(format!("callId {id:?}: no such call"))
+                })?;
                 out.extend(
                     entry
                         .siprec
@@ -669,16 +667,18 @@ pub(super) struct DialogUpdate<'a> {
     pub sip_call_id: &'a str,
 }
 
-fn check_startable(entry: &Entry, call_id: &str, instance: &str) -> Result<(), ApiError> {
+fn check_startable(entry: &Entry, call_id: &str, instance: &str) -> Result<(), RequestError> {
     if entry.info.status.is_final() {
-        return Err(ApiError::Conflict(format!("callId {call_id:?} has ended")));
+        return Err(RequestError::Conflict(format!(
+            "callId {call_id:?} has ended"
+        )));
     }
     if entry
         .siprec
         .iter()
         .any(|s| s.spec.instance == instance && !s.info.state.is_final())
     {
-        return Err(ApiError::Conflict(format!(
+        return Err(RequestError::Conflict(format!(
             "callId {call_id:?} already has an active SIPREC instance {instance:?}"
         )));
     }
@@ -688,13 +688,13 @@ fn check_startable(entry: &Entry, call_id: &str, instance: &str) -> Result<(), A
 fn selected<'a>(
     sessions: &'a mut [SiprecSession],
     instance: Option<&str>,
-) -> Result<Vec<&'a mut SiprecSession>, ApiError> {
+) -> Result<Vec<&'a mut SiprecSession>, RequestError> {
     let out: Vec<&mut SiprecSession> = sessions
         .iter_mut()
         .filter(|s| instance.is_none_or(|i| i == s.info.instance) && !s.info.state.is_final())
         .collect();
     if out.is_empty() {
-        return Err(ApiError::NotFound(match instance {
+        return Err(RequestError::NotFound(match instance {
             Some(i) => format!("instance {i:?}: no active SIPREC session"),
             None => "no active SIPREC session for this call".into(),
         }));

@@ -15,7 +15,7 @@ use super::{
     start_recording_with, RecordError, RecordOptions, RecordingHandle, RecordingInfo,
     RecordingMeta, RecordingState,
 };
-use crate::error::ApiError;
+use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus};
 use crate::registry::Registry;
 
@@ -69,15 +69,15 @@ impl RecordingManager {
 
     /// Starts recording `stream`. 404 for an unknown stream, 409 when it is already being
     /// recorded (stop it first: a second file of the same stream is almost always a mistake).
-    pub fn start(&self, stream: &str, meta: RecordingMeta) -> Result<RecordingInfo, ApiError> {
+    pub fn start(&self, stream: &str, meta: RecordingMeta) -> Result<RecordingInfo, RequestError> {
         let inner = &self.inner;
         if inner.registry.find(stream).is_none() {
-            return Err(ApiError::NotFound(format!(
+            return Err(RequestError::NotFound(format!(
                 "name {stream:?}: no such stream"
             )));
         }
         if let Some(active) = self.active_for(stream) {
-            return Err(ApiError::Conflict(format!(
+            return Err(RequestError::Conflict(format!(
                 "stream {stream:?} is already being recorded (mediaSessionId {:?})",
                 active.media_session_id.unwrap_or_default()
             )));
@@ -108,15 +108,15 @@ impl RecordingManager {
         let handle = start_recording_with(&inner.registry, stream, path, meta, opts).map_err(
             |e| match e {
                 RecordError::StreamNotFound(n) => {
-                    ApiError::NotFound(format!("name {n:?}: no such stream"))
+                    RequestError::NotFound(format!("name {n:?}: no such stream"))
                 }
                 RecordError::Create { path, source } => {
                     // Disk and permission errors are the operator's to see, with the path.
                     let error = format!("cannot create {}: {source}", path.display());
                     self.publish(&failed_info(stream, &file, failed_meta, &error));
-                    ApiError::Internal(format!("recording not started: {error}"))
+                    RequestError::Internal(format!("recording not started: {error}"))
                 }
-                other => ApiError::Internal(other.to_string()),
+                other => RequestError::Internal(other.to_string()),
             },
         )?;
         let info = handle.info();
@@ -150,7 +150,7 @@ impl RecordingManager {
 
     /// Stops the recording with this mediaSessionId, or the active recording of the stream
     /// with this name, and waits (up to 5 s) for the file to be finalised.
-    pub async fn stop(&self, id_or_stream: &str) -> Result<RecordingInfo, ApiError> {
+    pub async fn stop(&self, id_or_stream: &str) -> Result<RecordingInfo, RequestError> {
         let handle = {
             let t = self.inner.table.lock();
             t.by_id
@@ -168,7 +168,7 @@ impl RecordingManager {
                 })
         };
         let handle = handle.ok_or_else(|| {
-            ApiError::NotFound(format!(
+            RequestError::NotFound(format!(
                 "{id_or_stream:?}: no such recording or recorded stream"
             ))
         })?;
@@ -200,7 +200,7 @@ impl RecordingManager {
 
     /// The path of a downloadable file: a plain name (no separators, no dot-dot) of an
     /// `.mp4` or `.json` inside `record_dir`.
-    pub fn download_path(&self, name: &str) -> Result<PathBuf, ApiError> {
+    pub fn download_path(&self, name: &str) -> Result<PathBuf, RequestError> {
         let plain = !name.is_empty()
             && !name.starts_with('.')
             && name
@@ -208,11 +208,15 @@ impl RecordingManager {
                 .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
             && (name.ends_with(".mp4") || name.ends_with(".json"));
         if !plain {
-            return Err(ApiError::NotFound(format!("{name:?}: no such recording")));
+            return Err(RequestError::NotFound(format!(
+                "{name:?}: no such recording"
+            )));
         }
         let path = self.inner.dir.join(name);
         if !path.is_file() {
-            return Err(ApiError::NotFound(format!("{name:?}: no such recording")));
+            return Err(RequestError::NotFound(format!(
+                "{name:?}: no such recording"
+            )));
         }
         Ok(path)
     }

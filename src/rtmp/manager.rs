@@ -24,7 +24,7 @@ use tracing::Instrument;
 use super::audio::AudioCodecPolicy;
 use super::url::{publish_url, RtmpUrl, UrlError};
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus};
 use crate::registry::{validate_name, Registry, RegistryError};
 
@@ -112,12 +112,14 @@ pub enum PushError {
     NotFound(String),
 }
 
-impl From<PushError> for ApiError {
+impl From<PushError> for RequestError {
     fn from(e: PushError) -> Self {
         match e {
-            PushError::Url(_) | PushError::StreamName(_) => ApiError::BadRequest(e.to_string()),
-            PushError::NoStream(_) | PushError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            PushError::Exists { .. } => ApiError::Conflict(e.to_string()),
+            PushError::Url(_) | PushError::StreamName(_) => RequestError::BadRequest(e.to_string()),
+            PushError::NoStream(_) | PushError::NotFound(_) => {
+                RequestError::NotFound(e.to_string())
+            }
+            PushError::Exists { .. } => RequestError::Conflict(e.to_string()),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::RequestError;
 use crate::sip::endpoint::Transport;
 
 /// Body of `/siprec/start` (OpenSIPS's `$siprec` fields in camelCase).
@@ -131,12 +131,12 @@ pub struct SiprecInfo {
     pub attempts: Vec<SrsAttempt>,
 }
 
-fn bad(field: &str, why: impl std::fmt::Display) -> ApiError {
-    ApiError::BadRequest(format!("{field}: {why}"))
+fn bad(field: &str, why: impl std::fmt::Display) -> RequestError {
+    RequestError::BadRequest(format!("{field}: {why}"))
 }
 
 /// Parses `sip:host[:port][;transport=tcp]` lists.
-pub fn parse_srs_list(list: &str) -> Result<Vec<SrsTarget>, ApiError> {
+pub fn parse_srs_list(list: &str) -> Result<Vec<SrsTarget>, RequestError> {
     let mut out = Vec::new();
     for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let uri = raw.trim_start_matches('<').trim_end_matches('>');
@@ -181,7 +181,7 @@ pub fn parse_srs_list(list: &str) -> Result<Vec<SrsTarget>, ApiError> {
 }
 
 /// `Name: value\r\n` lines; anything that could start a request line or a body is refused.
-pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, ApiError> {
+pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, RequestError> {
     const RESERVED: &[&str] = &[
         "via",
         "from",
@@ -238,7 +238,7 @@ impl SiprecStartRequest {
         self,
         default_srs: &str,
         default_skip: &str,
-    ) -> Result<(String, SiprecSpec), ApiError> {
+    ) -> Result<(String, SiprecSpec), RequestError> {
         let instance = self
             .instance
             .filter(|s| !s.trim().is_empty())
@@ -254,7 +254,7 @@ impl SiprecStartRequest {
             .filter(|s| !s.trim().is_empty())
             .unwrap_or_else(|| default_srs.to_string());
         let srs = parse_srs_list(&srs_text)?;
-        let block = |field: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
+        let block = |field: &str, v: Option<String>| -> Result<Option<String>, RequestError> {
             v.filter(|s| !s.trim().is_empty())
                 .map(|s| metadata::check_block(&s).map_err(|e| bad(field, e)))
                 .transpose()
@@ -273,7 +273,7 @@ impl SiprecStartRequest {
                 })
             })
             .transpose()?;
-        let uri_field = |field: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
+        let uri_field = |field: &str, v: Option<String>| -> Result<Option<String>, RequestError> {
             match v.filter(|s| !s.trim().is_empty()) {
                 None => Ok(None),
                 Some(u) => {
