@@ -6,7 +6,7 @@
 set -euo pipefail
 what=${1:-test}
 build_pkgs=(cmake pkg-config)
-test_pkgs=(sip-tester kamailio baresip-core ffmpeg curl iproute2 libxml2-utils python3 chromium chromium-driver nginx libnginx-mod-rtmp)
+test_pkgs=(sip-tester kamailio baresip-core dnsmasq-base ffmpeg curl iproute2 libxml2-utils python3 chromium chromium-driver nginx libnginx-mod-rtmp)
 # Not in `test`: CI does not spend its time on the benchmark's peers.
 bench_pkgs=(sip-tester rtpengine-daemon linux-perf)
 pkgs=("${build_pkgs[@]}")

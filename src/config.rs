@@ -48,6 +48,8 @@ pub struct Config {
     pub api_keys: Vec<String>,
     pub sip_address: IpAddr,
     pub sip_port: u16,
+    /// Name servers for SIP destinations (NAPTR, SRV, A/AAAA); empty: /etc/resolv.conf.
+    pub sip_dns_servers: Vec<std::net::SocketAddr>,
     pub sip_udp: bool,
     pub sip_tcp: bool,
     /// Host announced in Via/Contact; empty: the local address that routes to the peer.
@@ -135,6 +137,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("api_keys", ""),
     ("sip_address", "0.0.0.0"),
     ("sip_port", "5060"),
+    ("sip_dns_servers", ""),
     ("sip_udp", "true"),
     ("sip_tcp", "true"),
     ("sip_external_address", ""),
@@ -285,6 +288,19 @@ impl Config {
             api_keys: r.list("api_keys"),
             sip_address: r.parse("sip_address")?,
             sip_port: r.parse("sip_port")?,
+            sip_dns_servers: r
+                .list("sip_dns_servers")
+                .iter()
+                .map(|v| {
+                    v.parse::<std::net::SocketAddr>()
+                        .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                        .map_err(|_| {
+                            ConfigError::Invalid(format!(
+                                "sip_dns_servers: {v:?} is not an IP address or IP:port"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
             sip_udp: r.bool("sip_udp")?,
             sip_tcp: r.bool("sip_tcp")?,
             sip_external_address: r.opt_parse("sip_external_address")?,

@@ -955,3 +955,47 @@ async fn a_refer_to_a_busy_target_is_reported_and_the_call_goes_on() {
         sipp.messages()
     );
 }
+
+#[tokio::test]
+async fn srv_records_route_the_invite_and_a_503_fails_over_to_the_next_target() {
+    // NAPTR of sipstream.test → SRV domain _sip._udp.pool.sipstream.test (only there, so the
+    // NAPTR step is needed): priority 10 → a sipp that answers 503, priority 20 → a sipp that
+    // answers. The callee URI has no port.
+    let mut down = Sipp::uas("uas_503.xml", "udp", false);
+    let mut up = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let dns = common::Dnsmasq::start(&[
+        "naptr-record=sipstream.test,10,10,s,SIP+D2U,,_sip._udp.pool.sipstream.test".to_string(),
+        format!(
+            "srv-host=_sip._udp.pool.sipstream.test,a.sipstream.test,{},10,10",
+            down.port
+        ),
+        format!(
+            "srv-host=_sip._udp.pool.sipstream.test,b.sipstream.test,{},20,10",
+            up.port
+        ),
+        "address=/a.sipstream.test/127.0.0.1".to_string(),
+        "address=/b.sipstream.test/127.0.0.1".to_string(),
+    ]);
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[
+        ("sip_dns_servers", format!("127.0.0.1:{}", dns.port)),
+        ("webhook_url", url),
+    ])
+    .await;
+    let mut body = startup_body("srv1", 0, "udp");
+    body["callee"] = json!("sip:bob@sipstream.test");
+    body["sipDomain"] = json!("sipstream.test");
+    body.as_object_mut().unwrap().remove("sipPort");
+    let (s, e) = gw.post_json("/call/startup", body).await;
+    assert_eq!(s, 200, "{e}");
+    let call = gw.wait_status("srv1", &["ESTABLISHED"], T).await;
+    assert_eq!(call["sipOutboundProxy"], "sipstream.test", "{call}");
+    let ev = common::wait_event(&mut rx, "CallControlEvent", T).await;
+    assert_eq!(ev["event"], "Failover", "{ev}");
+    assert_eq!(ev["sipStatus"], 503, "{ev}");
+    assert_eq!(down.wait(T), Some(0), "{}", down.messages());
+    gw.post_json("/call/terminate", json!({"callId": "srv1"}))
+        .await;
+    gw.wait_status("srv1", &["FINISH"], T).await;
+    assert_eq!(up.wait(T), Some(0), "{}", up.messages());
+}

@@ -137,23 +137,28 @@ fn party_uri(field: &str, value: &str, domain: &str) -> Result<(String, rsip::Ur
 /// Where the INVITE for `uri` goes (RFC 3261 §8.1.2): an explicit outbound proxy wins (and
 /// then carries the dialog's requests too: sticky); else the Request-URI's host and port,
 /// where sipPort is the port of sipDomain when the URI names no port of its own.
+/// The last field: whether the port was given (else RFC 3263 NAPTR/SRV lookups apply).
 fn next_hop(
     uri: &rsip::Uri,
     proxy: Option<&str>,
     sip_port: Option<u16>,
     domain: &str,
-) -> (String, u16, bool) {
+) -> (String, u16, bool, bool) {
     match proxy {
-        Some(p) => (p.to_string(), sip_port.unwrap_or(5060), true),
+        Some(p) => (
+            p.to_string(),
+            sip_port.unwrap_or(5060),
+            true,
+            sip_port.is_some(),
+        ),
         None => {
             let host = uri.host_with_port.host.to_string();
             let port = uri
                 .host_with_port
                 .port
                 .map(|p| *p.value())
-                .or(sip_port.filter(|_| host.eq_ignore_ascii_case(domain)))
-                .unwrap_or(5060);
-            (host, port, false)
+                .or(sip_port.filter(|_| host.eq_ignore_ascii_case(domain)));
+            (host, port.unwrap_or(5060), false, port.is_some())
         }
     }
 }
@@ -248,7 +253,7 @@ impl CallStartupRequest {
             None => None,
         };
         let hop = |uri: &rsip::Uri| next_hop(uri, proxy.as_deref(), self.sip_port, &domain);
-        let (proxy_host, proxy_port, sticky) = hop(&parsed);
+        let (proxy_host, proxy_port, sticky, explicit_port) = hop(&parsed);
         let caller = match self
             .caller
             .as_deref()
@@ -261,11 +266,12 @@ impl CallStartupRequest {
                 if uri == callee_uri {
                     return Err(bad("caller", "must differ from callee".into()));
                 }
-                let (host, port, _) = hop(&parsed);
+                let (host, port, _, explicit) = hop(&parsed);
                 Some(crate::call::model::PartySpec {
                     uri,
                     proxy_host: host,
                     proxy_port: port,
+                    locate: !explicit,
                 })
             }
         };
@@ -338,6 +344,7 @@ impl CallStartupRequest {
             domain,
             proxy_host,
             proxy_port,
+            locate: !explicit_port,
             sticky,
             registrar,
             transport,

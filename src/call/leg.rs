@@ -35,6 +35,9 @@ pub(super) struct CallLeg {
     pub(super) template: Option<Box<PlaceCall>>,
     /// The far end REFERred us: the new leg's UA key and its target, until it answers.
     pub(super) replacement: Option<(CallKey, String)>,
+    /// RFC 3263: the next addresses to try (later SRV targets) when the INVITE gets 503, times
+    /// out or cannot be sent.
+    pub(super) alternates: Vec<std::net::SocketAddr>,
 }
 
 /// Who holds whom.
@@ -63,6 +66,7 @@ impl CallLeg {
             transferred_to: None,
             template: None,
             replacement: None,
+            alternates: Vec::new(),
         }
     }
 

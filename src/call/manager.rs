@@ -56,6 +56,8 @@ pub(super) struct Inner {
     pub(super) recordings: crate::record::manager::RecordingManager,
     /// Where RTP legs run.
     media: MediaThreads,
+    /// RFC 3263 lookups of next hops.
+    locator: crate::sip::locate::Locator,
 }
 
 #[derive(Default)]
@@ -156,9 +158,11 @@ impl CallManager {
         recordings: crate::record::manager::RecordingManager,
         media: MediaThreads,
     ) -> Self {
+        let locator = crate::sip::locate::Locator::new(&cfg.sip_dns_servers);
         Self {
             inner: Arc::new(Inner {
                 media,
+                locator,
                 cfg,
                 sip,
                 registry,
@@ -271,11 +275,23 @@ impl CallManager {
             }
         }
 
-        let dest = resolve(&spec.proxy_host, spec.proxy_port).await?;
-        let caller_dest = match &spec.caller {
-            Some(c) => Some(resolve(&c.proxy_host, c.proxy_port).await?),
+        let dests = self
+            .destinations(
+                &spec.proxy_host,
+                spec.proxy_port,
+                spec.locate,
+                spec.transport,
+            )
+            .await?;
+        let dest = dests[0];
+        let caller_dests = match &spec.caller {
+            Some(c) => Some(
+                self.destinations(&c.proxy_host, c.proxy_port, c.locate, spec.transport)
+                    .await?,
+            ),
             None => None,
         };
+        let caller_dest = caller_dests.as_ref().map(|d| d[0]);
         let local_ip = self.local_ip(caller_dest.unwrap_or(dest))?;
         let sip_port = inner.sip.port(spec.transport).ok_or_else(|| {
             RequestError::BadRequest(format!(
@@ -352,6 +368,12 @@ impl CallManager {
                     headers: spec.headers.clone(),
                 };
                 leg.template = Some(Box::new(place.clone()));
+                let alternates = if i == 0 {
+                    caller_dests.as_ref().unwrap_or(&dests)
+                } else {
+                    &dests
+                };
+                leg.alternates = alternates.iter().skip(1).copied().collect();
                 places.push(place);
             }
             entry.info.sip_call_id = entry.legs[0].sip_call_id.clone();
@@ -387,6 +409,32 @@ impl CallManager {
         self.start_outputs(&info, spec.record, vec![caller, spec.callee_uri.clone()])
             .await;
         Ok(info)
+    }
+
+    /// The addresses to send a leg's INVITE to, in order: RFC 3263 (NAPTR, SRV, A/AAAA) when
+    /// no port was given, else the host's A/AAAA at `port`. IPv4 first for a plain host.
+    async fn destinations(
+        &self,
+        host: &str,
+        port: u16,
+        locate: bool,
+        transport: crate::sip::endpoint::Transport,
+    ) -> Result<Vec<SocketAddr>, RequestError> {
+        let mut found = self
+            .inner
+            .locator
+            .locate(host, (!locate).then_some(port), transport)
+            .await
+            .map_err(|e| RequestError::Upstream(format!("next hop {host:?}: {e}")))?;
+        if !locate {
+            found.sort_by_key(SocketAddr::is_ipv6);
+        }
+        if found.is_empty() {
+            return Err(RequestError::Upstream(format!(
+                "next hop {host:?} has no address"
+            )));
+        }
+        Ok(found)
     }
 
     /// Two-party: both legs answered; their audio is bridged through the gateway, each
@@ -654,6 +702,39 @@ impl CallManager {
                 }
                 return;
             };
+            // RFC 3263 §4.3: a 503, a timeout or a transport failure before any answer moves
+            // the INVITE to the next target.
+            let retry = {
+                let leg = &mut entry.legs[idx];
+                let unanswered = !matches!(leg.status, CallPhase::Established | CallPhase::Hold);
+                let failover = phase == CallPhase::Failed
+                    && matches!(sip_status, Some(503) | Some(408) | None)
+                    && unanswered
+                    && !leg.alternates.is_empty()
+                    && leg.template.is_some();
+                if failover {
+                    let next = leg.alternates.remove(0);
+                    let mut place = leg.template.clone().expect("checked");
+                    place.route.dest = next;
+                    place.sip_call_id = None;
+                    leg.template = Some(place.clone());
+                    Some((next, place, leg.name_str()))
+                } else {
+                    None
+                }
+            };
+            if let Some((next, place, leg_name)) = retry {
+                let why = format!(
+                    "{} from the previous target; trying {next}",
+                    sip_status.map_or("no answer".to_string(), |s| s.to_string())
+                );
+                tracing::info!(%call_id, leg = leg_name, %next, "failover to the next SRV target");
+                let event = control_event(&call_id, leg_name, "Failover", sip_status, Some(why));
+                drop(st);
+                self.inner.bus.publish(event);
+                self.inner.sip.command(Command::PlaceCall(place));
+                return;
+            }
             {
                 let leg = &mut entry.legs[idx];
                 leg.status = phase;

@@ -16,6 +16,8 @@ pub struct PartySpec {
     pub uri: String,
     pub proxy_host: String,
     pub proxy_port: u16,
+    /// No port was given: NAPTR/SRV decide (RFC 3263).
+    pub locate: bool,
 }
 
 /// A validated startup request.
@@ -32,6 +34,9 @@ pub struct CallSpec {
     /// The next hop of the INVITE: the outbound proxy, else the Request-URI's host.
     pub proxy_host: String,
     pub proxy_port: u16,
+    /// No port was given for the next hop: NAPTR/SRV decide it (RFC 3263), with failover
+    /// to the next target.
+    pub locate: bool,
     /// An explicit outbound proxy: requests inside the dialog go there too.
     pub sticky: bool,
     /// Where REGISTER goes: the outbound proxy, else sipDomain (with sipPort).

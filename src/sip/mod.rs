@@ -5,6 +5,7 @@ pub mod dialog;
 pub mod digest;
 pub mod driver;
 pub mod endpoint;
+pub mod locate;
 pub mod message;
 pub mod refer;
 pub mod sdp;

@@ -1080,3 +1080,53 @@ pub fn read_wav(path: &Path) -> Option<(Vec<i16>, u32)> {
     }
     None
 }
+
+/// dnsmasq as the gateway's name server on 127.0.0.1, answering only what `records` says
+/// (dnsmasq options such as `srv-host=...`, `naptr-record=...`, `address=/name/ip`).
+pub struct Dnsmasq {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    pub fn start(records: &[String]) -> Dnsmasq {
+        require("dnsmasq");
+        let dir = tempdir();
+        let port = free_udp_port();
+        let mut conf = format!(
+            "port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\nuser=root\n"
+        );
+        for r in records {
+            conf.push_str(r);
+            conf.push('\n');
+        }
+        let path = dir.path().join("dnsmasq.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("dnsmasq")
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", path.display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("dnsmasq.log")).unwrap())
+            .spawn()
+            .expect("start dnsmasq");
+        // Ready when it answers on its port.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while UdpSocket::bind(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Dnsmasq {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
