@@ -40,6 +40,14 @@ pub(super) struct CallLeg {
     pub(super) alternates: Vec<std::net::SocketAddr>,
 }
 
+/// The API's name of a leg: `caller` or `callee`.
+pub(super) fn leg_name(leg: Leg) -> &'static str {
+    match leg {
+        Leg::Caller => "caller",
+        _ => "callee",
+    }
+}
+
 /// Who holds whom.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct HoldState {
@@ -71,10 +79,7 @@ impl CallLeg {
     }
 
     pub(super) fn name_str(&self) -> &'static str {
-        match self.name {
-            Leg::Caller => "caller",
-            _ => "callee",
-        }
+        leg_name(self.name)
     }
 
     /// Our description of the leg's media, with direction `want` on every section.

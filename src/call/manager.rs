@@ -1445,14 +1445,13 @@ impl CallManager {
                 return;
             };
             tracing::info!(call_id = %entry.info.call_id, leg = leg.name_str(), %digit, method, "DTMF received");
-            Event::DtmfEvent {
-                call_id: entry.info.call_id.clone(),
-                leg: leg.name_str().to_string(),
-                digit: digit.to_string(),
-                duration: duration_ms,
-                method: method.to_string(),
-                timestamp: unix_ms(),
-            }
+            dtmf_event(
+                &entry.info.call_id,
+                leg.name_str(),
+                digit,
+                duration_ms,
+                method,
+            )
         };
         self.inner.bus.publish(event);
     }
@@ -1796,7 +1795,6 @@ impl CallManager {
             return;
         };
         let leg_name = call_leg.name;
-        let key = call_leg.key;
         let remote = match SessionDescription::parse(text) {
             Ok(r) => r,
             Err(e) => {
@@ -1883,10 +1881,20 @@ impl CallManager {
                             digits: tx,
                         };
                         if handle.update(update).is_ok() {
-                            let this = self.clone();
+                            // By call and leg name, not dialog key: the media stays with the
+                            // leg when a transfer gives it a new dialog.
+                            let bus = self.inner.bus.clone();
+                            let (call_id, leg) = (call_id.clone(), super::leg::leg_name(leg_name));
                             tokio::spawn(async move {
                                 while let Some(d) = rx.recv().await {
-                                    this.on_dtmf(key, d.digit, Some(d.duration_ms), "RFC4733");
+                                    tracing::info!(%call_id, leg, digit = %d.digit, "DTMF received (RFC 4733)");
+                                    bus.publish(dtmf_event(
+                                        &call_id,
+                                        leg,
+                                        d.digit,
+                                        Some(d.duration_ms),
+                                        "RFC4733",
+                                    ));
                                 }
                             });
                         }
@@ -2086,6 +2094,23 @@ fn transfer_target(target: &str, remote_uri: &str) -> Result<String, RequestErro
     Ok(uri)
 }
 
+fn dtmf_event(
+    call_id: &str,
+    leg: &str,
+    digit: char,
+    duration_ms: Option<u32>,
+    method: &str,
+) -> Event {
+    Event::DtmfEvent {
+        call_id: call_id.to_string(),
+        leg: leg.to_string(),
+        digit: digit.to_string(),
+        duration: duration_ms,
+        method: method.to_string(),
+        timestamp: unix_ms(),
+    }
+}
+
 fn control_event(
     call_id: &str,
     leg: &str,
@@ -2150,4 +2175,116 @@ pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, Request
         .or(addrs.first())
         .copied()
         .ok_or_else(|| RequestError::Upstream(format!("sipOutboundProxy: {host:?} has no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legs(statuses: &[CallPhase]) -> Vec<CallLeg> {
+        statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let name = if i == 0 && statuses.len() > 1 {
+                    Leg::Caller
+                } else {
+                    Leg::Callee
+                };
+                let mut l = CallLeg::new(name, i as u64 + 1, "sip:x@h");
+                l.status = *s;
+                l
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_one_leg_call_has_its_legs_status() {
+        for s in [
+            CallPhase::Trying,
+            CallPhase::Ring,
+            CallPhase::Established,
+            CallPhase::Busy,
+        ] {
+            assert_eq!(call_phase(&legs(&[s]), false), s);
+        }
+    }
+
+    #[test]
+    fn a_two_party_call_follows_the_caller_then_the_callee() {
+        use CallPhase::*;
+        // The caller rings; the callee is not called yet.
+        assert_eq!(call_phase(&legs(&[Ring, Pending]), true), Ring);
+        // The caller answered: the callee's INVITE is next, the call is still in progress.
+        assert_eq!(call_phase(&legs(&[Established]), true), Trying);
+        assert_eq!(call_phase(&legs(&[Established, Pending]), false), Pending);
+        assert_eq!(call_phase(&legs(&[Established, Ring]), false), Ring);
+        assert_eq!(
+            call_phase(&legs(&[Established, Established]), false),
+            Established
+        );
+        // Either leg's end ends the call with that leg's status.
+        assert_eq!(call_phase(&legs(&[Busy, Pending]), true), Busy);
+        assert_eq!(call_phase(&legs(&[Established, Failed]), false), Failed);
+        assert_eq!(call_phase(&legs(&[Finish, Established]), false), Finish);
+    }
+
+    #[test]
+    fn legs_are_chosen_by_name_and_both_is_refused_where_one_is_needed() {
+        let info = initial_info(&CallSpec {
+            call_id: "c1".into(),
+            callee_uri: "sip:b@h".into(),
+            caller: None,
+            sip_login: "gw".into(),
+            auth_name: "gw".into(),
+            password: Default::default(),
+            domain: "h".into(),
+            proxy_host: "h".into(),
+            proxy_port: 5060,
+            locate: false,
+            sticky: false,
+            registrar: ("h".into(), 5060),
+            transport: crate::sip::endpoint::Transport::Udp,
+            register: false,
+            has_audio: true,
+            has_video: false,
+            stream: "s".into(),
+            record: false,
+            headers: Vec::new(),
+        });
+        let mut e = Entry::new(info, 1, Leg::Caller, "sip:a@h");
+        e.legs.push(CallLeg::new(Leg::Callee, 2, "sip:b@h"));
+        assert_eq!(e.select(None).unwrap(), [0, 1]);
+        assert_eq!(e.select(Some("both")).unwrap(), [0, 1]);
+        assert_eq!(e.select(Some("callee")).unwrap(), [1]);
+        let err = e.select(Some("bob")).unwrap_err().to_string();
+        assert!(err.contains("caller") && err.contains("callee"), "{err}");
+        assert_eq!(e.select_one(None).unwrap(), 1, "the callee by default");
+        assert_eq!(e.select_one(Some("caller")).unwrap(), 0);
+        assert!(e.select_one(Some("both")).is_err());
+        assert_eq!(e.leg_index(2), Some(1));
+        assert_eq!(e.leg_index(9), None);
+    }
+
+    #[test]
+    fn transfer_targets_are_uris_or_numbers_and_nothing_else() {
+        assert_eq!(
+            transfer_target("1002", "sip:bob@10.0.0.1:5070").unwrap(),
+            "sip:1002@10.0.0.1:5070"
+        );
+        assert_eq!(
+            transfer_target("sip:carol@h", "sip:bob@x").unwrap(),
+            "sip:carol@h"
+        );
+        for bad in [
+            "<sip:a@b>",
+            "sip:a@b\r\nX: y",
+            "http://h",
+            "a b",
+            "\"q\"@h",
+            "",
+        ] {
+            assert!(transfer_target(bad, "sip:bob@x").is_err(), "{bad:?}");
+        }
+    }
 }
