@@ -51,7 +51,9 @@ pub(super) struct Inner {
     pub(super) ports: PortPool,
     pub(super) bus: EventBus,
     pub(super) state: Mutex<State>,
-    pub(super) next_key: AtomicU64,
+    pub(super) next_key: Arc<AtomicU64>,
+    /// SIPREC, fed the calls' phases and its dialogs' events.
+    pub(super) siprec: super::siprec::SiprecController,
     pub(super) idle: Notify,
     pub(super) recordings: crate::record::manager::RecordingManager,
     /// Where RTP legs run.
@@ -66,8 +68,6 @@ pub(super) struct State {
     pub(super) keys: HashMap<CallKey, String>,
     pub(super) history: VecDeque<String>,
     pub(super) active: usize,
-    /// SIPREC dialogs (their UA keys) → (call id, instance).
-    pub(super) siprec_keys: HashMap<CallKey, (String, String)>,
 }
 
 impl State {
@@ -81,7 +81,6 @@ impl State {
 pub(super) struct Entry {
     pub(super) info: CallInfo,
     pub(super) publisher: Option<Arc<Publisher>>,
-    pub(super) siprec: Vec<super::siprec::SiprecSession>,
     /// The call's SIP legs: one (the callee we called, or the caller who called us), or
     /// two for a two-party call (caller first, then callee), bridged through the gateway.
     pub(super) legs: Vec<CallLeg>,
@@ -98,7 +97,6 @@ impl Entry {
         Self {
             info,
             publisher: None,
-            siprec: Vec::new(),
             legs: vec![CallLeg::new(leg, key, uri)],
             pending_callee: None,
             bridge: Vec::new(),
@@ -159,8 +157,18 @@ impl CallManager {
         media: MediaThreads,
     ) -> Self {
         let locator = crate::sip::locate::Locator::new(&cfg.sip_dns_servers);
+        let next_key = Arc::new(AtomicU64::new(1));
+        let siprec = super::siprec::SiprecController::new(
+            cfg.clone(),
+            sip.clone(),
+            registry.clone(),
+            ports.clone(),
+            bus.clone(),
+            next_key.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                siprec,
                 media,
                 locator,
                 cfg,
@@ -169,7 +177,7 @@ impl CallManager {
                 ports,
                 bus,
                 state: Mutex::new(State::default()),
-                next_key: AtomicU64::new(1),
+                next_key,
                 idle: Notify::new(),
                 recordings,
             }),
@@ -551,6 +559,64 @@ impl CallManager {
             .ok_or_else(|| RequestError::Upstream(format!("no local route towards {dest}")))
     }
 
+    /// `/siprec/start`: the SIPREC controller records the call.
+    pub async fn siprec_start(
+        &self,
+        req: crate::siprec::SiprecStartRequest,
+    ) -> Result<crate::siprec::SiprecInfo, RequestError> {
+        let call = {
+            let st = self.inner.state.lock();
+            let entry = st.calls.get(&req.call_id).ok_or_else(|| {
+                RequestError::NotFound(format!("callId {:?}: no such call", req.call_id))
+            })?;
+            recorded_call(entry)
+        };
+        self.inner.siprec.start(req, call).await
+    }
+
+    fn known_call(&self, call_id: &str) -> Result<(), RequestError> {
+        if self.inner.state.lock().calls.contains_key(call_id) {
+            Ok(())
+        } else {
+            Err(RequestError::NotFound(format!(
+                "callId {call_id:?}: no such call"
+            )))
+        }
+    }
+
+    /// `/siprec/pause` and `/siprec/resume`.
+    pub fn siprec_pause(
+        &self,
+        call_id: &str,
+        instance: Option<&str>,
+        pause: bool,
+    ) -> Result<Vec<crate::siprec::SiprecInfo>, RequestError> {
+        self.known_call(call_id)?;
+        self.inner.siprec.pause(call_id, instance, pause)
+    }
+
+    /// `/siprec/stop`.
+    pub fn siprec_stop(
+        &self,
+        call_id: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<crate::siprec::SiprecInfo>, RequestError> {
+        self.known_call(call_id)?;
+        self.inner.siprec.stop(call_id, instance)
+    }
+
+    /// `/siprec/find`: the sessions of one (known) call, or of every call.
+    pub fn siprec_find(
+        &self,
+        call_id: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<Vec<crate::siprec::SiprecInfo>, RequestError> {
+        if let Some(id) = call_id {
+            self.known_call(id)?;
+        }
+        Ok(self.inner.siprec.find(call_id, instance))
+    }
+
     /// Hangs up: BYE when established, CANCEL while ringing.
     pub fn terminate(&self, call_id: &str) -> Result<CallInfo, RequestError> {
         let st = self.inner.state.lock();
@@ -668,11 +734,12 @@ impl CallManager {
         let mut ended: Option<(Option<Arc<Publisher>>, Vec<MediaLeg>, String)> = None;
         let mut events = Vec::new();
         let mut bridge_now = false;
+        let mut siprec_phase = None;
         let info = {
             let mut st = self.inner.state.lock();
             let Some(call_id) = st.keys.get(&key).cloned() else {
-                self.siprec_on_dialog(
-                    &mut st,
+                drop(st);
+                self.inner.siprec.on_dialog(
                     key,
                     super::siprec::DialogUpdate {
                         phase,
@@ -806,11 +873,8 @@ impl CallManager {
                 entry.info.established_at = Some(unix_ms());
             }
             if established_now {
-                self.siprec_on_call_phase(&mut st, &call_id, call_phase);
+                siprec_phase = Some(recorded_call(entry));
             }
-            let Some(entry) = st.calls.get_mut(&call_id) else {
-                return;
-            };
             if call_phase.is_final() {
                 for leg in entry.legs.iter_mut() {
                     if let Some(to) = &leg.transferred_to {
@@ -855,8 +919,8 @@ impl CallManager {
                     media,
                     call_phase.as_str().to_string(),
                 ));
+                siprec_phase = Some(recorded_call(entry));
                 st.active = st.active.saturating_sub(1);
-                self.siprec_on_call_phase(&mut st, &call_id, call_phase);
                 st.history.push_back(call_id.clone());
                 while st.history.len() > HISTORY {
                     if let Some(old) = st.history.pop_front() {
@@ -871,6 +935,9 @@ impl CallManager {
         };
         for e in events {
             self.inner.bus.publish(e);
+        }
+        if let Some(call) = siprec_phase {
+            self.inner.siprec.on_call_phase(call);
         }
         if bridge_now {
             self.start_bridge(key);
@@ -926,11 +993,16 @@ impl CallManager {
                     },
                     None => (Err(481), None),
                 },
-                None => (
-                    self.siprec_answer_offer(&mut st, key, offer.as_deref())
-                        .unwrap_or(Err(481)),
-                    None,
-                ),
+                None => {
+                    drop(st);
+                    (
+                        self.inner
+                            .siprec
+                            .answer_offer(key, offer.as_deref())
+                            .unwrap_or(Err(481)),
+                        None,
+                    )
+                }
             }
         };
         if let Err(status) = result {
@@ -2094,6 +2166,28 @@ fn transfer_target(target: &str, remote_uri: &str) -> Result<String, RequestErro
     Ok(uri)
 }
 
+/// The call as SIPREC records it.
+fn recorded_call(entry: &Entry) -> super::siprec::RecordedCall {
+    super::siprec::RecordedCall {
+        call_id: entry.info.call_id.clone(),
+        sip_call_id: entry.info.sip_call_id.clone(),
+        caller: entry
+            .info
+            .caller
+            .clone()
+            .unwrap_or_else(|| format!("sip:{}@{}", entry.info.sip_login, entry.info.sip_domain)),
+        callee: entry.info.callee.clone(),
+        stream: entry.info.to_stream.clone(),
+        codec: entry
+            .legs
+            .iter()
+            .flat_map(|l| l.media.iter())
+            .find(|m| m.kind == TrackKind::Audio)
+            .and_then(|m| m.codec.clone()),
+        status: entry.info.status,
+    }
+}
+
 fn dtmf_event(
     call_id: &str,
     leg: &str,
@@ -2155,26 +2249,9 @@ fn call_phase(legs: &[CallLeg], callee_pending: bool) -> CallPhase {
 }
 
 pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RequestError> {
-    let host_trim = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host_trim.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let addrs = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host((host, port)),
-    )
-    .await
-    .map_err(|_| RequestError::Upstream(format!("sipOutboundProxy: resolving {host:?} timed out")))?
-    .map_err(|e| {
-        RequestError::Upstream(format!("sipOutboundProxy: cannot resolve {host:?}: {e}"))
-    })?;
-    let addrs: Vec<SocketAddr> = addrs.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| RequestError::Upstream(format!("sipOutboundProxy: {host:?} has no address")))
+    crate::sip::locate::resolve(host, port)
+        .await
+        .map_err(|e| RequestError::Upstream(format!("sipOutboundProxy: {e}")))
 }
 
 #[cfg(test)]

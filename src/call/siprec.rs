@@ -1,5 +1,8 @@
-//! The call manager's SIPREC side: Recording Sessions live in their call's entry, each a UAC
-//! dialog of the UA (its own key) towards an SRS, with a media fork from the call's stream.
+//! SIPREC as its own controller: the call manager feeds it the calls' phases (a
+//! [`RecordedCall`] snapshot at answer and at the end) and the UA events of its dialogs, and
+//! routes `/siprec/*` to it; it never calls back into the manager. Each Recording Session is
+//! a UAC dialog of the UA (its own key) towards an SRS, with a media fork from the call's
+//! stream. Its state is its own (sessions per call, dialog keys), behind its own lock.
 //!
 //! Life of a session: `Waiting` until the call is answered → `Starting` (INVITE to the next
 //! SRS of the list) → `Recording` (2xx: the fork runs) ⇄ `Paused` (re-INVITE a=inactive /
@@ -7,14 +10,21 @@
 //! timeout or transport error moves on to the next SRS unless the code matches
 //! `skipFailoverCodes`; with no SRS left the session is `Failed`.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use super::manager::{resolve, CallManager, Entry, State};
+use parking_lot::Mutex;
+
+use crate::config::Config;
 use crate::error::RequestError;
-use crate::events::{unix_ms, Event, SiprecEventParams};
-use crate::registry::TrackKind;
-use crate::rtp::ports::BoundPair;
+use crate::events::{unix_ms, Event, EventBus, SiprecEventParams};
+use crate::registry::Registry;
+use crate::rtp::ports::{BoundPair, PortPool};
 use crate::rtp::session::silence_payload;
+use crate::sip::driver::{local_ip_for, SipHandle};
+use crate::sip::locate::resolve;
 use crate::sip::sdp::{self, Direction, RtpMap, SessionDescription};
 use crate::sip::ua::{Account, CallKey, CallPhase, Command, PlaceCall, Route};
 use crate::siprec::body::{multipart, srs_sdp};
@@ -80,19 +90,106 @@ impl SiprecSession {
     }
 }
 
-impl CallManager {
-    /// `/siprec/start`: validates, resolves the SRS list, reserves ports, and starts at once
-    /// when the call is answered (else when it is).
-    pub async fn siprec_start(&self, req: SiprecStartRequest) -> Result<SiprecInfo, RequestError> {
+/// What the controller knows of a recorded call: a snapshot the manager gives it.
+#[derive(Debug, Clone)]
+pub(super) struct RecordedCall {
+    pub call_id: String,
+    /// The call's SIP Call-ID (the metadata's sip session id, the events' `dlg_callid`).
+    pub sip_call_id: Option<String>,
+    pub caller: String,
+    pub callee: String,
+    pub stream: String,
+    /// The call's negotiated audio format, once answered.
+    pub codec: Option<RtpMap>,
+    pub status: CallPhase,
+}
+
+/// The SIPREC controller. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct SiprecController {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: Arc<Config>,
+    sip: SipHandle,
+    registry: Registry,
+    ports: PortPool,
+    bus: EventBus,
+    /// The UA key space, shared with the call manager.
+    next_key: Arc<AtomicU64>,
+    state: Mutex<Recordings>,
+}
+
+#[derive(Default)]
+struct Recordings {
+    calls: HashMap<String, CallRecordings>,
+    /// SIPREC dialogs (their UA keys) → (call id, instance).
+    keys: HashMap<CallKey, (String, String)>,
+    /// Ended calls in order, so that `/siprec/find` shows their sessions for a while.
+    ended: VecDeque<String>,
+}
+
+struct CallRecordings {
+    call: RecordedCall,
+    sessions: Vec<SiprecSession>,
+}
+
+/// Ended calls whose sessions stay visible (as the call manager keeps ended calls).
+const HISTORY: usize = 1000;
+
+impl SiprecController {
+    pub(super) fn new(
+        cfg: Arc<Config>,
+        sip: SipHandle,
+        registry: Registry,
+        ports: PortPool,
+        bus: EventBus,
+        next_key: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                sip,
+                registry,
+                ports,
+                bus,
+                next_key,
+                state: Mutex::new(Recordings::default()),
+            }),
+        }
+    }
+
+    async fn allocate(&self) -> Result<BoundPair, RequestError> {
+        self.inner
+            .ports
+            .allocate(self.inner.cfg.rtp_address)
+            .await
+            .map_err(|e| RequestError::Unavailable(format!("no RTP ports: {e}")))
+    }
+
+    fn local_ip(&self, dest: SocketAddr) -> Result<IpAddr, RequestError> {
+        let cfg = &self.inner.cfg;
+        if let Some(ip) = cfg.sip_external_address {
+            return Ok(ip);
+        }
+        if !cfg.sip_address.is_unspecified() {
+            return Ok(cfg.sip_address);
+        }
+        local_ip_for(dest)
+            .ok_or_else(|| RequestError::Upstream(format!("no local route towards {dest}")))
+    }
+
+    /// `/siprec/start` for `call`: validates, resolves the SRS list, reserves ports, and
+    /// starts at once when the call is answered (else when it is).
+    pub(super) async fn start(
+        &self,
+        req: SiprecStartRequest,
+        call: RecordedCall,
+    ) -> Result<SiprecInfo, RequestError> {
         let cfg = self.inner.cfg.clone();
         let (call_id, mut spec) = req.validate(&cfg.siprec_srs, &cfg.siprec_skip_failover_codes)?;
-        {
-            let st = self.inner.state.lock();
-            let entry = st.calls.get(&call_id).ok_or_else(|| {
-                RequestError::NotFound(format!("callId {call_id:?}: no such call"))
-            })?;
-            check_startable(entry, &call_id, &spec.instance)?;
-        }
+        check_startable(&self.inner.state.lock(), &call, &spec.instance)?;
         for target in spec.srs.iter_mut() {
             target.addr = resolve(&target.host, target.port).await.ok();
         }
@@ -100,12 +197,17 @@ impl CallManager {
         let ports = (pairs.0.lease.rtp_port(), pairs.1.lease.rtp_port());
         let mut st = self.inner.state.lock();
         let st = &mut *st;
+        check_startable(st, &call, &spec.instance)?;
         let entry = st
             .calls
-            .get_mut(&call_id)
-            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
-        check_startable(entry, &call_id, &spec.instance)?;
-        entry.siprec.retain(|s| s.spec.instance != spec.instance);
+            .entry(call_id.clone())
+            .or_insert_with(|| CallRecordings {
+                call: call.clone(),
+                sessions: Vec::new(),
+            });
+        // The stored snapshot (from the call's phases) wins over the one taken before the
+        // awaits above.
+        entry.sessions.retain(|s| s.spec.instance != spec.instance);
         let info = SiprecInfo {
             call_id: call_id.clone(),
             instance: spec.instance.clone(),
@@ -118,7 +220,7 @@ impl CallManager {
             attempts: Vec::new(),
         };
         let media_ip = spec.media_ip;
-        entry.siprec.push(SiprecSession {
+        entry.sessions.push(SiprecSession {
             spec,
             info,
             key: None,
@@ -139,26 +241,23 @@ impl CallManager {
             media_ip,
             stop_requested: false,
         });
-        let idx = entry.siprec.len() - 1;
-        if matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
-            self.siprec_attempt(&mut st.siprec_keys, entry, idx);
+        let idx = entry.sessions.len() - 1;
+        if matches!(entry.call.status, CallPhase::Established | CallPhase::Hold) {
+            self.attempt(&mut st.keys, entry, idx);
         }
-        tracing::info!(%call_id, instance = %entry.siprec[idx].info.instance, "SIPREC session created");
-        Ok(entry.siprec[idx].info())
+        tracing::info!(%call_id, instance = %entry.sessions[idx].info.instance, "SIPREC session created");
+        Ok(entry.sessions[idx].info())
     }
 
     /// `/siprec/pause` and `/siprec/resume`.
-    pub fn siprec_pause(
+    pub(super) fn pause(
         &self,
         call_id: &str,
         instance: Option<&str>,
         pause: bool,
     ) -> Result<Vec<SiprecInfo>, RequestError> {
         let mut st = self.inner.state.lock();
-        let entry = st
-            .calls
-            .get_mut(call_id)
-            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        let entry = st.calls.get_mut(call_id).ok_or_else(no_session)?;
         let mut out = Vec::new();
         let (from, to, dir) = if pause {
             (
@@ -173,7 +272,7 @@ impl CallManager {
                 Direction::SendOnly,
             )
         };
-        for s in selected(&mut entry.siprec, instance)? {
+        for s in selected(&mut entry.sessions, instance)? {
             if s.info.state == from {
                 if let (Some(key), Some(f)) = (s.key, &s.fork) {
                     f.set_paused(pause);
@@ -200,41 +299,35 @@ impl CallManager {
     }
 
     /// `/siprec/stop`: BYE to the SRS (or nothing to do while waiting).
-    pub fn siprec_stop(
+    pub(super) fn stop(
         &self,
         call_id: &str,
         instance: Option<&str>,
     ) -> Result<Vec<SiprecInfo>, RequestError> {
         let mut st = self.inner.state.lock();
         let st = &mut *st;
-        let entry = st
-            .calls
-            .get_mut(call_id)
-            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        let entry = st.calls.get_mut(call_id).ok_or_else(no_session)?;
         let mut out = Vec::new();
-        for s in selected(&mut entry.siprec, instance)? {
-            self.stop_session(&mut st.siprec_keys, s, call_id);
+        for s in selected(&mut entry.sessions, instance)? {
+            self.stop_session(&mut st.keys, s, call_id);
             out.push(s.info());
         }
         Ok(out)
     }
 
-    /// `/siprec/find`: every session of one call, or of every call.
-    pub fn siprec_find(
-        &self,
-        call_id: Option<&str>,
-        instance: Option<&str>,
-    ) -> Result<Vec<SiprecInfo>, RequestError> {
+    /// `/siprec/find`: every session of one call (none if it never had one), or of every
+    /// call.
+    pub(super) fn find(&self, call_id: Option<&str>, instance: Option<&str>) -> Vec<SiprecInfo> {
         let st = self.inner.state.lock();
         let mut out = Vec::new();
         match call_id {
             Some(id) => {
-                let entry = st.calls.get(id).ok_or_else(|| {
-                    RequestError::NotFound(format!("callId {id:?}: no such call"))
-                })?;
+                let Some(entry) = st.calls.get(id) else {
+                    return out;
+                };
                 out.extend(
                     entry
-                        .siprec
+                        .sessions
                         .iter()
                         .filter(|s| instance.is_none_or(|i| i == s.info.instance))
                         .map(SiprecSession::info),
@@ -243,7 +336,7 @@ impl CallManager {
             None => {
                 for e in st.calls.values() {
                     out.extend(
-                        e.siprec
+                        e.sessions
                             .iter()
                             .filter(|s| instance.is_none_or(|i| i == s.info.instance))
                             .map(SiprecSession::info),
@@ -252,7 +345,7 @@ impl CallManager {
             }
         }
         out.sort_by(|a, b| (a.since, &a.instance).cmp(&(b.since, &b.instance)));
-        Ok(out)
+        out
     }
 
     fn sdp_ip(&self) -> IpAddr {
@@ -267,23 +360,18 @@ impl CallManager {
     }
 
     /// Sends the INVITE to the next SRS that can be tried; `Failed` when none is left.
-    fn siprec_attempt(
+    fn attempt(
         &self,
-        keys: &mut std::collections::HashMap<CallKey, (String, String)>,
-        entry: &mut Entry,
+        keys: &mut HashMap<CallKey, (String, String)>,
+        entry: &mut CallRecordings,
         idx: usize,
     ) {
-        let call_id = entry.info.call_id.clone();
-        let audio = entry
-            .legs
-            .iter()
-            .flat_map(|l| l.media.iter())
-            .find(|m| m.kind == TrackKind::Audio)
-            .and_then(|m| m.codec.clone());
-        let caller_uri = format!("sip:{}@{}", entry.info.sip_login, entry.info.sip_domain);
-        let callee_uri = entry.info.callee.clone();
-        let dlg_callid = entry.info.sip_call_id.clone();
-        let Some(s) = entry.siprec.get_mut(idx) else {
+        let call_id = entry.call.call_id.clone();
+        let audio = entry.call.codec.clone();
+        let caller_uri = entry.call.caller.clone();
+        let callee_uri = entry.call.callee.clone();
+        let dlg_callid = entry.call.sip_call_id.clone();
+        let Some(s) = entry.sessions.get_mut(idx) else {
             return;
         };
         let Some(codec) = audio else {
@@ -359,10 +447,7 @@ impl CallManager {
                 caller_stream: (s.ids.caller_stream.clone(), LABELS.1.into()),
             };
             let (content_type, body) = multipart(&sdp, &meta.to_xml());
-            let key = self
-                .inner
-                .next_key
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
             let mut headers = vec![("Require".to_string(), "siprec".to_string())];
             headers.extend(s.spec.headers.iter().cloned());
             let place = PlaceCall {
@@ -424,7 +509,7 @@ impl CallManager {
 
     fn stop_session(
         &self,
-        keys: &mut std::collections::HashMap<CallKey, (String, String)>,
+        keys: &mut HashMap<CallKey, (String, String)>,
         s: &mut SiprecSession,
         call_id: &str,
     ) {
@@ -448,25 +533,41 @@ impl CallManager {
     }
 
     /// The call's phase changed: start waiting sessions on answer, stop all on the end.
-    pub(super) fn siprec_on_call_phase(&self, st: &mut State, call_id: &str, phase: CallPhase) {
-        let keys = &mut st.siprec_keys;
-        let Some(entry) = st.calls.get_mut(call_id) else {
-            return;
-        };
+    pub(super) fn on_call_phase(&self, call: RecordedCall) {
+        let phase = call.status;
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        let call_id = call.call_id.clone();
+        // Kept even without sessions: a `/siprec/start` racing with this phase sees it.
+        let entry = st
+            .calls
+            .entry(call_id.clone())
+            .or_insert_with(|| CallRecordings {
+                call: call.clone(),
+                sessions: Vec::new(),
+            });
+        entry.call = call;
+        let keys = &mut st.keys;
         if phase == CallPhase::Established {
             let waiting: Vec<usize> = entry
-                .siprec
+                .sessions
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.info.state == SiprecState::Waiting)
                 .map(|(i, _)| i)
                 .collect();
             for i in waiting {
-                self.siprec_attempt(keys, entry, i);
+                self.attempt(keys, entry, i);
             }
         } else if phase.is_final() {
-            for s in entry.siprec.iter_mut() {
-                self.stop_session(keys, s, call_id);
+            for s in entry.sessions.iter_mut() {
+                self.stop_session(keys, s, &call_id);
+            }
+            st.ended.push_back(call_id);
+            while st.ended.len() > HISTORY {
+                if let Some(old) = st.ended.pop_front() {
+                    st.calls.remove(&old);
+                }
             }
         }
     }
@@ -474,16 +575,16 @@ impl CallManager {
     /// The SRS re-offers inside a recording dialog (e.g. a session refresh): we answer from
     /// our own description, sendonly (inactive while paused), with the offer's subset of our
     /// codec. None when `key` is not a SIPREC dialog.
-    pub(super) fn siprec_answer_offer(
+    pub(super) fn answer_offer(
         &self,
-        st: &mut State,
         key: CallKey,
         offer: Option<&str>,
     ) -> Option<Result<String, u16>> {
-        let (call_id, instance) = st.siprec_keys.get(&key).cloned()?;
+        let mut st = self.inner.state.lock();
+        let (call_id, instance) = st.keys.get(&key).cloned()?;
         let entry = st.calls.get_mut(&call_id)?;
         let s = entry
-            .siprec
+            .sessions
             .iter_mut()
             .find(|s| s.spec.instance == instance)?;
         let dir = if s.info.state == SiprecState::Paused {
@@ -510,12 +611,9 @@ impl CallManager {
     }
 
     /// A UA event for a SIPREC dialog. Returns false when `key` is not one.
-    pub(super) fn siprec_on_dialog(
-        &self,
-        st: &mut State,
-        key: CallKey,
-        update: DialogUpdate<'_>,
-    ) -> bool {
+    pub(super) fn on_dialog(&self, key: CallKey, update: DialogUpdate<'_>) -> bool {
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
         let DialogUpdate {
             phase,
             sip_status,
@@ -523,26 +621,26 @@ impl CallManager {
             sdp,
             sip_call_id,
         } = update;
-        let Some((call_id, instance)) = st.siprec_keys.get(&key).cloned() else {
+        let Some((call_id, instance)) = st.keys.get(&key).cloned() else {
             return false;
         };
-        let keys = &mut st.siprec_keys;
+        let keys = &mut st.keys;
         let Some(entry) = st.calls.get_mut(&call_id) else {
             keys.remove(&key);
             return true;
         };
-        let dlg_callid = entry.info.sip_call_id.clone();
-        let stream = entry.info.to_stream.clone();
-        let call_over = entry.info.status.is_final();
+        let dlg_callid = entry.call.sip_call_id.clone();
+        let stream = entry.call.stream.clone();
+        let call_over = entry.call.status.is_final();
         let Some(idx) = entry
-            .siprec
+            .sessions
             .iter()
             .position(|s| s.info.instance == instance && s.key == Some(key))
         else {
             keys.remove(&key);
             return true;
         };
-        let s = &mut entry.siprec[idx];
+        let s = &mut entry.sessions[idx];
         s.info.sip_call_id = Some(sip_call_id.to_string());
         match phase {
             CallPhase::Established if s.info.state == SiprecState::Starting && s.stop_requested => {
@@ -630,7 +728,7 @@ impl CallManager {
                         tracing::info!(%call_id, %instance, ?sip_status, "SIPREC: reply matches skipFailoverCodes; no failover");
                         self.session_failed(s, &call_id, &dlg_callid);
                     } else {
-                        self.siprec_attempt(keys, entry, idx);
+                        self.attempt(keys, entry, idx);
                     }
                 } else if matches!(s.info.state, SiprecState::Recording | SiprecState::Paused) {
                     s.set_state(SiprecState::Stopped);
@@ -667,17 +765,27 @@ pub(super) struct DialogUpdate<'a> {
     pub sip_call_id: &'a str,
 }
 
-fn check_startable(entry: &Entry, call_id: &str, instance: &str) -> Result<(), RequestError> {
-    if entry.info.status.is_final() {
+fn no_session() -> RequestError {
+    RequestError::NotFound("no active SIPREC session for this call".into())
+}
+
+fn check_startable(
+    st: &Recordings,
+    call: &RecordedCall,
+    instance: &str,
+) -> Result<(), RequestError> {
+    let call_id = &call.call_id;
+    let status = st.calls.get(call_id).map_or(call.status, |e| e.call.status);
+    if status.is_final() {
         return Err(RequestError::Conflict(format!(
             "callId {call_id:?} has ended"
         )));
     }
-    if entry
-        .siprec
-        .iter()
-        .any(|s| s.spec.instance == instance && !s.info.state.is_final())
-    {
+    if st.calls.get(call_id).is_some_and(|e| {
+        e.sessions
+            .iter()
+            .any(|s| s.spec.instance == instance && !s.info.state.is_final())
+    }) {
         return Err(RequestError::Conflict(format!(
             "callId {call_id:?} already has an active SIPREC instance {instance:?}"
         )));

@@ -208,6 +208,29 @@ impl Locator {
     }
 }
 
+/// One address for `host:port` from the OS resolver (A/AAAA), IPv4 preferred: for peers
+/// named by configuration (a registrar, an SRS) rather than located by RFC 3263.
+pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    .map_err(|_| format!("resolving {host:?} timed out"))?
+    .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+    .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} has no address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
