@@ -920,6 +920,23 @@ impl CallManager {
                     call_phase.as_str().to_string(),
                 ));
                 siprec_phase = Some(recorded_call(entry));
+                // Keys of legs that will report no more: a callee never called, an ended leg.
+                let mut gone: Vec<CallKey> = entry
+                    .pending_callee
+                    .take()
+                    .map(|p| p.key)
+                    .into_iter()
+                    .collect();
+                gone.extend(
+                    entry
+                        .legs
+                        .iter()
+                        .filter(|l| l.status.is_final())
+                        .map(|l| l.key),
+                );
+                for k in gone {
+                    st.keys.remove(&k);
+                }
                 st.active = st.active.saturating_sub(1);
                 st.history.push_back(call_id.clone());
                 while st.history.len() > HISTORY {
