@@ -105,6 +105,8 @@ pub struct Config {
     pub siprec_srs: String,
     pub siprec_auto: bool,
     pub siprec_skip_failover_codes: String,
+    /// A WAV file (16-bit PCM) played in a loop to a leg we hold; empty: silence.
+    pub hold_music_file: Option<PathBuf>,
     pub webhook_url: Option<String>,
     pub webhook_retries: u32,
     pub webhook_timeout: Duration,
@@ -184,6 +186,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("siprec_srs", ""),
     ("siprec_auto", "false"),
     ("siprec_skip_failover_codes", ""),
+    ("hold_music_file", ""),
     ("rtmp_audio_codec", "aac"),
     ("rtmp_aac_sample_rate", "48000"),
     ("rtmp_aac_bitrate", "64000"),
@@ -363,6 +366,9 @@ impl Config {
             siprec_srs: r.string("siprec_srs"),
             siprec_auto: r.bool("siprec_auto")?,
             siprec_skip_failover_codes: r.string("siprec_skip_failover_codes"),
+            hold_music_file: Some(r.string("hold_music_file"))
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             webhook_url: Some(r.string("webhook_url")).filter(|s| !s.is_empty()),
             webhook_retries: r.parse("webhook_retries")?,
             webhook_timeout: Duration::from_millis(r.parse("webhook_timeout_ms")?),
@@ -391,6 +397,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.hold_music_file {
+            let data = std::fs::read(path).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "hold_music_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            crate::media::wav::read_8k_mono(&data).map_err(|e| {
+                ConfigError::Invalid(format!("hold_music_file: {}: {e}", path.display()))
+            })?;
+        }
         if self.rtp_port_min >= self.rtp_port_max {
             return Err(ConfigError::Invalid(format!(
                 "rtp_port_min ({}) must be below rtp_port_max ({})",
@@ -662,5 +679,20 @@ mod tests {
         let args = vec!["--set".to_string(), "rtp_port_min=40000".to_string()];
         let e = Config::load(args, no_env).unwrap_err().to_string();
         assert!(e.contains("rtp_port_min"), "{e}");
+        let args = vec![
+            "--set".to_string(),
+            "hold_music_file=/nonexistent/hold.wav".to_string(),
+        ];
+        let e = Config::load(args, no_env).unwrap_err().to_string();
+        assert!(
+            e.contains("hold_music_file") && e.contains("/nonexistent/hold.wav"),
+            "{e}"
+        );
+        let args = vec!["--set".to_string(), "sip_dns_servers=not-an-ip".to_string()];
+        let e = Config::load(args, no_env).unwrap_err().to_string();
+        assert!(
+            e.contains("sip_dns_servers") && e.contains("not-an-ip"),
+            "{e}"
+        );
     }
 }

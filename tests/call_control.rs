@@ -999,3 +999,74 @@ async fn srv_records_route_the_invite_and_a_503_fails_over_to_the_next_target() 
     gw.wait_status("srv1", &["FINISH"], T).await;
     assert_eq!(up.wait(T), Some(0), "{}", up.messages());
 }
+
+/// A 16-bit PCM WAV file of a sine at `hz`, 16 kHz mono (the gateway resamples it).
+fn sine_wav(path: &std::path::Path, hz: f64, seconds: f64) {
+    let n = (16000.0 * seconds) as usize;
+    let mut v = b"RIFF".to_vec();
+    let data_len = (n * 2) as u32;
+    v.extend_from_slice(&(36 + data_len).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    v.extend_from_slice(&16u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&16000u32.to_le_bytes());
+    v.extend_from_slice(&32000u32.to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&16u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&data_len.to_le_bytes());
+    for i in 0..n {
+        let s = (8000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 16000.0).sin()) as i16;
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, v).unwrap();
+}
+
+#[tokio::test]
+async fn a_held_leg_hears_the_hold_music_until_it_is_resumed() {
+    let dir = common::tempdir();
+    let wav = dir.path().join("hold.wav");
+    sine_wav(&wav, 500.0, 0.7);
+    let gw = Gateway::start(&[("hold_music_file", wav.display().to_string())]).await;
+    let bob = common::RawUas::start("PCMA", 1000.0).await;
+    let (s, _) = gw
+        .post_json("/call/startup", startup_body("moh1", bob.port, "udp"))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("moh1", &["ESTABLISHED"], T).await;
+    let (s, e) = gw.post_json("/call/hold", json!({"callId": "moh1"})).await;
+    assert_eq!(s, 200, "{e}");
+    gw.wait_status("moh1", &["HOLD"], T).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pcm = bob.heard(8);
+    let held = &pcm[pcm.len() - 8000..];
+    let share = common::tone_share(held, 8000, 500.0);
+    assert!(share > 0.5, "Bob hears the 500 Hz hold music: {share}");
+    let (s, _) = gw
+        .post_json("/call/unhold", json!({"callId": "moh1"}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("moh1", &["ESTABLISHED"], T).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pcm = bob.heard(8);
+    let after = &pcm[pcm.len() - 2000..];
+    let power = after.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / after.len() as f64;
+    assert!(
+        power < 1e4,
+        "silence again after unhold: mean power {power}"
+    );
+    // A hold with music off sends silence.
+    let (s, _) = gw
+        .post_json("/call/hold", json!({"callId": "moh1", "music": false}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("moh1", &["HOLD"], T).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pcm = bob.heard(8);
+    let quiet = &pcm[pcm.len() - 2000..];
+    assert!(common::tone_share(quiet, 8000, 500.0) < 0.1);
+    gw.post_json("/call/terminate", json!({"callId": "moh1"}))
+        .await;
+    gw.wait_status("moh1", &["FINISH"], T).await;
+}

@@ -68,6 +68,10 @@ pub struct HoldRequest {
     pub call_id: String,
     /// `caller`, `callee` or `both` (default: the call's only leg).
     pub leg: Option<String>,
+    /// Hold only: play `hold_music_file` to the held leg (default true when it is set).
+    #[serde(default, deserialize_with = "super::json::flex_bool")]
+    #[schema(value_type = Option<bool>)]
+    pub music: Option<bool>,
 }
 
 /// Put a call on hold: a re-INVITE with our media `sendonly`. Answers at once; events
@@ -79,7 +83,12 @@ pub struct HoldRequest {
         (status = 409, description = "The call is not established, or a hold is in progress", body = ErrorBody)))]
 pub async fn hold(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let req: HoldRequest = parse_body(&body)?;
-    let info = state.calls.hold(&req.call_id, req.leg.as_deref(), true)?;
+    let info = state.calls.hold(
+        &req.call_id,
+        req.leg.as_deref(),
+        true,
+        req.music.unwrap_or(true),
+    )?;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -94,7 +103,9 @@ pub async fn unhold(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let req: HoldRequest = parse_body(&body)?;
-    let info = state.calls.hold(&req.call_id, req.leg.as_deref(), false)?;
+    let info = state
+        .calls
+        .hold(&req.call_id, req.leg.as_deref(), false, false)?;
     Ok(HttpResponse::Ok().json(info))
 }
 

@@ -35,6 +35,8 @@ pub(super) struct CallLeg {
     pub(super) template: Option<Box<PlaceCall>>,
     /// The far end REFERred us: the new leg's UA key and its target, until it answers.
     pub(super) replacement: Option<(CallKey, String)>,
+    /// Music on hold playing into this leg while we hold it.
+    pub(super) music: Option<tokio::task::JoinHandle<()>>,
     /// RFC 3263: the next addresses to try (later SRV targets) when the INVITE gets 503, times
     /// out or cannot be sent.
     pub(super) alternates: Vec<std::net::SocketAddr>,
@@ -45,6 +47,15 @@ pub(super) fn leg_name(leg: Leg) -> &'static str {
     match leg {
         Leg::Caller => "caller",
         _ => "callee",
+    }
+}
+
+impl CallLeg {
+    /// Stops the music on hold, if any.
+    pub(super) fn stop_music(&mut self) {
+        if let Some(m) = self.music.take() {
+            m.abort();
+        }
     }
 }
 
@@ -75,6 +86,7 @@ impl CallLeg {
             template: None,
             replacement: None,
             alternates: Vec::new(),
+            music: None,
         }
     }
 

@@ -60,6 +60,8 @@ pub(super) struct Inner {
     media: MediaThreads,
     /// RFC 3263 lookups of next hops.
     locator: crate::sip::locate::Locator,
+    /// `hold_music_file`, 8 kHz mono.
+    hold_music: Option<Arc<Vec<i16>>>,
 }
 
 #[derive(Default)]
@@ -158,6 +160,19 @@ impl CallManager {
     ) -> Self {
         let locator = crate::sip::locate::Locator::new(&cfg.sip_dns_servers);
         let next_key = Arc::new(AtomicU64::new(1));
+        // Checked when the configuration was loaded; a file gone since then means silence.
+        let hold_music = cfg.hold_music_file.as_ref().and_then(|p| {
+            match std::fs::read(p)
+                .map_err(|e| e.to_string())
+                .and_then(|d| crate::media::wav::read_8k_mono(&d))
+            {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::error!(file = %p.display(), error = %e, "hold music not loaded");
+                    None
+                }
+            }
+        });
         let siprec = super::siprec::SiprecController::new(
             cfg.clone(),
             sip.clone(),
@@ -169,6 +184,7 @@ impl CallManager {
         Self {
             inner: Arc::new(Inner {
                 siprec,
+                hold_music,
                 media,
                 locator,
                 cfg,
@@ -906,6 +922,9 @@ impl CallManager {
                 entry.info.ended_at = Some(unix_ms());
                 entry.info.legs = entry.leg_infos();
                 entry.bridge.clear();
+                for l in entry.legs.iter_mut() {
+                    l.stop_music();
+                }
                 if let Some(m) = entry.mixer.take() {
                     m.abort();
                 }
@@ -1071,6 +1090,9 @@ impl CallManager {
                 return;
             };
             let ok = (200..300).contains(&status);
+            if on && !ok {
+                entry.legs[idx].stop_music();
+            }
             if ok {
                 entry.legs[idx].hold.ours = on;
                 if let Some(sdp) = &answer {
@@ -1101,6 +1123,7 @@ impl CallManager {
         call_id: &str,
         leg: Option<&str>,
         on: bool,
+        music: bool,
     ) -> Result<CallInfo, RequestError> {
         let (events, info) = {
             let mut st = self.inner.state.lock();
@@ -1144,6 +1167,30 @@ impl CallManager {
                 self.inner
                     .sip
                     .command(Command::Reinvite { key: leg.key, sdp });
+                if !on {
+                    leg.stop_music();
+                } else if let (true, Some(samples)) = (music, &self.inner.hold_music) {
+                    // Our media is sendonly now: the held party hears the music.
+                    let audio = leg
+                        .media
+                        .iter()
+                        .find(|m| m.kind == TrackKind::Audio)
+                        .and_then(|m| m.running.as_ref().map(|r| &r.0).zip(m.codec.as_ref()));
+                    let player = audio.and_then(|(handle, codec)| {
+                        crate::media::transcode::AudioCodec::from_encoding(&codec.encoding)
+                            .map(|c| (handle.injector(), c))
+                    });
+                    if let Some((injector, c)) = player {
+                        leg.stop_music();
+                        leg.music = Some(super::music::spawn(
+                            self.inner.media.pick(),
+                            samples.clone(),
+                            injector,
+                            c,
+                            self.inner.cfg.rtp_ptime_ms,
+                        ));
+                    }
+                }
                 tracing::info!(
                     call_id,
                     leg = leg.name_str(),

@@ -8,3 +8,4 @@ pub mod h264;
 pub mod opus;
 pub mod resample;
 pub mod transcode;
+pub mod wav;

@@ -831,7 +831,11 @@ impl RawUas {
                                 .and_then(|l| l.split(' ').next())
                                 .and_then(|p| p.parse().ok())
                                 .unwrap_or(0);
-                            let to = format!("{};tag=raw{port}", header("To"));
+                            let to = if header("To").contains(";tag=") {
+                                header("To")
+                            } else {
+                                format!("{};tag=raw{port}", header("To"))
+                            };
                             let sdp = format!(
                                 "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/8000\r\na=sendrecv\r\n"
                             );
