@@ -333,3 +333,53 @@ async fn a_recorded_two_party_call_is_stereo_with_one_leg_per_channel() {
     assert!(tone_share(&l, 8000, 1000.0) < 0.1, "no callee on the left");
     assert!(tone_share(&r, 8000, 440.0) < 0.1, "no caller on the right");
 }
+
+#[tokio::test]
+async fn a_held_leg_of_a_two_party_call_stops_hearing_the_other_until_unhold() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMU", 1000.0).await;
+    let (s, _) = gw
+        .post_json(
+            "/call/startup",
+            body(
+                "tp6",
+                format!("sip:alice@127.0.0.1:{}", alice.port),
+                format!("sip:bob@127.0.0.1:{}", bob.port),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("tp6", &["ESTABLISHED"], T).await;
+    let at_bob = heard(&bob, 0, 1.0).await;
+    assert!(tone_share(&at_bob[at_bob.len() - 4000..], 8000, 440.0) > 0.5);
+    let (s, e) = gw
+        .post_json("/call/hold", json!({"callId": "tp6", "leg": "callee"}))
+        .await;
+    assert_eq!(s, 200, "{e}");
+    gw.wait_status("tp6", &["HOLD"], T).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pcm = bob.heard(0);
+    let tail = &pcm[pcm.len() - 2000..];
+    assert!(
+        tone_share(tail, 8000, 440.0) < 0.1,
+        "the held callee no longer hears the caller"
+    );
+    // The caller still hears the callee (only the callee is held).
+    let pcm = alice.heard(0);
+    assert!(tone_share(&pcm[pcm.len() - 2000..], 8000, 1000.0) > 0.5);
+    let (s, _) = gw
+        .post_json("/call/unhold", json!({"callId": "tp6", "leg": "callee"}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("tp6", &["ESTABLISHED"], T).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pcm = bob.heard(0);
+    assert!(
+        tone_share(&pcm[pcm.len() - 2000..], 8000, 440.0) > 0.5,
+        "bridged again"
+    );
+    gw.post_json("/call/terminate", json!({"callId": "tp6"}))
+        .await;
+    gw.wait_status("tp6", &["FINISH"], T).await;
+}

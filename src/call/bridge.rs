@@ -4,7 +4,8 @@
 //! publishing leg's media thread, inside `publish`: no task, no queue hop, never waits
 //! (a full leg queue is a counted drop). Telephone-events and video are not carried.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -19,6 +20,9 @@ pub(super) struct BridgeSink {
     to: Injector,
     to_codec: AudioCodec,
     ptime_ms: u32,
+    /// Set while the receiving leg is on hold: it hears nothing of the other (or the hold
+    /// music) then.
+    pub(super) paused: Arc<AtomicBool>,
     state: Mutex<State>,
     pub(super) forwarded: AtomicU64,
     pub(super) dropped: AtomicU64,
@@ -38,6 +42,7 @@ impl BridgeSink {
             to,
             to_codec,
             ptime_ms,
+            paused: Arc::new(AtomicBool::new(false)),
             state: Mutex::new(State::default()),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -68,6 +73,9 @@ impl InlineSink for BridgeSink {
     }
 
     fn on_media(&self, unit: &MediaUnit) -> bool {
+        if self.paused.load(Ordering::Relaxed) {
+            return true;
+        }
         let mut st = self.state.lock();
         let State { source, out } = &mut *st;
         let Some((track, pt, Some(t))) = source else {

@@ -88,8 +88,13 @@ pub(super) struct Entry {
     pub(super) legs: Vec<CallLeg>,
     /// Two-party: the INVITE to the callee, sent once the caller has answered.
     pub(super) pending_callee: Option<Box<PlaceCall>>,
-    /// Two-party: the media bridge between the legs (one sink per direction).
-    pub(super) bridge: Vec<crate::registry::SinkHandle>,
+    /// Two-party: the media bridge between the legs, one sink per direction: the index of
+    /// the leg it plays into, its pause flag (set while we hold that leg), the sink.
+    pub(super) bridge: Vec<(
+        usize,
+        Arc<std::sync::atomic::AtomicBool>,
+        crate::registry::SinkHandle,
+    )>,
     /// Two-party: the task that publishes the mixed (stereo) track.
     pub(super) mixer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -494,8 +499,13 @@ impl CallManager {
                 to_codec,
                 self.inner.cfg.rtp_ptime_ms,
             ));
+            let paused = sink.paused.clone();
+            paused.store(
+                entry.legs[to].hold.ours,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             match self.inner.registry.attach(&stream, "bridge", sink) {
-                Ok(h) => entry.bridge.push(h),
+                Ok(h) => entry.bridge.push((to, paused, h)),
                 Err(e) => tracing::warn!(%call_id, error = %e, "bridge not attached"),
             }
         }
@@ -1095,6 +1105,15 @@ impl CallManager {
             }
             if ok {
                 entry.legs[idx].hold.ours = on;
+            }
+            // The bridge into this leg follows whether we hold it now.
+            let held = entry.legs[idx].hold.ours;
+            for (to, paused, _) in &entry.bridge {
+                if *to == idx {
+                    paused.store(held, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            if ok {
                 if let Some(sdp) = &answer {
                     self.apply_remote_sdp(entry, idx, sdp, None);
                 }
@@ -1151,6 +1170,13 @@ impl CallManager {
             let mut events = Vec::new();
             let mut first = true;
             for i in chosen {
+                for (to, paused, _) in &entry.bridge {
+                    if *to == i {
+                        // The held party hears neither the other party nor, after unhold,
+                        // stale audio.
+                        paused.store(on, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 let leg = &mut entry.legs[i];
                 if leg.hold.ours == on {
                     // Already where the caller wants it: nothing to send.
