@@ -383,3 +383,73 @@ async fn a_held_leg_of_a_two_party_call_stops_hearing_the_other_until_unhold() {
         .await;
     gw.wait_status("tp6", &["FINISH"], T).await;
 }
+
+/// The µ-law audio arriving on `sock` for `window`, decoded.
+async fn rtp_pcm(sock: &tokio::net::UdpSocket, window: Duration) -> Vec<i16> {
+    let mut buf = [0u8; 2048];
+    let mut pcm = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        if n > 12 && buf[1] & 0x7f == 0 {
+            sipstream::media::g711::decode_ulaw(&buf[12..n], &mut pcm);
+        }
+    }
+    pcm
+}
+
+#[tokio::test]
+async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMU", 1000.0).await;
+    let (s, _) = gw
+        .post_json(
+            "/call/startup",
+            body(
+                "tp7",
+                format!("sip:alice@127.0.0.1:{}", alice.port),
+                format!("sip:bob@127.0.0.1:{}", bob.port),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("tp7", &["ESTABLISHED"], T).await;
+    // Two sinks as the SRS's media ports (first m-line: the callee, second: the caller).
+    let (p1, p2) = loop {
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p % 2 == 0 {
+            if let Ok(b) = tokio::net::UdpSocket::bind(("127.0.0.1", p + 2)).await {
+                break (a, b);
+            }
+        }
+    };
+    let mut srs = common::Sipp::uas_with(
+        "srs_accept.xml",
+        "udp",
+        false,
+        &[
+            ("P1", p1.local_addr().unwrap().port().to_string()),
+            ("P2", p2.local_addr().unwrap().port().to_string()),
+        ],
+    );
+    let (s, e) = gw
+        .post_json(
+            "/siprec/start",
+            json!({"callId": "tp7", "srs": format!("sip:srs@127.0.0.1:{}", srs.port)}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let callee_stream = rtp_pcm(&p1, Duration::from_millis(1500)).await;
+    let caller_stream = rtp_pcm(&p2, Duration::from_millis(500)).await;
+    assert!(callee_stream.len() > 4000, "{}", callee_stream.len());
+    assert!(caller_stream.len() > 2000, "{}", caller_stream.len());
+    let c = tone_share(&callee_stream[callee_stream.len() - 4000..], 8000, 1000.0);
+    let a = tone_share(&caller_stream[caller_stream.len() - 2000..], 8000, 440.0);
+    assert!(c > 0.5, "the callee's 1 kHz on the first stream: {c}");
+    assert!(a > 0.5, "the caller's 440 Hz on the second stream: {a}");
+    gw.post_json("/call/terminate", json!({"callId": "tp7"}))
+        .await;
+    gw.wait_status("tp7", &["FINISH"], T).await;
+    assert_eq!(srs.wait(T), Some(0), "{}", srs.messages());
+}

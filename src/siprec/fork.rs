@@ -1,9 +1,11 @@
-//! The media fork of one Recording Session. The callee's stream is forked by an
-//! [`InlineSink`] attached to the recorded call's stream: each packet is re-stamped (own
-//! SSRC and sequence numbers) and sent from the publisher's task with a non-blocking send,
-//! with no queue and no extra task wake-up per packet. The gateway's side (what it sends to
-//! the callee: silence until media is injected) is a paced stream from a small task, which
-//! exists only when the SRS accepted that stream. Paused means nothing is sent.
+//! The media fork of one Recording Session. Each party's stream is forked by an
+//! [`InlineSink`] attached to the recorded call's stream, taking that party's own track
+//! (callee: the first m-line, caller: the second): each packet is re-stamped (own SSRC and
+//! sequence numbers) and sent from the publisher's task with a non-blocking send, with no
+//! queue and no extra task wake-up per packet. When the stream has no caller track (an
+//! outbound call: the gateway itself is the caller), the caller's stream is what the gateway
+//! sends, silence, paced by a small task. Either exists only when the SRS accepted that
+//! stream. Paused means nothing is sent.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +52,9 @@ pub struct ForkHandle {
     paused: Arc<AtomicBool>,
     counters: Arc<ForkCounters>,
     attachment: Option<SinkHandle>,
+    /// The caller's stream from the caller's own track (inbound and two-party calls).
+    caller_attachment: Option<SinkHandle>,
+    /// Else the gateway's silence on the caller's stream.
     ticker: Option<tokio::task::JoinHandle<()>>,
     /// The port leases stay taken while the fork runs (the SDP named these ports).
     _leases: (PortLease, PortLease),
@@ -67,6 +72,7 @@ impl ForkHandle {
     /// Stops sending; the ports go back to the pool.
     pub fn stop(mut self) {
         self.attachment.take();
+        self.caller_attachment.take();
         if let Some(t) = self.ticker.take() {
             t.abort();
         }
@@ -141,8 +147,9 @@ fn send(
     }
 }
 
-/// The callee-stream half, called by the publisher.
-struct CalleeSink {
+/// One half of the fork, called by the publisher: the audio track of `leg` sent to the SRS.
+struct LegSink {
+    leg: Leg,
     sock: UdpSocket,
     dest: Option<SocketAddr>,
     /// `sock` is connected to `dest`.
@@ -156,9 +163,10 @@ struct CalleeSink {
 
 const NO_TRACK: usize = usize::MAX;
 
-impl InlineSink for CalleeSink {
+impl InlineSink for LegSink {
     fn on_track(&self, id: TrackId, spec: &TrackSpec) {
-        if spec.kind == TrackKind::Audio && spec.leg != Leg::Caller {
+        // That party's own audio (not a two-party call's mixed track).
+        if spec.kind == TrackKind::Audio && spec.leg == self.leg {
             self.audio_track.store(id, Ordering::Relaxed);
         }
     }
@@ -211,7 +219,15 @@ pub fn spawn(
     let connected = cfg
         .callee_dest
         .is_some_and(|d| callee_sock.connect(d).is_ok());
-    let sink = Arc::new(CalleeSink {
+    // The caller's stream carries the caller's audio when the stream has it (an inbound call,
+    // a two-party call); else the gateway is the caller, and it sends silence.
+    let has_caller = registry.find(stream).is_some_and(|info| {
+        info.tracks
+            .iter()
+            .any(|t| t.kind == TrackKind::Audio && t.leg == Leg::Caller)
+    });
+    let sink = Arc::new(LegSink {
+        leg: Leg::Callee,
         sock: callee_sock,
         dest: cfg.callee_dest,
         connected,
@@ -222,8 +238,25 @@ pub fn spawn(
         out: Mutex::new(Outgoing::new()),
     });
     let attachment = registry.attach(stream, READER_KIND, sink)?;
+    let mut caller_attachment = None;
     // The second stream only when the SRS took it (port ≠ 0) and there is something to send.
     let ticker = match cfg.caller_dest {
+        Some(dest) if has_caller => {
+            let connected = caller_sock.connect(dest).is_ok();
+            let sink = Arc::new(LegSink {
+                leg: Leg::Caller,
+                sock: caller_sock,
+                dest: Some(dest),
+                connected,
+                payload_type: cfg.payload_type,
+                audio_track: AtomicUsize::new(NO_TRACK),
+                paused: paused.clone(),
+                counters: counters.clone(),
+                out: Mutex::new(Outgoing::new()),
+            });
+            caller_attachment = Some(registry.attach(stream, READER_KIND, sink)?);
+            None
+        }
         Some(dest) if !cfg.caller_payload.is_empty() => Some(tokio::spawn(
             caller_stream(caller_sock, dest, cfg, paused.clone(), counters.clone())
                 .instrument(span),
@@ -234,6 +267,7 @@ pub fn spawn(
         paused,
         counters,
         attachment: Some(attachment),
+        caller_attachment,
         ticker,
         _leases: (callee.lease, caller.lease),
     })
