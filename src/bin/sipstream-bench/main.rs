@@ -86,7 +86,7 @@ fn parse_opts() -> Opts {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Opts {
         quick: false,
-        steps: list("relay,setup,calls,fanout,rtpengine"),
+        steps: list("relay,setup,calls,twoparty,fanout,rtpengine"),
         out: PathBuf::new(),
         gateway: root.join("target/release/sipstream"),
         calls: vec![100, 500, 1000],
