@@ -1070,3 +1070,31 @@ async fn a_held_leg_hears_the_hold_music_until_it_is_resumed() {
         .await;
     gw.wait_status("moh1", &["FINISH"], T).await;
 }
+
+#[tokio::test]
+async fn the_gateway_refreshes_a_session_timer_it_was_given() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_session_timer.xml", "udp", false);
+    let (s, _) = gw
+        .post_json("/call/startup", startup_body("st1", sipp.port, "udp"))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("st1", &["ESTABLISHED"], T).await;
+    // Two refreshes (every second) pass through sipp's scenario; then the call is ended.
+    let deadline = Instant::now() + T;
+    while sipp.messages().matches("UPDATE sip:").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", sipp.messages());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gw.call("st1").await["status"], "ESTABLISHED");
+    gw.post_json("/call/terminate", json!({"callId": "st1"}))
+        .await;
+    gw.wait_status("st1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert!(
+        sipp.messages().contains("X-Supported: timer"),
+        "our INVITE said Supported: timer:\n{}",
+        sipp.messages()
+    );
+}

@@ -9,6 +9,7 @@ pub mod locate;
 pub mod message;
 pub mod refer;
 pub mod sdp;
+pub mod session_timer;
 pub mod timer;
 pub mod transaction;
 pub mod ua;

@@ -29,6 +29,7 @@ use super::digest::{Challenge, ChallengeKind, ChallengeVerdict, Credentials, Dig
 use super::endpoint::{Endpoint, EndpointEvent, EndpointStats, Transmit, Transport};
 use super::refer;
 use super::sdp::SessionDescription;
+use super::session_timer;
 use super::timer::TimerQueue;
 use super::transaction::{ClientEvent, Timers, TransactionKey};
 use crate::ids::random_token;
@@ -352,6 +353,18 @@ struct Call {
     /// INFOs waiting to be sent (content type, body), and whether one is in flight.
     info_queue: std::collections::VecDeque<(String, Vec<u8>)>,
     info_in_flight: bool,
+    /// The last SDP we sent (offer or answer): a re-INVITE refresh carries it unchanged.
+    last_sdp: Option<String>,
+    /// RFC 4028: we are the refresher; the next refresh is due at `.1`.
+    refresh: Option<SessionRefresh>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SessionRefresh {
+    every: Duration,
+    next: Instant,
+    /// The peer allows UPDATE: refresh without a body; else re-INVITE with `last_sdp`.
+    update: bool,
 }
 
 struct Retransmit {
@@ -409,6 +422,7 @@ enum TxOwner {
     Info(CallKey),
     Refer(CallKey),
     Notify(CallKey),
+    Refresh(CallKey),
     Register(u64),
 }
 
@@ -578,6 +592,7 @@ impl UserAgent {
                         Some(TxOwner::Info(c)) => self.on_info_event(now, c, event),
                         Some(TxOwner::Refer(c)) => self.on_refer_event(c, event),
                         Some(TxOwner::Notify(_)) => {}
+                        Some(TxOwner::Refresh(c)) => self.on_refresh_event(c, event),
                         Some(TxOwner::Register(r)) => self.on_register_event(now, r, event),
                         None => {}
                     }
@@ -648,6 +663,8 @@ impl UserAgent {
             server_invite: None,
             pending_offer: None,
             info_queue: Default::default(),
+            last_sdp: None,
+            refresh: None,
             info_in_flight: false,
         };
         self.timers
@@ -722,10 +739,14 @@ impl UserAgent {
         let contact = call.contact();
         let mut extra = call.headers.clone();
         extra.push(("Allow".into(), ALLOW.into()));
+        extra.push(("Supported".into(), "timer".into()));
         extra.extend(auth_headers(&mut call.auth, "INVITE", &call.request_uri));
         let body = match &call.body {
             Some((ct, bytes)) => (ct.as_str(), bytes.clone()),
-            None => ("application/sdp", call.sdp_offer.clone().into_bytes()),
+            None => {
+                call.last_sdp = Some(call.sdp_offer.clone());
+                ("application/sdp", call.sdp_offer.clone().into_bytes())
+            }
         };
         let req = build_request(RequestSpec {
             method: rsip::Method::Invite,
@@ -895,6 +916,25 @@ impl UserAgent {
         call.ack = Some(ack.clone());
         call.stage = Stage::Confirmed;
         call.deadline = None;
+        // RFC 4028: the 2xx names us (the UAC) as the refresher.
+        let timer = any_header(&resp.headers, "Session-Expires", "x")
+            .as_deref()
+            .and_then(session_timer::parse);
+        if let Some((secs, Some(session_timer::Refresher::Uac))) = timer {
+            let every = session_timer::refresh_every(secs);
+            let update = any_header(&resp.headers, "Allow", "")
+                .is_some_and(|a| session_timer::lists(&a, "UPDATE"));
+            call.refresh = Some(SessionRefresh {
+                every,
+                next: now + every,
+                update,
+            });
+            self.timers.push(now + every, Timer::Call(key));
+            tracing::info!(call = key, secs, update, "session timer: we refresh");
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
         let dialog_id = (call.dialog.call_id.clone(), call.dialog.local_tag.clone());
         let (t, d) = in_dialog_dest(call);
         self.endpoint.send_stateless(ack, t, d);
@@ -920,6 +960,7 @@ impl UserAgent {
             return;
         }
         call.sdp_offer = sdp.clone();
+        call.last_sdp = Some(sdp.clone());
         call.dialog.local_cseq += 1;
         let contact = call.contact();
         let req = in_dialog_request(
@@ -1174,6 +1215,46 @@ impl UserAgent {
         self.send_next_info(now, key);
     }
 
+    /// A session-timer refresh (RFC 4028 §7.4): UPDATE without a body, or a re-INVITE with
+    /// our last SDP unchanged (its answer changes nothing at the call layer).
+    fn send_refresh(&mut self, now: Instant, key: CallKey, update: bool) {
+        if update {
+            let Some(call) = self.calls.get_mut(&key) else {
+                return;
+            };
+            call.dialog.local_cseq += 1;
+            let contact = call.contact();
+            let req = in_dialog_request(call, rsip::Method::Update, Some(&contact), &[], None);
+            tracing::debug!(call = key, "session refresh (UPDATE)");
+            if let Err(e) = self.send_in_dialog(now, key, req, TxOwner::Refresh(key)) {
+                tracing::warn!(call = key, error = %e, "session refresh not sent");
+            }
+        } else if let Some(sdp) = self.calls.get(&key).and_then(|c| c.last_sdp.clone()) {
+            tracing::debug!(call = key, "session refresh (re-INVITE)");
+            self.send_reinvite(now, key, sdp);
+        }
+    }
+
+    fn on_refresh_event(&mut self, key: CallKey, event: ClientEvent) {
+        let status = match &event {
+            ClientEvent::Final(r) => r.status_code.code(),
+            ClientEvent::Timeout => 408,
+            ClientEvent::TransportError => 503,
+            _ => return,
+        };
+        if status == 481 || status == 408 {
+            // RFC 4028 §10 / RFC 3261 §12.2.1.2: the session is gone.
+            self.end_call(
+                key,
+                CallPhase::Finish,
+                Some(status),
+                Some(format!("session refresh answered {status}")),
+            );
+        } else if !(200..300).contains(&status) {
+            tracing::warn!(call = key, status, "session refresh refused");
+        }
+    }
+
     fn send_refer(&mut self, now: Instant, key: CallKey, target: ReferTarget) {
         let value = match &target {
             ReferTarget::Uri(uri) => Ok(refer::refer_to_value(uri, None)),
@@ -1313,6 +1394,18 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        if let Some(r) = call
+            .refresh
+            .filter(|r| now >= r.next && call.stage == Stage::Confirmed)
+        {
+            let next = now + r.every;
+            call.refresh = Some(SessionRefresh { next, ..r });
+            self.timers.push(next, Timer::Call(key));
+            self.send_refresh(now, key, r.update);
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
         if call.deadline.is_some_and(|d| now >= d)
             && matches!(
                 call.stage,
@@ -1386,7 +1479,8 @@ impl UserAgent {
             | TxOwner::Bye(c)
             | TxOwner::Info(c)
             | TxOwner::Refer(c)
-            | TxOwner::Notify(c) => *c != key,
+            | TxOwner::Notify(c)
+            | TxOwner::Refresh(c) => *c != key,
             TxOwner::Register(_) => true,
         });
         self.events.push_back(UaEvent::CallState {
@@ -1826,7 +1920,10 @@ impl UserAgent {
             return;
         };
         let answer = match result {
-            Ok(sdp) => sdp,
+            Ok(sdp) => {
+                call.last_sdp = Some(sdp.clone());
+                sdp
+            }
             Err(code) => {
                 let resp = build_response(&req, code, None, vec![], None);
                 let _ = self.endpoint.respond(now, &key, resp);
@@ -1967,6 +2064,8 @@ impl UserAgent {
             server_invite: Some((key, req)),
             pending_offer: None,
             info_queue: Default::default(),
+            last_sdp: None,
+            refresh: None,
             info_in_flight: false,
         };
         tracing::info!(call = c, sip_call_id = %call.dialog.call_id, from = %incoming.from_uri, to = %incoming.request_uri, "incoming call");
@@ -2019,8 +2118,38 @@ impl UserAgent {
         }
         call.route.local = local;
         call.local.addr = local;
+        call.last_sdp = Some(sdp.clone());
         let contact = rsip::headers::Contact::new(call.contact()).into();
         let allow = rsip::Header::Allow(rsip::headers::Allow::new(ALLOW));
+        // RFC 4028 §9: a caller that asks for a session timer gets it in our 2xx, with its
+        // refresher (the caller when it named none); when that is us, we refresh.
+        let mut timer_headers = Vec::new();
+        if let Some((_, req)) = &call.server_invite {
+            let asked = any_header(&req.headers, "Session-Expires", "x")
+                .as_deref()
+                .and_then(session_timer::parse);
+            let supported = any_header(&req.headers, "Supported", "k")
+                .is_some_and(|v| session_timer::lists(&v, "timer"));
+            if let (Some((secs, refresher)), true) = (asked, supported) {
+                let (value, who) = session_timer::answer_value(secs, refresher);
+                timer_headers.push(rsip::Header::Other("Session-Expires".into(), value));
+                timer_headers.push(rsip::Header::Other("Require".into(), "timer".into()));
+                if who == session_timer::Refresher::Uas {
+                    let every = session_timer::refresh_every(secs);
+                    let update = any_header(&req.headers, "Allow", "")
+                        .is_some_and(|a| session_timer::lists(&a, "UPDATE"));
+                    call.refresh = Some(SessionRefresh {
+                        every,
+                        next: now + every,
+                        update,
+                    });
+                    self.timers.push(now + every, Timer::Call(c));
+                }
+            }
+        }
+        let Some(call) = self.calls.get_mut(&c) else {
+            return;
+        };
         let cseq = call
             .server_invite
             .as_ref()
@@ -2030,7 +2159,7 @@ impl UserAgent {
             now,
             c,
             200,
-            vec![contact, allow],
+            [vec![contact, allow], timer_headers].concat(),
             Some(("application/sdp", sdp.into_bytes())),
         ) else {
             return;
@@ -2982,6 +3111,71 @@ mod tests {
             out[0]
         );
         assert!(events(&mut ua).is_empty(), "nothing for the call layer");
+    }
+
+    #[test]
+    fn a_caller_asking_us_to_refresh_gets_the_timer_and_our_updates_in_virtual_time() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let invite = incoming_invite("z9hG4bKst1", OFFER).replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nSupported: timer\r\nSession-Expires: 4;refresher=uas\r\nAllow: INVITE, ACK, BYE, UPDATE\r\n",
+        );
+        ua.handle_input(t0, Transport::Udp, peer, invite.as_bytes());
+        sent(&mut ua);
+        let key = incoming_key(&events(&mut ua));
+        ua.handle_command(
+            t0,
+            Command::Answer {
+                key,
+                sdp: OFFER.replace("6000", "4000"),
+                local: "127.0.0.1:5060".parse().unwrap(),
+            },
+        );
+        let ok = sent(&mut ua).remove(0);
+        assert!(
+            ok.contains("Session-Expires: 4;refresher=uas") && ok.contains("Require: timer"),
+            "{ok}"
+        );
+        let ack = format!(
+            "ACK sip:rec@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKst2\r\n\
+             From: <sip:alice@127.0.0.1:5070>;tag=caller1\r\nTo: {}\r\nCall-ID: in-1@peer\r\nCSeq: 1 ACK\r\n\
+             Content-Length: 0\r\n\r\n",
+            header(&ok, "To")
+        );
+        ua.handle_input(t0, Transport::Udp, peer, ack.as_bytes());
+        events(&mut ua);
+        // Nothing before half the interval; an UPDATE without a body at 2 s, the next at 4 s.
+        let mut now = t0;
+        let mut updates = Vec::new();
+        while now < t0 + Duration::from_millis(4500) {
+            now += Duration::from_millis(100);
+            ua.handle_timeout(now);
+            for m in sent(&mut ua) {
+                // Retransmissions of one UPDATE (nobody answers here) share its CSeq.
+                let cseq = header(&m, "CSeq").to_string();
+                if m.starts_with("UPDATE ") && !updates.iter().any(|(_, c, _)| *c == cseq) {
+                    updates.push((now - t0, cseq, m));
+                }
+            }
+        }
+        assert_eq!(updates.len(), 2, "{updates:?}");
+        assert!(
+            updates[0].0 >= Duration::from_secs(2) && updates[0].0 < Duration::from_millis(2200)
+        );
+        assert!(
+            updates[1].0 >= Duration::from_secs(4) && updates[1].0 < Duration::from_millis(4200)
+        );
+        assert!(
+            updates[0].2.contains("Content-Length: 0"),
+            "{}",
+            updates[0].2
+        );
+        assert!(
+            updates[0].2.starts_with("UPDATE sip:alice@127.0.0.1:5070"),
+            "to the Contact"
+        );
     }
 
     #[test]
