@@ -355,7 +355,7 @@ struct Call {
     info_in_flight: bool,
     /// The last SDP we sent (offer or answer): a re-INVITE refresh carries it unchanged.
     last_sdp: Option<String>,
-    /// RFC 4028: we are the refresher; the next refresh is due at `.1`.
+    /// RFC 4028: we are the refresher of this session (interval, next refresh, method).
     refresh: Option<SessionRefresh>,
 }
 
