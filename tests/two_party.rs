@@ -453,3 +453,49 @@ async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
     gw.wait_status("tp7", &["FINISH"], T).await;
     assert_eq!(srs.wait(T), Some(0), "{}", srs.messages());
 }
+
+#[tokio::test]
+async fn digits_one_party_presses_reach_the_other_as_telephone_events() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMA", 1000.0).await;
+    let (s, _) = gw
+        .post_json(
+            "/call/startup",
+            body(
+                "tp8",
+                format!("sip:alice@127.0.0.1:{}", alice.port),
+                format!("sip:bob@127.0.0.1:{}", bob.port),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("tp8", &["ESTABLISHED"], T).await;
+    heard(&bob, 8, 0.5).await;
+    // Alice presses 7 then #: both arrive at Bob as RFC 4733 events on his payload type.
+    alice.press(7);
+    let ev = common::wait_event(&mut rx, "DtmfEvent", T).await;
+    assert_eq!(
+        (ev["digit"].as_str(), ev["leg"].as_str()),
+        (Some("7"), Some("caller")),
+        "{ev}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.press(11);
+    let deadline = Instant::now() + T;
+    while bob.events() != [7, 11] {
+        assert!(Instant::now() < deadline, "Bob got {:?}", bob.events());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the other way.
+    bob.press(3);
+    let deadline = Instant::now() + T;
+    while alice.events() != [3] {
+        assert!(Instant::now() < deadline, "Alice got {:?}", alice.events());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.post_json("/call/terminate", json!({"callId": "tp8"}))
+        .await;
+    gw.wait_status("tp8", &["FINISH"], T).await;
+}

@@ -1596,6 +1596,57 @@ impl CallManager {
         self.status_changed(info);
     }
 
+    /// Two-party: a digit one party sends goes on to the other, as a keypad through an
+    /// anchored call must (IVRs, voicemail): RFC 4733 when that leg took telephone-event on
+    /// its audio clock, else SIP INFO. Not to a leg we hold.
+    fn relay_dtmf(&self, call_id: &str, from: &str, digit: char, duration_ms: Option<u32>) {
+        let st = self.inner.state.lock();
+        let Some(entry) = st.calls.get(call_id) else {
+            return;
+        };
+        if entry.legs.len() < 2 || entry.info.status.is_final() {
+            return;
+        }
+        let Some(to) = entry.legs.iter().find(|l| l.name_str() != from) else {
+            return;
+        };
+        if to.hold.ours || to.status != CallPhase::Established {
+            return;
+        }
+        let duration = duration_ms.unwrap_or(160).clamp(40, 5000);
+        let rtp = to
+            .media
+            .iter()
+            .find(|m| m.kind == TrackKind::Audio)
+            .and_then(|m| Some((&m.running.as_ref()?.0, m.dtmf.as_ref()?, m.codec.as_ref()?)))
+            .filter(|(_, te, c)| te.clock_rate == c.clock_rate);
+        let event = crate::media::dtmf::event_code(digit);
+        match (rtp, event) {
+            (Some((handle, te, _)), Some(event)) => {
+                let _ = handle.update(LegUpdate::SendDtmf {
+                    payload_type: te.pt,
+                    tones: vec![crate::media::dtmf::Tone {
+                        event,
+                        duration_ms: duration,
+                    }],
+                });
+                tracing::info!(call_id, to = to.name_str(), %digit, "DTMF relayed (RFC 4733)");
+            }
+            _ => {
+                let body = format!(
+                    "Signal={}\r\nDuration={duration}\r\n",
+                    digit.to_ascii_uppercase()
+                );
+                self.inner.sip.command(Command::Info {
+                    key: to.key,
+                    content_type: "application/dtmf-relay".into(),
+                    body: body.into_bytes(),
+                });
+                tracing::info!(call_id, to = to.name_str(), %digit, "DTMF relayed (INFO)");
+            }
+        }
+    }
+
     /// A digit from the far end: a `DtmfEvent` on the bus.
     fn on_dtmf(&self, key: CallKey, digit: char, duration_ms: Option<u32>, method: &str) {
         let event = {
@@ -1607,15 +1658,21 @@ impl CallManager {
                 return;
             };
             tracing::info!(call_id = %entry.info.call_id, leg = leg.name_str(), %digit, method, "DTMF received");
-            dtmf_event(
-                &entry.info.call_id,
+            (
+                dtmf_event(
+                    &entry.info.call_id,
+                    leg.name_str(),
+                    digit,
+                    duration_ms,
+                    method,
+                ),
+                entry.info.call_id.clone(),
                 leg.name_str(),
-                digit,
-                duration_ms,
-                method,
             )
         };
+        let (event, call_id, leg) = event;
         self.inner.bus.publish(event);
+        self.relay_dtmf(&call_id, leg, digit, duration_ms);
     }
 
     /// `/call/send_dtmf`: digits as RFC 4733 telephone-events in the call's audio RTP
@@ -2045,18 +2102,19 @@ impl CallManager {
                         if handle.update(update).is_ok() {
                             // By call and leg name, not dialog key: the media stays with the
                             // leg when a transfer gives it a new dialog.
-                            let bus = self.inner.bus.clone();
+                            let this = self.clone();
                             let (call_id, leg) = (call_id.clone(), super::leg::leg_name(leg_name));
                             tokio::spawn(async move {
                                 while let Some(d) = rx.recv().await {
                                     tracing::info!(%call_id, leg, digit = %d.digit, "DTMF received (RFC 4733)");
-                                    bus.publish(dtmf_event(
+                                    this.inner.bus.publish(dtmf_event(
                                         &call_id,
                                         leg,
                                         d.digit,
                                         Some(d.duration_ms),
                                         "RFC4733",
                                     ));
+                                    this.relay_dtmf(&call_id, leg, d.digit, Some(d.duration_ms));
                                 }
                             });
                         }

@@ -765,6 +765,7 @@ pub struct RawUas {
     invites: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     byes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     hangup: tokio::sync::mpsc::UnboundedSender<()>,
+    dtmf: tokio::sync::mpsc::UnboundedSender<u8>,
 }
 
 impl RawUas {
@@ -779,6 +780,8 @@ impl RawUas {
         let invites = Arc::new(AtomicUsize::new(0));
         let byes = Arc::new(AtomicUsize::new(0));
         let (hangup, mut hangup_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (dtmf, dtmf_rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
+        let mut dtmf_rx = Some(dtmf_rx);
         let pt: u8 = if codec == "PCMA" { 8 } else { 0 };
         // Receiver: every RTP payload, by payload type.
         {
@@ -837,7 +840,7 @@ impl RawUas {
                                 format!("{};tag=raw{port}", header("To"))
                             };
                             let sdp = format!(
-                                "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/8000\r\na=sendrecv\r\n"
+                                "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {codec}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n"
                             );
                             let contact = format!("Contact: <sip:raw@127.0.0.1:{port}>\r\nContent-Type: application/sdp\r\n");
                             let ok = reply("200 OK", &to, &contact, &sdp);
@@ -846,6 +849,7 @@ impl RawUas {
                             dialog = Some((from, header("Call-ID"), header("From"), to, contact_uri));
                             if streaming.is_none() {
                                 let rtp = rtp.clone();
+                                let mut digits = dtmf_rx.take();
                                 streaming = Some(tokio::spawn(async move {
                                     let dest = std::net::SocketAddr::from(([127, 0, 0, 1], remote_rtp));
                                     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -853,6 +857,26 @@ impl RawUas {
                                     let ssrc: u32 = 0x5151_0000 | u32::from(port);
                                     loop {
                                         tick.tick().await;
+                                        // A digit: its RFC 4733 event (3 updates, 3 ends)
+                                        // in place of six ticks of tone.
+                                        if let Some(event) = digits.as_mut().and_then(|d| d.try_recv().ok()) {
+                                            for i in 0..6u16 {
+                                                let end = i >= 3;
+                                                let mut e = vec![0x80, 101 | if i == 0 { 0x80 } else { 0 }];
+                                                e.extend_from_slice(&seq.to_be_bytes());
+                                                e.extend_from_slice(&ts.to_be_bytes());
+                                                e.extend_from_slice(&ssrc.to_be_bytes());
+                                                e.extend_from_slice(&[event, if end { 0x8a } else { 0x0a }]);
+                                                e.extend_from_slice(&((i.min(3) + 1) * 160).to_be_bytes());
+                                                let _ = rtp.send_to(&e, dest).await;
+                                                seq = seq.wrapping_add(1);
+                                                if i < 5 {
+                                                    tick.tick().await;
+                                                }
+                                            }
+                                            ts = ts.wrapping_add(6 * 160);
+                                            continue;
+                                        }
                                         let mut p = vec![0x80, pt];
                                         p.extend_from_slice(&seq.to_be_bytes());
                                         p.extend_from_slice(&ts.to_be_bytes());
@@ -908,7 +932,30 @@ impl RawUas {
             invites,
             byes,
             hangup,
+            dtmf,
         }
+    }
+
+    /// Sends a DTMF digit (RFC 4733 event code) in its RTP.
+    pub fn press(&self, event: u8) {
+        let _ = self.dtmf.send(event);
+    }
+
+    /// The RFC 4733 events received (payload type 101), one per event (its end packets).
+    pub fn events(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut last_end = false;
+        for (pt, payload) in self.received.lock().unwrap().iter() {
+            if *pt != 101 || payload.len() < 4 {
+                continue;
+            }
+            let end = payload[1] & 0x80 != 0;
+            if end && !last_end {
+                out.push(payload[0]);
+            }
+            last_end = end;
+        }
+        out
     }
 
     /// Sends BYE for the answered call.
