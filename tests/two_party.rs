@@ -499,3 +499,42 @@ async fn digits_one_party_presses_reach_the_other_as_telephone_events() {
         .await;
     gw.wait_status("tp8", &["FINISH"], T).await;
 }
+
+#[tokio::test]
+async fn a_pcmu_caller_and_an_opus_callee_hear_each_other_transcoded() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("opus", 1000.0).await;
+    let (s, _) = gw
+        .post_json(
+            "/call/startup",
+            body(
+                "tp9",
+                format!("sip:alice@127.0.0.1:{}", alice.port),
+                format!("sip:bob@127.0.0.1:{}", bob.port),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let call = gw.wait_status("tp9", &["ESTABLISHED"], T).await;
+    assert_eq!(call["legs"][1]["tracks"][0]["codec"], "opus", "{call}");
+    // Bob's Opus (48 kHz) reaches Alice as PCMU; Alice's PCMU reaches Bob as Opus.
+    let at_alice = heard(&alice, 0, 2.0).await;
+    let a = tone_share(&at_alice[at_alice.len() - 8000..], 8000, 1000.0);
+    let deadline = Instant::now() + T;
+    let at_bob = loop {
+        let pcm = bob.heard_opus();
+        if pcm.len() >= 96000 {
+            break pcm;
+        }
+        assert!(Instant::now() < deadline, "Bob heard {} samples", pcm.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let b = tone_share(&at_bob[at_bob.len() - 48000..], 48000, 440.0);
+    eprintln!("opus bridge: alice hears 1 kHz {a:.3}, bob hears 440 Hz {b:.3}");
+    assert!(a > 0.5, "Alice hears Bob's 1 kHz through Opus → PCMU: {a}");
+    assert!(b > 0.5, "Bob hears Alice's 440 Hz through PCMU → Opus: {b}");
+    gw.post_json("/call/terminate", json!({"callId": "tp9"}))
+        .await;
+    gw.wait_status("tp9", &["FINISH"], T).await;
+}

@@ -782,7 +782,16 @@ impl RawUas {
         let (hangup, mut hangup_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let (dtmf, dtmf_rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
         let mut dtmf_rx = Some(dtmf_rx);
-        let pt: u8 = if codec == "PCMA" { 8 } else { 0 };
+        let pt: u8 = match codec {
+            "PCMA" => 8,
+            "opus" => 111,
+            _ => 0,
+        };
+        let rtpmap = if codec == "opus" {
+            "opus/48000/2".to_string()
+        } else {
+            format!("{codec}/8000")
+        };
         // Receiver: every RTP payload, by payload type.
         {
             let rtp = rtp.clone();
@@ -840,7 +849,7 @@ impl RawUas {
                                 format!("{};tag=raw{port}", header("To"))
                             };
                             let sdp = format!(
-                                "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {codec}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n"
+                                "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {rtpmap}\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n"
                             );
                             let contact = format!("Contact: <sip:raw@127.0.0.1:{port}>\r\nContent-Type: application/sdp\r\n");
                             let ok = reply("200 OK", &to, &contact, &sdp);
@@ -854,6 +863,9 @@ impl RawUas {
                                     let dest = std::net::SocketAddr::from(([127, 0, 0, 1], remote_rtp));
                                     let mut tick = tokio::time::interval(Duration::from_millis(20));
                                     let (mut seq, mut ts, mut n) = (1u16, 0u32, 0u64);
+                                    let mut encoder = (pt == 111).then(|| {
+                                        opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).unwrap()
+                                    });
                                     let ssrc: u32 = 0x5151_0000 | u32::from(port);
                                     loop {
                                         tick.tick().await;
@@ -881,6 +893,21 @@ impl RawUas {
                                         p.extend_from_slice(&seq.to_be_bytes());
                                         p.extend_from_slice(&ts.to_be_bytes());
                                         p.extend_from_slice(&ssrc.to_be_bytes());
+                                        if pt == 111 {
+                                            // 20 ms of Opus at 48 kHz (the RTP clock is 48 kHz).
+                                            let pcm: Vec<i16> = (0..960)
+                                                .map(|i| ((n + i) as f64 * 2.0 * std::f64::consts::PI * tone_hz / 48000.0).sin() * 8000.0)
+                                                .map(|s| s as i16)
+                                                .collect();
+                                            n += 960;
+                                            let mut out = [0u8; 1500];
+                                            let len = encoder.as_mut().unwrap().encode(&pcm, &mut out).unwrap();
+                                            p.extend_from_slice(&out[..len]);
+                                            let _ = rtp.send_to(&p, dest).await;
+                                            seq = seq.wrapping_add(1);
+                                            ts = ts.wrapping_add(960);
+                                            continue;
+                                        }
                                         for _ in 0..160 {
                                             let s = ((n as f64) * 2.0 * std::f64::consts::PI * tone_hz / 8000.0).sin() * 8000.0;
                                             p.push(if pt == 8 {
@@ -939,6 +966,22 @@ impl RawUas {
     /// Sends a DTMF digit (RFC 4733 event code) in its RTP.
     pub fn press(&self, event: u8) {
         let _ = self.dtmf.send(event);
+    }
+
+    /// The Opus audio received (payload type 111), decoded to 48 kHz mono.
+    pub fn heard_opus(&self) -> Vec<i16> {
+        let mut dec = opus::Decoder::new(48000, opus::Channels::Mono).unwrap();
+        let mut pcm = Vec::new();
+        for (p, payload) in self.received.lock().unwrap().iter() {
+            if *p != 111 {
+                continue;
+            }
+            let mut out = vec![0i16; 5760];
+            if let Ok(n) = dec.decode(payload, &mut out, false) {
+                pcm.extend_from_slice(&out[..n]);
+            }
+        }
+        pcm
     }
 
     /// The RFC 4733 events received (payload type 101), one per event (its end packets).
