@@ -310,9 +310,14 @@ impl Sipp {
         let sf = dir.path().join(scenario);
         std::fs::write(&sf, text).unwrap();
         let port = free_udp_port();
+        // sipp binds the media port and the next two (RTCP, and +2): none may be the SIP
+        // port (ports are free when picked, not held, so two picks can coincide).
         let media_port = loop {
             let p = free_udp_port();
-            if p.is_multiple_of(2) && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok() {
+            if p.is_multiple_of(2)
+                && !(p..=p + 3).contains(&port)
+                && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok()
+            {
                 break p;
             }
         };
