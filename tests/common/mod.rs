@@ -1065,8 +1065,16 @@ impl Baresip {
         require("baresip");
         let dir = tempdir();
         let (base, top) = port_block();
+        // Its SIP port from the kernel (free for UDP and TCP), and the next one free too:
+        // baresip binds it as well (TLS).
+        let sip = loop {
+            let p = free_udp_port();
+            if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
         let config = format!(
-            "sip_listen 127.0.0.1:{base}\n\
+            "sip_listen 127.0.0.1:{sip}\n\
              net_interface 127.0.0.1\n\
              rtp_ports {}-{top}\n\
              audio_source ausine,{tone_hz}\n\
