@@ -24,6 +24,22 @@ fn body(call_id: &str, caller: String, callee: String) -> Value {
     })
 }
 
+/// Starts a two-party call from the RTP peer `alice` (caller) to `bob` (callee), each
+/// addressed by a plain `sip:user@host:port` URI.
+async fn start_between(gw: &Gateway, call_id: &str, alice: &RawUas, bob: &RawUas) {
+    let (s, v) = gw
+        .post_json(
+            "/call/startup",
+            body(
+                call_id,
+                format!("sip:alice@127.0.0.1:{}", alice.port),
+                format!("sip:bob@127.0.0.1:{}", bob.port),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// Waits until `peer` has heard `secs` of audio with payload type `pt`, returns it.
 async fn heard(peer: &RawUas, pt: u8, secs: f64) -> Vec<i16> {
     let deadline = Instant::now() + T;
@@ -339,17 +355,7 @@ async fn a_held_leg_of_a_two_party_call_stops_hearing_the_other_until_unhold() {
     let gw = Gateway::start(&[]).await;
     let alice = RawUas::start("PCMU", 440.0).await;
     let bob = RawUas::start("PCMU", 1000.0).await;
-    let (s, _) = gw
-        .post_json(
-            "/call/startup",
-            body(
-                "tp6",
-                format!("sip:alice@127.0.0.1:{}", alice.port),
-                format!("sip:bob@127.0.0.1:{}", bob.port),
-            ),
-        )
-        .await;
-    assert_eq!(s, 200);
+    start_between(&gw, "tp6", &alice, &bob).await;
     gw.wait_status("tp6", &["ESTABLISHED"], T).await;
     let at_bob = heard(&bob, 0, 1.0).await;
     assert!(tone_share(&at_bob[at_bob.len() - 4000..], 8000, 440.0) > 0.5);
@@ -402,17 +408,7 @@ async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
     let gw = Gateway::start(&[]).await;
     let alice = RawUas::start("PCMU", 440.0).await;
     let bob = RawUas::start("PCMU", 1000.0).await;
-    let (s, _) = gw
-        .post_json(
-            "/call/startup",
-            body(
-                "tp7",
-                format!("sip:alice@127.0.0.1:{}", alice.port),
-                format!("sip:bob@127.0.0.1:{}", bob.port),
-            ),
-        )
-        .await;
-    assert_eq!(s, 200);
+    start_between(&gw, "tp7", &alice, &bob).await;
     gw.wait_status("tp7", &["ESTABLISHED"], T).await;
     // Two sinks as the SRS's media ports (first m-line: the callee, second: the caller).
     let (p1, p2) = loop {
@@ -460,17 +456,7 @@ async fn digits_one_party_presses_reach_the_other_as_telephone_events() {
     let gw = Gateway::start(&[("webhook_url", url)]).await;
     let alice = RawUas::start("PCMU", 440.0).await;
     let bob = RawUas::start("PCMA", 1000.0).await;
-    let (s, _) = gw
-        .post_json(
-            "/call/startup",
-            body(
-                "tp8",
-                format!("sip:alice@127.0.0.1:{}", alice.port),
-                format!("sip:bob@127.0.0.1:{}", bob.port),
-            ),
-        )
-        .await;
-    assert_eq!(s, 200);
+    start_between(&gw, "tp8", &alice, &bob).await;
     gw.wait_status("tp8", &["ESTABLISHED"], T).await;
     heard(&bob, 8, 0.5).await;
     // Alice presses 7 then #: both arrive at Bob as RFC 4733 events on his payload type.
@@ -505,17 +491,7 @@ async fn a_pcmu_caller_and_an_opus_callee_hear_each_other_transcoded() {
     let gw = Gateway::start(&[]).await;
     let alice = RawUas::start("PCMU", 440.0).await;
     let bob = RawUas::start("opus", 1000.0).await;
-    let (s, _) = gw
-        .post_json(
-            "/call/startup",
-            body(
-                "tp9",
-                format!("sip:alice@127.0.0.1:{}", alice.port),
-                format!("sip:bob@127.0.0.1:{}", bob.port),
-            ),
-        )
-        .await;
-    assert_eq!(s, 200);
+    start_between(&gw, "tp9", &alice, &bob).await;
     let call = gw.wait_status("tp9", &["ESTABLISHED"], T).await;
     assert_eq!(call["legs"][1]["tracks"][0]["codec"], "opus", "{call}");
     // Bob's Opus (48 kHz) reaches Alice as PCMU; Alice's PCMU reaches Bob as Opus.

@@ -86,7 +86,10 @@ impl InlineSink for BridgeSink {
             return true;
         }
         out.clear();
-        if let Err(e) = t.push(&unit.payload, out) {
+        if t.passes_through(unit.payload.len()) {
+            // Same codec and packet size: the publisher's bytes go on as they are (no copy).
+            out.push(unit.payload.clone());
+        } else if let Err(e) = t.push(&unit.payload, out) {
             tracing::debug!(error = %e, "bridge: payload not transcoded");
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;

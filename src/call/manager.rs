@@ -73,6 +73,26 @@ pub(super) struct State {
 }
 
 impl State {
+    /// The call `call_id` when it is established (or held): what hold, transfer and DTMF
+    /// act on. `what`: the request's verb for the error ("held", "transferred"...).
+    pub(super) fn established(
+        &mut self,
+        call_id: &str,
+        what: &str,
+    ) -> Result<&mut Entry, RequestError> {
+        let entry = self
+            .calls
+            .get_mut(call_id)
+            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
+            return Err(RequestError::Conflict(format!(
+                "callId {call_id:?} is {}: only an established call can be {what}",
+                entry.info.status.as_str()
+            )));
+        }
+        Ok(entry)
+    }
+
     /// The call a UA key belongs to (the router from UA events to calls).
     pub(super) fn by_key(&mut self, key: CallKey) -> Option<&mut Entry> {
         let id = self.keys.get(&key)?;
@@ -1146,17 +1166,8 @@ impl CallManager {
     ) -> Result<CallInfo, RequestError> {
         let (events, info) = {
             let mut st = self.inner.state.lock();
-            let entry = st.calls.get_mut(call_id).ok_or_else(|| {
-                RequestError::NotFound(format!("callId {call_id:?}: no such call"))
-            })?;
+            let entry = st.established(call_id, if on { "held" } else { "resumed" })?;
             let chosen = entry.select(leg)?;
-            if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
-                return Err(RequestError::Conflict(format!(
-                    "callId {call_id:?} is {}: only an established call can be {}",
-                    entry.info.status.as_str(),
-                    if on { "held" } else { "resumed" }
-                )));
-            }
             if chosen.iter().any(|i| entry.legs[*i].hold.pending.is_some()) {
                 return Err(RequestError::Conflict(format!(
                     "callId {call_id:?}: a hold or unhold is already in progress"
@@ -1274,16 +1285,8 @@ impl CallManager {
                     Some((other.to_string(), l.key, l.uri.clone()))
                 }
             };
-            let entry = st.calls.get_mut(call_id).ok_or_else(|| {
-                RequestError::NotFound(format!("callId {call_id:?}: no such call"))
-            })?;
+            let entry = st.established(call_id, "transferred")?;
             let idx = entry.select_one(leg)?;
-            if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
-                return Err(RequestError::Conflict(format!(
-                    "callId {call_id:?} is {}: only an established call can be transferred",
-                    entry.info.status.as_str()
-                )));
-            }
             let leg = &mut entry.legs[idx];
             if leg.transfer.as_ref().is_some_and(|t| !t.is_done()) {
                 return Err(RequestError::Conflict(format!(
@@ -1454,22 +1457,25 @@ impl CallManager {
         let this = self.clone();
         tokio::spawn(async move {
             if !place.route.sticky {
-                // No outbound proxy: the new INVITE follows its Request-URI.
+                // No outbound proxy: the new INVITE follows its Request-URI, located as any
+                // next hop is (RFC 3263: NAPTR/SRV when the URI has no port).
                 let hop = crate::sip::dialog::parse_uri(&target).map(|u| {
-                    (
-                        u.host_with_port.host.to_string(),
-                        u.host_with_port.port.map(|p| *p.value()).unwrap_or(5060),
-                    )
+                    let port = u.host_with_port.port.map(|p| *p.value());
+                    (u.host_with_port.host.to_string(), port)
                 });
-                match hop {
-                    Ok((host, port)) => match resolve(&host, port).await {
-                        Ok(dest) => place.route.dest = dest,
-                        Err(e) => {
-                            tracing::info!(%call_id, error = %e, "REFER target not resolved");
-                            return this.replacement_ended(new_key, 503, "Service Unavailable");
-                        }
-                    },
-                    Err(_) => return this.replacement_ended(new_key, 400, "Bad Request"),
+                let Ok((host, port)) = hop else {
+                    return this.replacement_ended(new_key, 400, "Bad Request");
+                };
+                let transport = place.route.transport;
+                match this
+                    .destinations(&host, port.unwrap_or(5060), port.is_none(), transport)
+                    .await
+                {
+                    Ok(dests) => place.route.dest = dests[0],
+                    Err(e) => {
+                        tracing::info!(%call_id, error = %e, "REFER target not resolved");
+                        return this.replacement_ended(new_key, 503, "Service Unavailable");
+                    }
                 }
             }
             if !this.inner.sip.command(Command::PlaceCall(place)) {
@@ -1712,17 +1718,8 @@ impl CallManager {
         if !(40..=5000).contains(&duration_ms) {
             return Err(RequestError::BadRequest("duration: 40 to 5000 ms".into()));
         }
-        let st = self.inner.state.lock();
-        let entry = st
-            .calls
-            .get(call_id)
-            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
-        if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
-            return Err(RequestError::Conflict(format!(
-                "callId {call_id:?} is {}: DTMF needs an established call",
-                entry.info.status.as_str()
-            )));
-        }
+        let mut st = self.inner.state.lock();
+        let entry = &*st.established(call_id, "sent DTMF")?;
         let target = &entry.legs[entry.select_one(leg)?];
         if !by_info {
             let audio = target

@@ -50,17 +50,13 @@ pub struct Transcoder {
     to: AudioCodec,
     /// Samples per outgoing packet at the target rate.
     frame: usize,
-    decoder: Option<::opus::Decoder>,
+    /// Source payloads to samples at the target rate (None: the codecs are the same).
+    decoder: Option<PcmDecoder>,
     encoder: Option<::opus::Encoder>,
-    resampler: Option<Resampler>,
-    /// Decoded samples at the source rate (scratch).
-    decoded: Vec<i16>,
     /// Samples at the target rate waiting for a whole frame.
     fifo: Vec<i16>,
     /// Same G.711 law: the codes themselves wait here when packet sizes differ.
     codes: Vec<u8>,
-    scratch_in: Vec<f32>,
-    scratch_out: Vec<f32>,
     encoded: Vec<u8>,
 }
 
@@ -83,11 +79,10 @@ impl Transcoder {
     pub fn new(from: AudioCodec, to: AudioCodec, ptime_ms: u32) -> Result<Self, TranscodeError> {
         let ptime = if ptime_ms == 0 { 20 } else { ptime_ms } as usize;
         let frame = to.sample_rate() as usize * ptime / 1000;
-        let decoder = match from {
-            AudioCodec::Opus if to != AudioCodec::Opus => {
-                Some(::opus::Decoder::new(48000, ::opus::Channels::Mono)?)
-            }
-            _ => None,
+        let decoder = if from == to {
+            None
+        } else {
+            Some(PcmDecoder::new(from, to.sample_rate())?)
         };
         let encoder = match to {
             AudioCodec::Opus if from != AudioCodec::Opus => {
@@ -98,26 +93,14 @@ impl Transcoder {
             }
             _ => None,
         };
-        let resampler = if from.sample_rate() != to.sample_rate() {
-            Some(
-                Resampler::new(from.sample_rate(), to.sample_rate())
-                    .ok_or(TranscodeError::Rate(from.sample_rate(), to.sample_rate()))?,
-            )
-        } else {
-            None
-        };
         Ok(Self {
             from,
             to,
             frame,
             decoder,
             encoder,
-            resampler,
-            decoded: Vec::with_capacity(OPUS_MAX_SAMPLES),
             fifo: Vec::new(),
             codes: Vec::new(),
-            scratch_in: Vec::new(),
-            scratch_out: Vec::new(),
             encoded: vec![0; 1500],
         })
     }
@@ -130,62 +113,39 @@ impl Transcoder {
         self.to
     }
 
+    /// A payload of `len` bytes would go out unchanged: the caller can pass its own bytes
+    /// on (no copy) instead of calling [`Transcoder::push`].
+    pub fn passes_through(&self, len: usize) -> bool {
+        match (self.from, self.to) {
+            (AudioCodec::Opus, AudioCodec::Opus) => len > 0,
+            (a, b) => a == b && len == self.frame && self.codes.is_empty(),
+        }
+    }
+
     /// One payload of the source codec; appends the target payloads now complete.
     pub fn push(&mut self, payload: &[u8], out: &mut Vec<Bytes>) -> Result<(), TranscodeError> {
         if payload.is_empty() {
             return Ok(());
         }
-        match (self.from, self.to) {
-            (AudioCodec::Opus, AudioCodec::Opus) => {
-                out.push(Bytes::copy_from_slice(payload));
-                return Ok(());
-            }
-            (a, b) if a == b => {
-                // Same G.711 law: bytes are samples; re-frame only when sizes differ.
-                if payload.len() == self.frame && self.codes.is_empty() {
-                    out.push(Bytes::copy_from_slice(payload));
-                    return Ok(());
-                }
-                self.codes.extend_from_slice(payload);
-                let cap = self.frame * FIFO_FRAMES;
-                if self.codes.len() > cap {
-                    let excess = self.codes.len() - cap;
-                    self.codes.drain(..excess);
-                }
-                while self.codes.len() >= self.frame {
-                    out.push(Bytes::copy_from_slice(&self.codes[..self.frame]));
-                    self.codes.drain(..self.frame);
-                }
-                return Ok(());
-            }
-            _ => {}
+        if self.passes_through(payload.len()) {
+            out.push(Bytes::copy_from_slice(payload));
+            return Ok(());
         }
-        self.decoded.clear();
-        match self.from {
-            AudioCodec::Pcmu => g711::decode_ulaw(payload, &mut self.decoded),
-            AudioCodec::Pcma => g711::decode_alaw(payload, &mut self.decoded),
-            AudioCodec::Opus => {
-                let dec = self.decoder.as_mut().expect("an Opus source has a decoder");
-                self.decoded.resize(OPUS_MAX_SAMPLES, 0);
-                let n = dec.decode(payload, &mut self.decoded, false)?;
-                self.decoded.truncate(n);
+        let Some(decoder) = self.decoder.as_mut() else {
+            // Same G.711 law, other packet size: bytes are samples, re-framed.
+            self.codes.extend_from_slice(payload);
+            let cap = self.frame * FIFO_FRAMES;
+            if self.codes.len() > cap {
+                let excess = self.codes.len() - cap;
+                self.codes.drain(..excess);
             }
-        }
-        match &mut self.resampler {
-            None => self.fifo.extend_from_slice(&self.decoded),
-            Some(r) => {
-                self.scratch_in.clear();
-                self.scratch_in
-                    .extend(self.decoded.iter().map(|s| f32::from(*s) / 32768.0));
-                self.scratch_out.clear();
-                r.process(&self.scratch_in, &mut self.scratch_out);
-                self.fifo.extend(
-                    self.scratch_out
-                        .iter()
-                        .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
-                );
+            while self.codes.len() >= self.frame {
+                out.push(Bytes::copy_from_slice(&self.codes[..self.frame]));
+                self.codes.drain(..self.frame);
             }
-        }
+            return Ok(());
+        };
+        decoder.decode(payload, &mut self.fifo)?;
         let cap = self.frame * FIFO_FRAMES;
         if self.fifo.len() > cap {
             let excess = self.fifo.len() - cap;

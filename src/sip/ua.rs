@@ -367,6 +367,21 @@ struct SessionRefresh {
     update: bool,
 }
 
+impl SessionRefresh {
+    /// Refreshes of a `secs` session timer, by UPDATE when the peer's `Allow` (in
+    /// `headers`) lists it.
+    fn new(now: Instant, secs: u32, headers: &rsip::Headers) -> Self {
+        let every = session_timer::refresh_every(secs);
+        let update =
+            any_header(headers, "Allow", "").is_some_and(|a| session_timer::lists(&a, "UPDATE"));
+        Self {
+            every,
+            next: now + every,
+            update,
+        }
+    }
+}
+
 struct Retransmit {
     /// The 2xx of the dialog's first INVITE: no ACK means no dialog (BYE, §13.3.1.4).
     initial: bool,
@@ -921,16 +936,15 @@ impl UserAgent {
             .as_deref()
             .and_then(session_timer::parse);
         if let Some((secs, Some(session_timer::Refresher::Uac))) = timer {
-            let every = session_timer::refresh_every(secs);
-            let update = any_header(&resp.headers, "Allow", "")
-                .is_some_and(|a| session_timer::lists(&a, "UPDATE"));
-            call.refresh = Some(SessionRefresh {
-                every,
-                next: now + every,
-                update,
-            });
-            self.timers.push(now + every, Timer::Call(key));
-            tracing::info!(call = key, secs, update, "session timer: we refresh");
+            let r = SessionRefresh::new(now, secs, &resp.headers);
+            call.refresh = Some(r);
+            self.timers.push(r.next, Timer::Call(key));
+            tracing::info!(
+                call = key,
+                secs,
+                update = r.update,
+                "session timer: we refresh"
+            );
         }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -2135,15 +2149,9 @@ impl UserAgent {
                 timer_headers.push(rsip::Header::Other("Session-Expires".into(), value));
                 timer_headers.push(rsip::Header::Other("Require".into(), "timer".into()));
                 if who == session_timer::Refresher::Uas {
-                    let every = session_timer::refresh_every(secs);
-                    let update = any_header(&req.headers, "Allow", "")
-                        .is_some_and(|a| session_timer::lists(&a, "UPDATE"));
-                    call.refresh = Some(SessionRefresh {
-                        every,
-                        next: now + every,
-                        update,
-                    });
-                    self.timers.push(now + every, Timer::Call(c));
+                    let r = SessionRefresh::new(now, secs, &req.headers);
+                    call.refresh = Some(r);
+                    self.timers.push(r.next, Timer::Call(c));
                 }
             }
         }
