@@ -121,6 +121,18 @@ pub struct Config {
     pub rtmp_reconnect_max: Duration,
     pub rtmp_reconnect_max_attempts: u32,
     pub rtmp_send_queue_kb: usize,
+    /// `inbound_media_stream_url`: every answered inbound call streams its audio to this
+    /// WebSocket (bidirectional), in `inbound_media_stream_format`.
+    pub inbound_media_stream_url: Option<String>,
+    pub inbound_media_stream_format: String,
+    pub media_stream_connect_timeout: Duration,
+    pub media_stream_reconnect_initial: Duration,
+    pub media_stream_reconnect_max: Duration,
+    pub media_stream_reconnect_max_attempts: u32,
+    /// Audio kept for a slow or absent agent server before the oldest is dropped.
+    pub media_stream_send_queue: Duration,
+    /// Agent audio queued for playing into the leg, at most.
+    pub media_stream_play_queue: Duration,
 }
 
 /// How an inbound call's callId is chosen.
@@ -201,6 +213,14 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("webhook_secret", ""),
     ("log_level", "info"),
     ("shutdown_timeout_s", "5"),
+    ("inbound_media_stream_url", ""),
+    ("inbound_media_stream_format", "twilio"),
+    ("media_stream_connect_timeout_ms", "5000"),
+    ("media_stream_reconnect_initial_ms", "250"),
+    ("media_stream_reconnect_max_ms", "5000"),
+    ("media_stream_reconnect_max_attempts", "20"),
+    ("media_stream_send_queue_ms", "2000"),
+    ("media_stream_play_queue_s", "120"),
 ];
 
 /// Where the shipped properties file lives, relative to the working directory.
@@ -391,6 +411,37 @@ impl Config {
             rtmp_reconnect_max: Duration::from_millis(r.parse("rtmp_reconnect_max_ms")?),
             rtmp_reconnect_max_attempts: r.parse("rtmp_reconnect_max_attempts")?,
             rtmp_send_queue_kb: r.parse("rtmp_send_queue_kb")?,
+            inbound_media_stream_url: match r.string("inbound_media_stream_url") {
+                u if u.is_empty() => None,
+                u if u.starts_with("ws://") || u.starts_with("wss://") => Some(u),
+                _ => {
+                    return Err(r.err(
+                        "inbound_media_stream_url",
+                        "expected a ws:// or wss:// URL".into(),
+                    ))
+                }
+            },
+            inbound_media_stream_format: match r.string("inbound_media_stream_format").as_str() {
+                f @ ("twilio" | "raw") => f.to_string(),
+                _ => {
+                    return Err(r.err(
+                        "inbound_media_stream_format",
+                        "expected twilio or raw".into(),
+                    ))
+                }
+            },
+            media_stream_connect_timeout: Duration::from_millis(
+                r.parse("media_stream_connect_timeout_ms")?,
+            ),
+            media_stream_reconnect_initial: Duration::from_millis(
+                r.parse("media_stream_reconnect_initial_ms")?,
+            ),
+            media_stream_reconnect_max: Duration::from_millis(
+                r.parse("media_stream_reconnect_max_ms")?,
+            ),
+            media_stream_reconnect_max_attempts: r.parse("media_stream_reconnect_max_attempts")?,
+            media_stream_send_queue: Duration::from_millis(r.parse("media_stream_send_queue_ms")?),
+            media_stream_play_queue: Duration::from_secs(r.parse("media_stream_play_queue_s")?),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod media;
+pub mod mediastream;
 pub mod record;
 pub mod registry;
 pub mod rtmp;

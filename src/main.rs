@@ -11,6 +11,7 @@ use sipstream::api::{self, AppState};
 use sipstream::call::manager::CallManager;
 use sipstream::config::Config;
 use sipstream::events::{webhook, EventBus};
+use sipstream::mediastream::{MediaStreamConfig, MediaStreamManager};
 use sipstream::record::manager::RecordingManager;
 use sipstream::registry::Registry;
 use sipstream::rtmp::{PushConfig, PushManager};
@@ -88,12 +89,19 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         media,
     );
     tokio::spawn(calls.clone().run(ua_rx));
+    let media_streams = MediaStreamManager::new(
+        calls.clone(),
+        bus.clone(),
+        MediaStreamConfig::from_config(&cfg),
+    );
+    tokio::spawn(media_streams.clone().run());
 
     let state = web::Data::new(AppState {
         calls: calls.clone(),
         cfg: cfg.clone(),
         whep,
         pushes: pushes.clone(),
+        media_streams: media_streams.clone(),
         bus,
         core: tokio::runtime::Handle::current(),
     });
@@ -111,6 +119,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: hanging up calls and un-registering");
     pushes.terminate_all();
+    media_streams.stop_all();
     calls.shutdown(cfg.shutdown_timeout).await;
     handle.stop(true).await;
     let _ = server_task.await;

@@ -58,6 +58,13 @@ pub struct CallStartupRequest {
     #[serde(default, deserialize_with = "flex_bool")]
     #[schema(value_type = Option<bool>)]
     pub record: Option<bool>,
+    /// Stream the call's audio to this WebSocket server once it is answered (a voice agent;
+    /// Twilio Media Streams messages, bidirectional by default): the same as
+    /// `/call/stream/startup` at answer.
+    pub media_stream_url: Option<String>,
+    /// Options of that stream (`url`, `leg`, `track`, `format`, `codec`, `sampleRate`,
+    /// `bidirectional`, `headers`, `customParameters`), as `/call/stream/startup` takes them.
+    pub media_stream: Option<super::media_streams::MediaStreamOptions>,
     /// Extra headers for the INVITE (`X-*` and other non-structural headers).
     pub sip_headers: Option<BTreeMap<String, String>>,
 }

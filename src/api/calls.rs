@@ -42,11 +42,39 @@ pub async fn startup(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let req: CallStartupRequest = parse_body(&body)?;
+    let mut req: CallStartupRequest = parse_body(&body)?;
+    let url = req.media_stream_url.take();
+    let options = req.media_stream.take();
     let spec = req.validate(|| format!("call-{}", crate::ids::random_token(12)))?;
+    // A media stream asked with the call starts at its answer; checked before the call
+    // is placed, so a bad option places no call.
+    let stream = match (url, options) {
+        (None, None) => None,
+        (url, options) => {
+            let mut o = options.unwrap_or_default();
+            if o.url.is_none() {
+                o.url = url;
+            }
+            Some(
+                o.validate(&spec.call_id)
+                    .map_err(|e| ApiError::BadRequest(format!("mediaStream.{e}")))?,
+            )
+        }
+    };
     let calls = state.calls.clone();
+    let streams = state.media_streams.clone();
     let info = state
-        .on_core(async move { calls.startup(spec).await })
+        .on_core(async move {
+            let call_id = spec.call_id.clone();
+            if let Some(s) = stream {
+                streams.start_on_answer(s);
+            }
+            let r = calls.startup(spec).await;
+            if r.is_err() {
+                streams.cancel_pending(&call_id);
+            }
+            r
+        })
         .await?;
     Ok(HttpResponse::Ok().json(info))
 }

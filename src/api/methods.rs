@@ -8,7 +8,7 @@ use std::pin::Pin;
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use super::{calls, push, recording, siprec, streams, AppState};
+use super::{calls, media_streams, push, recording, siprec, streams, AppState};
 
 pub type MethodFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, ApiError>>>>;
 
@@ -71,6 +71,22 @@ pub static METHODS: &[Method] = &[
     Method {
         path: "/call/find_all",
         call: with_body!(calls::find_all),
+    },
+    Method {
+        path: "/call/stream/startup",
+        call: with_body!(media_streams::startup),
+    },
+    Method {
+        path: "/call/stream/stop",
+        call: with_body!(media_streams::stop),
+    },
+    Method {
+        path: "/call/stream/find",
+        call: with_body!(media_streams::find),
+    },
+    Method {
+        path: "/call/stream/find_all",
+        call: without_body!(media_streams::find_all),
     },
     Method {
         path: "/stream/find",

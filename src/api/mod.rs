@@ -6,6 +6,7 @@ pub mod calls;
 pub mod error;
 pub mod json;
 pub mod jsonrpc;
+pub mod media_streams;
 pub mod methods;
 pub mod openapi;
 pub mod pages;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub whep: crate::webrtc::WhepService,
     /// RTMP pushes (`/push/*`).
     pub pushes: crate::rtmp::PushManager,
+    /// Media streams to WebSocket servers (`/call/stream/*`).
+    pub media_streams: crate::mediastream::MediaStreamManager,
     /// The event bus, for `/ws` notifications and `/events`.
     pub bus: crate::events::EventBus,
     /// The gateway's own runtime. Actix runs handlers on per-worker runtimes; sockets and
@@ -67,7 +70,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(streams::routes)
             .configure(siprec::routes)
             .configure(recording::routes)
-            .configure(push::routes),
+            .configure(push::routes)
+            .configure(media_streams::routes),
     )
     .service(
         web::resource("/recordings/{file}")

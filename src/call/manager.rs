@@ -24,6 +24,7 @@ use super::model::{CallInfo, CallSpec, LegInfo};
 use crate::config::Config;
 use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus};
+use crate::media::transcode::AudioCodec;
 use crate::registry::{Leg, Publisher, Registry, RegistryError, TrackKind, TrackSpec};
 use crate::rtp::driver::{spawn_leg_on, LegUpdate};
 use crate::rtp::ports::{BoundPair, PortPool};
@@ -35,6 +36,15 @@ use crate::sip::ua::{
     Account, CallKey, CallPhase, Command, IncomingCall, PlaceCall, ReferTarget, RegStatus, Route,
     UaEvent,
 };
+
+/// A call's stream and legs, for outputs that follow its legs ([`CallManager::call_media`]).
+#[derive(Debug, Clone)]
+pub struct CallMedia {
+    pub stream: String,
+    pub legs: Vec<Leg>,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+}
 
 /// How many ended calls `/call/find` still shows.
 const HISTORY: usize = 1000;
@@ -676,6 +686,36 @@ impl CallManager {
             }
         }
         Ok(self.snapshot(entry))
+    }
+
+    /// What an output that follows a call's legs needs (media streams to agents): the
+    /// call's stream and its legs in order. The call must be established.
+    pub fn call_media(&self, call_id: &str) -> Result<CallMedia, RequestError> {
+        let mut st = self.inner.state.lock();
+        let entry = st.established(call_id, "streamed")?;
+        Ok(CallMedia {
+            stream: entry.info.to_stream.clone(),
+            legs: entry.legs.iter().map(|l| l.name).collect(),
+            direction: entry.info.direction.clone(),
+        })
+    }
+
+    /// How to play audio into `leg` of a call now: its RTP leg's injector, the codec it
+    /// sends and the packet time. None while the leg has no running audio (or is gone). A
+    /// caller keeps it until the injector says the leg stopped (a re-INVITE that moved the
+    /// media, a transfer), then asks again.
+    pub fn leg_player(
+        &self,
+        call_id: &str,
+        leg: Leg,
+    ) -> Option<(crate::rtp::driver::Injector, AudioCodec, u32)> {
+        let st = self.inner.state.lock();
+        let entry = st.calls.get(call_id)?;
+        let leg = entry.legs.iter().find(|l| l.name == leg)?;
+        let audio = leg.media.iter().find(|m| m.kind == TrackKind::Audio)?;
+        let handle = &audio.running.as_ref()?.0;
+        let codec = AudioCodec::from_encoding(&audio.codec.as_ref()?.encoding)?;
+        Some((handle.injector(), codec, self.inner.cfg.rtp_ptime_ms))
     }
 
     pub fn find(&self, call_id: &str) -> Option<CallInfo> {

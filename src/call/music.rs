@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::media::g711;
-use crate::media::transcode::{AudioCodec, Transcoder};
+use crate::media::transcode::{AudioCodec, PcmEncoder};
 use crate::rtp::driver::{Injector, LegError};
 
 /// Plays `samples` (8 kHz mono) into `to` until aborted or the leg is gone.
@@ -20,13 +19,13 @@ pub(super) fn spawn(
     rt.spawn(async move {
         let ptime = if ptime_ms == 0 { 20 } else { ptime_ms };
         let frame = 8 * ptime as usize;
-        let Ok(mut transcoder) = Transcoder::new(AudioCodec::Pcmu, codec, ptime) else {
+        let Ok(mut encoder) = PcmEncoder::new(8000, codec, ptime) else {
             tracing::warn!(?codec, "hold music: no encoder for the leg's codec");
             return;
         };
         let mut tick = tokio::time::interval(Duration::from_millis(u64::from(ptime)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let (mut pos, mut pcm, mut ulaw, mut out) = (0usize, Vec::new(), Vec::new(), Vec::new());
+        let (mut pos, mut pcm, mut out) = (0usize, Vec::new(), Vec::new());
         loop {
             tick.tick().await;
             pcm.clear();
@@ -35,10 +34,8 @@ pub(super) fn spawn(
                 pcm.extend_from_slice(&samples[pos..pos + take]);
                 pos = (pos + take) % samples.len();
             }
-            ulaw.clear();
-            g711::encode_ulaw(&pcm, &mut ulaw);
             out.clear();
-            if transcoder.push(&ulaw, &mut out).is_err() {
+            if encoder.push(&pcm, &mut out).is_err() {
                 continue;
             }
             for p in out.drain(..) {

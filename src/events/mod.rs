@@ -94,6 +94,21 @@ pub enum Event {
         call_id: Option<String>,
         timestamp: u64,
     },
+    /// A media stream to a WebSocket server (voice agents): `event` is
+    /// `MediaStreamStarted` (each connection; `reconnects` says which),
+    /// `MediaStreamReconnecting`, `MediaStreamStopped` or `MediaStreamFailed`.
+    #[serde(rename_all = "camelCase")]
+    MediaStreamEvent {
+        call_id: String,
+        stream_sid: String,
+        event: String,
+        /// Without credentials or query.
+        url: String,
+        reconnects: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        timestamp: u64,
+    },
 }
 
 impl Event {
@@ -111,6 +126,7 @@ impl Event {
             Event::StreamStatusEvent { .. } | Event::RtmpPushStatusEvent { .. } => {
                 "StreamStatusEvent"
             }
+            Event::MediaStreamEvent { .. } => "MediaStreamEvent",
         }
     }
 
@@ -119,7 +135,8 @@ impl Event {
         match self {
             Event::CallStatusEvent { call_id, .. }
             | Event::CallControlEvent { call_id, .. }
-            | Event::DtmfEvent { call_id, .. } => Some(call_id),
+            | Event::DtmfEvent { call_id, .. }
+            | Event::MediaStreamEvent { call_id, .. } => Some(call_id),
             Event::SiprecStart(p) | Event::SiprecStop(p) => Some(&p.dlg_id),
             Event::SiprecFailed { dlg_id, .. } => Some(dlg_id),
             Event::RecordingStatusEvent { recording, .. } => recording.call_id.as_deref(),
@@ -134,7 +151,7 @@ impl Event {
     /// status (`RING`, `ESTABLISHED`, `FINISH`...), else the event's type.
     pub fn name(&self) -> &str {
         match self {
-            Event::CallControlEvent { event, .. } => event,
+            Event::CallControlEvent { event, .. } | Event::MediaStreamEvent { event, .. } => event,
             Event::CallStatusEvent { status, .. } => status,
             other => other.kind(),
         }

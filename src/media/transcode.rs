@@ -50,14 +50,13 @@ pub struct Transcoder {
     to: AudioCodec,
     /// Samples per outgoing packet at the target rate.
     frame: usize,
-    /// Source payloads to samples at the target rate (None: the codecs are the same).
-    decoder: Option<PcmDecoder>,
-    encoder: Option<::opus::Encoder>,
-    /// Samples at the target rate waiting for a whole frame.
-    fifo: Vec<i16>,
+    /// Source payloads to samples at the target rate and those to target payloads (None:
+    /// the codecs are the same).
+    path: Option<(PcmDecoder, PcmEncoder)>,
+    /// Decoded samples of one payload.
+    pcm: Vec<i16>,
     /// Same G.711 law: the codes themselves wait here when packet sizes differ.
     codes: Vec<u8>,
-    encoded: Vec<u8>,
 }
 
 impl std::fmt::Debug for Transcoder {
@@ -75,33 +74,28 @@ const OPUS_MAX_SAMPLES: usize = 5760;
 /// Samples beyond this many frames are dropped (the sender runs ahead of our clock).
 const FIFO_FRAMES: usize = 10;
 
+fn frame_len(rate: u32, ptime_ms: u32) -> usize {
+    let ptime = if ptime_ms == 0 { 20 } else { ptime_ms } as usize;
+    rate as usize * ptime / 1000
+}
+
 impl Transcoder {
     pub fn new(from: AudioCodec, to: AudioCodec, ptime_ms: u32) -> Result<Self, TranscodeError> {
-        let ptime = if ptime_ms == 0 { 20 } else { ptime_ms } as usize;
-        let frame = to.sample_rate() as usize * ptime / 1000;
-        let decoder = if from == to {
+        let path = if from == to {
             None
         } else {
-            Some(PcmDecoder::new(from, to.sample_rate())?)
-        };
-        let encoder = match to {
-            AudioCodec::Opus if from != AudioCodec::Opus => {
-                let mut e =
-                    ::opus::Encoder::new(48000, ::opus::Channels::Mono, ::opus::Application::Voip)?;
-                e.set_bitrate(::opus::Bitrate::Bits(32000))?;
-                Some(e)
-            }
-            _ => None,
+            Some((
+                PcmDecoder::new(from, to.sample_rate())?,
+                PcmEncoder::new(to.sample_rate(), to, ptime_ms)?,
+            ))
         };
         Ok(Self {
             from,
             to,
-            frame,
-            decoder,
-            encoder,
-            fifo: Vec::new(),
+            frame: frame_len(to.sample_rate(), ptime_ms),
+            path,
+            pcm: Vec::with_capacity(OPUS_MAX_SAMPLES),
             codes: Vec::new(),
-            encoded: vec![0; 1500],
         })
     }
 
@@ -131,7 +125,7 @@ impl Transcoder {
             out.push(Bytes::copy_from_slice(payload));
             return Ok(());
         }
-        let Some(decoder) = self.decoder.as_mut() else {
+        let Some((decoder, encoder)) = self.path.as_mut() else {
             // Same G.711 law, other packet size: bytes are samples, re-framed.
             self.codes.extend_from_slice(payload);
             let cap = self.frame * FIFO_FRAMES;
@@ -145,37 +139,130 @@ impl Transcoder {
             }
             return Ok(());
         };
-        decoder.decode(payload, &mut self.fifo)?;
+        self.pcm.clear();
+        decoder.decode(payload, &mut self.pcm)?;
+        encoder.push(&self.pcm, out)
+    }
+}
+
+/// Encodes mono samples at a chosen rate into one codec's payloads of one packet time each:
+/// what plays PCM from elsewhere (a file, a WebSocket agent, another leg) into a leg.
+/// Resamples when the rate is not the codec's (Opus encodes 8, 12, 16, 24 and 48 kHz input
+/// directly); samples short of a whole packet wait for the next push.
+pub struct PcmEncoder {
+    to: AudioCodec,
+    /// Samples per packet at the input rate.
+    frame: usize,
+    resampler: Option<Resampler>,
+    opus: Option<::opus::Encoder>,
+    fifo: Vec<i16>,
+    scratch_in: Vec<f32>,
+    scratch_out: Vec<f32>,
+    encoded: Vec<u8>,
+}
+
+impl std::fmt::Debug for PcmEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcmEncoder")
+            .field("to", &self.to)
+            .field("frame", &self.frame)
+            .finish()
+    }
+}
+
+impl PcmEncoder {
+    /// Samples at `rate` into `to` payloads of `ptime_ms` (0: 20 ms).
+    pub fn new(rate: u32, to: AudioCodec, ptime_ms: u32) -> Result<Self, TranscodeError> {
+        let opus_direct = matches!(rate, 8000 | 12000 | 16000 | 24000 | 48000);
+        let (resampler, frame_rate) = match to {
+            AudioCodec::Opus if opus_direct => (None, rate),
+            _ if rate == to.sample_rate() => (None, rate),
+            _ => (
+                Some(
+                    Resampler::new(rate, to.sample_rate())
+                        .ok_or(TranscodeError::Rate(rate, to.sample_rate()))?,
+                ),
+                to.sample_rate(),
+            ),
+        };
+        let opus = match to {
+            AudioCodec::Opus => {
+                let mut e = ::opus::Encoder::new(
+                    frame_rate,
+                    ::opus::Channels::Mono,
+                    ::opus::Application::Voip,
+                )?;
+                e.set_bitrate(::opus::Bitrate::Bits(32000))?;
+                Some(e)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            to,
+            frame: frame_len(frame_rate, ptime_ms),
+            resampler,
+            opus,
+            fifo: Vec::new(),
+            scratch_in: Vec::new(),
+            scratch_out: Vec::new(),
+            encoded: vec![0; 1500],
+        })
+    }
+
+    /// Forgets samples that wait for a whole packet (a barge-in).
+    pub fn clear(&mut self) {
+        self.fifo.clear();
+        if let Some(r) = &mut self.resampler {
+            r.reset();
+        }
+    }
+
+    /// Appends the payloads that `pcm` completes to `out`.
+    pub fn push(&mut self, pcm: &[i16], out: &mut Vec<Bytes>) -> Result<(), TranscodeError> {
+        match &mut self.resampler {
+            None => self.fifo.extend_from_slice(pcm),
+            Some(r) => {
+                self.scratch_in.clear();
+                self.scratch_in
+                    .extend(pcm.iter().map(|s| f32::from(*s) / 32768.0));
+                self.scratch_out.clear();
+                r.process(&self.scratch_in, &mut self.scratch_out);
+                self.fifo.extend(
+                    self.scratch_out
+                        .iter()
+                        .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
+                );
+            }
+        }
         let cap = self.frame * FIFO_FRAMES;
         if self.fifo.len() > cap {
             let excess = self.fifo.len() - cap;
             self.fifo.drain(..excess);
         }
-        while self.fifo.len() >= self.frame {
-            let pcm = &self.fifo[..self.frame];
+        let mut done = 0;
+        while self.fifo.len() - done >= self.frame {
+            let frame = &self.fifo[done..done + self.frame];
             let payload = match self.to {
                 AudioCodec::Pcmu => {
-                    let mut v = Vec::with_capacity(pcm.len());
-                    g711::encode_ulaw(pcm, &mut v);
+                    let mut v = Vec::with_capacity(frame.len());
+                    g711::encode_ulaw(frame, &mut v);
                     Bytes::from(v)
                 }
                 AudioCodec::Pcma => {
-                    let mut v = Vec::with_capacity(pcm.len());
-                    g711::encode_alaw(pcm, &mut v);
+                    let mut v = Vec::with_capacity(frame.len());
+                    g711::encode_alaw(frame, &mut v);
                     Bytes::from(v)
                 }
                 AudioCodec::Opus => {
-                    let enc = self
-                        .encoder
-                        .as_mut()
-                        .expect("an Opus target has an encoder");
-                    let n = enc.encode(pcm, &mut self.encoded)?;
+                    let enc = self.opus.as_mut().expect("an Opus target has an encoder");
+                    let n = enc.encode(frame, &mut self.encoded)?;
                     Bytes::copy_from_slice(&self.encoded[..n])
                 }
             };
             out.push(payload);
-            self.fifo.drain(..self.frame);
+            done += self.frame;
         }
+        self.fifo.drain(..done);
         Ok(())
     }
 }
@@ -339,6 +426,38 @@ mod tests {
         let share = share_at(&back, 8000, 1000.0);
         assert!(share > 0.8, "1 kHz share {share}");
         assert!(share_at(&back, 8000, 440.0) < 0.05);
+    }
+
+    #[test]
+    fn pcm_at_16khz_is_encoded_to_g711_and_opus_packets() {
+        let pcm = tone(16000, 1000.0, 16000);
+        let mut e = PcmEncoder::new(16000, AudioCodec::Pcmu, 20).unwrap();
+        let mut out = Vec::new();
+        for chunk in pcm.chunks(100) {
+            e.push(chunk, &mut out).unwrap();
+        }
+        // One second in, 49 or 50 packets of 20 ms out (the resampler holds a few samples).
+        assert!((49..=50).contains(&out.len()), "{}", out.len());
+        assert!(out.iter().all(|p| p.len() == 160));
+        let mut back = Vec::new();
+        for p in &out[2..] {
+            g711::decode_ulaw(p, &mut back);
+        }
+        assert!(share_at(&back, 8000, 1000.0) > 0.9);
+        let mut o = PcmEncoder::new(16000, AudioCodec::Opus, 20).unwrap();
+        let mut opus = Vec::new();
+        o.push(&pcm, &mut opus).unwrap();
+        assert_eq!(opus.len(), FIFO_FRAMES.min(50));
+        let mut d = PcmDecoder::new(AudioCodec::Opus, 8000).unwrap();
+        let mut dec = Vec::new();
+        for p in &opus[2..] {
+            d.decode(p, &mut dec).unwrap();
+        }
+        assert!(share_at(&dec, 8000, 1000.0) > 0.8);
+        o.clear();
+        opus.clear();
+        o.push(&pcm[..100], &mut opus).unwrap();
+        assert!(opus.is_empty(), "a part packet waits");
     }
 
     #[test]

@@ -761,7 +761,8 @@ pub async fn wait_event(
 /// every 20 ms to the offered port and keeps every RTP payload it receives. It answers BYE,
 /// and can hang up itself ([`RawUas::hang_up`]).
 /// RTP payloads a peer received, with their payload types.
-type Heard = std::sync::Arc<std::sync::Mutex<Vec<(u8, Vec<u8>)>>>;
+/// (Arrival times too, for tests that time what the gateway sends.)
+type Heard = std::sync::Arc<std::sync::Mutex<Vec<(u8, Vec<u8>, Instant)>>>;
 
 pub struct RawUas {
     pub port: u16,
@@ -805,10 +806,11 @@ impl RawUas {
                 let mut buf = [0u8; 2048];
                 while let Ok((n, _)) = rtp.recv_from(&mut buf).await {
                     if n > 12 {
-                        received
-                            .lock()
-                            .unwrap()
-                            .push((buf[1] & 0x7f, buf[12..n].to_vec()));
+                        received.lock().unwrap().push((
+                            buf[1] & 0x7f,
+                            buf[12..n].to_vec(),
+                            Instant::now(),
+                        ));
                     }
                 }
             });
@@ -977,7 +979,7 @@ impl RawUas {
     pub fn heard_opus(&self) -> Vec<i16> {
         let mut dec = opus::Decoder::new(48000, opus::Channels::Mono).unwrap();
         let mut pcm = Vec::new();
-        for (p, payload) in self.received.lock().unwrap().iter() {
+        for (p, payload, _) in self.received.lock().unwrap().iter() {
             if *p != 111 {
                 continue;
             }
@@ -993,7 +995,7 @@ impl RawUas {
     pub fn events(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let mut last_end = false;
-        for (pt, payload) in self.received.lock().unwrap().iter() {
+        for (pt, payload, _) in self.received.lock().unwrap().iter() {
             if *pt != 101 || payload.len() < 4 {
                 continue;
             }
@@ -1021,8 +1023,17 @@ impl RawUas {
 
     /// The audio received so far with payload type `pt`, decoded to 8 kHz samples.
     pub fn heard(&self, pt: u8) -> Vec<i16> {
-        let mut pcm = Vec::new();
-        for (p, payload) in self.received.lock().unwrap().iter() {
+        self.heard_timed(pt)
+            .into_iter()
+            .flat_map(|(_, pcm)| pcm)
+            .collect()
+    }
+
+    /// Each G.711 payload received with payload type `pt`, decoded, with its arrival time.
+    pub fn heard_timed(&self, pt: u8) -> Vec<(Instant, Vec<i16>)> {
+        let mut out = Vec::new();
+        for (p, payload, at) in self.received.lock().unwrap().iter() {
+            let mut pcm = Vec::new();
             if *p != pt {
                 continue;
             }
@@ -1031,8 +1042,9 @@ impl RawUas {
             } else {
                 sipstream::media::g711::decode_ulaw(payload, &mut pcm);
             }
+            out.push((*at, pcm));
         }
-        pcm
+        out
     }
 }
 

@@ -1,0 +1,591 @@
+//! The two tasks of one media stream.
+//!
+//! - The pump reads the call's stream from the registry, frames the chosen tracks' audio and
+//!   queues the frames in the [`Outbox`]; every 20 ms it takes a frame of the agent's audio
+//!   from the [`Playout`] and plays it into the leg. It never waits on the network: a full
+//!   outbox drops its oldest audio (counted).
+//! - The connection owns the WebSocket: connects (with the user's headers), sends the
+//!   opening messages and then whatever the outbox holds, reads the server's messages into
+//!   the playout, and reconnects with exponential backoff when the server goes away. A clean
+//!   close by the server (code 1000) ends the stream; the call goes on either way.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Request};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::framer::TrackFramer;
+use super::playout::Playout;
+use super::wire::{self, Frame, Incoming, Outgoing, StartInfo, TrackLabel, Wire};
+use super::{Format, MediaStreamInfo, StreamSpec};
+use crate::events::{unix_ms, Event, EventBus};
+use crate::media::transcode::{AudioCodec, PcmEncoder};
+use crate::registry::{Leg, Reader, ReaderEvent, TrackKind, MAX_TRACKS};
+use crate::rtp::driver::{Injector, LegError};
+
+/// Largest message taken from a server (a TTS burst of ~30 s of μ-law in base64 fits).
+const MAX_MESSAGE: usize = 4 << 20;
+
+/// Frames waiting for the socket; audio beyond the cap drops oldest first.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    items: VecDeque<Outgoing>,
+    media: usize,
+    cap: usize,
+    pub(super) dropped: u64,
+    /// The stop message is queued: nothing follows.
+    pub(super) closed: bool,
+}
+
+impl Outbox {
+    pub(super) fn new(cap: usize) -> Self {
+        Self {
+            items: VecDeque::new(),
+            media: 0,
+            cap: cap.max(1),
+            dropped: 0,
+            closed: false,
+        }
+    }
+
+    pub(super) fn push(&mut self, m: Outgoing) {
+        if self.closed {
+            return;
+        }
+        if matches!(m, Outgoing::Media { .. }) {
+            if self.media >= self.cap {
+                if let Some(i) = self
+                    .items
+                    .iter()
+                    .position(|x| matches!(x, Outgoing::Media { .. }))
+                {
+                    self.items.remove(i);
+                    self.media -= 1;
+                    self.dropped += 1;
+                }
+            }
+            self.media += 1;
+        }
+        if matches!(m, Outgoing::Stop) {
+            self.closed = true;
+        }
+        self.items.push_back(m);
+    }
+
+    fn take(&mut self, into: &mut Vec<Outgoing>) {
+        self.media = 0;
+        into.extend(self.items.drain(..));
+    }
+}
+
+/// What the manager and both tasks share about one stream.
+pub(super) struct Shared {
+    pub(super) info: Mutex<MediaStreamInfo>,
+    pub(super) outbox: Mutex<Outbox>,
+    /// The outbox has something (or was closed).
+    pub(super) wake: Notify,
+    pub(super) playout: Mutex<Playout>,
+    /// The server asked for `clear`: the pump forgets its encoder's part packet too.
+    pub(super) cleared: AtomicBool,
+    /// Stop asked (API, failure, the server's close): the pump queues `stop` and ends.
+    pub(super) stop: Notify,
+    pub(super) stopping: AtomicBool,
+    pub(super) format: Format,
+    pub(super) bidirectional: bool,
+}
+
+impl Shared {
+    pub(super) fn request_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_one();
+    }
+
+    fn queue(&self, m: Outgoing) {
+        self.outbox.lock().push(m);
+        self.wake.notify_one();
+    }
+}
+
+/// How the pump plays into the leg: asks the call layer for the leg's injector when it has
+/// none (at the start, after the leg's media moved).
+pub(super) type PlayerSource = Box<dyn Fn() -> Option<(Injector, AudioCodec, u32)> + Send>;
+
+/// The pump; returns when the stream ends or a stop is asked.
+pub(super) async fn pump(
+    shared: Arc<Shared>,
+    mut reader: Reader,
+    labels: Vec<(Leg, TrackLabel)>,
+    player: Option<PlayerSource>,
+    mut dtmf: mpsc::UnboundedReceiver<String>,
+    started: Instant,
+) {
+    let audio = { shared.info.lock().wire_audio() };
+    let mut tracks: Vec<Option<(u8, TrackFramer)>> = (0..MAX_TRACKS).map(|_| None).collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(super::framer::FRAME_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut current: Option<(Injector, PcmEncoder)> = None;
+    let (mut out, mut frame, mut marks, mut payloads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last_reader_drops = 0u64;
+    loop {
+        tokio::select! {
+            ev = reader.recv() => match ev {
+                Some(ReaderEvent::Media(u)) => {
+                    let Some(Some((pt, framer))) = tracks.get_mut(u.track) else { continue };
+                    if u.payload_type != *pt {
+                        continue; // a telephone-event: digits come from the call's events
+                    }
+                    let now = u.arrival.saturating_duration_since(started).as_millis() as u64;
+                    if let Err(e) = framer.push(&u.payload, u.timestamp, now, &mut out) {
+                        tracing::debug!(error = %e, "media stream: payload not decoded");
+                    }
+                    if !out.is_empty() {
+                        let mut ob = shared.outbox.lock();
+                        for m in out.drain(..) {
+                            ob.push(m);
+                        }
+                        drop(ob);
+                        shared.wake.notify_one();
+                    }
+                    let drops = reader.dropped();
+                    if drops != last_reader_drops {
+                        // Units the registry dropped for this reader count as dropped frames.
+                        shared.info.lock().frames_dropped += drops - last_reader_drops;
+                        last_reader_drops = drops;
+                    }
+                }
+                Some(ReaderEvent::TrackChanged(id, spec)) => {
+                    let Some(slot) = tracks.get_mut(id) else { continue };
+                    *slot = None;
+                    let label = labels.iter().find(|(l, _)| *l == spec.leg).map(|(_, t)| *t);
+                    if let (TrackKind::Audio, Some(label)) = (spec.kind, label) {
+                        match AudioCodec::from_encoding(&spec.codec)
+                            .map(|c| TrackFramer::new(label, c, spec.clock_rate, audio))
+                        {
+                            Some(Ok(f)) => *slot = Some((spec.payload_type, f)),
+                            Some(Err(e)) => tracing::warn!(error = %e, "media stream: no decoder"),
+                            None => tracing::warn!(codec = %spec.codec, "media stream: codec not decodable; track not streamed"),
+                        }
+                    }
+                }
+                Some(ReaderEvent::Ended(_)) | None => break,
+            },
+            _ = tick.tick(), if player.is_some() => {
+                frame.clear();
+                marks.clear();
+                let had = shared.playout.lock().tick(&mut frame, &mut marks);
+                if !marks.is_empty() {
+                    let n = marks.len() as u64;
+                    for name in marks.drain(..) {
+                        shared.queue(Outgoing::Mark { name });
+                    }
+                    shared.info.lock().marks += n;
+                }
+                if shared.cleared.swap(false, Ordering::AcqRel) {
+                    if let Some((_, enc)) = current.as_mut() {
+                        enc.clear();
+                    }
+                }
+                if !had {
+                    continue;
+                }
+                if current.is_none() {
+                    current = player.as_ref().and_then(|p| p()).and_then(|(inj, codec, ptime)| {
+                        PcmEncoder::new(audio.rate, codec, ptime).ok().map(|e| (inj, e))
+                    });
+                }
+                let Some((inj, enc)) = current.as_mut() else { continue };
+                payloads.clear();
+                if enc.push(&frame, &mut payloads).is_err() {
+                    continue;
+                }
+                for p in payloads.drain(..) {
+                    if let Err(LegError::Stopped) = inj.inject(p) {
+                        // The leg's media moved (re-INVITE, transfer): ask again next tick.
+                        current = None;
+                        break;
+                    }
+                }
+                shared.info.lock().frames_played += 1;
+            },
+            d = dtmf.recv() => if let Some(digit) = d {
+                shared.queue(Outgoing::Dtmf { digit });
+            },
+            _ = shared.stop.notified() => break,
+        }
+    }
+    shared.queue(Outgoing::Stop);
+}
+
+/// The request the connection sends: the URL and the user's headers.
+pub fn build_request(url: &str, headers: &[(String, String)]) -> Result<Request<()>, String> {
+    let mut req = url.into_client_request().map_err(|e| format!("url: {e}"))?;
+    for (name, value) in headers {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("headers: {name:?} is not a header name"))?;
+        let v = HeaderValue::from_str(value).map_err(|_| {
+            format!("headers: the value of {name:?} has characters a header cannot carry")
+        })?;
+        req.headers_mut().append(n, v);
+    }
+    Ok(req)
+}
+
+/// Timing and limits of the connection.
+#[derive(Debug, Clone)]
+pub(super) struct ConnectionConfig {
+    pub(super) connect_timeout: Duration,
+    pub(super) reconnect_initial: Duration,
+    pub(super) reconnect_max: Duration,
+    pub(super) reconnect_max_attempts: u32,
+    pub(super) tls: Arc<rustls::ClientConfig>,
+}
+
+enum SessionEnd {
+    /// Our stop went out.
+    Finished,
+    /// The server closed the socket cleanly.
+    ServerClosed(String),
+    /// The connection broke.
+    Broken(String),
+}
+
+/// The connection task; returns once the stream is over (its final status is set).
+pub(super) async fn connection(
+    shared: Arc<Shared>,
+    spec: StreamSpec,
+    start: StartInfo,
+    cfg: ConnectionConfig,
+    bus: EventBus,
+) {
+    let mut failures = 0u32;
+    let mut connections = 0u32;
+    let mut backoff = cfg.reconnect_initial;
+    loop {
+        if shared.outbox.lock().closed && connections > 0 {
+            // Stopped while the server was away: nothing more to say to it.
+            finish(&shared, &bus, "STOPPED", "MediaStreamStopped", None);
+            return;
+        }
+        let attempt = async {
+            let req = build_request(&spec.url, &spec.headers)?;
+            let ws_cfg = WebSocketConfig::default()
+                .max_message_size(Some(MAX_MESSAGE))
+                .max_frame_size(Some(MAX_MESSAGE));
+            let connector = tokio_tungstenite::Connector::Rustls(cfg.tls.clone());
+            match tokio::time::timeout(
+                cfg.connect_timeout,
+                tokio_tungstenite::connect_async_tls_with_config(
+                    req,
+                    Some(ws_cfg),
+                    true,
+                    Some(connector),
+                ),
+            )
+            .await
+            {
+                Ok(Ok((ws, _))) => Ok(ws),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "no connection within {} ms",
+                    cfg.connect_timeout.as_millis()
+                )),
+            }
+        };
+        let why = match attempt.await {
+            Ok(ws) => {
+                failures = 0;
+                backoff = cfg.reconnect_initial;
+                {
+                    let mut info = shared.info.lock();
+                    info.status = "STREAMING".into();
+                    info.reconnects = connections;
+                    info.reason = None;
+                }
+                publish(&shared, &bus, "MediaStreamStarted", None);
+                tracing::info!(reconnects = connections, "media stream connected");
+                connections += 1;
+                let mut w = Wire::new(spec.format, spec.audio, start.clone());
+                match session(ws, &shared, &mut w).await {
+                    SessionEnd::Finished => {
+                        finish(&shared, &bus, "STOPPED", "MediaStreamStopped", None);
+                        return;
+                    }
+                    SessionEnd::ServerClosed(why) => {
+                        shared.request_stop();
+                        finish(&shared, &bus, "STOPPED", "MediaStreamStopped", Some(why));
+                        return;
+                    }
+                    SessionEnd::Broken(why) => why,
+                }
+            }
+            Err(why) => why,
+        };
+        failures += 1;
+        if failures > cfg.reconnect_max_attempts {
+            shared.request_stop();
+            let reason = format!("{failures} connection attempts failed; last: {why}");
+            finish(&shared, &bus, "FAILED", "MediaStreamFailed", Some(reason));
+            return;
+        }
+        tracing::warn!(attempt = failures, error = %why, retry_ms = backoff.as_millis() as u64, "media stream: server unreachable; reconnecting");
+        {
+            let mut info = shared.info.lock();
+            info.status = "RECONNECTING".into();
+            info.reason = Some(why.clone());
+        }
+        publish(&shared, &bus, "MediaStreamReconnecting", Some(why));
+        // Wait out the backoff, unless the stream stops meanwhile.
+        let deadline = tokio::time::Instant::now() + backoff;
+        while tokio::time::Instant::now() < deadline {
+            if shared.outbox.lock().closed {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = shared.wake.notified() => {}
+            }
+        }
+        if shared.outbox.lock().closed && connections == 0 {
+            finish(&shared, &bus, "STOPPED", "MediaStreamStopped", None);
+            return;
+        }
+        backoff = (backoff * 2).min(cfg.reconnect_max);
+    }
+}
+
+fn publish(shared: &Shared, bus: &EventBus, event: &str, reason: Option<String>) {
+    let info = shared.info.lock();
+    bus.publish(Event::MediaStreamEvent {
+        call_id: info.call_id.clone(),
+        stream_sid: info.stream_sid.clone(),
+        event: event.to_string(),
+        url: info.url.clone(),
+        reconnects: info.reconnects,
+        reason,
+        timestamp: unix_ms(),
+    });
+}
+
+fn finish(shared: &Shared, bus: &EventBus, status: &str, event: &str, reason: Option<String>) {
+    {
+        let mut info = shared.info.lock();
+        info.status = status.to_string();
+        info.reason = reason.clone();
+        info.ended_at = Some(unix_ms());
+        info.frames_dropped += shared.outbox.lock().dropped;
+        let p = shared.playout.lock();
+        info.audio_refused_ms = p.refused * 1000 / u64::from(info.sample_rate.max(1));
+    }
+    tracing::info!(
+        status,
+        reason = reason.as_deref().unwrap_or(""),
+        "media stream ended"
+    );
+    publish(shared, bus, event, reason);
+}
+
+fn message(f: Frame) -> Message {
+    match f {
+        Frame::Text(t) => Message::text(t),
+        Frame::Binary(b) => Message::binary(b),
+    }
+}
+
+async fn session<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    shared: &Shared,
+    wire: &mut Wire,
+) -> SessionEnd
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = ws.split();
+    for f in wire.opening() {
+        if let Err(e) = sink.feed(message(f)).await {
+            return SessionEnd::Broken(e.to_string());
+        }
+    }
+    let audio = shared.info.lock().wire_audio();
+    let mut batch = Vec::new();
+    let mut pcm = Vec::new();
+    loop {
+        shared.outbox.lock().take(&mut batch);
+        let mut sent = 0u64;
+        for m in batch.drain(..) {
+            let stop = matches!(m, Outgoing::Stop);
+            if matches!(m, Outgoing::Media { .. }) {
+                sent += 1;
+            }
+            if let Err(e) = sink.feed(message(wire.frame(&m))).await {
+                return SessionEnd::Broken(e.to_string());
+            }
+            if stop {
+                let close = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "stream stopped".into(),
+                };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                // Give the server a moment to answer the close; then drop the socket.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if m.is_close() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return SessionEnd::Finished;
+            }
+        }
+        if sent > 0 {
+            shared.info.lock().frames_sent += sent;
+        }
+        if let Err(e) = sink.flush().await {
+            return SessionEnd::Broken(e.to_string());
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            msg = stream.next() => match msg {
+                None => return SessionEnd::Broken("the server closed the connection".into()),
+                Some(Err(e)) => return SessionEnd::Broken(e.to_string()),
+                Some(Ok(Message::Text(t))) => on_text(shared, audio, t.as_str(), &mut pcm),
+                Some(Ok(Message::Binary(b))) => {
+                    if shared.format == Format::Raw {
+                        play(shared, audio, &b, &mut pcm);
+                    } else {
+                        bad_message(shared, "a binary frame in the twilio format");
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, why) = frame
+                        .map(|f| (f.code, f.reason.to_string()))
+                        .unwrap_or((CloseCode::Status, String::new()));
+                    if code == CloseCode::Normal {
+                        return SessionEnd::ServerClosed(format!("closed by the server ({why})"));
+                    }
+                    return SessionEnd::Broken(format!("the server closed with {code} {why}"));
+                }
+                // Pings are answered by tungstenite at the next flush.
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+fn on_text(shared: &Shared, audio: super::WireAudio, text: &str, pcm: &mut Vec<i16>) {
+    match wire::parse_text(text) {
+        // Raw streams take audio as binary frames; JSON media is understood there too.
+        Ok(Incoming::Media(bytes)) => play(shared, audio, &bytes, pcm),
+        Ok(Incoming::Mark(name)) => {
+            if !shared.bidirectional {
+                // Nothing plays: the mark's audio (none) has played.
+                shared.queue(Outgoing::Mark { name });
+                shared.info.lock().marks += 1;
+                return;
+            }
+            if let Some(name) = shared.playout.lock().push_mark(name) {
+                shared.queue(Outgoing::Mark { name });
+                shared.info.lock().marks += 1;
+            }
+        }
+        Ok(Incoming::Clear) => {
+            let marks = shared.playout.lock().clear();
+            shared.cleared.store(true, Ordering::Release);
+            let n = marks.len() as u64;
+            for name in marks {
+                shared.queue(Outgoing::Mark { name });
+            }
+            shared.info.lock().marks += n;
+        }
+        Ok(Incoming::Ignored(event)) => {
+            tracing::debug!(%event, "media stream: server event ignored");
+        }
+        Err(e) => bad_message(shared, &e.to_string()),
+    }
+}
+
+fn play(shared: &Shared, audio: super::WireAudio, bytes: &[u8], pcm: &mut Vec<i16>) {
+    if !shared.bidirectional {
+        bad_message(shared, "audio on a stream that is not bidirectional");
+        return;
+    }
+    pcm.clear();
+    wire::decode_audio(audio, bytes, pcm);
+    shared.playout.lock().push_audio(pcm);
+}
+
+fn bad_message(shared: &Shared, why: &str) {
+    let n = {
+        let mut info = shared.info.lock();
+        info.bad_messages += 1;
+        info.bad_messages
+    };
+    // The first few at warn, then only at debug (a broken server must not flood the log).
+    if n <= 5 {
+        tracing::warn!(why, "media stream: server message ignored");
+    } else {
+        tracing::debug!(why, "media stream: server message ignored");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media(chunk: u64) -> Outgoing {
+        Outgoing::Media {
+            track: TrackLabel::Inbound,
+            chunk,
+            timestamp: chunk * 20,
+            audio: vec![],
+        }
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_audio_and_keeps_control_messages() {
+        let mut ob = Outbox::new(2);
+        ob.push(Outgoing::Mark { name: "m".into() });
+        ob.push(media(1));
+        ob.push(media(2));
+        ob.push(media(3));
+        assert_eq!(ob.dropped, 1);
+        let mut v = Vec::new();
+        ob.take(&mut v);
+        assert_eq!(
+            v,
+            vec![Outgoing::Mark { name: "m".into() }, media(2), media(3)]
+        );
+        ob.push(Outgoing::Stop);
+        ob.push(media(4));
+        v.clear();
+        ob.take(&mut v);
+        assert_eq!(v, vec![Outgoing::Stop], "nothing after stop");
+    }
+
+    #[test]
+    fn requests_carry_the_headers_and_refuse_bad_ones() {
+        let r = build_request(
+            "ws://127.0.0.1:9/agent",
+            &[("Authorization".into(), "Bearer x".into())],
+        )
+        .unwrap();
+        assert_eq!(r.headers()["authorization"], "Bearer x");
+        assert!(build_request("ws://h/", &[("Bad Name".into(), "v".into())])
+            .unwrap_err()
+            .contains("Bad Name"));
+        assert!(build_request("ws://h/", &[("X-A".into(), "a\r\nb".into())]).is_err());
+        assert!(build_request("http://[", &[])
+            .unwrap_err()
+            .starts_with("url"));
+    }
+}
