@@ -72,54 +72,45 @@ struct Agent {
 }
 
 impl Agent {
-    // The handshake callback's type is tungstenite's (its error is a whole HTTP response).
-    #[allow(clippy::result_large_err)]
     async fn start() -> Agent {
+        Self::serve(None).await
+    }
+
+    /// A wss:// server with a certificate for 127.0.0.1 and localhost; returns it and the
+    /// certificate's PEM (the gateway's trust anchor through `SSL_CERT_FILE`).
+    async fn start_tls() -> (Agent, String) {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
+        let pem = ck.cert.pem();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        (Self::serve(Some(acceptor)).await, pem)
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Agent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/agent", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://{}/agent", listener.local_addr().unwrap());
         let (ctx, conns) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (mtx, rx) = mpsc::unbounded_channel();
-                let (tx, mut out) = mpsc::unbounded_channel::<Message>();
-                let seen =
-                    std::sync::Arc::new(std::sync::Mutex::new((HashMap::new(), String::new())));
-                let seen2 = seen.clone();
-                let cb = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                               resp| {
-                    let mut s = seen2.lock().unwrap();
-                    for (k, v) in req.headers() {
-                        s.0.insert(k.as_str().to_string(), v.to_str().unwrap_or("").to_string());
-                    }
-                    s.1 = req.uri().to_string();
-                    Ok(resp)
+                let conn = match &tls {
+                    None => accept(sock).await,
+                    Some(acceptor) => match acceptor.accept(sock).await {
+                        Ok(s) => accept(s).await,
+                        Err(_) => continue,
+                    },
                 };
-                let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, cb).await else {
-                    continue;
-                };
-                let task = tokio::spawn(async move {
-                    let (mut sink, mut stream) = ws.split();
-                    loop {
-                        tokio::select! {
-                            m = stream.next() => match m {
-                                Some(Ok(m)) => { let _ = mtx.send((Instant::now(), m)); }
-                                _ => return,
-                            },
-                            m = out.recv() => match m {
-                                Some(m) => { if sink.send(m).await.is_err() { return } }
-                                None => return,
-                            },
-                        }
-                    }
-                });
-                let (headers, uri) = seen.lock().unwrap().clone();
-                let _ = ctx.send(Conn {
-                    rx,
-                    tx,
-                    headers,
-                    uri,
-                    task,
-                });
+                if let Some(conn) = conn {
+                    let _ = ctx.send(conn);
+                }
             }
         });
         Agent { url, conns }
@@ -131,6 +122,52 @@ impl Agent {
             .expect("the gateway connects in time")
             .unwrap()
     }
+}
+
+/// The WebSocket handshake on an accepted socket (plain or TLS), recording its headers,
+/// then a task that relays messages both ways.
+// The handshake callback's type is tungstenite's (its error is a whole HTTP response).
+#[allow(clippy::result_large_err)]
+async fn accept<S>(sock: S) -> Option<Conn>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mtx, rx) = mpsc::unbounded_channel();
+    let (tx, mut out) = mpsc::unbounded_channel::<Message>();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((HashMap::new(), String::new())));
+    let seen2 = seen.clone();
+    let cb = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+        let mut s = seen2.lock().unwrap();
+        for (k, v) in req.headers() {
+            s.0.insert(k.as_str().to_string(), v.to_str().unwrap_or("").to_string());
+        }
+        s.1 = req.uri().to_string();
+        Ok(resp)
+    };
+    let ws = tokio_tungstenite::accept_hdr_async(sock, cb).await.ok()?;
+    let task = tokio::spawn(async move {
+        let (mut sink, mut stream) = ws.split();
+        loop {
+            tokio::select! {
+                m = stream.next() => match m {
+                    Some(Ok(m)) => { let _ = mtx.send((Instant::now(), m)); }
+                    _ => return,
+                },
+                m = out.recv() => match m {
+                    Some(m) => { if sink.send(m).await.is_err() { return } }
+                    None => return,
+                },
+            }
+        }
+    });
+    let (headers, uri) = seen.lock().unwrap().clone();
+    Some(Conn {
+        rx,
+        tx,
+        headers,
+        uri,
+        task,
+    })
 }
 
 /// Reads `n` Twilio media messages; checks their numbering; returns them.
@@ -603,4 +640,146 @@ Content-Length: 0
     assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
     let info = wait_stream(&gw, &call_id, "STOPPED").await;
     assert_eq!(info["bidirectional"], true, "{info}");
+}
+
+/// wss:// with rustls: the gateway verifies the agent's certificate against the system
+/// roots (here the test's own CA through `SSL_CERT_FILE`) and streams over TLS; a server
+/// whose certificate it cannot verify fails with the reason and the call goes on.
+#[tokio::test]
+async fn wss_streams_verify_the_server_certificate() {
+    let (mut agent, pem) = Agent::start_tls().await;
+    let dir = common::tempdir();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let gw = Gateway::start_with_env(
+        &[
+            ("media_stream_reconnect_max_attempts", "1".into()),
+            ("media_stream_reconnect_initial_ms", "50".into()),
+        ],
+        &[("SSL_CERT_FILE", ca.display().to_string())],
+    )
+    .await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let (s, call) = gw
+        .post_json("/call/startup", startup_body("ag5", sipp.port, "udp"))
+        .await;
+    assert_eq!(s, 200, "{call}");
+    gw.wait_status("ag5", &["ESTABLISHED"], T).await;
+    let (s, v) = gw
+        .post_json(
+            "/call/stream/startup",
+            json!({"callId": "ag5", "url": agent.url}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut conn = agent.accept().await;
+    assert_eq!(conn.json().await["event"], "connected");
+    assert_eq!(conn.json().await["start"]["callSid"], "ag5");
+    let heard = media(&mut conn, 50).await;
+    assert!(tone_share(&ulaw_of(&heard[10..]), 8000, 440.0) > 0.5);
+    let (s, _) = gw
+        .post_json("/call/stream/stop", json!({"callId": "ag5"}))
+        .await;
+    assert_eq!(s, 200);
+    wait_stream(&gw, "ag5", "STOPPED").await;
+
+    // A server with a certificate nobody vouches for: the stream fails, the call goes on.
+    let (untrusted, _) = Agent::start_tls().await;
+    let (s, v) = gw
+        .post_json(
+            "/call/stream/startup",
+            json!({"callId": "ag5", "url": untrusted.url}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let sid = v["streamSid"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + T;
+    let failed = loop {
+        let (_, f) = gw
+            .post_json("/call/stream/find", json!({"streamSid": sid}))
+            .await;
+        if f[0]["status"] == "FAILED" {
+            break f[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{f}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = failed["reason"].as_str().unwrap_or("").to_ascii_lowercase();
+    assert!(reason.contains("certificate"), "{failed}");
+    assert_eq!(gw.call("ag5").await["status"], "ESTABLISHED");
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "ag5"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
+/// A two-party call: `track: both` of the caller's leg carries the caller's voice as
+/// `inbound` and the callee's (what the caller hears) as `outbound`; playing into a bridged
+/// leg is refused with the reason.
+#[tokio::test]
+async fn a_two_party_call_streams_both_parties_with_their_track_labels() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMA", 1000.0).await;
+    let mut agent = Agent::start().await;
+    let (s, v) = gw
+        .post_json(
+            "/call/startup",
+            json!({"callId": "ag6", "caller": format!("sip:alice@127.0.0.1:{}", alice.port),
+                "callee": format!("sip:bob@127.0.0.1:{}", bob.port), "sipLogin": "gw",
+                "sipDomain": "127.0.0.1", "sipRegisterRequired": "false"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    gw.wait_status("ag6", &["ESTABLISHED"], T).await;
+    let (s, e) = gw
+        .post_json(
+            "/call/stream/startup",
+            json!({"callId": "ag6", "url": agent.url}),
+        )
+        .await;
+    assert_eq!(s, 409, "{e}");
+    assert!(e.to_string().contains("two-party"), "{e}");
+    let (s, e) = gw
+        .post_json(
+            "/call/stream/startup",
+            json!({"callId": "ag6", "url": agent.url, "bidirectional": false, "format": "raw", "track": "both"}),
+        )
+        .await;
+    assert_eq!(s, 400, "raw carries one track: {e}");
+    let (s, v) = gw
+        .post_json(
+            "/call/stream/startup",
+            json!({"callId": "ag6", "url": agent.url, "leg": "caller", "track": "both", "bidirectional": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut conn = agent.accept().await;
+    assert_eq!(conn.json().await["event"], "connected");
+    let st = conn.json().await;
+    assert_eq!(st["start"]["tracks"], json!(["inbound", "outbound"]));
+    let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
+    while inbound.len() < 60 || outbound.len() < 60 {
+        let m = conn.json().await;
+        if m["event"] != "media" {
+            continue;
+        }
+        match m["media"]["track"].as_str() {
+            Some("inbound") => inbound.push(m),
+            Some("outbound") => outbound.push(m),
+            other => panic!("track {other:?}: {m}"),
+        }
+    }
+    let caller = tone_share(&ulaw_of(&inbound[20..]), 8000, 440.0);
+    let callee = tone_share(&ulaw_of(&outbound[20..]), 8000, 1000.0);
+    assert!(
+        caller > 0.5 && callee > 0.5,
+        "inbound is the caller's 440 Hz ({caller}), outbound the callee's 1 kHz ({callee})"
+    );
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "ag6"}))
+        .await;
+    assert_eq!(s, 200);
+    conn.event("stop").await;
 }

@@ -63,6 +63,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(extra: &[(&str, String)]) -> Gateway {
+        Self::start_with_env(extra, &[]).await
+    }
+
+    /// As [`Gateway::start`], with environment variables for the process (e.g.
+    /// `SSL_CERT_FILE` for a test CA).
+    pub async fn start_with_env(extra: &[(&str, String)], env: &[(&str, String)]) -> Gateway {
         let dir = tempdir();
         let rest_port = free_tcp_port();
         // Both are free when picked but not held: they must differ (SIP listens on TCP too).
@@ -106,6 +112,7 @@ impl Gateway {
         let logfile = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sipstream"))
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .current_dir(dir.path())
             .stdout(logfile.try_clone().unwrap())
             .stderr(logfile)
