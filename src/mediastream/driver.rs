@@ -104,6 +104,15 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The stream as `/call/stream/find` shows it, counters up to date.
+    pub(super) fn snapshot(&self) -> MediaStreamInfo {
+        let mut info = self.info.lock().clone();
+        info.frames_dropped += self.outbox.lock().dropped;
+        let refused = self.playout.lock().refused;
+        info.audio_refused_ms = refused * 1000 / u64::from(info.sample_rate.max(1));
+        info
+    }
+
     pub(super) fn request_stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.stop.notify_one();
@@ -271,7 +280,7 @@ pub(super) async fn connection(
     let mut connections = 0u32;
     let mut backoff = cfg.reconnect_initial;
     loop {
-        if shared.outbox.lock().closed && connections > 0 {
+        if shared.outbox.lock().closed && failures > 0 {
             // Stopped while the server was away: nothing more to say to it.
             finish(&shared, &bus, "STOPPED", "MediaStreamStopped", None);
             return;
@@ -355,10 +364,6 @@ pub(super) async fn connection(
                 _ = shared.wake.notified() => {}
             }
         }
-        if shared.outbox.lock().closed && connections == 0 {
-            finish(&shared, &bus, "STOPPED", "MediaStreamStopped", None);
-            return;
-        }
         backoff = (backoff * 2).min(cfg.reconnect_max);
     }
 }
@@ -382,9 +387,6 @@ fn finish(shared: &Shared, bus: &EventBus, status: &str, event: &str, reason: Op
         info.status = status.to_string();
         info.reason = reason.clone();
         info.ended_at = Some(unix_ms());
-        info.frames_dropped += shared.outbox.lock().dropped;
-        let p = shared.playout.lock();
-        info.audio_refused_ms = p.refused * 1000 / u64::from(info.sample_rate.max(1));
     }
     tracing::info!(
         status,

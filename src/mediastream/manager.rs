@@ -365,7 +365,7 @@ impl MediaStreamManager {
             RequestError::NotFound(format!("streamSid {sid:?}: no such media stream"))
         })?;
         e.shared.request_stop();
-        let info = e.shared.info.lock().clone();
+        let info = e.shared.snapshot();
         Ok(info)
     }
 
@@ -380,14 +380,14 @@ impl MediaStreamManager {
             })
             .map(|e| {
                 e.shared.request_stop();
-                e.shared.info.lock().clone()
+                e.shared.snapshot()
             })
             .collect()
     }
 
     pub fn find(&self, sid: &str) -> Option<MediaStreamInfo> {
         let st = self.inner.state.lock();
-        st.streams.get(sid).map(|e| e.shared.info.lock().clone())
+        st.streams.get(sid).map(|e| e.shared.snapshot())
     }
 
     /// Streams of one call (or all), oldest first.
@@ -396,7 +396,7 @@ impl MediaStreamManager {
         let mut v: Vec<MediaStreamInfo> = st
             .streams
             .values()
-            .map(|e| e.shared.info.lock().clone())
+            .map(|e| e.shared.snapshot())
             .filter(|i| call_id.is_none_or(|c| i.call_id == c))
             .collect();
         v.sort_by_key(|i| i.created_at);
