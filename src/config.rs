@@ -121,6 +121,8 @@ pub struct Config {
     pub rtmp_reconnect_max: Duration,
     pub rtmp_reconnect_max_attempts: u32,
     pub rtmp_send_queue_kb: usize,
+    /// Where `/call/inject_sound` finds its `soundFile`s.
+    pub sound_dir: PathBuf,
     /// `inbound_media_stream_url`: every answered inbound call streams its audio to this
     /// WebSocket (bidirectional), in `inbound_media_stream_format`.
     pub inbound_media_stream_url: Option<String>,
@@ -213,6 +215,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("webhook_secret", ""),
     ("log_level", "info"),
     ("shutdown_timeout_s", "5"),
+    ("sound_dir", "sounds"),
     ("inbound_media_stream_url", ""),
     ("inbound_media_stream_format", "twilio"),
     ("media_stream_connect_timeout_ms", "5000"),
@@ -411,6 +414,7 @@ impl Config {
             rtmp_reconnect_max: Duration::from_millis(r.parse("rtmp_reconnect_max_ms")?),
             rtmp_reconnect_max_attempts: r.parse("rtmp_reconnect_max_attempts")?,
             rtmp_send_queue_kb: r.parse("rtmp_send_queue_kb")?,
+            sound_dir: PathBuf::from(r.string("sound_dir")),
             inbound_media_stream_url: match r.string("inbound_media_stream_url") {
                 u if u.is_empty() => None,
                 u if u.starts_with("ws://") || u.starts_with("wss://") => Some(u),

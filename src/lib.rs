@@ -7,6 +7,7 @@ pub mod call;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod exchange;
 pub mod ids;
 pub mod media;
 pub mod mediastream;

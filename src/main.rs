@@ -11,6 +11,7 @@ use sipstream::api::{self, AppState};
 use sipstream::call::manager::CallManager;
 use sipstream::config::Config;
 use sipstream::events::{webhook, EventBus};
+use sipstream::exchange::InjectManager;
 use sipstream::mediastream::{MediaStreamConfig, MediaStreamManager};
 use sipstream::record::manager::RecordingManager;
 use sipstream::registry::Registry;
@@ -95,6 +96,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         MediaStreamConfig::from_config(&cfg),
     );
     tokio::spawn(media_streams.clone().run());
+    let injections = InjectManager::new(calls.clone(), bus.clone(), cfg.sound_dir.clone());
 
     let state = web::Data::new(AppState {
         calls: calls.clone(),
@@ -102,6 +104,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         whep,
         pushes: pushes.clone(),
         media_streams: media_streams.clone(),
+        injections,
         bus,
         core: tokio::runtime::Handle::current(),
     });

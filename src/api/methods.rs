@@ -8,7 +8,7 @@ use std::pin::Pin;
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use super::{calls, media_streams, push, recording, siprec, streams, AppState};
+use super::{calls, inject, media_streams, push, recording, siprec, streams, AppState};
 
 pub type MethodFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, ApiError>>>>;
 
@@ -71,6 +71,26 @@ pub static METHODS: &[Method] = &[
     Method {
         path: "/call/find_all",
         call: with_body!(calls::find_all),
+    },
+    Method {
+        path: "/call/inject_sound",
+        call: with_body!(inject::inject_sound),
+    },
+    Method {
+        path: "/call/inject_stream/startup",
+        call: with_body!(inject::inject_stream_startup),
+    },
+    Method {
+        path: "/call/inject_stream/terminate",
+        call: with_body!(inject::inject_stream_terminate),
+    },
+    Method {
+        path: "/call/inject/stop",
+        call: with_body!(inject::stop),
+    },
+    Method {
+        path: "/call/inject/find",
+        call: with_body!(inject::find),
     },
     Method {
         path: "/call/stream/startup",

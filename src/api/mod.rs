@@ -4,6 +4,7 @@
 pub mod call_request;
 pub mod calls;
 pub mod error;
+pub mod inject;
 pub mod json;
 pub mod jsonrpc;
 pub mod media_streams;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub pushes: crate::rtmp::PushManager,
     /// Media streams to WebSocket servers (`/call/stream/*`).
     pub media_streams: crate::mediastream::MediaStreamManager,
+    /// Sounds and streams injected into call legs (`/call/inject*`).
+    pub injections: crate::exchange::InjectManager,
     /// The event bus, for `/ws` notifications and `/events`.
     pub bus: crate::events::EventBus,
     /// The gateway's own runtime. Actix runs handlers on per-worker runtimes; sockets and

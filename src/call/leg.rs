@@ -37,6 +37,8 @@ pub(super) struct CallLeg {
     pub(super) replacement: Option<(CallKey, String)>,
     /// Music on hold playing into this leg while we hold it.
     pub(super) music: Option<tokio::task::JoinHandle<()>>,
+    /// What else plays into this leg (agents, injected sounds and streams), mixed.
+    pub(super) player: Option<super::play::LegPlayer>,
     /// RFC 3263: the next addresses to try (later SRV targets) when the INVITE gets 503, times
     /// out or cannot be sent.
     pub(super) alternates: Vec<std::net::SocketAddr>,
@@ -87,6 +89,7 @@ impl CallLeg {
             replacement: None,
             alternates: Vec::new(),
             music: None,
+            player: None,
         }
     }
 

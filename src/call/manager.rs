@@ -700,22 +700,56 @@ impl CallManager {
         })
     }
 
-    /// How to play audio into `leg` of a call now: its RTP leg's injector, the codec it
-    /// sends and the packet time. None while the leg has no running audio (or is gone). A
-    /// caller keeps it until the injector says the leg stopped (a re-INVITE that moved the
-    /// media, a transfer), then asks again.
-    pub fn leg_player(
+    /// Plays `source` into `leg` of an established call, mixed with whatever else plays
+    /// there (see `call/play.rs`); the handle stops it. Not into a leg of a two-party call
+    /// (its party hears the other through the bridge, which does not mix yet).
+    pub fn play_into(
         &self,
         call_id: &str,
         leg: Leg,
-    ) -> Option<(crate::rtp::driver::Injector, AudioCodec, u32)> {
-        let st = self.inner.state.lock();
-        let entry = st.calls.get(call_id)?;
-        let leg = entry.legs.iter().find(|l| l.name == leg)?;
-        let audio = leg.media.iter().find(|m| m.kind == TrackKind::Audio)?;
-        let handle = &audio.running.as_ref()?.0;
-        let codec = AudioCodec::from_encoding(&audio.codec.as_ref()?.encoding)?;
-        Some((handle.injector(), codec, self.inner.cfg.rtp_ptime_ms))
+        source: Box<dyn crate::media::mix::PlaySource>,
+    ) -> Result<super::play::PlayHandle, RequestError> {
+        let mut st = self.inner.state.lock();
+        let entry = st.established(call_id, "played into")?;
+        if entry.legs.len() > 1 {
+            return Err(RequestError::Conflict(format!(
+                "callId {call_id:?} is a two-party call: its legs hear each other through the \
+                 bridge, and mixing more audio into a bridged leg is not built yet"
+            )));
+        }
+        let name = super::leg::leg_name(leg);
+        let l = entry
+            .legs
+            .iter_mut()
+            .find(|l| l.name == leg)
+            .ok_or_else(|| {
+                RequestError::BadRequest(format!("leg: callId {call_id:?} has no {name} leg"))
+            })?;
+        let audio = l
+            .media
+            .iter()
+            .find(|m| m.kind == TrackKind::Audio)
+            .and_then(|m| m.running.as_ref().map(|r| &r.0).zip(m.codec.as_ref()));
+        let Some((handle, codec)) = audio else {
+            return Err(RequestError::Conflict(format!(
+                "callId {call_id:?}: the {name} leg has no audio running"
+            )));
+        };
+        let codec = AudioCodec::from_encoding(&codec.encoding).ok_or_else(|| {
+            RequestError::Conflict(format!(
+                "callId {call_id:?}: the {name} leg's codec {} cannot be played into",
+                codec.encoding
+            ))
+        })?;
+        let injector = handle.injector();
+        Ok(super::play::play(
+            &mut l.player,
+            self.inner.media.pick(),
+            injector,
+            codec,
+            self.inner.cfg.rtp_ptime_ms,
+            source,
+        ))
     }
 
     pub fn find(&self, call_id: &str) -> Option<CallInfo> {

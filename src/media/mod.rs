@@ -5,6 +5,7 @@
 pub mod dtmf;
 pub mod g711;
 pub mod h264;
+pub mod mix;
 pub mod opus;
 pub mod resample;
 pub mod transcode;

@@ -27,10 +27,12 @@ use super::framer::TrackFramer;
 use super::playout::Playout;
 use super::wire::{self, Frame, Incoming, Outgoing, StartInfo, TrackLabel, Wire};
 use super::{Format, MediaStreamInfo, StreamSpec};
+use crate::call::play::PlayHandle;
 use crate::events::{unix_ms, Event, EventBus};
-use crate::media::transcode::{AudioCodec, PcmEncoder};
+use crate::media::mix::PlaySource;
+use crate::media::resample::Resampler;
+use crate::media::transcode::AudioCodec;
 use crate::registry::{Leg, Reader, ReaderEvent, TrackKind, MAX_TRACKS};
-use crate::rtp::driver::{Injector, LegError};
 
 /// Largest message taken from a server (a TTS burst of ~30 s of μ-law in base64 fits).
 const MAX_MESSAGE: usize = 4 << 20;
@@ -81,6 +83,13 @@ impl Outbox {
         self.items.push_back(m);
     }
 
+    /// Forgets what waits (the stream is over).
+    pub(super) fn clear(&mut self) {
+        self.items = VecDeque::new();
+        self.media = 0;
+        self.closed = true;
+    }
+
     fn take(&mut self, into: &mut Vec<Outgoing>) {
         self.media = 0;
         into.extend(self.items.drain(..));
@@ -94,8 +103,6 @@ pub(super) struct Shared {
     /// The outbox has something (or was closed).
     pub(super) wake: Notify,
     pub(super) playout: Mutex<Playout>,
-    /// The server asked for `clear`: the pump forgets its encoder's part packet too.
-    pub(super) cleared: AtomicBool,
     /// Stop asked (API, failure, the server's close): the pump queues `stop` and ends.
     pub(super) stop: Notify,
     pub(super) stopping: AtomicBool,
@@ -124,26 +131,97 @@ impl Shared {
     }
 }
 
-/// How the pump plays into the leg: asks the call layer for the leg's injector when it has
-/// none (at the start, after the leg's media moved).
-pub(super) type PlayerSource = Box<dyn Fn() -> Option<(Injector, AudioCodec, u32)> + Send>;
+/// Plays the stream's [`AgentSource`] into the leg (again): the call layer's answer.
+pub(super) type Replay = Box<dyn Fn() -> Option<PlayHandle> + Send>;
+
+/// The agent's queued audio as a source of the leg's player: one frame per tick of the
+/// leg's mixer, marks answered as their audio goes out. Ends when the stream stops.
+pub(super) struct AgentSource {
+    shared: Arc<Shared>,
+    rate: u32,
+    resampler: Option<Resampler>,
+    wire: Vec<i16>,
+    marks: Vec<String>,
+    scratch_in: Vec<f32>,
+    scratch_out: Vec<f32>,
+}
+
+impl AgentSource {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        let rate = shared.info.lock().sample_rate;
+        Self {
+            shared,
+            rate,
+            resampler: None,
+            wire: Vec::new(),
+            marks: Vec::new(),
+            scratch_in: Vec::new(),
+            scratch_out: Vec::new(),
+        }
+    }
+}
+
+impl PlaySource for AgentSource {
+    fn frame(&mut self, rate: u32, n: usize, out: &mut Vec<i16>) -> Option<bool> {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        let want = n * self.rate as usize / rate.max(1) as usize;
+        self.wire.clear();
+        let had = self
+            .shared
+            .playout
+            .lock()
+            .tick_samples(want, &mut self.wire, &mut self.marks);
+        if !self.marks.is_empty() {
+            let k = self.marks.len() as u64;
+            for name in self.marks.drain(..) {
+                self.shared.queue(Outgoing::Mark { name });
+            }
+            self.shared.info.lock().marks += k;
+        }
+        if !had {
+            return Some(false);
+        }
+        let start = out.len();
+        if self.rate == rate {
+            out.extend_from_slice(&self.wire);
+        } else {
+            let (from, to) = (self.rate, rate);
+            let r = self
+                .resampler
+                .get_or_insert_with(|| Resampler::new(from, to).expect("8/16 kHz ratios"));
+            self.scratch_in.clear();
+            self.scratch_in
+                .extend(self.wire.iter().map(|s| f32::from(*s) / 32768.0));
+            self.scratch_out.clear();
+            r.process(&self.scratch_in, &mut self.scratch_out);
+            out.extend(
+                self.scratch_out
+                    .iter()
+                    .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
+            );
+        }
+        out.resize(start + n, 0);
+        self.shared.info.lock().frames_played += 1;
+        Some(true)
+    }
+}
 
 /// The pump; returns when the stream ends or a stop is asked.
 pub(super) async fn pump(
     shared: Arc<Shared>,
     mut reader: Reader,
     labels: Vec<(Leg, TrackLabel)>,
-    player: Option<PlayerSource>,
+    mut handle: Option<PlayHandle>,
+    replay: Option<Replay>,
     mut dtmf: mpsc::UnboundedReceiver<String>,
     started: Instant,
 ) {
     let audio = { shared.info.lock().wire_audio() };
     let mut tracks: Vec<Option<(u8, TrackFramer)>> = (0..MAX_TRACKS).map(|_| None).collect();
-    let mut tick = tokio::time::interval(Duration::from_millis(super::framer::FRAME_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut current: Option<(Injector, PcmEncoder)> = None;
-    let (mut out, mut frame, mut marks, mut payloads) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut out = Vec::new();
     let mut last_reader_drops = 0u64;
     loop {
         tokio::select! {
@@ -188,49 +266,22 @@ pub(super) async fn pump(
                 }
                 Some(ReaderEvent::Ended(_)) | None => break,
             },
-            _ = tick.tick(), if player.is_some() => {
-                frame.clear();
-                marks.clear();
-                let had = shared.playout.lock().tick(&mut frame, &mut marks);
-                if !marks.is_empty() {
-                    let n = marks.len() as u64;
-                    for name in marks.drain(..) {
-                        shared.queue(Outgoing::Mark { name });
-                    }
-                    shared.info.lock().marks += n;
+            _ = check.tick(), if replay.is_some() => {
+                // The leg's player ends when the leg's media moves (a re-INVITE, a
+                // transfer): play into the leg again.
+                let playing = handle.as_ref().is_some_and(|h| h.is_playing());
+                if !playing && !shared.stopping.load(Ordering::Acquire) {
+                    handle = replay.as_ref().and_then(|r| r());
                 }
-                if shared.cleared.swap(false, Ordering::AcqRel) {
-                    if let Some((_, enc)) = current.as_mut() {
-                        enc.clear();
-                    }
-                }
-                if !had {
-                    continue;
-                }
-                if current.is_none() {
-                    current = player.as_ref().and_then(|p| p()).and_then(|(inj, codec, ptime)| {
-                        PcmEncoder::new(audio.rate, codec, ptime).ok().map(|e| (inj, e))
-                    });
-                }
-                let Some((inj, enc)) = current.as_mut() else { continue };
-                payloads.clear();
-                if enc.push(&frame, &mut payloads).is_err() {
-                    continue;
-                }
-                for p in payloads.drain(..) {
-                    if let Err(LegError::Stopped) = inj.inject(p) {
-                        // The leg's media moved (re-INVITE, transfer): ask again next tick.
-                        current = None;
-                        break;
-                    }
-                }
-                shared.info.lock().frames_played += 1;
             },
             d = dtmf.recv() => if let Some(digit) = d {
                 shared.queue(Outgoing::Dtmf { digit });
             },
             _ = shared.stop.notified() => break,
         }
+    }
+    if let Some(h) = handle {
+        h.stop();
     }
     shared.queue(Outgoing::Stop);
 }
@@ -502,7 +553,6 @@ fn on_text(shared: &Shared, audio: super::WireAudio, text: &str, pcm: &mut Vec<i
         }
         Ok(Incoming::Clear) => {
             let marks = shared.playout.lock().clear();
-            shared.cleared.store(true, Ordering::Release);
             let n = marks.len() as u64;
             for name in marks {
                 shared.queue(Outgoing::Mark { name });

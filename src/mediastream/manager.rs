@@ -267,17 +267,29 @@ impl MediaStreamManager {
             outbox: Mutex::new(Outbox::new(self.inner.cfg.send_queue_frames)),
             wake: Notify::new(),
             playout: Mutex::new(Playout::new(spec.audio.rate, self.inner.cfg.play_queue_ms)),
-            cleared: AtomicBool::new(false),
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
             format: spec.format,
             bidirectional: spec.bidirectional,
         });
-        let player: Option<driver::PlayerSource> = spec.bidirectional.then(|| {
+        // The agent's audio is one more source of the leg's player (mixed with any other).
+        let (handle, replay) = if spec.bidirectional {
+            let handle = self.inner.calls.play_into(
+                cid,
+                leg_of(leg),
+                Box::new(driver::AgentSource::new(shared.clone())),
+            )?;
             let calls = self.inner.calls.clone();
-            let (cid, l) = (cid.clone(), leg_of(leg));
-            Box::new(move || calls.leg_player(&cid, l)) as driver::PlayerSource
-        });
+            let (c, l, sh) = (cid.clone(), leg_of(leg), shared.clone());
+            let replay: driver::Replay = Box::new(move || {
+                calls
+                    .play_into(&c, l, Box::new(driver::AgentSource::new(sh.clone())))
+                    .ok()
+            });
+            (Some(handle), Some(replay))
+        } else {
+            (None, None)
+        };
         let (dtmf_tx, dtmf_rx) = mpsc::unbounded_channel();
         let start = StartInfo {
             account_sid: "sipstream".into(),
@@ -311,7 +323,8 @@ impl MediaStreamManager {
             shared.clone(),
             reader,
             labels,
-            player,
+            handle,
+            replay,
             dtmf_rx,
             Instant::now(),
         );
@@ -335,6 +348,11 @@ impl MediaStreamManager {
 
     fn retire(&self, sid: &str) {
         let mut st = self.inner.state.lock();
+        if let Some(e) = st.streams.get(sid) {
+            // An ended stream is kept for find only: free its queues (up to minutes of audio).
+            let _ = e.shared.playout.lock().clear();
+            e.shared.outbox.lock().clear();
+        }
         st.ended.push_back(sid.to_string());
         while st.ended.len() > HISTORY {
             if let Some(old) = st.ended.pop_front() {

@@ -88,15 +88,24 @@ impl Playout {
         marks
     }
 
-    /// One tick: marks whose audio has gone out are appended to `marks`, and the next
-    /// frame (padded with silence when the queue runs dry in it) to `frame`. Returns whether
-    /// a frame was taken.
+    /// One tick of 20 ms: see [`Playout::tick_samples`].
     pub fn tick(&mut self, frame: &mut Vec<i16>, marks: &mut Vec<String>) -> bool {
+        self.tick_samples(self.frame, frame, marks)
+    }
+
+    /// One tick of `want` samples: marks whose audio has gone out are appended to `marks`,
+    /// and the next frame (padded with silence when the queue runs dry in it) to `frame`.
+    /// Returns whether a frame was taken.
+    pub fn tick_samples(
+        &mut self,
+        want: usize,
+        frame: &mut Vec<i16>,
+        marks: &mut Vec<String>,
+    ) -> bool {
         self.take_marks(marks);
-        if self.queued == 0 {
+        if self.queued == 0 || want == 0 {
             return false;
         }
-        let want = self.frame;
         let start = frame.len();
         while frame.len() - start < want {
             let Some(Item::Audio(a)) = self.items.front() else {

@@ -1,0 +1,198 @@
+//! Where several sources meet one leg: each 20 ms tick takes a frame from every source that
+//! has one and sums them with saturation (no wrap-around on loud sums), sans-IO. Sources are
+//! pulled on the mixer's clock, so no source needs its own timer and nothing drifts between
+//! them. A source says when it is finished (a file played to its end, an injected stream
+//! that ended) and is dropped.
+
+/// Audio played into a leg: asked for one frame per tick.
+pub trait PlaySource: Send {
+    /// Appends one frame of `n` samples at `rate` to `out` and returns `Some(true)`, or
+    /// returns `Some(false)` with nothing appended when it has nothing this tick (silent), or
+    /// `None` when it is finished for good.
+    fn frame(&mut self, rate: u32, n: usize, out: &mut Vec<i16>) -> Option<bool>;
+}
+
+/// The sources of one leg, mixed at one rate.
+pub struct Mix {
+    rate: u32,
+    frame: usize,
+    sources: Vec<(u64, Box<dyn PlaySource>)>,
+    next_id: u64,
+    scratch: Vec<i16>,
+    acc: Vec<i32>,
+}
+
+impl std::fmt::Debug for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mix")
+            .field("rate", &self.rate)
+            .field("sources", &self.sources.len())
+            .finish()
+    }
+}
+
+impl Mix {
+    /// `frame_ms`: the tick (the leg's packet time).
+    pub fn new(rate: u32, frame_ms: u32) -> Self {
+        let frame = (rate as usize * frame_ms.max(1) as usize) / 1000;
+        Self {
+            rate,
+            frame,
+            sources: Vec::new(),
+            next_id: 1,
+            scratch: Vec::with_capacity(frame),
+            acc: vec![0; frame],
+        }
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Adds a source; returns its id (for [`Mix::remove`]).
+    pub fn add(&mut self, source: Box<dyn PlaySource>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.sources.push((id, source));
+        id
+    }
+
+    /// Drops a source; false if it was not there (already finished).
+    pub fn remove(&mut self, id: u64) -> bool {
+        let before = self.sources.len();
+        self.sources.retain(|(i, _)| *i != id);
+        self.sources.len() != before
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.sources.iter().any(|(i, _)| *i == id)
+    }
+
+    /// One tick: the mixed frame appended to `out` (true), or false when every source was
+    /// silent (nothing appended: the leg sends its own silence). Finished sources go.
+    pub fn tick(&mut self, out: &mut Vec<i16>) -> bool {
+        let (rate, n) = (self.rate, self.frame);
+        self.acc.iter_mut().for_each(|a| *a = 0);
+        let mut any = false;
+        let (acc, scratch) = (&mut self.acc, &mut self.scratch);
+        self.sources.retain_mut(|(_, s)| {
+            scratch.clear();
+            match s.frame(rate, n, scratch) {
+                None => false,
+                Some(false) => true,
+                Some(true) => {
+                    any = true;
+                    for (a, x) in acc.iter_mut().zip(scratch.iter()) {
+                        *a += i32::from(*x);
+                    }
+                    true
+                }
+            }
+        });
+        if any {
+            out.extend(
+                self.acc
+                    .iter()
+                    .map(|a| (*a).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16),
+            );
+        }
+        any
+    }
+}
+
+/// Samples played once (or looped) from memory: a sound file.
+#[derive(Debug)]
+pub struct Samples {
+    pcm: std::sync::Arc<Vec<i16>>,
+    pos: usize,
+    looped: bool,
+}
+
+impl Samples {
+    /// `pcm` at the mixer's rate.
+    pub fn new(pcm: std::sync::Arc<Vec<i16>>, looped: bool) -> Self {
+        Self {
+            pcm,
+            pos: 0,
+            looped,
+        }
+    }
+}
+
+impl PlaySource for Samples {
+    fn frame(&mut self, _rate: u32, n: usize, out: &mut Vec<i16>) -> Option<bool> {
+        if self.pcm.is_empty() || (self.pos >= self.pcm.len() && !self.looped) {
+            return None;
+        }
+        let start = out.len();
+        while out.len() - start < n {
+            if self.pos >= self.pcm.len() {
+                if !self.looped {
+                    break;
+                }
+                self.pos = 0;
+            }
+            let take = (n - (out.len() - start)).min(self.pcm.len() - self.pos);
+            out.extend_from_slice(&self.pcm[self.pos..self.pos + take]);
+            self.pos += take;
+        }
+        out.resize(start + n, 0);
+        Some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Const(i16, usize);
+    impl PlaySource for Const {
+        fn frame(&mut self, _r: u32, n: usize, out: &mut Vec<i16>) -> Option<bool> {
+            if self.1 == 0 {
+                return None;
+            }
+            self.1 -= 1;
+            out.extend(std::iter::repeat_n(self.0, n));
+            Some(true)
+        }
+    }
+
+    #[test]
+    fn sources_are_summed_with_saturation_and_dropped_when_finished() {
+        let mut m = Mix::new(8000, 20);
+        let a = m.add(Box::new(Const(20000, 2)));
+        m.add(Box::new(Const(20000, 1)));
+        let mut out = Vec::new();
+        assert!(m.tick(&mut out));
+        assert_eq!(out, vec![i16::MAX; 160], "20000 + 20000 saturates");
+        out.clear();
+        assert!(m.tick(&mut out));
+        assert_eq!(out, vec![20000; 160]);
+        out.clear();
+        assert!(!m.tick(&mut out), "both finished");
+        assert!(out.is_empty() && m.is_empty());
+        assert!(!m.remove(a));
+    }
+
+    #[test]
+    fn samples_play_once_padded_or_loop() {
+        let pcm = Arc::new((1..=200).collect::<Vec<i16>>());
+        let mut once = Samples::new(pcm.clone(), false);
+        let mut out = Vec::new();
+        assert_eq!(once.frame(8000, 160, &mut out), Some(true));
+        assert_eq!(once.frame(8000, 160, &mut out), Some(true));
+        assert_eq!(&out[160..200], &(161..=200).collect::<Vec<i16>>()[..]);
+        assert!(out[200..].iter().all(|s| *s == 0));
+        assert_eq!(once.frame(8000, 160, &mut out), None);
+        let mut looped = Samples::new(pcm, true);
+        out.clear();
+        looped.frame(8000, 160, &mut out);
+        looped.frame(8000, 160, &mut out);
+        assert_eq!(out[200], 1, "starts again");
+    }
+}
