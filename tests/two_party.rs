@@ -232,6 +232,8 @@ async fn call_api_callstart_with_caller_and_callee_only_bridges_them() {
     }});
     ws.send(Message::text(start.to_string())).await.unwrap();
     let mut call_id = None;
+    // (callId, event): events can come before the reply that names the call.
+    let mut seen: Vec<(String, String)> = Vec::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + T;
     while !events.iter().any(|e| e == "ESTABLISHED") {
@@ -245,11 +247,18 @@ async fn call_api_callstart_with_caller_and_callee_only_bridges_them() {
         if v["id"] == "c1" {
             assert_eq!(v["result"]["status"], "Started", "{v}");
             call_id = v["result"]["callId"].as_str().map(str::to_string);
-        } else if v["method"] == "Event"
-            && call_id.is_some()
-            && v["params"]["callId"] == call_id.as_deref().unwrap()
-        {
-            events.push(v["params"]["event"].as_str().unwrap().to_string());
+        } else if v["method"] == "Event" {
+            seen.push((
+                v["params"]["callId"].as_str().unwrap_or("").to_string(),
+                v["params"]["event"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+        if let Some(id) = &call_id {
+            events = seen
+                .iter()
+                .filter(|(c, _)| c == id)
+                .map(|(_, e)| e.clone())
+                .collect();
         }
     }
     let call_id = call_id.unwrap();
