@@ -3,6 +3,9 @@
 # (README "Benchmarks"). Arguments go to sipstream-bench, e.g.
 #   scripts/bench.sh --quick
 #   scripts/bench.sh --steps calls --calls 500 --readers 1 --hold 30 --out /tmp/b.json
+#   scripts/bench.sh --quick --steps agents --calls 100,500   # media streams (issue 17) alone
+# The default steps include `agents` (≈ 1 min per --calls count with --quick, 30 s windows
+# and ≈ 2 min per count without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh bench

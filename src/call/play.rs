@@ -85,8 +85,10 @@ async fn run(player: LegPlayer, to: Injector, codec: AudioCodec, ptime: u32) {
         player.lock().alive = false;
         return;
     };
+    // Burst: a tick that comes late (a busy media thread) is made up at once, so the leg
+    // gets its 50 packets a second and queued audio (an agent's) does not fall behind.
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(ptime)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut frame, mut out): (Vec<i16>, Vec<Bytes>) = (Vec::new(), Vec::new());
     loop {
         tick.tick().await;

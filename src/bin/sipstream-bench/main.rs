@@ -12,7 +12,10 @@
 //!   call's gateway port), with 0, 1 and 3 readers per stream (SIPREC sessions whose SRS
 //!   answer points at this tool's sinks): gateway CPU, RSS per call, loss, added latency;
 //! - `fanout`: one call to 1..1000 SIPREC readers: packets out per gateway CPU-second;
-//! - `rtpengine`: the same number of one-way G.711 streams relayed by rtpengine.
+//! - `rtpengine`: the same number of one-way G.711 streams relayed by rtpengine;
+//! - `agents`: N calls each with a media stream to a WebSocket server in this tool
+//!   (issue 17): CPU per stream, loss, RTP → frame latency, and the agent's audio played back
+//!   into the calls (WebSocket → RTP latency).
 //!
 //! Not a test: run it with `scripts/bench.sh` (see the README's Benchmarks section).
 #![forbid(unsafe_code)]
@@ -31,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
+mod agents;
 mod two_party;
 
 const UAS_HOLD: &str = include_str!("../../../benches/sipp/uas_hold.xml");
@@ -38,7 +42,9 @@ const UAS_SHORT: &str = include_str!("../../../benches/sipp/uas_short.xml");
 const SRS: &str = include_str!("../../../benches/sipp/srs.xml");
 
 /// RTP packet: 12-byte header + 160 bytes of PCMU (20 ms). The payload starts with the send
-/// time (ns since the bench epoch), the stream index and a magic number.
+/// time (ns since the bench epoch), the stream index and a magic number, then the same again
+/// in μ-law-safe bytes (see `agents::write_stamp`) for paths that decode and re-encode the
+/// audio.
 const PKT: usize = 172;
 const MAGIC: u32 = 0x5353_424e;
 /// Latency histogram: 1 µs buckets up to 200 ms.
@@ -69,7 +75,7 @@ struct Opts {
 
 fn usage() -> ! {
     eprintln!(
-        "sipstream-bench [--quick] [--steps relay,setup,calls,twoparty,fanout,rtpengine] [--out FILE.json]\n\
+        "sipstream-bench [--quick] [--steps relay,setup,calls,twoparty,fanout,rtpengine,agents] [--out FILE.json]\n\
          \x20 [--gateway PATH] [--calls 100,500,1000] [--readers 0,1,3] [--hold SECS]\n\
          \x20 [--fanout 1,10,100,1000] [--setup-rates 250,500,...] [--setup-secs N]\n\
          \x20 [--log-level warn] [--set key=value ...] [--properties FILE]\n\
@@ -86,7 +92,7 @@ fn parse_opts() -> Opts {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Opts {
         quick: false,
-        steps: list("relay,setup,calls,twoparty,fanout,rtpengine"),
+        steps: list("relay,setup,calls,twoparty,fanout,rtpengine,agents"),
         out: PathBuf::new(),
         gateway: root.join("target/release/sipstream"),
         calls: vec![100, 500, 1000],
@@ -547,6 +553,9 @@ fn fill_packet(buf: &mut [u8; PKT], idx: u32, seq: u16, ts: u32, send_ns: u64) {
     buf[12..20].copy_from_slice(&send_ns.to_be_bytes());
     buf[20..24].copy_from_slice(&idx.to_be_bytes());
     buf[24..28].copy_from_slice(&MAGIC.to_be_bytes());
+    // A media stream decodes the audio and encodes it again (μ-law 0x7F comes back as 0xFF):
+    // the stamp once more, in bytes that survive that.
+    agents::write_stamp(&mut buf[12 + agents::STAMP_AT..], send_ns, idx, MAGIC);
 }
 
 struct SendReport {
@@ -1636,10 +1645,13 @@ fn markdown(r: &Value) -> String {
         }
         md.push('\n');
     }
+    if let Some(rows) = r.get("agents").and_then(Value::as_array) {
+        agents::markdown(rows, &mut md);
+    }
     if let Some(rows) = r.get("targets").and_then(Value::as_array) {
         let _ = writeln!(
             md,
-            "**Targets (issue 7)**\n\n| target | measured | verdict |\n|---|---|---|"
+            "**Targets (issue 7; media streams: issue 17)**\n\n| target | measured | verdict |\n|---|---|---|"
         );
         for x in rows {
             let _ = writeln!(
@@ -1760,6 +1772,10 @@ fn targets(r: &Value) -> Vec<Value> {
                 "verdict": verdict(kib <= 64.0, 64.0 / kib.max(1e-9)),
             }));
         }
+    }
+    // Media streams (issue 17): frame and playback latency, streams per core.
+    if let Some(rows) = r["agents"].as_array() {
+        out.extend(agents::targets(rows));
     }
     out
 }
@@ -1966,6 +1982,10 @@ fn main() -> Result<()> {
     if has("rtpengine") {
         let res = step_rtpengine(&o, &dir, &o.calls).map(Value::Array);
         record(&mut r, "rtpengine", res);
+    }
+    if has("agents") {
+        let res = rt.block_on(agents::step_agents(&o, &dir)).map(Value::Array);
+        record(&mut r, "agents", res);
     }
     r["errors"] = json!(errors);
     write_report(&o, &mut r)?;
