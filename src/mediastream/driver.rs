@@ -189,10 +189,12 @@ impl PlaySource for AgentSource {
         if self.rate == rate {
             out.extend_from_slice(&self.wire);
         } else {
-            let (from, to) = (self.rate, rate);
-            let r = self
-                .resampler
-                .get_or_insert_with(|| Resampler::new(from, to).expect("8/16 kHz ratios"));
+            if self.resampler.is_none() {
+                self.resampler = Resampler::new(self.rate, rate);
+            }
+            let Some(r) = self.resampler.as_mut() else {
+                return Some(false); // a ratio the resampler cannot do: silent
+            };
             self.scratch_in.clear();
             self.scratch_in
                 .extend(self.wire.iter().map(|s| f32::from(*s) / 32768.0));
