@@ -211,6 +211,78 @@ async fn a_wav_sound_plays_once_into_the_leg_and_bad_requests_say_why() {
     assert!(!gw.logs().contains("s3cr3t"));
 }
 
+/// Into a leg of a two-party call: the callee hears the caller and the sound mixed, then
+/// the caller alone again (the bridge goes back to sending straight).
+#[tokio::test]
+async fn a_sound_into_a_bridged_leg_is_mixed_with_the_other_party() {
+    let sounds = common::tempdir();
+    std::fs::write(sounds.path().join("hum.wav"), wav(8000, 1, 700.0, 1.5)).unwrap();
+    let gw = Gateway::start(&[("sound_dir", sounds.path().display().to_string())]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMA", 1000.0).await;
+    let (s, v) = gw
+        .post_json(
+            "/call/startup",
+            json!({"callId": "in3", "caller": format!("sip:alice@127.0.0.1:{}", alice.port),
+                "callee": format!("sip:bob@127.0.0.1:{}", bob.port), "sipLogin": "gw",
+                "sipDomain": "127.0.0.1", "sipRegisterRequired": "false"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    gw.wait_status("in3", &["ESTABLISHED"], T).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = gw
+        .post_json(
+            "/call/inject_sound",
+            json!({"callId": "in3", "soundFile": "hum.wav", "leg": "callee"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let window = |from: Instant, to: Instant| -> Vec<i16> {
+        bob.heard_timed(8)
+            .into_iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .flat_map(|(_, p)| p)
+            .collect()
+    };
+    let mixed = window(from, Instant::now());
+    let (s440, s700) = (
+        tone_share(&mixed, 8000, 440.0),
+        tone_share(&mixed, 8000, 700.0),
+    );
+    assert!(
+        s440 > 0.25 && s700 > 0.25,
+        "Bob hears Alice and the hum: 440 Hz {s440}, 700 Hz {s700}"
+    );
+    assert!(
+        mixed.len() <= 8000 + 800,
+        "one stream of packets, not two: {} samples in 1 s",
+        mixed.len()
+    );
+    wait_injection(&gw, "in3", "FINISHED").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let after = window(from, Instant::now());
+    assert!(
+        tone_share(&after, 8000, 440.0) > 0.8,
+        "Alice alone again: {}",
+        tone_share(&after, 8000, 440.0)
+    );
+    assert!(
+        after.len() >= 5600,
+        "the bridge sends straight again: {} samples",
+        after.len()
+    );
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "in3"}))
+        .await;
+    assert_eq!(s, 200);
+}
+
 #[tokio::test]
 async fn another_call_s_stream_is_injected_live_and_mixed_with_a_sound() {
     let sounds = common::tempdir();

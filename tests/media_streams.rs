@@ -715,8 +715,8 @@ async fn wss_streams_verify_the_server_certificate() {
 }
 
 /// A two-party call: `track: both` of the caller's leg carries the caller's voice as
-/// `inbound` and the callee's (what the caller hears) as `outbound`; playing into a bridged
-/// leg is refused with the reason.
+/// `inbound` and the callee's (what the caller hears) as `outbound`; agent audio for both
+/// legs at once is refused with the reason.
 #[tokio::test]
 async fn a_two_party_call_streams_both_parties_with_their_track_labels() {
     let gw = Gateway::start(&[]).await;
@@ -736,11 +736,11 @@ async fn a_two_party_call_streams_both_parties_with_their_track_labels() {
     let (s, e) = gw
         .post_json(
             "/call/stream/startup",
-            json!({"callId": "ag6", "url": agent.url}),
+            json!({"callId": "ag6", "url": agent.url, "leg": "both"}),
         )
         .await;
-    assert_eq!(s, 409, "{e}");
-    assert!(e.to_string().contains("two-party"), "{e}");
+    assert_eq!(s, 400, "{e}");
+    assert!(e.to_string().contains("bidirectional"), "{e}");
     let (s, e) = gw
         .post_json(
             "/call/stream/startup",

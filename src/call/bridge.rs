@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::media::transcode::{AudioCodec, Transcoder};
+use crate::media::transcode::{AudioCodec, PcmDecoder, Transcoder};
 use crate::registry::{InlineSink, Leg, MediaUnit, TrackId, TrackKind, TrackSpec};
 use crate::rtp::driver::Injector;
 
@@ -26,12 +26,21 @@ pub(super) struct BridgeSink {
     state: Mutex<State>,
     pub(super) forwarded: AtomicU64,
     pub(super) dropped: AtomicU64,
+    /// Set while the receiving leg's player mixes other audio (an injection, an agent): this
+    /// direction's audio goes there, decoded, instead of straight into the leg.
+    pub(super) mix_into: MixInto,
 }
+
+/// Where a bridge direction feeds the receiving leg's player, when it does.
+pub(super) type MixInto = Arc<Mutex<Option<Arc<Mutex<super::play::Feed>>>>>;
 
 #[derive(Default)]
 struct State {
     /// The source track, its payload type, and the transcoder from its codec.
     source: Option<(TrackId, u8, Option<Transcoder>)>,
+    /// The source codec decoded at the player's rate, for mixing.
+    decoder: Option<PcmDecoder>,
+    pcm: Vec<i16>,
     out: Vec<Bytes>,
 }
 
@@ -46,6 +55,7 @@ impl BridgeSink {
             state: Mutex::new(State::default()),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            mix_into: Arc::new(Mutex::new(None)),
         }
     }
 }
@@ -69,7 +79,11 @@ impl InlineSink for BridgeSink {
             }
         };
         tracing::info!(from = ?self.from, codec = %spec.codec, to = ?self.to_codec, "bridge direction ready");
-        self.state.lock().source = Some((id, spec.payload_type, transcoder));
+        let decoder = AudioCodec::from_encoding(&spec.codec)
+            .and_then(|c| PcmDecoder::new(c, super::play::MIX_RATE).ok());
+        let mut st = self.state.lock();
+        st.source = Some((id, spec.payload_type, transcoder));
+        st.decoder = decoder;
     }
 
     fn on_media(&self, unit: &MediaUnit) -> bool {
@@ -77,13 +91,31 @@ impl InlineSink for BridgeSink {
             return true;
         }
         let mut st = self.state.lock();
-        let State { source, out } = &mut *st;
+        let State {
+            source,
+            decoder,
+            pcm,
+            out,
+        } = &mut *st;
         let Some((track, pt, Some(t))) = source else {
             return true;
         };
         if unit.track != *track || unit.payload_type != *pt {
             // Another leg's track, or a telephone-event on this one.
             return true;
+        }
+        let feed = self.mix_into.lock().clone();
+        if let (Some(feed), Some(dec)) = (feed, decoder.as_mut()) {
+            if feed.lock().detached {
+                *self.mix_into.lock() = None;
+            } else {
+                pcm.clear();
+                if dec.decode(&unit.payload, pcm).is_ok() {
+                    feed.lock().push(pcm);
+                    self.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                return true;
+            }
         }
         out.clear();
         if t.passes_through(unit.payload.len()) {

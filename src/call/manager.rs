@@ -119,11 +119,13 @@ pub(super) struct Entry {
     /// Two-party: the INVITE to the callee, sent once the caller has answered.
     pub(super) pending_callee: Option<Box<PlaceCall>>,
     /// Two-party: the media bridge between the legs, one sink per direction: the index of
-    /// the leg it plays into, its pause flag (set while we hold that leg), the sink.
+    /// the leg it plays into, its pause flag (set while we hold that leg), the sink, and
+    /// where it feeds that leg's player while other audio is mixed in.
     pub(super) bridge: Vec<(
         usize,
         Arc<std::sync::atomic::AtomicBool>,
         crate::registry::SinkHandle,
+        super::bridge::MixInto,
     )>,
     /// Two-party: the task that publishes the mixed (stereo) track.
     pub(super) mixer: Option<tokio::task::JoinHandle<()>>,
@@ -530,12 +532,13 @@ impl CallManager {
                 self.inner.cfg.rtp_ptime_ms,
             ));
             let paused = sink.paused.clone();
+            let mix_into = sink.mix_into.clone();
             paused.store(
                 entry.legs[to].hold.ours,
                 std::sync::atomic::Ordering::Relaxed,
             );
             match self.inner.registry.attach(&stream, "bridge", sink) {
-                Ok(h) => entry.bridge.push((to, paused, h)),
+                Ok(h) => entry.bridge.push((to, paused, h, mix_into)),
                 Err(e) => tracing::warn!(%call_id, error = %e, "bridge not attached"),
             }
         }
@@ -701,8 +704,9 @@ impl CallManager {
     }
 
     /// Plays `source` into `leg` of an established call, mixed with whatever else plays
-    /// there (see `call/play.rs`); the handle stops it. Not into a leg of a two-party call
-    /// (its party hears the other through the bridge, which does not mix yet).
+    /// there (see `call/play.rs`); the handle stops it. Into a leg of a two-party call, the
+    /// bridge from the other party feeds the leg's player while the source plays, so the
+    /// party hears both.
     pub fn play_into(
         &self,
         call_id: &str,
@@ -711,20 +715,15 @@ impl CallManager {
     ) -> Result<super::play::PlayHandle, RequestError> {
         let mut st = self.inner.state.lock();
         let entry = st.established(call_id, "played into")?;
-        if entry.legs.len() > 1 {
-            return Err(RequestError::Conflict(format!(
-                "callId {call_id:?} is a two-party call: its legs hear each other through the \
-                 bridge, and mixing more audio into a bridged leg is not built yet"
-            )));
-        }
         let name = super::leg::leg_name(leg);
-        let l = entry
+        let li = entry
             .legs
-            .iter_mut()
-            .find(|l| l.name == leg)
+            .iter()
+            .position(|l| l.name == leg)
             .ok_or_else(|| {
                 RequestError::BadRequest(format!("leg: callId {call_id:?} has no {name} leg"))
             })?;
+        let l = &mut entry.legs[li];
         let audio = l
             .media
             .iter()
@@ -742,14 +741,26 @@ impl CallManager {
             ))
         })?;
         let injector = handle.injector();
-        Ok(super::play::play(
+        let handle = super::play::play(
             &mut l.player,
             self.inner.media.pick(),
             injector,
             codec,
             self.inner.cfg.rtp_ptime_ms,
             source,
-        ))
+        );
+        // A bridged leg: the other party's audio goes through this player too, mixed.
+        if let Some((_, _, _, mix_into)) = entry.bridge.iter().find(|b| b.0 == li) {
+            let mut m = mix_into.lock();
+            let fed = m.as_ref().is_some_and(|f| !f.lock().detached);
+            if !fed {
+                let feed = Arc::new(Mutex::new(super::play::Feed::default()));
+                if handle.add(Box::new(super::play::FeedSource(feed.clone()))) {
+                    *m = Some(feed);
+                }
+            }
+        }
+        Ok(handle)
     }
 
     pub fn find(&self, call_id: &str) -> Option<CallInfo> {
@@ -1202,7 +1213,7 @@ impl CallManager {
             }
             // The bridge into this leg follows whether we hold it now.
             let held = entry.legs[idx].hold.ours;
-            for (to, paused, _) in &entry.bridge {
+            for (to, paused, _, _) in &entry.bridge {
                 if *to == idx {
                     paused.store(held, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -1255,7 +1266,7 @@ impl CallManager {
             let mut events = Vec::new();
             let mut first = true;
             for i in chosen {
-                for (to, paused, _) in &entry.bridge {
+                for (to, paused, _, _) in &entry.bridge {
                     if *to == i {
                         // The held party hears neither the other party nor, after unhold,
                         // stale audio.

@@ -40,6 +40,15 @@ impl std::fmt::Debug for PlayHandle {
 }
 
 impl PlayHandle {
+    /// Adds another source to the same player; false when it has ended meanwhile.
+    pub(super) fn add(&self, source: Box<dyn PlaySource>) -> bool {
+        let mut st = self.player.lock();
+        if st.alive {
+            st.mix.add(source);
+        }
+        st.alive
+    }
+
     pub fn stop(&self) {
         self.player.lock().mix.remove(self.id);
     }
@@ -99,6 +108,7 @@ async fn run(player: LegPlayer, to: Injector, codec: AudioCodec, ptime: u32) {
             if st.mix.is_empty() {
                 // Decided under the lock: a source added from now on starts a new task.
                 st.alive = false;
+                st.mix.clear();
             }
             had
         };
@@ -109,6 +119,7 @@ async fn run(player: LegPlayer, to: Injector, codec: AudioCodec, ptime: u32) {
                     if let Err(LegError::Stopped) = to.inject(p) {
                         let mut st = player.lock();
                         st.alive = false;
+                        st.mix.clear();
                         tracing::debug!("leg player: the leg's media stopped");
                         return;
                     }
@@ -118,5 +129,58 @@ async fn run(player: LegPlayer, to: Injector, codec: AudioCodec, ptime: u32) {
         if !player.lock().alive {
             return;
         }
+    }
+}
+
+/// The other party's audio of a bridged call while something else plays into this leg: the
+/// bridge decodes into it instead of sending straight to the leg, and the player mixes it.
+#[derive(Debug, Default)]
+pub(super) struct Feed {
+    samples: std::collections::VecDeque<i16>,
+    playing: bool,
+    /// The player let go of it (nothing else plays): the bridge sends straight again.
+    pub(super) detached: bool,
+}
+
+/// Start once 20 ms wait (the bridge's and the player's clocks differ), keep at most 100 ms.
+const FEED_START: usize = MIX_RATE as usize / 50;
+const FEED_CAP: usize = MIX_RATE as usize / 10;
+
+impl Feed {
+    pub(super) fn push(&mut self, pcm: &[i16]) {
+        self.samples.extend(pcm.iter().copied());
+        while self.samples.len() > FEED_CAP {
+            self.samples.pop_front();
+        }
+    }
+}
+
+/// The player's side of a [`Feed`]; dropping it (the player ended) detaches the feed.
+pub(super) struct FeedSource(pub(super) Arc<Mutex<Feed>>);
+
+impl PlaySource for FeedSource {
+    fn frame(&mut self, _rate: u32, n: usize, out: &mut Vec<i16>) -> Option<bool> {
+        let mut f = self.0.lock();
+        if !f.playing && f.samples.len() >= FEED_START.max(n) {
+            f.playing = true;
+        }
+        if !f.playing || f.samples.is_empty() {
+            f.playing = false;
+            return Some(false);
+        }
+        let take = n.min(f.samples.len());
+        out.extend(f.samples.drain(..take));
+        out.resize(out.len() + (n - take), 0);
+        Some(true)
+    }
+
+    fn background(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for FeedSource {
+    fn drop(&mut self) {
+        self.0.lock().detached = true;
     }
 }

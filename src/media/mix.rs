@@ -10,6 +10,12 @@ pub trait PlaySource: Send {
     /// returns `Some(false)` with nothing appended when it has nothing this tick (silent), or
     /// `None` when it is finished for good.
     fn frame(&mut self, rate: u32, n: usize, out: &mut Vec<i16>) -> Option<bool>;
+
+    /// A background source (the other party of a bridged call) keeps no player alive by
+    /// itself: when only such sources are left, the mix counts as empty.
+    fn background(&self) -> bool {
+        false
+    }
 }
 
 /// The sources of one leg, mixed at one rate.
@@ -64,8 +70,14 @@ impl Mix {
         self.sources.len() != before
     }
 
+    /// No source left but background ones.
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+        self.sources.iter().all(|(_, s)| s.background())
+    }
+
+    /// Drops every source.
+    pub fn clear(&mut self) {
+        self.sources.clear();
     }
 
     pub fn contains(&self, id: u64) -> bool {

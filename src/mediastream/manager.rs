@@ -214,14 +214,6 @@ impl MediaStreamManager {
                         .into(),
                 ));
             }
-            if two_party {
-                return Err(RequestError::Conflict(format!(
-                    "bidirectional: callId {cid:?} is a two-party call and its {} already hears \
-                     the other party; agent audio plays into one-leg calls (mixing both is not \
-                     built yet)",
-                    leg_name(leg_of(leg))
-                )));
-            }
             let st = self.inner.state.lock();
             if let Some(e) = st.streams.values().find(|e| {
                 let i = e.shared.info.lock();
