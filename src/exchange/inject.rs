@@ -370,10 +370,10 @@ impl InjectManager {
         streams_only: bool,
         stream: Option<&str>,
     ) -> Result<Vec<InjectionInfo>, RequestError> {
-        let st = self.inner.state.lock();
-        let hits: Vec<&Injection> = st
+        let mut st = self.inner.state.lock();
+        let hits: Vec<&mut Injection> = st
             .items
-            .values()
+            .values_mut()
             .filter(|i| i.info.status == "PLAYING")
             .filter(|i| injection_id.is_none_or(|id| i.info.injection_id == id))
             .filter(|i| call_id.is_none_or(|c| i.info.call_id == c))
@@ -399,9 +399,9 @@ impl InjectManager {
             .map(|i| {
                 i.stopped.store(true, Ordering::Release);
                 i.handle.stop();
-                let mut info = i.info.clone();
-                info.status = "STOPPED".into();
-                info
+                // Shown at once; the watcher raises InjectStopped.
+                i.info.status = "STOPPED".into();
+                i.info.clone()
             })
             .collect())
     }
