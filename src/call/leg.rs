@@ -36,7 +36,7 @@ pub(super) struct CallLeg {
     /// The far end REFERred us: the new leg's UA key and its target, until it answers.
     pub(super) replacement: Option<(CallKey, String)>,
     /// Music on hold playing into this leg while we hold it.
-    pub(super) music: Option<tokio::task::JoinHandle<()>>,
+    pub(super) music: Option<super::play::PlayHandle>,
     /// What else plays into this leg (agents, injected sounds and streams), mixed.
     pub(super) player: Option<super::play::LegPlayer>,
     /// RFC 3263: the next addresses to try (later SRV targets) when the INVITE gets 503, times
@@ -56,7 +56,7 @@ impl CallLeg {
     /// Stops the music on hold, if any.
     pub(super) fn stop_music(&mut self) {
         if let Some(m) = self.music.take() {
-            m.abort();
+            m.stop();
         }
     }
 }

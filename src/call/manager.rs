@@ -754,7 +754,7 @@ impl CallManager {
             let mut m = mix_into.lock();
             let fed = m.as_ref().is_some_and(|f| !f.lock().detached);
             if !fed {
-                let feed = Arc::new(Mutex::new(super::play::Feed::default()));
+                let feed = super::play::new_feed();
                 if handle.add(Box::new(super::play::FeedSource(feed.clone()))) {
                     *m = Some(feed);
                 }
@@ -1304,12 +1304,14 @@ impl CallManager {
                     });
                     if let Some((injector, c)) = player {
                         leg.stop_music();
-                        leg.music = Some(super::music::spawn(
+                        // One more source of the leg's player, looped until resumed.
+                        leg.music = Some(super::play::play(
+                            &mut leg.player,
                             self.inner.media.pick(),
-                            samples.clone(),
                             injector,
                             c,
                             self.inner.cfg.rtp_ptime_ms,
+                            Box::new(crate::media::mix::Samples::new(samples.clone(), true)),
                         ));
                     }
                 }

@@ -5,7 +5,6 @@ mod leg;
 pub mod manager;
 pub mod mixer;
 pub mod model;
-mod music;
 pub mod play;
 pub mod siprec;
 pub mod transfer;

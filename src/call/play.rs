@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::media::mix::{Mix, PlaySource};
+use crate::media::mix::{LiveBuffer, Mix, PlaySource};
 use crate::media::transcode::{AudioCodec, PcmEncoder};
 use crate::rtp::driver::{Injector, LegError};
 
@@ -134,25 +134,14 @@ async fn run(player: LegPlayer, to: Injector, codec: AudioCodec, ptime: u32) {
 
 /// The other party's audio of a bridged call while something else plays into this leg: the
 /// bridge decodes into it instead of sending straight to the leg, and the player mixes it.
-#[derive(Debug, Default)]
-pub(super) struct Feed {
-    samples: std::collections::VecDeque<i16>,
-    playing: bool,
-    /// The player let go of it (nothing else plays): the bridge sends straight again.
-    pub(super) detached: bool,
-}
+/// It starts once 20 ms wait (the bridge's and the player's clocks differ) and keeps 100 ms.
+pub(super) type Feed = LiveBuffer;
 
-/// Start once 20 ms wait (the bridge's and the player's clocks differ), keep at most 100 ms.
-const FEED_START: usize = MIX_RATE as usize / 50;
-const FEED_CAP: usize = MIX_RATE as usize / 10;
-
-impl Feed {
-    pub(super) fn push(&mut self, pcm: &[i16]) {
-        self.samples.extend(pcm.iter().copied());
-        while self.samples.len() > FEED_CAP {
-            self.samples.pop_front();
-        }
-    }
+pub(super) fn new_feed() -> Arc<Mutex<Feed>> {
+    Arc::new(Mutex::new(LiveBuffer::new(
+        MIX_RATE as usize / 50,
+        MIX_RATE as usize / 10,
+    )))
 }
 
 /// The player's side of a [`Feed`]; dropping it (the player ended) detaches the feed.
@@ -160,18 +149,7 @@ pub(super) struct FeedSource(pub(super) Arc<Mutex<Feed>>);
 
 impl PlaySource for FeedSource {
     fn frame(&mut self, _rate: u32, n: usize, out: &mut Vec<i16>) -> Option<bool> {
-        let mut f = self.0.lock();
-        if !f.playing && f.samples.len() >= FEED_START.max(n) {
-            f.playing = true;
-        }
-        if !f.playing || f.samples.is_empty() {
-            f.playing = false;
-            return Some(false);
-        }
-        let take = n.min(f.samples.len());
-        out.extend(f.samples.drain(..take));
-        out.resize(out.len() + (n - take), 0);
-        Some(true)
+        self.0.lock().take(n, out)
     }
 
     fn background(&self) -> bool {

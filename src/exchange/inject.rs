@@ -18,7 +18,7 @@ use crate::call::manager::CallManager;
 use crate::call::play::{PlayHandle, MIX_RATE};
 use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus};
-use crate::media::mix::{PlaySource, Samples};
+use crate::media::mix::{LiveBuffer, PlaySource, Samples};
 use crate::media::transcode::{AudioCodec, PcmDecoder};
 use crate::registry::{Leg, ReaderEvent, TrackKind};
 
@@ -221,7 +221,11 @@ impl InjectManager {
             .registry()
             .subscribe(stream, "inject")
             .map_err(|e| RequestError::NotFound(format!("streamName: {e}")))?;
-        let buffer = Arc::new(Mutex::new(LiveBuffer::default()));
+        let rate = MIX_RATE as usize;
+        let buffer = Arc::new(Mutex::new(LiveBuffer::new(
+            rate * START_BUFFER_MS / 1000,
+            rate * MAX_BUFFER_MS / 1000,
+        )));
         let feed = buffer.clone();
         let stopped = Arc::new(AtomicBool::new(false));
         let stop_feed = stopped.clone();
@@ -427,80 +431,13 @@ fn field_of(s: &SoundSource) -> &'static str {
     }
 }
 
-/// A live stream's decoded audio waiting for the mixer: starts once `START_BUFFER_MS` is
-/// there (absorbs the two clocks' jitter), keeps at most `MAX_BUFFER_MS` (oldest dropped).
-#[derive(Debug, Default)]
-struct LiveBuffer {
-    samples: VecDeque<i16>,
-    playing: bool,
-    ended: bool,
-}
-
-impl LiveBuffer {
-    fn push(&mut self, pcm: &[i16]) {
-        self.samples.extend(pcm.iter().copied());
-        let cap = MIX_RATE as usize * MAX_BUFFER_MS / 1000;
-        while self.samples.len() > cap {
-            self.samples.pop_front();
-        }
-    }
-}
-
+/// The player's side of an injected stream's [`LiveBuffer`].
 struct LiveSource {
     buffer: Arc<Mutex<LiveBuffer>>,
 }
 
 impl PlaySource for LiveSource {
     fn frame(&mut self, _rate: u32, n: usize, out: &mut Vec<i16>) -> Option<bool> {
-        let mut b = self.buffer.lock();
-        let start = MIX_RATE as usize * START_BUFFER_MS / 1000;
-        if !b.playing && (b.samples.len() >= start.max(n) || (b.ended && !b.samples.is_empty())) {
-            b.playing = true;
-        }
-        if b.playing && !b.samples.is_empty() {
-            let take = n.min(b.samples.len());
-            out.extend(b.samples.drain(..take));
-            out.resize(out.len() + (n - take), 0);
-            if b.samples.is_empty() && !b.ended {
-                // Ran dry: buffer again before playing on.
-                b.playing = false;
-            }
-            return Some(true);
-        }
-        if b.ended {
-            return None;
-        }
-        Some(false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_live_buffer_waits_for_40_ms_caps_at_200_ms_and_ends_after_draining() {
-        let buffer = Arc::new(Mutex::new(LiveBuffer::default()));
-        let mut src = LiveSource {
-            buffer: buffer.clone(),
-        };
-        let mut out = Vec::new();
-        buffer.lock().push(&[1; 160]);
-        assert_eq!(
-            src.frame(8000, 160, &mut out),
-            Some(false),
-            "20 ms is not enough"
-        );
-        buffer.lock().push(&[2; 160]);
-        assert_eq!(src.frame(8000, 160, &mut out), Some(true));
-        assert_eq!(out, vec![1; 160]);
-        buffer.lock().push(&[3; 8000]);
-        assert_eq!(buffer.lock().samples.len(), 1600, "capped at 200 ms");
-        buffer.lock().ended = true;
-        let mut frames = 0;
-        while src.frame(8000, 160, &mut out).is_some() {
-            frames += 1;
-        }
-        assert_eq!(frames, 10);
+        self.buffer.lock().take(n, out)
     }
 }

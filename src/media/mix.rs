@@ -116,6 +116,73 @@ impl Mix {
     }
 }
 
+/// Live audio from another clock (a stream, the other party of a bridge) waiting for the
+/// mixer: it plays once `start` samples wait (absorbing the two clocks' jitter), keeps at
+/// most `cap` (a source that runs ahead loses its oldest audio), and buffers again when it
+/// runs dry.
+#[derive(Debug)]
+pub struct LiveBuffer {
+    samples: std::collections::VecDeque<i16>,
+    playing: bool,
+    start: usize,
+    cap: usize,
+    /// No more audio will come: play what is left, then the source is finished.
+    pub ended: bool,
+    /// The player let go of it: the feeding side stops feeding.
+    pub detached: bool,
+}
+
+impl LiveBuffer {
+    pub fn new(start: usize, cap: usize) -> Self {
+        Self {
+            samples: std::collections::VecDeque::new(),
+            playing: false,
+            start,
+            cap: cap.max(start),
+            ended: false,
+            detached: false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    pub fn push(&mut self, pcm: &[i16]) {
+        self.samples.extend(pcm.iter().copied());
+        while self.samples.len() > self.cap {
+            self.samples.pop_front();
+        }
+    }
+
+    /// One frame of `n` samples, as [`PlaySource::frame`] answers.
+    pub fn take(&mut self, n: usize, out: &mut Vec<i16>) -> Option<bool> {
+        let len = self.samples.len();
+        if !self.playing && (len >= self.start.max(n) || (self.ended && len > 0)) {
+            self.playing = true;
+        }
+        if self.playing && len > 0 {
+            let take = n.min(len);
+            out.extend(self.samples.drain(..take));
+            out.resize(out.len() + (n - take), 0);
+            if self.samples.is_empty() && !self.ended {
+                self.playing = false;
+            }
+            return Some(true);
+        }
+        self.playing = false;
+        if self.ended {
+            None
+        } else {
+            Some(false)
+        }
+    }
+}
+
 /// Samples played once (or looped) from memory: a sound file.
 #[derive(Debug)]
 pub struct Samples {
@@ -189,6 +256,25 @@ mod tests {
         assert!(!m.tick(&mut out), "both finished");
         assert!(out.is_empty() && m.is_empty());
         assert!(!m.remove(a));
+    }
+
+    #[test]
+    fn a_live_buffer_waits_caps_and_ends_after_draining() {
+        let mut b = LiveBuffer::new(320, 1600);
+        let mut out = Vec::new();
+        b.push(&[1; 160]);
+        assert_eq!(b.take(160, &mut out), Some(false), "20 ms is not enough");
+        b.push(&[2; 160]);
+        assert_eq!(b.take(160, &mut out), Some(true));
+        assert_eq!(out, vec![1; 160]);
+        b.push(&[3; 8000]);
+        assert_eq!(b.len(), 1600, "capped at 200 ms");
+        b.ended = true;
+        let mut frames = 0;
+        while b.take(160, &mut out).is_some() {
+            frames += 1;
+        }
+        assert_eq!(frames, 10);
     }
 
     #[test]

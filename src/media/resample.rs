@@ -111,6 +111,42 @@ impl Resampler {
     }
 }
 
+/// A [`Resampler`] for 16-bit samples: converts to and from `f32` in buffers of its own.
+#[derive(Debug)]
+pub struct PcmResampler {
+    inner: Resampler,
+    fin: Vec<f32>,
+    fout: Vec<f32>,
+}
+
+impl PcmResampler {
+    pub fn new(in_rate: u32, out_rate: u32) -> Option<Self> {
+        Some(Self {
+            inner: Resampler::new(in_rate, out_rate)?,
+            fin: Vec::new(),
+            fout: Vec::new(),
+        })
+    }
+
+    /// Appends `input` resampled to `out`; streaming, like [`Resampler::process`].
+    pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        self.fin.clear();
+        self.fin
+            .extend(input.iter().map(|s| f32::from(*s) / 32768.0));
+        self.fout.clear();
+        self.inner.process(&self.fin, &mut self.fout);
+        out.extend(
+            self.fout
+                .iter()
+                .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
+        );
+    }
+
+    pub fn reset(&mut self) {
+        self.inner.reset();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

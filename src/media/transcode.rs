@@ -8,7 +8,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::g711;
-use super::resample::Resampler;
+use super::resample::PcmResampler;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudioCodec {
@@ -153,11 +153,9 @@ pub struct PcmEncoder {
     to: AudioCodec,
     /// Samples per packet at the input rate.
     frame: usize,
-    resampler: Option<Resampler>,
+    resampler: Option<PcmResampler>,
     opus: Option<::opus::Encoder>,
     fifo: Vec<i16>,
-    scratch_in: Vec<f32>,
-    scratch_out: Vec<f32>,
     encoded: Vec<u8>,
 }
 
@@ -179,7 +177,7 @@ impl PcmEncoder {
             _ if rate == to.sample_rate() => (None, rate),
             _ => (
                 Some(
-                    Resampler::new(rate, to.sample_rate())
+                    PcmResampler::new(rate, to.sample_rate())
                         .ok_or(TranscodeError::Rate(rate, to.sample_rate()))?,
                 ),
                 to.sample_rate(),
@@ -203,8 +201,6 @@ impl PcmEncoder {
             resampler,
             opus,
             fifo: Vec::new(),
-            scratch_in: Vec::new(),
-            scratch_out: Vec::new(),
             encoded: vec![0; 1500],
         })
     }
@@ -221,18 +217,7 @@ impl PcmEncoder {
     pub fn push(&mut self, pcm: &[i16], out: &mut Vec<Bytes>) -> Result<(), TranscodeError> {
         match &mut self.resampler {
             None => self.fifo.extend_from_slice(pcm),
-            Some(r) => {
-                self.scratch_in.clear();
-                self.scratch_in
-                    .extend(pcm.iter().map(|s| f32::from(*s) / 32768.0));
-                self.scratch_out.clear();
-                r.process(&self.scratch_in, &mut self.scratch_out);
-                self.fifo.extend(
-                    self.scratch_out
-                        .iter()
-                        .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
-                );
-            }
+            Some(r) => r.process(pcm, &mut self.fifo),
         }
         let cap = self.frame * FIFO_FRAMES;
         if self.fifo.len() > cap {
@@ -271,10 +256,8 @@ impl PcmEncoder {
 pub struct PcmDecoder {
     codec: AudioCodec,
     opus: Option<::opus::Decoder>,
-    resampler: Option<Resampler>,
+    resampler: Option<PcmResampler>,
     decoded: Vec<i16>,
-    scratch_in: Vec<f32>,
-    scratch_out: Vec<f32>,
 }
 
 impl PcmDecoder {
@@ -287,7 +270,7 @@ impl PcmDecoder {
         };
         let resampler = match codec {
             AudioCodec::Pcmu | AudioCodec::Pcma if rate != 8000 => {
-                Some(Resampler::new(8000, rate).ok_or(TranscodeError::Rate(8000, rate))?)
+                Some(PcmResampler::new(8000, rate).ok_or(TranscodeError::Rate(8000, rate))?)
             }
             _ => None,
         };
@@ -296,8 +279,6 @@ impl PcmDecoder {
             opus,
             resampler,
             decoded: Vec::with_capacity(OPUS_MAX_SAMPLES),
-            scratch_in: Vec::new(),
-            scratch_out: Vec::new(),
         })
     }
 
@@ -316,18 +297,7 @@ impl PcmDecoder {
         }
         match &mut self.resampler {
             None => out.extend_from_slice(&self.decoded),
-            Some(r) => {
-                self.scratch_in.clear();
-                self.scratch_in
-                    .extend(self.decoded.iter().map(|s| f32::from(*s) / 32768.0));
-                self.scratch_out.clear();
-                r.process(&self.scratch_in, &mut self.scratch_out);
-                out.extend(
-                    self.scratch_out
-                        .iter()
-                        .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
-                );
-            }
+            Some(r) => r.process(&self.decoded, out),
         }
         Ok(())
     }

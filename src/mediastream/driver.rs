@@ -30,7 +30,7 @@ use super::{Format, MediaStreamInfo, StreamSpec};
 use crate::call::play::PlayHandle;
 use crate::events::{unix_ms, Event, EventBus};
 use crate::media::mix::PlaySource;
-use crate::media::resample::Resampler;
+use crate::media::resample::PcmResampler;
 use crate::media::transcode::AudioCodec;
 use crate::registry::{Leg, Reader, ReaderEvent, TrackKind, MAX_TRACKS};
 
@@ -141,11 +141,9 @@ pub(super) type Replay = Box<dyn Fn() -> Option<PlayHandle> + Send>;
 pub(super) struct AgentSource {
     shared: Arc<Shared>,
     rate: u32,
-    resampler: Option<Resampler>,
+    resampler: Option<PcmResampler>,
     wire: Vec<i16>,
     marks: Vec<String>,
-    scratch_in: Vec<f32>,
-    scratch_out: Vec<f32>,
 }
 
 impl AgentSource {
@@ -157,8 +155,6 @@ impl AgentSource {
             resampler: None,
             wire: Vec::new(),
             marks: Vec::new(),
-            scratch_in: Vec::new(),
-            scratch_out: Vec::new(),
         }
     }
 }
@@ -190,21 +186,12 @@ impl PlaySource for AgentSource {
             out.extend_from_slice(&self.wire);
         } else {
             if self.resampler.is_none() {
-                self.resampler = Resampler::new(self.rate, rate);
+                self.resampler = PcmResampler::new(self.rate, rate);
             }
             let Some(r) = self.resampler.as_mut() else {
                 return Some(false); // a ratio the resampler cannot do: silent
             };
-            self.scratch_in.clear();
-            self.scratch_in
-                .extend(self.wire.iter().map(|s| f32::from(*s) / 32768.0));
-            self.scratch_out.clear();
-            r.process(&self.scratch_in, &mut self.scratch_out);
-            out.extend(
-                self.scratch_out
-                    .iter()
-                    .map(|s| (s * 32768.0).clamp(-32768.0, 32767.0) as i16),
-            );
+            r.process(&self.wire, out);
         }
         out.resize(start + n, 0);
         self.shared.info.lock().frames_played += 1;
