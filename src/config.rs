@@ -135,6 +135,13 @@ pub struct Config {
     pub media_stream_send_queue: Duration,
     /// Agent audio queued for playing into the leg, at most.
     pub media_stream_play_queue: Duration,
+    /// `media_listen_pattern`: a Request-URI user matching it (its first group: a callId)
+    /// listens to that call (`send_from_call`); None: off.
+    pub media_listen_pattern: Option<regex::Regex>,
+    /// `media_barge_pattern`: the same for barging in (`fetch_to_call`, both ways).
+    pub media_barge_pattern: Option<regex::Regex>,
+    /// `media_exchange_timeout_s`: how long a media exchange's INVITE may ring.
+    pub media_exchange_timeout: Duration,
 }
 
 /// How an inbound call's callId is chosen.
@@ -224,6 +231,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("media_stream_reconnect_max_attempts", "20"),
     ("media_stream_send_queue_ms", "2000"),
     ("media_stream_play_queue_s", "120"),
+    ("media_listen_pattern", "listen-(.+)"),
+    ("media_barge_pattern", "barge-(.+)"),
+    ("media_exchange_timeout_s", "30"),
 ];
 
 /// Where the shipped properties file lives, relative to the working directory.
@@ -446,6 +456,9 @@ impl Config {
             media_stream_reconnect_max_attempts: r.parse("media_stream_reconnect_max_attempts")?,
             media_stream_send_queue: Duration::from_millis(r.parse("media_stream_send_queue_ms")?),
             media_stream_play_queue: Duration::from_secs(r.parse("media_stream_play_queue_s")?),
+            media_listen_pattern: exchange_pattern(&r, "media_listen_pattern")?,
+            media_barge_pattern: exchange_pattern(&r, "media_barge_pattern")?,
+            media_exchange_timeout: Duration::from_secs(r.parse("media_exchange_timeout_s")?),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -598,6 +611,23 @@ fn set_key(
             key: key.to_string(),
         }),
     }
+}
+
+/// A listen/barge pattern: the whole Request-URI user must match, with one group (the
+/// callId). Empty: off.
+fn exchange_pattern(r: &Reader<'_>, key: &str) -> Result<Option<regex::Regex>, ConfigError> {
+    let p = r.string(key);
+    if p.is_empty() {
+        return Ok(None);
+    }
+    let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| r.err(key, e.to_string()))?;
+    if re.captures_len() < 2 {
+        return Err(r.err(
+            key,
+            "needs a group, e.g. listen-(.+): it captures the callId".into(),
+        ));
+    }
+    Ok(Some(re))
 }
 
 struct Reader<'a> {

@@ -97,6 +97,12 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     );
     tokio::spawn(media_streams.clone().run());
     let injections = InjectManager::new(calls.clone(), bus.clone(), cfg.sound_dir.clone());
+    let exchanges = sipstream::exchange::ExchangeManager::new(
+        calls.clone(),
+        bus.clone(),
+        cfg.media_exchange_timeout,
+    );
+    tokio::spawn(exchanges.clone().run());
 
     let state = web::Data::new(AppState {
         calls: calls.clone(),
@@ -105,6 +111,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         pushes: pushes.clone(),
         media_streams: media_streams.clone(),
         injections,
+        exchanges,
         bus,
         core: tokio::runtime::Handle::current(),
     });

@@ -361,6 +361,9 @@ impl CallStartupRequest {
             stream,
             record: self.record.unwrap_or(false),
             headers,
+            direction: crate::sip::sdp::Direction::SendRecv,
+            audio_codecs: None,
+            exchange: None,
         })
     }
 }

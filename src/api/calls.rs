@@ -1,7 +1,7 @@
 //! `/call/*`: start, terminate and find calls.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::call_request::CallStartupRequest;
@@ -9,6 +9,41 @@ use super::error::{ApiError, ErrorBody};
 use super::json::parse_body;
 use super::AppState;
 use crate::call::model::CallInfo;
+use crate::exchange::{ExchangeInfo, InjectionInfo};
+
+/// A call as `/call/find` and `/call/find_all` show it: the call object with what is
+/// exchanged with it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallView {
+    #[serde(flatten)]
+    pub call: CallInfo,
+    /// Its media exchanges (`/media/*`, listen-in, barge-in), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exchanges: Vec<ExchangeInfo>,
+    /// What is or was injected into its legs (`/call/inject*`), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub injections: Vec<InjectionInfo>,
+}
+
+fn views(state: &AppState, calls: Vec<CallInfo>) -> Vec<CallView> {
+    let mut exchanges: std::collections::HashMap<String, Vec<ExchangeInfo>> = Default::default();
+    for x in state.exchanges.find(None) {
+        exchanges.entry(x.call_id.clone()).or_default().push(x);
+    }
+    let mut injections: std::collections::HashMap<String, Vec<InjectionInfo>> = Default::default();
+    for i in state.injections.find(None) {
+        injections.entry(i.call_id.clone()).or_default().push(i);
+    }
+    calls
+        .into_iter()
+        .map(|call| CallView {
+            exchanges: exchanges.remove(&call.call_id).unwrap_or_default(),
+            injections: injections.remove(&call.call_id).unwrap_or_default(),
+            call,
+        })
+        .collect()
+}
 
 /// The GET forms; the POST methods are in `methods.rs`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -219,7 +254,7 @@ pub async fn transfer(
 
 /// One call by callId (active or recently ended), as a one-element list as WCS returns it.
 #[utoipa::path(post, path = "/rest-api/call/find", request_body = CallIdRequest,
-    responses((status = 200, body = Vec<CallInfo>), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody)))]
+    responses((status = 200, body = Vec<CallView>), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody)))]
 pub async fn find(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let req: CallIdRequest = parse_body(&body)?;
     find_one(&state, &req.call_id)
@@ -242,12 +277,12 @@ fn find_one(state: &AppState, call_id: &str) -> Result<HttpResponse, ApiError> {
         .calls
         .find(call_id)
         .ok_or_else(|| ApiError::NotFound(format!("callId {call_id:?}: no such call")))?;
-    Ok(HttpResponse::Ok().json(vec![info]))
+    Ok(HttpResponse::Ok().json(views(state, vec![info])))
 }
 
 /// All active and recently ended calls, optionally filtered by status.
 #[utoipa::path(post, path = "/rest-api/call/find_all", request_body(content = Option<CallFilter>),
-    responses((status = 200, body = Vec<CallInfo>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Vec<CallView>), (status = 400, body = ErrorBody)))]
 pub async fn find_all(
     state: web::Data<AppState>,
     body: web::Bytes,
@@ -257,9 +292,11 @@ pub async fn find_all(
     } else {
         parse_body(&body)?
     };
-    Ok(HttpResponse::Ok().json(state.calls.find_all(filter.status.as_deref())))
+    let calls = state.calls.find_all(filter.status.as_deref());
+    Ok(HttpResponse::Ok().json(views(&state, calls)))
 }
 
 async fn find_all_get(state: web::Data<AppState>, q: web::Query<CallFilter>) -> HttpResponse {
-    HttpResponse::Ok().json(state.calls.find_all(q.status.as_deref()))
+    let calls = state.calls.find_all(q.status.as_deref());
+    HttpResponse::Ok().json(views(&state, calls))
 }

@@ -8,7 +8,9 @@ use std::pin::Pin;
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use super::{calls, inject, media_streams, push, recording, siprec, streams, AppState};
+use super::{
+    calls, inject, media_exchange, media_streams, push, recording, siprec, streams, AppState,
+};
 
 pub type MethodFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, ApiError>>>>;
 
@@ -107,6 +109,46 @@ pub static METHODS: &[Method] = &[
     Method {
         path: "/call/stream/find_all",
         call: without_body!(media_streams::find_all),
+    },
+    Method {
+        path: "/media/send_to_uri",
+        call: with_body!(media_exchange::send_to_uri),
+    },
+    Method {
+        path: "/media/fork_to_uri",
+        call: with_body!(media_exchange::send_to_uri),
+    },
+    Method {
+        path: "/media/fetch_from_uri",
+        call: with_body!(media_exchange::fetch_from_uri),
+    },
+    Method {
+        path: "/media/exchange_from_uri",
+        call: with_body!(media_exchange::fetch_from_uri),
+    },
+    Method {
+        path: "/media/terminate",
+        call: with_body!(media_exchange::terminate),
+    },
+    Method {
+        path: "/media/pause",
+        call: with_body!(media_exchange::pause),
+    },
+    Method {
+        path: "/media/fork_pause",
+        call: with_body!(media_exchange::pause),
+    },
+    Method {
+        path: "/media/resume",
+        call: with_body!(media_exchange::resume),
+    },
+    Method {
+        path: "/media/fork_resume",
+        call: with_body!(media_exchange::resume),
+    },
+    Method {
+        path: "/media/find",
+        call: with_body!(media_exchange::find),
     },
     Method {
         path: "/stream/find",

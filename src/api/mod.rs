@@ -7,6 +7,7 @@ pub mod error;
 pub mod inject;
 pub mod json;
 pub mod jsonrpc;
+pub mod media_exchange;
 pub mod media_streams;
 pub mod methods;
 pub mod openapi;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub media_streams: crate::mediastream::MediaStreamManager,
     /// Sounds and streams injected into call legs (`/call/inject*`).
     pub injections: crate::exchange::InjectManager,
+    /// Media exchanges (`/media/*`): forks, fetches, listen-in, barge-in.
+    pub exchanges: crate::exchange::ExchangeManager,
     /// The event bus, for `/ws` notifications and `/events`.
     pub bus: crate::events::EventBus,
     /// The gateway's own runtime. Actix runs handlers on per-worker runtimes; sockets and

@@ -25,6 +25,12 @@ use utoipa::OpenApi;
         super::inject::inject_stream_terminate,
         super::inject::stop,
         super::inject::find,
+        super::media_exchange::send_to_uri,
+        super::media_exchange::fetch_from_uri,
+        super::media_exchange::terminate,
+        super::media_exchange::pause,
+        super::media_exchange::resume,
+        super::media_exchange::find,
         super::media_streams::startup,
         super::media_streams::stop,
         super::media_streams::find,
@@ -84,7 +90,14 @@ mod tests {
     #[test]
     fn every_method_is_in_the_openapi_document() {
         let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
-        let aliases = ["/recorder/startup", "/recorder/terminate"];
+        let aliases = [
+            "/recorder/startup",
+            "/recorder/terminate",
+            "/media/fork_to_uri",
+            "/media/exchange_from_uri",
+            "/media/fork_pause",
+            "/media/fork_resume",
+        ];
         for m in crate::api::methods::METHODS {
             if aliases.contains(&m.path) {
                 continue;

@@ -23,12 +23,25 @@ pub(super) struct BridgeSink {
     /// Set while the receiving leg is on hold: it hears nothing of the other (or the hold
     /// music) then.
     pub(super) paused: Arc<AtomicBool>,
+    /// Set while a media exchange replaces what the receiving leg hears.
+    pub(super) muted: Arc<AtomicBool>,
     state: Mutex<State>,
     pub(super) forwarded: AtomicU64,
     pub(super) dropped: AtomicU64,
     /// Set while the receiving leg's player mixes other audio (an injection, an agent): this
     /// direction's audio goes there, decoded, instead of straight into the leg.
     pub(super) mix_into: MixInto,
+}
+
+/// One direction of a call's bridge as the call holds it.
+pub(super) struct BridgeDirection {
+    /// The index of the leg it plays into.
+    pub(super) to: usize,
+    pub(super) paused: Arc<AtomicBool>,
+    pub(super) muted: Arc<AtomicBool>,
+    pub(super) mix_into: MixInto,
+    /// Attached while held.
+    pub(super) _sink: crate::registry::SinkHandle,
 }
 
 /// Where a bridge direction feeds the receiving leg's player, when it does.
@@ -52,6 +65,7 @@ impl BridgeSink {
             to_codec,
             ptime_ms,
             paused: Arc::new(AtomicBool::new(false)),
+            muted: Arc::new(AtomicBool::new(false)),
             state: Mutex::new(State::default()),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -87,7 +101,7 @@ impl InlineSink for BridgeSink {
     }
 
     fn on_media(&self, unit: &MediaUnit) -> bool {
-        if self.paused.load(Ordering::Relaxed) {
+        if self.paused.load(Ordering::Relaxed) || self.muted.load(Ordering::Relaxed) {
             return true;
         }
         let mut st = self.state.lock();

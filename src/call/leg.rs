@@ -39,6 +39,9 @@ pub(super) struct CallLeg {
     pub(super) music: Option<super::play::PlayHandle>,
     /// What else plays into this leg (agents, injected sounds and streams), mixed.
     pub(super) player: Option<super::play::LegPlayer>,
+    /// The leg only receives what the gateway sends (a fork or a listener of another call's
+    /// media): our offers and answers say sendonly (inactive while held).
+    pub(super) send_only: bool,
     /// RFC 3263: the next addresses to try (later SRV targets) when the INVITE gets 503, times
     /// out or cannot be sent.
     pub(super) alternates: Vec<std::net::SocketAddr>,
@@ -88,6 +91,7 @@ impl CallLeg {
             template: None,
             replacement: None,
             alternates: Vec::new(),
+            send_only: false,
             music: None,
             player: None,
         }
@@ -119,10 +123,10 @@ impl CallLeg {
 
     /// The direction we ask for: sendonly while we hold the far end.
     pub(super) fn want(&self) -> Direction {
-        if self.hold.ours {
-            Direction::SendOnly
-        } else {
-            Direction::SendRecv
+        match (self.hold.ours, self.send_only) {
+            (true, true) => Direction::Inactive,
+            (true, false) | (false, true) => Direction::SendOnly,
+            (false, false) => Direction::SendRecv,
         }
     }
 

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use super::leg::{CallLeg, MediaLeg};
-use super::model::{CallInfo, CallSpec, LegInfo};
+use super::model::{CallInfo, CallSpec, ExchangeLink, LegInfo};
 use crate::config::Config;
 use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus};
@@ -121,12 +121,7 @@ pub(super) struct Entry {
     /// Two-party: the media bridge between the legs, one sink per direction: the index of
     /// the leg it plays into, its pause flag (set while we hold that leg), the sink, and
     /// where it feeds that leg's player while other audio is mixed in.
-    pub(super) bridge: Vec<(
-        usize,
-        Arc<std::sync::atomic::AtomicBool>,
-        crate::registry::SinkHandle,
-        super::bridge::MixInto,
-    )>,
+    pub(super) bridge: Vec<super::bridge::BridgeDirection>,
     /// Two-party: the task that publishes the mixed (stereo) track.
     pub(super) mixer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -367,7 +362,11 @@ impl CallManager {
         for _ in 0..legs {
             let mut m = Vec::new();
             if spec.has_audio {
-                m.push(self.media_leg(TrackKind::Audio).await?);
+                let mut audio = self.media_leg(TrackKind::Audio).await?;
+                if let Some(codecs) = &spec.audio_codecs {
+                    audio.offered = codecs.clone();
+                }
+                m.push(audio);
             }
             if spec.has_video && legs == 1 {
                 m.push(self.media_leg(TrackKind::Video).await?);
@@ -395,7 +394,8 @@ impl CallManager {
                 leg.sip_call_id = Some(sip_call_id.clone());
                 leg.media = m;
                 leg.media_ip = Some(media_ip);
-                let offer = leg.local_sdp(Direction::SendRecv);
+                leg.send_only = spec.direction == Direction::SendOnly;
+                let offer = leg.local_sdp(leg.want());
                 let sdp_offer = leg.sdp.stamp(offer);
                 // The caller of a two-party call has its own next hop.
                 let to = if i == 0 {
@@ -467,8 +467,10 @@ impl CallManager {
             .as_ref()
             .map(|c| c.uri.clone())
             .unwrap_or_else(|| format!("sip:{}@{}", spec.sip_login, spec.domain));
-        self.start_outputs(&info, spec.record, vec![caller, spec.callee_uri.clone()])
-            .await;
+        if spec.exchange.is_none() {
+            self.start_outputs(&info, spec.record, vec![caller, spec.callee_uri.clone()])
+                .await;
+        }
         Ok(info)
     }
 
@@ -532,13 +534,20 @@ impl CallManager {
                 self.inner.cfg.rtp_ptime_ms,
             ));
             let paused = sink.paused.clone();
+            let muted = sink.muted.clone();
             let mix_into = sink.mix_into.clone();
             paused.store(
                 entry.legs[to].hold.ours,
                 std::sync::atomic::Ordering::Relaxed,
             );
             match self.inner.registry.attach(&stream, "bridge", sink) {
-                Ok(h) => entry.bridge.push((to, paused, h, mix_into)),
+                Ok(h) => entry.bridge.push(super::bridge::BridgeDirection {
+                    to,
+                    paused,
+                    muted,
+                    mix_into,
+                    _sink: h,
+                }),
                 Err(e) => tracing::warn!(%call_id, error = %e, "bridge not attached"),
             }
         }
@@ -750,8 +759,8 @@ impl CallManager {
             source,
         );
         // A bridged leg: the other party's audio goes through this player too, mixed.
-        if let Some((_, _, _, mix_into)) = entry.bridge.iter().find(|b| b.0 == li) {
-            let mut m = mix_into.lock();
+        if let Some(b) = entry.bridge.iter().find(|b| b.to == li) {
+            let mut m = b.mix_into.lock();
             let fed = m.as_ref().is_some_and(|f| !f.lock().detached);
             if !fed {
                 let feed = super::play::new_feed();
@@ -761,6 +770,26 @@ impl CallManager {
             }
         }
         Ok(handle)
+    }
+
+    /// Mutes (or unmutes) what `leg` of a two-party call hears from the other party: a media
+    /// exchange replaces it. A one-leg call has no bridge: nothing to mute, Ok.
+    pub fn mute_into(&self, call_id: &str, leg: Leg, muted: bool) -> Result<(), RequestError> {
+        let mut st = self.inner.state.lock();
+        let entry = st
+            .calls
+            .get_mut(call_id)
+            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
+        let Some(li) = entry.legs.iter().position(|l| l.name == leg) else {
+            return Err(RequestError::BadRequest(format!(
+                "leg: callId {call_id:?} has no {} leg",
+                super::leg::leg_name(leg)
+            )));
+        };
+        for b in entry.bridge.iter().filter(|b| b.to == li) {
+            b.muted.store(muted, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     pub fn find(&self, call_id: &str) -> Option<CallInfo> {
@@ -1213,9 +1242,9 @@ impl CallManager {
             }
             // The bridge into this leg follows whether we hold it now.
             let held = entry.legs[idx].hold.ours;
-            for (to, paused, _, _) in &entry.bridge {
-                if *to == idx {
-                    paused.store(held, std::sync::atomic::Ordering::Relaxed);
+            for b in &entry.bridge {
+                if b.to == idx {
+                    b.paused.store(held, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             if ok {
@@ -1266,11 +1295,11 @@ impl CallManager {
             let mut events = Vec::new();
             let mut first = true;
             for i in chosen {
-                for (to, paused, _, _) in &entry.bridge {
-                    if *to == i {
+                for b in &entry.bridge {
+                    if b.to == i {
                         // The held party hears neither the other party nor, after unhold,
                         // stale audio.
-                        paused.store(on, std::sync::atomic::Ordering::Relaxed);
+                        b.paused.store(on, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 let leg = &mut entry.legs[i];
@@ -1887,7 +1916,11 @@ impl CallManager {
         if !cfg.inbound_accept {
             return reject(403, "inbound_calls=reject");
         }
-        if let Some(p) = &cfg.inbound_user_pattern {
+        let exchange = match self.exchange_target(&ic) {
+            Ok(x) => x,
+            Err((status, why)) => return reject(status, &why),
+        };
+        if let (Some(p), None) = (&cfg.inbound_user_pattern, &exchange) {
             if !p.is_match(&ic.user) {
                 return reject(404, "the user does not match inbound_user_pattern");
             }
@@ -1903,11 +1936,16 @@ impl CallManager {
         } else {
             &ic.user
         };
-        let stream = sanitize_id(
-            &cfg.inbound_stream_name
-                .replace("{user}", user)
-                .replace("{callId}", &call_id),
-        );
+        let stream = if exchange.is_some() {
+            // Several may listen to one call: each its own stream.
+            call_id.clone()
+        } else {
+            sanitize_id(
+                &cfg.inbound_stream_name
+                    .replace("{user}", user)
+                    .replace("{callId}", &call_id),
+            )
+        };
         {
             let mut st = self.inner.state.lock();
             if st.active >= cfg.max_calls {
@@ -1922,7 +1960,13 @@ impl CallManager {
                 drop(st);
                 return reject(482, "a call with this callId is active");
             }
-            let info = inbound_info(&ic, &call_id, &stream, cfg.sip_record_stream);
+            let mut info = inbound_info(
+                &ic,
+                &call_id,
+                &stream,
+                cfg.sip_record_stream && exchange.is_none(),
+            );
+            info.exchange_of = exchange.clone();
             st.history.retain(|id| id != &call_id);
             st.calls.insert(
                 call_id.clone(),
@@ -1935,11 +1979,19 @@ impl CallManager {
         let this = self.clone();
         tokio::spawn(async move {
             let key = ic.key;
-            match this.accept_incoming(&ic, &call_id, &stream).await {
+            let send_only = exchange
+                .as_ref()
+                .is_some_and(|x| x.kind == "send_from_call");
+            match this
+                .accept_incoming(&ic, &call_id, &stream, send_only)
+                .await
+            {
                 Ok(info) => {
                     this.publish_status(&info);
-                    let participants = vec![ic.from_uri.clone(), ic.request_uri.clone()];
-                    this.start_outputs(&info, false, participants).await;
+                    if exchange.is_none() {
+                        let participants = vec![ic.from_uri.clone(), ic.request_uri.clone()];
+                        this.start_outputs(&info, false, participants).await;
+                    }
                 }
                 Err((status, why)) => {
                     tracing::info!(%call_id, status, why = %why, "inbound call not answered");
@@ -1950,12 +2002,66 @@ impl CallManager {
         });
     }
 
+    /// An INVITE addressed to listen to (`media_listen_pattern`) or barge into
+    /// (`media_barge_pattern`) a running call: the Request-URI user matches (its group is the
+    /// callId), or `<user>-<X-Call-Id header>` does. The leg is the URI's `leg` parameter or
+    /// the `X-Leg` header (default `both`). Errors: the SIP status and why.
+    fn exchange_target(&self, ic: &IncomingCall) -> Result<Option<ExchangeLink>, (u16, String)> {
+        let cfg = &self.inner.cfg;
+        let header = |name: &str| {
+            ic.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let mut candidates = vec![ic.user.clone()];
+        if let Some(id) = header("X-Call-Id") {
+            candidates.push(format!("{}-{id}", ic.user));
+        }
+        let patterns = [
+            ("send_from_call", cfg.media_listen_pattern.as_ref()),
+            ("fetch_to_call", cfg.media_barge_pattern.as_ref()),
+        ];
+        let found = candidates.iter().find_map(|c| {
+            patterns.iter().find_map(|(kind, p)| {
+                let caps = (*p)?.captures(c)?;
+                Some((*kind, caps.get(1)?.as_str().to_string()))
+            })
+        });
+        let Some((kind, target)) = found else {
+            return Ok(None);
+        };
+        let leg = uri_param(&ic.request_uri, "leg")
+            .or_else(|| header("X-Leg"))
+            .unwrap_or_else(|| "both".into())
+            .to_ascii_lowercase();
+        let st = self.inner.state.lock();
+        let entry = st
+            .calls
+            .get(&target)
+            .ok_or_else(|| (404, format!("callId {target:?}: no such call")))?;
+        if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
+            return Err((480, format!("callId {target:?} is not established")));
+        }
+        if entry.info.exchange_of.is_some() {
+            return Err((403, format!("callId {target:?} is itself a media exchange")));
+        }
+        entry.select(Some(&leg)).map_err(|e| (400, e.to_string()))?;
+        tracing::info!(call_id = %target, kind, leg = %leg, from = %ic.from_uri, "inbound media exchange");
+        Ok(Some(ExchangeLink {
+            call_id: target,
+            kind: kind.into(),
+            leg,
+        }))
+    }
+
     /// Creates the stream, reserves ports for what the caller offers, answers.
     async fn accept_incoming(
         &self,
         ic: &IncomingCall,
         call_id: &str,
         stream: &str,
+        send_only: bool,
     ) -> Result<CallInfo, (u16, String)> {
         let offer = match &ic.sdp {
             Some(text) => {
@@ -2055,23 +2161,21 @@ impl CallManager {
                     headers: Vec::new(),
                 }));
             }
+            entry.legs[0].send_only = send_only;
+            let want = entry.legs[0].want();
             let sdp = match &offer {
                 Some(o) => {
-                    let answer = sdp::answer(
-                        &entry.legs[0].local_sdp(Direction::SendRecv),
-                        o,
-                        Direction::SendRecv,
-                    );
+                    let answer = sdp::answer(&entry.legs[0].local_sdp(want), o, want);
                     if answer.media.iter().all(|m| m.port == 0) {
                         return Err((488, "no codec of the offer is one we take".into()));
                     }
                     if let Some(text) = &ic.sdp {
-                        self.apply_remote_sdp(entry, 0, text, Some(Direction::SendRecv));
+                        self.apply_remote_sdp(entry, 0, text, Some(want));
                     }
                     entry.legs[0].sdp.stamp(answer)
                 }
                 None => {
-                    let ours = entry.legs[0].local_sdp(Direction::SendRecv);
+                    let ours = entry.legs[0].local_sdp(want);
                     entry.legs[0].sdp.stamp(ours)
                 }
             };
@@ -2297,6 +2401,7 @@ fn initial_info(spec: &CallSpec) -> CallInfo {
         established_at: None,
         ended_at: None,
         legs: Vec::new(),
+        exchange_of: spec.exchange.clone(),
     }
 }
 
@@ -2328,7 +2433,19 @@ fn inbound_info(ic: &IncomingCall, call_id: &str, stream: &str, record: bool) ->
         established_at: None,
         ended_at: None,
         legs: Vec::new(),
+        exchange_of: None,
     }
+}
+
+/// A parameter of a SIP URI (`sip:listen-c1@gw;leg=caller` → `leg` = `caller`).
+fn uri_param(uri: &str, name: &str) -> Option<String> {
+    let params = uri.split(['?', '>']).next()?.split(';').skip(1);
+    params.into_iter().find_map(|p| {
+        let (n, v) = p.split_once('=')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
 }
 
 /// `text` made into an id: characters outside `A-Z a-z 0-9 _ . -` become `_`, at most 128.
@@ -2541,6 +2658,9 @@ mod tests {
     #[test]
     fn legs_are_chosen_by_name_and_both_is_refused_where_one_is_needed() {
         let info = initial_info(&CallSpec {
+            direction: Direction::SendRecv,
+            audio_codecs: None,
+            exchange: None,
             call_id: "c1".into(),
             callee_uri: "sip:b@h".into(),
             caller: None,

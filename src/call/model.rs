@@ -6,6 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::sip::endpoint::Transport;
+use crate::sip::sdp::{Direction, RtpMap};
 use crate::sip::ua::CallPhase;
 
 pub use crate::secret::Secret;
@@ -48,6 +49,26 @@ pub struct CallSpec {
     pub stream: String,
     pub record: bool,
     pub headers: Vec<(String, String)>,
+    /// What our offer asks for: sendrecv, or sendonly for a fork of another call's media.
+    pub direction: Direction,
+    /// The audio codecs to offer, in order, instead of ours (a media exchange's `body`).
+    pub audio_codecs: Option<Vec<RtpMap>>,
+    /// This call carries a media exchange of another call: no recording, no SIPREC, no
+    /// agent stream of its own.
+    pub exchange: Option<ExchangeLink>,
+}
+
+/// A call the gateway placed (or took) for a media exchange of another call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeLink {
+    /// The call whose media this one exchanges.
+    pub call_id: String,
+    /// `send_to_uri`, `fetch_from_uri`, `send_from_call` (listen-in) or `fetch_to_call`
+    /// (barge-in).
+    pub kind: String,
+    /// `caller`, `callee` or `both`: the leg of that call.
+    pub leg: String,
 }
 
 /// One media leg of a call as the API shows it.
@@ -113,4 +134,7 @@ pub struct CallInfo {
     pub established_at: Option<u64>,
     pub ended_at: Option<u64>,
     pub legs: Vec<LegInfo>,
+    /// Set on a call that carries a media exchange of another call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange_of: Option<ExchangeLink>,
 }

@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,19 +13,16 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::source::FeedStop;
 use crate::call::manager::CallManager;
 use crate::call::play::{PlayHandle, MIX_RATE};
 use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus};
-use crate::media::mix::{LiveBuffer, PlaySource, Samples};
-use crate::media::transcode::{AudioCodec, PcmDecoder};
-use crate::registry::{Leg, ReaderEvent, TrackKind};
+use crate::media::mix::{PlaySource, Samples};
+use crate::registry::Leg;
 
 /// A sound fetched from a URL may be this large at most.
 const MAX_SOUND_BYTES: usize = 50 << 20;
-/// A live stream starts playing once this much is buffered, and keeps at most `MAX_BUFFER`.
-const START_BUFFER_MS: usize = 40;
-const MAX_BUFFER_MS: usize = 200;
 /// Injections `/call/inject/find` still shows after they ended.
 const HISTORY: usize = 1000;
 
@@ -61,7 +57,7 @@ pub enum SoundSource {
 struct Injection {
     info: InjectionInfo,
     handle: PlayHandle,
-    stopped: Arc<AtomicBool>,
+    stopped: FeedStop,
 }
 
 #[derive(Clone)]
@@ -215,63 +211,13 @@ impl InjectManager {
                 "streamName: {stream:?} is this call's own stream (its party would hear itself)"
             )));
         }
-        let mut reader = self
-            .inner
-            .calls
-            .registry()
-            .subscribe(stream, "inject")
-            .map_err(|e| RequestError::NotFound(format!("streamName: {e}")))?;
-        let rate = MIX_RATE as usize;
-        let buffer = Arc::new(Mutex::new(LiveBuffer::new(
-            rate * START_BUFFER_MS / 1000,
-            rate * MAX_BUFFER_MS / 1000,
-        )));
-        let feed = buffer.clone();
-        let stopped = Arc::new(AtomicBool::new(false));
-        let stop_feed = stopped.clone();
-        // The feeder: the stream's audio (its mixed track when it has one, else its first
-        // audio track) decoded to the mixer's rate.
-        let feeder = async move {
-            let mut chosen: Option<(usize, u8, bool, PcmDecoder)> = None;
-            let mut pcm = Vec::new();
-            while let Some(ev) = reader.recv().await {
-                if stop_feed.load(Ordering::Acquire) {
-                    break;
-                }
-                match ev {
-                    ReaderEvent::TrackChanged(id, spec) if spec.kind == TrackKind::Audio => {
-                        let mixed = spec.leg == Leg::Mixed;
-                        let better = match &chosen {
-                            None => true,
-                            Some((cid, _, was_mixed, _)) => *cid == id || (mixed && !was_mixed),
-                        };
-                        if better {
-                            if let Some(dec) = AudioCodec::from_encoding(&spec.codec)
-                                .and_then(|c| PcmDecoder::new(c, MIX_RATE).ok())
-                            {
-                                chosen = Some((id, spec.payload_type, mixed, dec));
-                            }
-                        }
-                    }
-                    ReaderEvent::Media(u) => {
-                        let Some((id, pt, _, dec)) = chosen.as_mut() else {
-                            continue;
-                        };
-                        if u.track != *id || u.payload_type != *pt {
-                            continue;
-                        }
-                        pcm.clear();
-                        if dec.decode(&u.payload, &mut pcm).is_ok() {
-                            feed.lock().push(&pcm);
-                        }
-                    }
-                    ReaderEvent::Ended(_) => break,
-                    _ => {}
-                }
-            }
-            feed.lock().ended = true;
-        };
-        let source = Box::new(LiveSource { buffer });
+        let (source, stop) = super::source::stream_source(
+            self.inner.calls.registry(),
+            stream,
+            super::source::Pick::Mixed,
+            "inject",
+        )
+        .map_err(|e| RequestError::NotFound(format!("streamName: {e}")))?;
         let info = self.start(
             call_id,
             leg,
@@ -279,9 +225,8 @@ impl InjectManager {
             stream.to_string(),
             false,
             source,
-            Some(stopped),
+            Some(stop),
         )?;
-        tokio::spawn(feeder);
         Ok(info)
     }
 
@@ -294,7 +239,7 @@ impl InjectManager {
         source_name: String,
         looped: bool,
         source: Box<dyn PlaySource>,
-        stopped: Option<Arc<AtomicBool>>,
+        stopped: Option<FeedStop>,
     ) -> Result<InjectionInfo, RequestError> {
         let handle = self.inner.calls.play_into(call_id, leg, source)?;
         let info = InjectionInfo {
@@ -334,7 +279,7 @@ impl InjectManager {
             while handle.is_playing() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let was_stopped = stopped.swap(true, Ordering::AcqRel);
+            let was_stopped = !stopped.swap();
             let info = {
                 let mut st = me.inner.state.lock();
                 let Some(i) = st.items.get_mut(&id) else {
@@ -401,7 +346,7 @@ impl InjectManager {
         Ok(hits
             .into_iter()
             .map(|i| {
-                i.stopped.store(true, Ordering::Release);
+                i.stopped.stop();
                 i.handle.stop();
                 // Shown at once; the watcher raises InjectStopped.
                 i.info.status = "STOPPED".into();
@@ -428,16 +373,5 @@ fn field_of(s: &SoundSource) -> &'static str {
     match s {
         SoundSource::File(_) => "soundFile",
         SoundSource::Url(_) => "url",
-    }
-}
-
-/// The player's side of an injected stream's [`LiveBuffer`].
-struct LiveSource {
-    buffer: Arc<Mutex<LiveBuffer>>,
-}
-
-impl PlaySource for LiveSource {
-    fn frame(&mut self, _rate: u32, n: usize, out: &mut Vec<i16>) -> Option<bool> {
-        self.buffer.lock().take(n, out)
     }
 }

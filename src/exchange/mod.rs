@@ -7,5 +7,8 @@
 //! layer does not know it.
 
 pub mod inject;
+pub mod media;
+pub mod source;
 
 pub use inject::{InjectManager, InjectionInfo};
+pub use media::{ExchangeInfo, ExchangeManager};

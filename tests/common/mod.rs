@@ -775,6 +775,7 @@ pub struct RawUas {
     pub port: u16,
     pub rtp_port: u16,
     received: Heard,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     invites: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     byes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     hangup: tokio::sync::mpsc::UnboundedSender<()>,
@@ -792,6 +793,8 @@ impl RawUas {
         let received = Arc::new(Mutex::new(Vec::new()));
         let invites = Arc::new(AtomicUsize::new(0));
         let byes = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let reqs = requests.clone();
         let (hangup, mut hangup_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let (dtmf, dtmf_rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
         let mut dtmf_rx = Some(dtmf_rx);
@@ -832,6 +835,9 @@ impl RawUas {
                     r = sip.recv_from(&mut buf) => {
                         let Ok((n, from)) = r else { return };
                         let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                        if !msg.starts_with("SIP/2.0 ") {
+                            reqs.lock().unwrap().push(msg.clone());
+                        }
                         let header = |name: &str| {
                             msg.lines()
                                 .find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
@@ -970,6 +976,7 @@ impl RawUas {
             port,
             rtp_port,
             received,
+            requests,
             invites,
             byes,
             hangup,
@@ -1038,20 +1045,189 @@ impl RawUas {
 
     /// Each G.711 payload received with payload type `pt`, decoded, with its arrival time.
     pub fn heard_timed(&self, pt: u8) -> Vec<(Instant, Vec<i16>)> {
-        let mut out = Vec::new();
-        for (p, payload, at) in self.received.lock().unwrap().iter() {
-            let mut pcm = Vec::new();
-            if *p != pt {
+        decode_timed(&self.received, pt)
+    }
+
+    /// The SIP requests received (INVITE, re-INVITEs, ACK, BYE...), as text.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Each G.711 payload of `received` with payload type `pt`, decoded, with its arrival time.
+fn decode_timed(received: &Heard, pt: u8) -> Vec<(Instant, Vec<i16>)> {
+    let mut out = Vec::new();
+    for (p, payload, at) in received.lock().unwrap().iter() {
+        let mut pcm = Vec::new();
+        if *p != pt {
+            continue;
+        }
+        if pt == 8 {
+            sipstream::media::g711::decode_alaw(payload, &mut pcm);
+        } else {
+            sipstream::media::g711::decode_ulaw(payload, &mut pcm);
+        }
+        out.push((*at, pcm));
+    }
+    out
+}
+
+/// A small SIP caller on 127.0.0.1: INVITEs the gateway (PCMU), streams a tone once
+/// answered and keeps the RTP it receives; `bye` hangs up.
+pub struct RawUac {
+    pub rtp_port: u16,
+    /// The 200 OK's text.
+    pub answer: String,
+    received: Heard,
+    sip: std::sync::Arc<tokio::net::UdpSocket>,
+    gateway: std::net::SocketAddr,
+    dialog: (String, String, String, String),
+    sender: tokio::task::JoinHandle<()>,
+}
+
+impl RawUac {
+    /// Calls `sip:<user>@127.0.0.1:<port>` with `headers` (CRLF-ended lines) added;
+    /// Err(status) when the answer is not 2xx.
+    pub async fn call(port: u16, user: &str, headers: &str, tone_hz: f64) -> Result<RawUac, u16> {
+        use std::sync::{Arc, Mutex};
+        let sip = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let rtp = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (sip_port, rtp_port) = (
+            sip.local_addr().unwrap().port(),
+            rtp.local_addr().unwrap().port(),
+        );
+        let gateway = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        // `user;param=value`: the parameters go on the Request-URI, after the host.
+        let (user, params) = match user.split_once(';') {
+            Some((u, p)) => (u, format!(";{p}")),
+            None => (user, String::new()),
+        };
+        let call_id = format!("rawuac-{sip_port}@127.0.0.1");
+        let from = format!("<sip:boss@127.0.0.1:{sip_port}>;tag=u{sip_port}");
+        let to = format!("<sip:{user}@127.0.0.1:{port}>");
+        let sdp = format!(
+            "v=0\r\no=uac 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        );
+        let invite = format!(
+            "INVITE sip:{user}@127.0.0.1:{port}{params} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bKuac{sip_port}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:boss@127.0.0.1:{sip_port}>\r\nMax-Forwards: 70\r\n{headers}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip.send_to(invite.as_bytes(), gateway).await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let answer = loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(10), sip.recv_from(&mut buf))
+                .await
+                .expect("an answer to the INVITE")
+                .unwrap();
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let status: u16 = msg
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if status < 200 {
                 continue;
             }
-            if pt == 8 {
-                sipstream::media::g711::decode_alaw(payload, &mut pcm);
+            let to_tag = msg
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("to:"))
+                .map(|l| l[3..].trim().to_string())
+                .unwrap_or_default();
+            let cseq = "1 ACK";
+            let branch = if status < 300 {
+                format!("z9hG4bKuacack{sip_port}")
             } else {
-                sipstream::media::g711::decode_ulaw(payload, &mut pcm);
+                format!("z9hG4bKuac{sip_port}")
+            };
+            let ack = format!(
+                "ACK sip:{user}@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch={branch}\r\nFrom: {from}\r\nTo: {to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            );
+            sip.send_to(ack.as_bytes(), gateway).await.unwrap();
+            if status >= 300 {
+                return Err(status);
             }
-            out.push((*at, pcm));
+            break (msg, to_tag);
+        };
+        let (answer, to_tag) = answer;
+        let remote: u16 = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let received: Heard = Arc::new(Mutex::new(Vec::new()));
+        {
+            let (rtp, received) = (rtp.clone(), received.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, _)) = rtp.recv_from(&mut buf).await {
+                    if n > 12 {
+                        received.lock().unwrap().push((
+                            buf[1] & 0x7f,
+                            buf[12..n].to_vec(),
+                            Instant::now(),
+                        ));
+                    }
+                }
+            });
         }
-        out
+        let sender = tokio::spawn(async move {
+            let dest = std::net::SocketAddr::from(([127, 0, 0, 1], remote));
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let (mut seq, mut ts, mut n) = (1u16, 0u32, 0u64);
+            loop {
+                tick.tick().await;
+                let mut p = vec![0x80, 0];
+                p.extend_from_slice(&seq.to_be_bytes());
+                p.extend_from_slice(&ts.to_be_bytes());
+                p.extend_from_slice(&0x7a7a_0001u32.to_be_bytes());
+                for _ in 0..160 {
+                    let s =
+                        ((n as f64) * 2.0 * std::f64::consts::PI * tone_hz / 8000.0).sin() * 8000.0;
+                    p.push(sipstream::media::g711::linear_to_ulaw(s as i16));
+                    n += 1;
+                }
+                let _ = rtp.send_to(&p, dest).await;
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+            }
+        });
+        Ok(RawUac {
+            rtp_port,
+            answer,
+            received,
+            sip,
+            gateway,
+            dialog: (
+                call_id,
+                from,
+                to_tag,
+                format!("sip:{user}@127.0.0.1:{port}"),
+            ),
+            sender,
+        })
+    }
+
+    /// Each PCMU payload received, decoded, with its arrival time.
+    pub fn heard_timed(&self) -> Vec<(Instant, Vec<i16>)> {
+        decode_timed(&self.received, 0)
+    }
+
+    /// Sends BYE (and stops the tone).
+    pub async fn bye(&self) {
+        self.sender.abort();
+        let (call_id, from, to, uri) = &self.dialog;
+        let port = self.sip.local_addr().unwrap().port();
+        let bye = format!(
+            "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKuacbye{port}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        let _ = self.sip.send_to(bye.as_bytes(), self.gateway).await;
+    }
+}
+
+impl Drop for RawUac {
+    fn drop(&mut self) {
+        self.sender.abort();
     }
 }
 
