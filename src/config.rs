@@ -773,6 +773,18 @@ mod tests {
             e.contains("hold_music_file") && e.contains("/nonexistent/hold.wav"),
             "{e}"
         );
+        let args = vec![
+            "--set".to_string(),
+            "media_listen_pattern=listen-.+".to_string(),
+        ];
+        let e = Config::load(args, no_env).unwrap_err().to_string();
+        assert!(
+            e.contains("media_listen_pattern") && e.contains("group"),
+            "{e}"
+        );
+        let args = vec!["--set".to_string(), "media_barge_pattern=".to_string()];
+        let c = Config::load(args, no_env).unwrap();
+        assert!(c.media_barge_pattern.is_none(), "empty: off");
         let args = vec!["--set".to_string(), "sip_dns_servers=not-an-ip".to_string()];
         let e = Config::load(args, no_env).unwrap_err().to_string();
         assert!(

@@ -2656,6 +2656,19 @@ mod tests {
     }
 
     #[test]
+    fn uri_parameters_are_read_after_the_host() {
+        assert_eq!(
+            uri_param("sip:listen-c1@gw:5060;leg=callee", "leg").as_deref(),
+            Some("callee")
+        );
+        assert_eq!(
+            uri_param("sip:listen-c1@gw;transport=udp;LEG=caller?x=y", "leg").as_deref(),
+            Some("caller")
+        );
+        assert_eq!(uri_param("sip:listen-c1@gw", "leg"), None);
+    }
+
+    #[test]
     fn legs_are_chosen_by_name_and_both_is_refused_where_one_is_needed() {
         let info = initial_info(&CallSpec {
             direction: Direction::SendRecv,

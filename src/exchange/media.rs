@@ -744,3 +744,27 @@ fn muted_restore(calls: &CallManager, call_id: &str, legs: &[Leg]) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legs_are_chosen_by_name_or_both_and_unknown_ones_are_named() {
+        let two = [Leg::Caller, Leg::Callee];
+        assert_eq!(choose("c", &two, None).unwrap(), two.to_vec());
+        assert_eq!(choose("c", &two, Some("BOTH")).unwrap(), two.to_vec());
+        assert_eq!(
+            choose("c", &two, Some("callee")).unwrap(),
+            vec![Leg::Callee]
+        );
+        let e = choose("c", &[Leg::Callee], Some("caller")).unwrap_err();
+        assert!(
+            e.to_string().contains("leg") && e.to_string().contains("callee"),
+            "{e}"
+        );
+        assert_eq!(legs_str(&two, &two), "both");
+        assert_eq!(legs_str(&two, &[Leg::Caller]), "caller");
+        assert_eq!(legs_str(&[Leg::Callee], &[Leg::Callee]), "callee");
+    }
+}

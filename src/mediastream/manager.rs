@@ -489,7 +489,7 @@ impl MediaStreamManager {
                         .inner
                         .calls
                         .find(call_id)
-                        .is_some_and(|c| c.direction == "inbound");
+                        .is_some_and(|c| c.direction == "inbound" && c.exchange_of.is_none());
                     if inbound {
                         specs.push(StreamSpec {
                             call_id: call_id.to_string(),
