@@ -462,3 +462,136 @@ async fn siprec_bad_input() {
     let (s, v) = gw.post_json("/siprec/pause", json!({})).await;
     assert_eq!(s, 400, "{v}");
 }
+
+/// Every metadata document in the SRS's log, in order.
+fn all_metadata(messages: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = messages;
+    while let Some(start) = rest.find("<?xml") {
+        let Some(len) = rest[start..].find("</recording>") else {
+            break;
+        };
+        let end = start + len + "</recording>".len();
+        out.push(rest[start..end].to_string());
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// A media exchange on a recorded call is a participant of the recording: when the fork's
+/// call is answered the SRS gets a re-INVITE whose metadata names its URI, what it is and
+/// the stream it hears; when it ends, another with its disassociate-time. Each document
+/// validates against RFC 7865, and the recording's media goes on.
+#[tokio::test]
+async fn a_media_exchange_joins_and_leaves_the_recording_metadata() {
+    let gw = Gateway::start(&[]).await;
+    let mut callee = established_call(&gw, "recx").await;
+    let sinks = media_sinks().await;
+    let mut srs = Sipp::uas_with("srs_metadata_update.xml", "udp", false, &vars(&sinks));
+    let (s, v) = gw
+        .post_json(
+            "/siprec/start",
+            json!({"callId": "recx", "srs": format!("sip:127.0.0.1:{}", srs.port)}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    wait_state(&gw, "recx", "default", "RECORDING").await;
+
+    let qa = common::RawUas::start("PCMU", 1000.0).await;
+    let qa_uri = format!("sip:qa@127.0.0.1:{}", qa.port);
+    let (s, v) = gw
+        .post_json(
+            "/media/send_to_uri",
+            json!({"callId": "recx", "uri": qa_uri, "leg": "callee"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = tokio::time::Instant::now() + T;
+    while !srs
+        .messages()
+        .contains("X-Joined: urn:sipstream:siprec:exchange")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no metadata update for the exchange:\n{}\n{}",
+            srs.messages(),
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = gw
+        .post_json("/media/terminate", json!({"callId": "recx"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    while !srs.messages().contains("X-Left: disassociate-time") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no metadata update for the exchange's end:\n{}",
+            srs.messages()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The recording went on through both updates.
+    drain(&sinks.0).await;
+    let (n, _) = count_rtp(&sinks.0, Duration::from_millis(400)).await;
+    assert!(n > 10, "callee stream after the updates: {n}");
+
+    let (s, v) = gw
+        .post_json("/siprec/stop", json!({"callId": "recx"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(srs.wait(T), Some(0), "SRS scenario:\n{}", srs.messages());
+    let docs = all_metadata(&srs.messages());
+    assert_eq!(docs.len(), 3, "INVITE and two updates: {docs:#?}");
+    for d in &docs {
+        validate_rfc7865(d);
+    }
+    let session_id = |d: &str| {
+        let doc = roxmltree_free_session_id(d);
+        assert!(!doc.is_empty(), "{d}");
+        doc
+    };
+    assert_eq!(session_id(&docs[0]), session_id(&docs[1]), "same session");
+    assert!(!docs[0].contains(&qa_uri), "{}", docs[0]);
+    for d in &docs[1..] {
+        assert!(d.contains(&format!("<nameID aor=\"{qa_uri}\"/>")), "{d}");
+        assert!(d.contains("kind=\"send_to_uri\" leg=\"callee\""), "{d}");
+    }
+    assert!(!docs[1].contains("disassociate-time"), "{}", docs[1]);
+    assert!(docs[2].contains("<disassociate-time>"), "{}", docs[2]);
+    // The fork's party hears the callee's stream: its recv is the first m-line's stream.
+    let callee_stream = stream_id_of_label(&docs[1], "1");
+    assert!(
+        docs[1].contains(&format!("<recv>{callee_stream}</recv>")),
+        "{}",
+        docs[1]
+    );
+
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "recx"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(callee.wait(T), Some(0));
+}
+
+/// The session_id attribute of `<session>`.
+fn roxmltree_free_session_id(xml: &str) -> String {
+    let at = xml.find("<session session_id=\"").map(|i| i + 21);
+    at.and_then(|i| xml[i..].find('"').map(|j| xml[i..i + j].to_string()))
+        .unwrap_or_default()
+}
+
+/// The stream_id of the `<stream>` with `label`.
+fn stream_id_of_label(xml: &str, label: &str) -> String {
+    let mut rest = xml;
+    while let Some(i) = rest.find("<stream stream_id=\"") {
+        let s = &rest[i + 19..];
+        let id = &s[..s.find('"').unwrap()];
+        let end = s.find("</stream>").unwrap();
+        if s[..end].contains(&format!("<label>{label}</label>")) {
+            return id.to_string();
+        }
+        rest = &s[end..];
+    }
+    panic!("no stream labelled {label} in {xml}")
+}

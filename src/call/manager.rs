@@ -895,6 +895,7 @@ impl CallManager {
         let mut events = Vec::new();
         let mut bridge_now = false;
         let mut siprec_phase = None;
+        let mut exchange_party = None;
         let info = {
             let mut st = self.inner.state.lock();
             let Some(call_id) = st.keys.get(&key).cloned() else {
@@ -1035,6 +1036,25 @@ impl CallManager {
             if established_now {
                 siprec_phase = Some(recorded_call(entry));
             }
+            // An exchange's call joins or leaves the call it exchanges media with: the
+            // SIPREC metadata of that call lists it.
+            if let Some(link) = &entry.info.exchange_of {
+                let joined = established_now;
+                let left = call_phase.is_final() && entry.info.established_at.is_some();
+                if joined || left {
+                    exchange_party = Some(super::siprec::ExchangeParty {
+                        call_id: link.call_id.clone(),
+                        exchange_id: call_id.clone(),
+                        kind: link.kind.clone(),
+                        leg: link.leg.clone(),
+                        uri: match (&entry.info.caller, entry.info.direction.as_str()) {
+                            (Some(from), "inbound") => from.clone(),
+                            _ => entry.info.callee.clone(),
+                        },
+                        joined,
+                    });
+                }
+            }
             if call_phase.is_final() {
                 for leg in entry.legs.iter_mut() {
                     if let Some(to) = &leg.transferred_to {
@@ -1118,6 +1138,9 @@ impl CallManager {
         }
         if let Some(call) = siprec_phase {
             self.inner.siprec.on_call_phase(call);
+        }
+        if let Some(party) = exchange_party {
+            self.inner.siprec.on_exchange(party);
         }
         if bridge_now {
             self.start_bridge(key);
@@ -1222,7 +1245,8 @@ impl CallManager {
         let (event, info) = {
             let mut st = self.inner.state.lock();
             let Some(entry) = st.by_key(key) else {
-                if !(200..300).contains(&status) {
+                drop(st);
+                if !self.inner.siprec.on_reinvited(key, status) && !(200..300).contains(&status) {
                     tracing::warn!(key, status, "re-INVITE refused");
                 }
                 return;
@@ -1315,9 +1339,11 @@ impl CallManager {
                 };
                 let ours = leg.local_sdp(want);
                 let sdp = leg.sdp.stamp(ours);
-                self.inner
-                    .sip
-                    .command(Command::Reinvite { key: leg.key, sdp });
+                self.inner.sip.command(Command::Reinvite {
+                    key: leg.key,
+                    sdp,
+                    body: None,
+                });
                 if !on {
                     leg.stop_music();
                 } else if let (true, Some(samples)) = (music, &self.inner.hold_music) {

@@ -29,7 +29,7 @@ use crate::sip::sdp::{self, Direction, RtpMap, SessionDescription};
 use crate::sip::ua::{Account, CallKey, CallPhase, Command, PlaceCall, Route};
 use crate::siprec::body::{multipart, srs_sdp};
 use crate::siprec::fork::{self, ForkConfig, ForkHandle};
-use crate::siprec::metadata::{self, Metadata, Participant};
+use crate::siprec::metadata::{self, ExchangeMeta, Metadata, Participant};
 use crate::siprec::{SiprecInfo, SiprecSpec, SiprecStartRequest, SiprecState, SrsAttempt};
 
 /// One Recording Session of a call.
@@ -50,6 +50,12 @@ pub struct SiprecSession {
     /// Stopped by the API or the call's end while an INVITE was out: no recording, no
     /// failover.
     stop_requested: bool,
+    /// The metadata's start-time: when the INVITE to the SRS went out.
+    start_time: String,
+    /// A re-INVITE of ours is out (RFC 3261 §14.1: one at a time).
+    reinvite_out: bool,
+    /// A metadata update waits for it.
+    update_queued: bool,
 }
 
 struct Ids {
@@ -74,6 +80,55 @@ impl SiprecSession {
     fn set_state(&mut self, state: SiprecState) {
         self.info.state = state;
         self.info.since = unix_ms();
+    }
+
+    /// The RFC 7865 metadata of this session for `call`, with the parties its media
+    /// exchanges joined.
+    fn metadata(&self, call: &RecordedCall, exchanges: &[ExchangeMeta]) -> Metadata {
+        let participant = |xml: &Option<String>, uri: &str| match xml {
+            Some(x) => Participant::Xml(x.clone()),
+            None => Participant::Aor {
+                aor: uri.to_string(),
+                name: None,
+            },
+        };
+        let exchanges = exchanges
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e.recv = match e.leg.as_str() {
+                    "caller" => vec![self.ids.caller_stream.clone()],
+                    "callee" => vec![self.ids.callee_stream.clone()],
+                    _ => vec![
+                        self.ids.callee_stream.clone(),
+                        self.ids.caller_stream.clone(),
+                    ],
+                };
+                e
+            })
+            .collect();
+        Metadata {
+            session_id: self.info.session_id.clone(),
+            group: self
+                .spec
+                .group
+                .as_ref()
+                .map(|_| (self.ids.group.clone(), self.spec.group_extension.clone())),
+            session_extension: self.spec.session_extension.clone(),
+            sip_session_id: call.sip_call_id.clone().unwrap_or_default(),
+            start_time: self.start_time.clone(),
+            caller: (
+                self.ids.caller.clone(),
+                participant(&self.spec.caller_xml, &call.caller),
+            ),
+            callee: (
+                self.ids.callee.clone(),
+                participant(&self.spec.callee_xml, &call.callee),
+            ),
+            callee_stream: (self.ids.callee_stream.clone(), LABELS.0.into()),
+            caller_stream: (self.ids.caller_stream.clone(), LABELS.1.into()),
+            exchanges,
+        }
     }
 
     fn sdp(&self, ip: IpAddr, direction: Direction) -> Option<String> {
@@ -102,6 +157,20 @@ pub(super) struct RecordedCall {
     /// The call's negotiated audio format, once answered.
     pub codec: Option<RtpMap>,
     pub status: CallPhase,
+}
+
+/// A media exchange's call joined (`joined`) or left the call it exchanges media with.
+#[derive(Debug, Clone)]
+pub(super) struct ExchangeParty {
+    /// The call whose media is exchanged (the recorded one).
+    pub call_id: String,
+    /// The exchange's own call.
+    pub exchange_id: String,
+    pub kind: String,
+    pub leg: String,
+    /// Whom the gateway called for it, or who called in.
+    pub uri: String,
+    pub joined: bool,
 }
 
 /// The SIPREC controller. Cheap to clone.
@@ -133,6 +202,8 @@ struct Recordings {
 struct CallRecordings {
     call: RecordedCall,
     sessions: Vec<SiprecSession>,
+    /// The call's media exchanges, joined and left, for the metadata.
+    exchanges: Vec<ExchangeMeta>,
 }
 
 /// Ended calls whose sessions stay visible (as the call manager keeps ended calls).
@@ -204,6 +275,7 @@ impl SiprecController {
             .or_insert_with(|| CallRecordings {
                 call: call.clone(),
                 sessions: Vec::new(),
+                exchanges: Vec::new(),
             });
         // The stored snapshot (from the call's phases) wins over the one taken before the
         // awaits above.
@@ -240,6 +312,9 @@ impl SiprecController {
             sdp_session: rand::random::<u32>() as u64,
             media_ip,
             stop_requested: false,
+            start_time: String::new(),
+            reinvite_out: false,
+            update_queued: false,
         });
         let idx = entry.sessions.len() - 1;
         if matches!(entry.call.status, CallPhase::Established | CallPhase::Hold) {
@@ -278,8 +353,15 @@ impl SiprecController {
                     f.set_paused(pause);
                     s.sdp_version += 1;
                     let ip = s.media_ip.unwrap_or(self.sdp_ip());
-                    if let Some(sdp) = s.sdp(ip, dir) {
-                        self.inner.sip.command(Command::Reinvite { key, sdp });
+                    if s.reinvite_out {
+                        // Sent with the metadata when the one out is answered.
+                        s.update_queued = true;
+                    } else if let Some(sdp) = s.sdp(ip, dir) {
+                        s.reinvite_out = self.inner.sip.command(Command::Reinvite {
+                            key,
+                            sdp,
+                            body: None,
+                        });
                     }
                     s.set_state(to);
                     tracing::info!(call_id, instance = %s.info.instance, state = ?to, "SIPREC session");
@@ -368,8 +450,6 @@ impl SiprecController {
     ) {
         let call_id = entry.call.call_id.clone();
         let audio = entry.call.codec.clone();
-        let caller_uri = entry.call.caller.clone();
-        let callee_uri = entry.call.callee.clone();
         let dlg_callid = entry.call.sip_call_id.clone();
         let Some(s) = entry.sessions.get_mut(idx) else {
             return;
@@ -418,34 +498,8 @@ impl SiprecController {
             let Some(sdp) = s.sdp(media_ip, Direction::SendOnly) else {
                 return;
             };
-            let participant = |xml: &Option<String>, uri: &str| match xml {
-                Some(x) => Participant::Xml(x.clone()),
-                None => Participant::Aor {
-                    aor: uri.to_string(),
-                    name: None,
-                },
-            };
-            let meta = Metadata {
-                session_id: s.info.session_id.clone(),
-                group: s
-                    .spec
-                    .group
-                    .as_ref()
-                    .map(|_| (s.ids.group.clone(), s.spec.group_extension.clone())),
-                session_extension: s.spec.session_extension.clone(),
-                sip_session_id: dlg_callid.clone().unwrap_or_default(),
-                start_time: rfc3339_now(),
-                caller: (
-                    s.ids.caller.clone(),
-                    participant(&s.spec.caller_xml, &caller_uri),
-                ),
-                callee: (
-                    s.ids.callee.clone(),
-                    participant(&s.spec.callee_xml, &callee_uri),
-                ),
-                callee_stream: (s.ids.callee_stream.clone(), LABELS.0.into()),
-                caller_stream: (s.ids.caller_stream.clone(), LABELS.1.into()),
-            };
+            s.start_time = rfc3339_now();
+            let meta = s.metadata(&entry.call, &entry.exchanges);
             let (content_type, body) = multipart(&sdp, &meta.to_xml());
             let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
             let mut headers = vec![("Require".to_string(), "siprec".to_string())];
@@ -545,6 +599,7 @@ impl SiprecController {
             .or_insert_with(|| CallRecordings {
                 call: call.clone(),
                 sessions: Vec::new(),
+                exchanges: Vec::new(),
             });
         entry.call = call;
         let keys = &mut st.keys;
@@ -568,6 +623,124 @@ impl SiprecController {
                 if let Some(old) = st.ended.pop_front() {
                     st.calls.remove(&old);
                 }
+            }
+        }
+    }
+
+    /// A media exchange joined or left a call: its party is added to (or closed in) the
+    /// call's metadata, and every running session of the call sends the SRS the new
+    /// metadata in a re-INVITE (RFC 7866 §6.1; same SDP, same version).
+    pub(super) fn on_exchange(&self, party: ExchangeParty) {
+        let mut st = self.inner.state.lock();
+        let Some(entry) = st.calls.get_mut(&party.call_id) else {
+            return;
+        };
+        let now = rfc3339_now();
+        if party.joined {
+            entry.exchanges.push(ExchangeMeta {
+                participant_id: metadata::new_id(),
+                aor: party.uri.clone(),
+                exchange_id: party.exchange_id.clone(),
+                kind: party.kind.clone(),
+                leg: party.leg.clone(),
+                associate_time: now,
+                disassociate_time: None,
+                recv: Vec::new(),
+            });
+        } else {
+            let Some(e) = entry
+                .exchanges
+                .iter_mut()
+                .find(|e| e.exchange_id == party.exchange_id && e.disassociate_time.is_none())
+            else {
+                return;
+            };
+            e.disassociate_time = Some(now);
+        }
+        tracing::info!(call_id = %party.call_id, exchange = %party.exchange_id, joined = party.joined, "SIPREC metadata: media exchange");
+        for s in entry.sessions.iter_mut() {
+            self.send_update(s, &entry.call, &entry.exchanges);
+        }
+    }
+
+    /// Sends a running session's SDP and current metadata in a re-INVITE, or queues it
+    /// behind the re-INVITE that is out.
+    fn send_update(&self, s: &mut SiprecSession, call: &RecordedCall, exchanges: &[ExchangeMeta]) {
+        let Some(key) = s.key else {
+            return;
+        };
+        let dir = match s.info.state {
+            SiprecState::Recording => Direction::SendOnly,
+            SiprecState::Paused => Direction::Inactive,
+            _ => return,
+        };
+        if s.reinvite_out {
+            s.update_queued = true;
+            return;
+        }
+        let ip = s.media_ip.unwrap_or(self.sdp_ip());
+        let Some(sdp) = s.sdp(ip, dir) else {
+            return;
+        };
+        let meta = s.metadata(call, exchanges);
+        let (content_type, body) = multipart(&sdp, &meta.to_xml());
+        s.update_queued = false;
+        s.reinvite_out = self.inner.sip.command(Command::Reinvite {
+            key,
+            sdp,
+            body: Some((content_type, body)),
+        });
+    }
+
+    /// Our re-INVITE in a SIPREC dialog was answered: a queued update goes now. Returns
+    /// false when `key` is not a SIPREC dialog.
+    pub(super) fn on_reinvited(&self, key: CallKey, status: u16) -> bool {
+        let mut st = self.inner.state.lock();
+        let Some((call_id, instance)) = st.keys.get(&key).cloned() else {
+            return false;
+        };
+        let Some(entry) = st.calls.get_mut(&call_id) else {
+            return true;
+        };
+        let Some(s) = entry
+            .sessions
+            .iter_mut()
+            .find(|s| s.info.instance == instance && s.key == Some(key))
+        else {
+            return true;
+        };
+        if !(200..300).contains(&status) {
+            tracing::warn!(%call_id, %instance, status, "SIPREC re-INVITE refused");
+        }
+        s.reinvite_out = false;
+        if status == 491 {
+            // Glare, or another re-INVITE of the dialog out (a session refresh): RFC 3261
+            // §14.1's wait, then the session's state as it is by then.
+            s.update_queued = true;
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+                me.flush(&call_id, &instance, key);
+            });
+        } else if s.update_queued {
+            self.send_update(s, &entry.call, &entry.exchanges);
+        }
+        true
+    }
+
+    /// Sends a session's queued update, if it still has one and nothing is out.
+    fn flush(&self, call_id: &str, instance: &str, key: CallKey) {
+        let mut st = self.inner.state.lock();
+        let Some(entry) = st.calls.get_mut(call_id) else {
+            return;
+        };
+        if let Some(s) = entry
+            .sessions
+            .iter_mut()
+            .find(|s| s.info.instance == instance && s.key == Some(key))
+        {
+            if s.update_queued && !s.reinvite_out {
+                self.send_update(s, &entry.call, &entry.exchanges);
             }
         }
     }

@@ -108,6 +108,9 @@ pub enum Command {
     Reinvite {
         key: CallKey,
         sdp: String,
+        /// The whole body instead of `sdp` alone, as (content type, bytes): a SIPREC
+        /// metadata update sends the SDP and the new metadata as multipart (RFC 7866 §6.1).
+        body: Option<(String, Vec<u8>)>,
     },
     /// Inbound: 180 Ringing for an incoming call.
     Ring(CallKey),
@@ -350,6 +353,9 @@ struct Call {
     server_invite: Option<(TransactionKey, rsip::Request)>,
     /// A re-INVITE/UPDATE from the far end waiting for the call layer's answer.
     pending_offer: Option<(TransactionKey, rsip::Request, Transport, SocketAddr)>,
+    /// A re-INVITE of ours has no final response yet (its transaction's owner stays
+    /// longer, for 2xx retransmissions, so it cannot tell).
+    reinvite_out: bool,
     /// INFOs waiting to be sent (content type, body), and whether one is in flight.
     info_queue: std::collections::VecDeque<(String, Vec<u8>)>,
     info_in_flight: bool,
@@ -542,7 +548,7 @@ impl UserAgent {
         match cmd {
             Command::PlaceCall(pc) => self.place_call(now, *pc),
             Command::Hangup(key) => self.hangup(now, key, None),
-            Command::Reinvite { key, sdp } => self.send_reinvite(now, key, sdp),
+            Command::Reinvite { key, sdp, body } => self.send_reinvite(now, key, sdp, body),
             Command::Ring(key) => self.ring(now, key),
             Command::Answer { key, sdp, local } => self.answer(now, key, sdp, local),
             Command::Reject { key, status } => self.reject(now, key, status),
@@ -677,6 +683,7 @@ impl UserAgent {
             hangup_status: None,
             server_invite: None,
             pending_offer: None,
+            reinvite_out: false,
             info_queue: Default::default(),
             last_sdp: None,
             refresh: None,
@@ -961,11 +968,18 @@ impl UserAgent {
         }
     }
 
-    fn send_reinvite(&mut self, now: Instant, key: CallKey, sdp: String) {
+    fn send_reinvite(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        sdp: String,
+        body: Option<(String, Vec<u8>)>,
+    ) {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        if call.stage != Stage::Confirmed || call.pending_offer.is_some() {
+        // RFC 3261 §14.1: no new INVITE while one of ours or the peer's is in progress.
+        if call.stage != Stage::Confirmed || call.pending_offer.is_some() || call.reinvite_out {
             self.events.push_back(UaEvent::Reinvited {
                 key,
                 status: 491,
@@ -977,16 +991,21 @@ impl UserAgent {
         call.last_sdp = Some(sdp.clone());
         call.dialog.local_cseq += 1;
         let contact = call.contact();
+        let body = body.unwrap_or_else(|| ("application/sdp".into(), sdp.into_bytes()));
         let req = in_dialog_request(
             call,
             rsip::Method::Invite,
             Some(&contact),
             &call.headers,
-            Some(("application/sdp", sdp.into_bytes())),
+            Some((body.0.as_str(), body.1)),
         );
         let sent = self.send_in_dialog(now, key, req, TxOwner::Reinvite(key));
         match sent {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(call) = self.calls.get_mut(&key) {
+                    call.reinvite_out = true;
+                }
+            }
             Err(e) => {
                 tracing::warn!(call = key, error = %e, "re-INVITE not sent");
                 self.events.push_back(UaEvent::Reinvited {
@@ -1010,6 +1029,9 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        if !matches!(event, ClientEvent::Retransmitted2xx(_)) {
+            call.reinvite_out = false;
+        }
         if (200..300).contains(&status) {
             // The 2xx of a re-INVITE is ACKed like the first one, with the re-INVITE's CSeq.
             if let Ok(ack) = ack_for(call) {
@@ -1245,7 +1267,7 @@ impl UserAgent {
             }
         } else if let Some(sdp) = self.calls.get(&key).and_then(|c| c.last_sdp.clone()) {
             tracing::debug!(call = key, "session refresh (re-INVITE)");
-            self.send_reinvite(now, key, sdp);
+            self.send_reinvite(now, key, sdp, None);
         }
     }
 
@@ -1889,10 +1911,10 @@ impl UserAgent {
         source: SocketAddr,
     ) {
         let offer = sdp_text(&req.body);
-        let ours_in_flight = self.owners.values().any(|o| *o == TxOwner::Reinvite(c));
         let Some(call) = self.calls.get_mut(&c) else {
             return;
         };
+        let ours_in_flight = call.reinvite_out;
         let refuse = if call.pending_offer.is_some() || call.stage != Stage::Confirmed {
             Some((
                 500,
@@ -2077,6 +2099,7 @@ impl UserAgent {
             hangup_status: None,
             server_invite: Some((key, req)),
             pending_offer: None,
+            reinvite_out: false,
             info_queue: Default::default(),
             last_sdp: None,
             refresh: None,
@@ -3096,6 +3119,80 @@ mod tests {
             },
         );
         assert!(sent(&mut ua)[0].starts_with("SIP/2.0 488"));
+    }
+
+    #[test]
+    fn one_reinvite_of_ours_at_a_time_and_glare_only_while_it_is_out() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let (key, ok) = answer_call(&mut ua, t0);
+        let reinvite = |branch: &str, cseq: u32| {
+            incoming_invite(branch, OFFER)
+                .replace(
+                    "To: <sip:rec@127.0.0.1>",
+                    &format!("To: {}", header(&ok, "To")),
+                )
+                .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+        };
+        let ours = |ua: &mut UserAgent| {
+            ua.handle_command(
+                t0,
+                Command::Reinvite {
+                    key,
+                    sdp: "v=0\r\n".into(),
+                    body: Some(("multipart/mixed;boundary=x".into(), b"--x--".to_vec())),
+                },
+            );
+        };
+        ours(&mut ua);
+        let out = sent(&mut ua);
+        assert!(
+            out.len() == 1
+                && out[0].starts_with("INVITE ")
+                && out[0].contains("Content-Type: multipart/mixed;boundary=x"),
+            "the body given is the body sent: {out:?}"
+        );
+        let first = out[0].clone();
+        // A second one while the first is out is refused here (RFC 3261 §14.1).
+        ours(&mut ua);
+        assert!(sent(&mut ua).is_empty());
+        let evs = events(&mut ua);
+        assert!(
+            matches!(&evs[..], [UaEvent::Reinvited { status: 491, .. }]),
+            "{evs:?}"
+        );
+        // The peer's re-INVITE crossing ours: 491.
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            reinvite("z9hG4bKgl1", 2).as_bytes(),
+        );
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 491"));
+        // Ours answered: the peer may re-INVITE again (its INVITE transaction lives on for
+        // 2xx retransmissions, which must not count as in progress).
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            &response(&first, "200 OK", None, ""),
+        );
+        let evs = events(&mut ua);
+        assert!(
+            matches!(&evs[..], [UaEvent::Reinvited { status: 200, .. }]),
+            "{evs:?}"
+        );
+        sent(&mut ua);
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            reinvite("z9hG4bKgl2", 3).as_bytes(),
+        );
+        assert!(sent(&mut ua).is_empty(), "no 491 once ours is answered");
+        let evs = events(&mut ua);
+        assert!(matches!(&evs[..], [UaEvent::RemoteOffer { .. }]), "{evs:?}");
     }
 
     #[test]

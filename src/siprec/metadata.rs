@@ -13,6 +13,8 @@ use rand::RngCore;
 /// Namespace given to extension elements that carry none.
 pub const EXT_NS: &str = "urn:sipstream:siprec:ext";
 pub const RECORDING_NS: &str = "urn:ietf:params:xml:ns:recording:1";
+/// Our namespace for what a media exchange participant is.
+pub const EXCHANGE_NS: &str = "urn:sipstream:siprec:exchange";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum XmlError {
@@ -136,6 +138,27 @@ pub struct Metadata {
     /// (stream id, label): what the callee sends, then what the caller (gateway) sends.
     pub callee_stream: (String, String),
     pub caller_stream: (String, String),
+    /// Parties that joined the call's media by a media exchange, in the order they joined.
+    pub exchanges: Vec<ExchangeMeta>,
+}
+
+/// A party joined to the recorded call by a media exchange (a fork's target, a media server
+/// that talks to a leg, a listener, a barger): an RFC 7865 participant of the session for
+/// the time it took part, receiving the recorded streams of the legs it hears. What it is
+/// (kind, leg, exchange id) goes in an `<exchange>` element of our namespace.
+#[derive(Debug, Clone)]
+pub struct ExchangeMeta {
+    pub participant_id: String,
+    pub aor: String,
+    pub exchange_id: String,
+    /// `send_to_uri`, `fetch_from_uri`, `send_from_call` or `fetch_to_call`.
+    pub kind: String,
+    /// `caller`, `callee` or `both`.
+    pub leg: String,
+    pub associate_time: String,
+    pub disassociate_time: Option<String>,
+    /// Ids of the recorded streams it receives.
+    pub recv: Vec<String>,
 }
 
 impl Metadata {
@@ -193,12 +216,36 @@ impl Metadata {
             }
             x.push_str("  </participant>\r\n");
         }
+        for e in &self.exchanges {
+            x.push_str(&format!(
+                "  <participant participant_id=\"{}\">\r\n    <nameID aor=\"{}\"/>\r\n    <exchange xmlns=\"{EXCHANGE_NS}\" exchangeId=\"{}\" kind=\"{}\" leg=\"{}\"/>\r\n  </participant>\r\n",
+                escape(&e.participant_id),
+                escape(&e.aor),
+                escape(&e.exchange_id),
+                escape(&e.kind),
+                escape(&e.leg)
+            ));
+        }
         for (id, _) in [&self.caller, &self.callee] {
             x.push_str(&format!(
                 "  <participantsessionassoc participant_id=\"{}\" session_id=\"{sid}\">\r\n    <associate-time>{}</associate-time>\r\n  </participantsessionassoc>\r\n",
                 escape(id),
                 escape(&self.start_time)
             ));
+        }
+        for e in &self.exchanges {
+            x.push_str(&format!(
+                "  <participantsessionassoc participant_id=\"{}\" session_id=\"{sid}\">\r\n    <associate-time>{}</associate-time>\r\n",
+                escape(&e.participant_id),
+                escape(&e.associate_time)
+            ));
+            if let Some(t) = &e.disassociate_time {
+                x.push_str(&format!(
+                    "    <disassociate-time>{}</disassociate-time>\r\n",
+                    escape(t)
+                ));
+            }
+            x.push_str("  </participantsessionassoc>\r\n");
         }
         for (id, label) in [&self.callee_stream, &self.caller_stream] {
             x.push_str(&format!(
@@ -218,6 +265,16 @@ impl Metadata {
                 escape(send),
                 escape(recv)
             ));
+        }
+        for e in &self.exchanges {
+            x.push_str(&format!(
+                "  <participantstreamassoc participant_id=\"{}\">\r\n",
+                escape(&e.participant_id)
+            ));
+            for r in &e.recv {
+                x.push_str(&format!("    <recv>{}</recv>\r\n", escape(r)));
+            }
+            x.push_str("  </participantstreamassoc>\r\n");
         }
         x.push_str("</recording>\r\n");
         x
@@ -297,7 +354,20 @@ mod tests {
             ),
             callee_stream: (new_id(), "1".into()),
             caller_stream: (new_id(), "2".into()),
+            exchanges: Vec::new(),
         };
+        let mut m = m;
+        let fork = new_id();
+        m.exchanges.push(ExchangeMeta {
+            participant_id: fork.clone(),
+            aor: "sip:qa@x?a=<&>".into(),
+            exchange_id: "mx-1".into(),
+            kind: "send_to_uri".into(),
+            leg: "callee".into(),
+            associate_time: "2026-11-22T15:00:05Z".into(),
+            disassociate_time: Some("2026-11-22T15:00:09Z".into()),
+            recv: vec![m.callee_stream.0.clone()],
+        });
         let xml = m.to_xml();
         let doc = roxmltree::Document::parse(&xml).unwrap();
         assert_eq!(
@@ -309,7 +379,39 @@ mod tests {
             doc.descendants()
                 .filter(|n| n.has_tag_name((RECORDING_NS, "participantstreamassoc")))
                 .count(),
-            2
+            3
+        );
+        // The exchange's party: its URI escaped, what it is in our namespace, when it left,
+        // and that it hears the callee's stream.
+        assert!(xml.contains("aor=\"sip:qa@x?a=&lt;&amp;&gt;\""), "{xml}");
+        let ex = doc
+            .descendants()
+            .find(|n| n.has_tag_name((EXCHANGE_NS, "exchange")))
+            .unwrap();
+        assert_eq!(ex.attribute("kind"), Some("send_to_uri"));
+        assert_eq!(ex.attribute("exchangeId"), Some("mx-1"));
+        let assoc = doc
+            .descendants()
+            .find(|n| {
+                n.has_tag_name((RECORDING_NS, "participantsessionassoc"))
+                    && n.attribute("participant_id") == Some(fork.as_str())
+            })
+            .unwrap();
+        assert!(assoc
+            .children()
+            .any(|c| c.has_tag_name((RECORDING_NS, "disassociate-time"))));
+        let recv = doc
+            .descendants()
+            .find(|n| {
+                n.has_tag_name((RECORDING_NS, "participantstreamassoc"))
+                    && n.attribute("participant_id") == Some(fork.as_str())
+            })
+            .unwrap();
+        assert_eq!(
+            recv.children()
+                .find(|c| c.has_tag_name((RECORDING_NS, "recv")))
+                .and_then(|c| c.text()),
+            Some(m.callee_stream.0.as_str())
         );
     }
 
