@@ -312,7 +312,7 @@ async fn send_to_uri_forks_a_leg_or_both_mixed_and_bad_requests_say_why() {
             "headers",
         ),
         (
-            json!({"callId": "fx3", "uri": uri, "leg": "both", "mix": false}),
+            json!({"callId": "fx3", "uri": uri, "leg": "both", "mix": "sometimes"}),
             400,
             "mix",
         ),
@@ -511,4 +511,118 @@ async fn endpoints_call_in_to_listen_or_barge_into_a_running_call() {
         .post_json("/call/terminate", json!({"callId": "fx4"}))
         .await;
     assert_eq!(s, 200);
+}
+
+/// Two UDP sockets on consecutive even ports (RTP, leaving RTCP's odd port free) standing
+/// for a fork target's two audio lines.
+async fn two_sinks() -> (tokio::net::UdpSocket, tokio::net::UdpSocket) {
+    loop {
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p % 2 == 0 {
+            if let Ok(b) = tokio::net::UdpSocket::bind(("127.0.0.1", p + 2)).await {
+                return (a, b);
+            }
+        }
+    }
+}
+
+/// The PCMU audio arriving on `sock` for `window`.
+async fn pcmu_from(sock: &tokio::net::UdpSocket, window: Duration) -> Vec<i16> {
+    let mut buf = [0u8; 2048];
+    let mut pcm = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        if n > 12 && buf[1] & 0x7f == 0 {
+            sipstream::media::g711::decode_ulaw(&buf[12..n], &mut pcm);
+        }
+    }
+    pcm
+}
+
+/// send_to_uri with `leg: both, mix: false`: one INVITE with two sendonly audio lines
+/// labelled caller and callee (sipp checks them); each line carries its party alone, by
+/// frequency; the call's end sends the fork's BYE.
+#[tokio::test]
+async fn send_to_uri_both_unmixed_sends_each_party_on_its_own_line() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 700.0).await;
+    let bob = RawUas::start("PCMA", 440.0).await;
+    two_party(
+        &gw,
+        "fx6",
+        &alice,
+        format!("sip:bob@127.0.0.1:{}", bob.port),
+    )
+    .await;
+    let sinks = two_sinks().await;
+    let vars = [
+        ("P1", sinks.0.local_addr().unwrap().port().to_string()),
+        ("P2", sinks.1.local_addr().unwrap().port().to_string()),
+    ];
+    let mut target = Sipp::uas_with("uas_two_lines.xml", "udp", false, &vars);
+    let (s, v) = gw
+        .post_json(
+            "/media/send_to_uri",
+            json!({"callId": "fx6", "uri": format!("sip:rec@127.0.0.1:{}", target.port),
+                "leg": "both", "mix": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let x = wait_exchange(&gw, "fx6", "ACTIVE").await;
+    assert_eq!(
+        (x["leg"].as_str(), x["mix"].as_bool()),
+        (Some("both"), Some(false)),
+        "{x}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (caller_line, callee_line) = tokio::join!(
+        pcmu_from(&sinks.0, Duration::from_millis(1000)),
+        pcmu_from(&sinks.1, Duration::from_millis(1000))
+    );
+    for (name, pcm, own, other) in [
+        ("caller", &caller_line, 700.0, 440.0),
+        ("callee", &callee_line, 440.0, 700.0),
+    ] {
+        assert!(
+            pcm.len() >= 7000,
+            "{name} line: about 1 s, got {}",
+            pcm.len()
+        );
+        let (a, b) = (tone_share(pcm, 8000, own), tone_share(pcm, 8000, other));
+        assert!(
+            a > 0.8 && b < 0.05,
+            "the {name} line carries its party alone: {own} Hz {a}, {other} Hz {b}"
+        );
+    }
+    let call = gw.call("fx6").await;
+    let fork = gw.call(x["exchangeId"].as_str().unwrap()).await;
+    let tracks = fork["legs"][0]["tracks"].as_array().unwrap();
+    assert_eq!(tracks.len(), 2, "two audio lines: {fork}");
+    assert!(
+        call["exchanges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mix"] == false),
+        "{call}"
+    );
+
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "fx6"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        target.wait(T),
+        Some(0),
+        "fork target:\n{}",
+        target.messages()
+    );
+    assert!(
+        target
+            .messages()
+            .contains("X-Seen: a=label:caller a=label:callee a=sendonly"),
+        "{}",
+        target.messages()
+    );
 }

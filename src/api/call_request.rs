@@ -363,6 +363,7 @@ impl CallStartupRequest {
             headers,
             direction: crate::sip::sdp::Direction::SendRecv,
             audio_codecs: None,
+            audio_labels: Vec::new(),
             exchange: None,
         })
     }

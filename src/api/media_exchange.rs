@@ -30,7 +30,9 @@ pub struct MediaExchangeRequest {
     pub body: Option<String>,
     /// Extra headers for the INVITE (no Via, From, To, Call-ID, CSeq, Contact...; no CR/LF).
     pub headers: Option<BTreeMap<String, String>>,
-    /// send_to_uri with both legs: mix the parties into one audio line (the default).
+    /// send_to_uri with both legs: true (the default) mixes the parties into one audio
+    /// line; false sends each on its own audio line (`a=label:caller`, then
+    /// `a=label:callee`).
     #[serde(default, deserialize_with = "flex_bool")]
     #[schema(value_type = Option<bool>)]
     pub mix: Option<bool>,
@@ -129,8 +131,8 @@ fn exchange_spec(state: &AppState, req: &MediaExchangeRequest) -> Result<CallSpe
     Ok(spec)
 }
 
-/// Fork a call's leg (or both, mixed) to a SIP URI: the gateway calls it, sendonly, and
-/// sends it that audio. Alias `/media/fork_to_uri`.
+/// Fork a call's leg (or both: mixed, or one audio line each with `mix: false`) to a SIP
+/// URI: the gateway calls it, sendonly, and sends it that audio. Alias `/media/fork_to_uri`.
 #[utoipa::path(post, path = "/rest-api/media/send_to_uri", request_body = MediaExchangeRequest,
     responses(
         (status = 200, description = "INVITE sent (status STARTING); ExchangeStarted or ExchangeFailed follows", body = ExchangeInfo),

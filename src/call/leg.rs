@@ -8,7 +8,9 @@ use super::model::{LegInfo, LegTrackInfo};
 use crate::registry::{Leg, TrackId, TrackKind};
 use crate::rtp::driver::LegHandle;
 use crate::rtp::ports::BoundPair;
-use crate::sip::sdp::{self, Direction, LocalSession, OfferParams, RtpMap, SessionDescription};
+use crate::sip::sdp::{
+    self, Direction, LocalSession, MediaKind, OfferLine, RtpMap, SessionDescription,
+};
 use crate::sip::ua::{CallKey, CallPhase, PlaceCall};
 
 pub(super) struct CallLeg {
@@ -37,8 +39,6 @@ pub(super) struct CallLeg {
     pub(super) replacement: Option<(CallKey, String)>,
     /// Music on hold playing into this leg while we hold it.
     pub(super) music: Option<super::play::PlayHandle>,
-    /// What else plays into this leg (agents, injected sounds and streams), mixed.
-    pub(super) player: Option<super::play::LegPlayer>,
     /// The leg only receives what the gateway sends (a fork or a listener of another call's
     /// media): our offers and answers say sendonly (inactive while held).
     pub(super) send_only: bool,
@@ -93,7 +93,6 @@ impl CallLeg {
             alternates: Vec::new(),
             send_only: false,
             music: None,
-            player: None,
         }
     }
 
@@ -101,24 +100,34 @@ impl CallLeg {
         leg_name(self.name)
     }
 
-    /// Our description of the leg's media, with direction `want` on every section.
+    /// Our description of the leg's media, one line per media line in order, with
+    /// direction `want` on every section.
     pub(super) fn local_sdp(&self, want: Direction) -> SessionDescription {
-        let section = |kind: TrackKind| {
-            self.media
-                .iter()
-                .find(|m| m.kind == kind)
-                .map(|m| (m.local_port, m.offered.clone()))
-        };
-        sdp::build_offer(&OfferParams {
-            session_id: 0,
-            version: 0,
-            ip: self
-                .media_ip
-                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-            audio: section(TrackKind::Audio),
-            video: section(TrackKind::Video),
-            direction: want,
-        })
+        let lines: Vec<OfferLine> = self
+            .media
+            .iter()
+            .map(|m| OfferLine {
+                kind: match m.kind {
+                    TrackKind::Audio => MediaKind::Audio,
+                    TrackKind::Video => MediaKind::Video,
+                },
+                port: m.local_port,
+                codecs: m.offered.clone(),
+                label: m.label.clone(),
+            })
+            .collect();
+        let ip = self
+            .media_ip
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        sdp::build_offer_lines(0, 0, ip, &lines, want)
+    }
+
+    /// The `line`-th audio line (0: the first).
+    pub(super) fn audio_line(&mut self, line: usize) -> Option<&mut MediaLeg> {
+        self.media
+            .iter_mut()
+            .filter(|m| m.kind == TrackKind::Audio)
+            .nth(line)
     }
 
     /// The direction we ask for: sendonly while we hold the far end.
@@ -182,6 +191,12 @@ pub(super) struct MediaLeg {
     pub(super) direction: Option<Direction>,
     /// The negotiated telephone-event format (RFC 4733), if the far end took it.
     pub(super) dtmf: Option<RtpMap>,
+    /// `a=label` of our offer: which line is which when a leg has two audio lines (a
+    /// media exchange forking each party on its own line).
+    pub(super) label: Option<String>,
+    /// What plays into this line (hold music, agents, injected sounds and streams, a
+    /// media exchange), mixed.
+    pub(super) player: Option<super::play::LegPlayer>,
 }
 
 impl MediaLeg {
@@ -201,6 +216,8 @@ impl MediaLeg {
             remote: None,
             direction: None,
             dtmf: None,
+            label: None,
+            player: None,
         }
     }
 }

@@ -362,11 +362,19 @@ impl CallManager {
         for _ in 0..legs {
             let mut m = Vec::new();
             if spec.has_audio {
-                let mut audio = self.media_leg(TrackKind::Audio).await?;
-                if let Some(codecs) = &spec.audio_codecs {
-                    audio.offered = codecs.clone();
+                let labels: Vec<Option<String>> = if spec.audio_labels.is_empty() || legs > 1 {
+                    vec![None]
+                } else {
+                    spec.audio_labels.iter().cloned().map(Some).collect()
+                };
+                for label in labels {
+                    let mut audio = self.media_leg(TrackKind::Audio).await?;
+                    if let Some(codecs) = &spec.audio_codecs {
+                        audio.offered = codecs.clone();
+                    }
+                    audio.label = label;
+                    m.push(audio);
                 }
-                m.push(audio);
             }
             if spec.has_video && legs == 1 {
                 m.push(self.media_leg(TrackKind::Video).await?);
@@ -722,6 +730,18 @@ impl CallManager {
         leg: Leg,
         source: Box<dyn crate::media::mix::PlaySource>,
     ) -> Result<super::play::PlayHandle, RequestError> {
+        self.play_into_line(call_id, leg, 0, source)
+    }
+
+    /// [`Self::play_into`] the `line`-th audio line of the leg (a leg of a media exchange
+    /// that forks each party on its own line has two).
+    pub fn play_into_line(
+        &self,
+        call_id: &str,
+        leg: Leg,
+        line: usize,
+        source: Box<dyn crate::media::mix::PlaySource>,
+    ) -> Result<super::play::PlayHandle, RequestError> {
         let mut st = self.inner.state.lock();
         let entry = st.established(call_id, "played into")?;
         let name = super::leg::leg_name(leg);
@@ -733,14 +753,18 @@ impl CallManager {
                 RequestError::BadRequest(format!("leg: callId {call_id:?} has no {name} leg"))
             })?;
         let l = &mut entry.legs[li];
-        let audio = l
-            .media
-            .iter()
-            .find(|m| m.kind == TrackKind::Audio)
-            .and_then(|m| m.running.as_ref().map(|r| &r.0).zip(m.codec.as_ref()));
-        let Some((handle, codec)) = audio else {
+        let audio = l.audio_line(line).and_then(|m| {
+            let running = m.running.as_ref().map(|r| r.0.injector());
+            running.zip(m.codec.clone()).map(|r| (r, &mut m.player))
+        });
+        let Some(((injector, codec), slot)) = audio else {
             return Err(RequestError::Conflict(format!(
-                "callId {call_id:?}: the {name} leg has no audio running"
+                "callId {call_id:?}: the {name} leg has no audio running{}",
+                if line > 0 {
+                    format!(" on its audio line {}", line + 1)
+                } else {
+                    String::new()
+                }
             )));
         };
         let codec = AudioCodec::from_encoding(&codec.encoding).ok_or_else(|| {
@@ -749,9 +773,8 @@ impl CallManager {
                 codec.encoding
             ))
         })?;
-        let injector = handle.injector();
         let handle = super::play::play(
-            &mut l.player,
+            slot,
             self.inner.media.pick(),
             injector,
             codec,
@@ -759,7 +782,7 @@ impl CallManager {
             source,
         );
         // A bridged leg: the other party's audio goes through this player too, mixed.
-        if let Some(b) = entry.bridge.iter().find(|b| b.to == li) {
+        if let Some(b) = entry.bridge.iter().find(|b| b.to == li && line == 0) {
             let mut m = b.mix_into.lock();
             let fed = m.as_ref().is_some_and(|f| !f.lock().detached);
             if !fed {
@@ -1348,26 +1371,25 @@ impl CallManager {
                     leg.stop_music();
                 } else if let (true, Some(samples)) = (music, &self.inner.hold_music) {
                     // Our media is sendonly now: the held party hears the music.
-                    let audio = leg
-                        .media
-                        .iter()
-                        .find(|m| m.kind == TrackKind::Audio)
-                        .and_then(|m| m.running.as_ref().map(|r| &r.0).zip(m.codec.as_ref()));
-                    let player = audio.and_then(|(handle, codec)| {
-                        crate::media::transcode::AudioCodec::from_encoding(&codec.encoding)
-                            .map(|c| (handle.injector(), c))
+                    leg.stop_music();
+                    let audio = leg.audio_line(0).and_then(|m| {
+                        let (handle, codec) =
+                            m.running.as_ref().map(|r| &r.0).zip(m.codec.as_ref())?;
+                        let c =
+                            crate::media::transcode::AudioCodec::from_encoding(&codec.encoding)?;
+                        Some((handle.injector(), c, &mut m.player))
                     });
-                    if let Some((injector, c)) = player {
-                        leg.stop_music();
-                        // One more source of the leg's player, looped until resumed.
-                        leg.music = Some(super::play::play(
-                            &mut leg.player,
+                    if let Some((injector, c, slot)) = audio {
+                        // One more source of the line's player, looped until resumed.
+                        let music = Some(super::play::play(
+                            slot,
                             self.inner.media.pick(),
                             injector,
                             c,
                             self.inner.cfg.rtp_ptime_ms,
                             Box::new(crate::media::mix::Samples::new(samples.clone(), true)),
                         ));
+                        leg.music = music;
                     }
                 }
                 tracing::info!(
@@ -2236,12 +2258,19 @@ impl CallManager {
             }
         };
         let cfg = &self.inner.cfg;
-        for leg in call_leg.media.iter_mut() {
+        for (i, leg) in call_leg.media.iter_mut().enumerate() {
             let kind = match leg.kind {
                 TrackKind::Audio => MediaKind::Audio,
                 TrackKind::Video => MediaKind::Video,
             };
-            let Some(m) = remote.media.iter().find(|m| m.kind == kind) else {
+            // RFC 3264 §6: the answer's lines are the offer's, in its order; by kind when
+            // the other side's order is not ours (an offer we answered, video first).
+            let m = remote
+                .media
+                .get(i)
+                .filter(|m| m.kind == kind)
+                .or_else(|| remote.media.iter().find(|m| m.kind == kind));
+            let Some(m) = m else {
                 continue;
             };
             let neg = match sdp::negotiate(&leg.offered, m, remote.connection) {
@@ -2699,6 +2728,7 @@ mod tests {
         let info = initial_info(&CallSpec {
             direction: Direction::SendRecv,
             audio_codecs: None,
+            audio_labels: Vec::new(),
             exchange: None,
             call_id: "c1".into(),
             callee_uri: "sip:b@h".into(),

@@ -53,6 +53,9 @@ pub struct CallSpec {
     pub direction: Direction,
     /// The audio codecs to offer, in order, instead of ours (a media exchange's `body`).
     pub audio_codecs: Option<Vec<RtpMap>>,
+    /// Empty: one audio line. Else one audio line per label, in order, each with its
+    /// `a=label` (a media exchange forking each party of a call on its own line).
+    pub audio_labels: Vec<String>,
     /// This call carries a media exchange of another call: no recording, no SIPREC, no
     /// agent stream of its own.
     pub exchange: Option<ExchangeLink>,

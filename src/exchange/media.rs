@@ -57,7 +57,8 @@ pub struct ExchangeInfo {
     pub leg: String,
     /// Whom the gateway called, or who called in.
     pub uri: String,
-    /// send_to_uri with both legs: the parties mixed into one audio line.
+    /// send_to_uri with both legs: the parties mixed into one audio line (false: each
+    /// party on its own line, `a=label:caller` and `a=label:callee`).
     pub mix: bool,
     /// fetch_from_uri: the other leg is not put on hold.
     pub nohold: bool,
@@ -164,15 +165,12 @@ impl ExchangeManager {
     ) -> Result<ExchangeInfo, RequestError> {
         let media = self.inner.calls.call_media(call_id)?;
         let legs = choose(call_id, &media.legs, leg)?;
-        if legs.len() > 1 && mix == Some(false) {
-            return Err(RequestError::BadRequest(
-                "mix: false with both legs asks for two audio lines, which the gateway does not \
-                 offer yet; use mix: true (one line, the parties mixed) or one leg per exchange"
-                    .into(),
-            ));
-        }
         let mut spec = spec;
         spec.direction = crate::sip::sdp::Direction::SendOnly;
+        if legs.len() > 1 && mix == Some(false) {
+            // One audio line per party, labelled with its name, in the order of `legs`.
+            spec.audio_labels = legs.iter().map(|l| leg_name(*l).to_string()).collect();
+        }
         self.place(call_id, SEND_TO_URI, &media.legs, legs, false, spec)
             .await
     }
@@ -236,7 +234,7 @@ impl ExchangeManager {
             kind: kind.into(),
             leg,
             uri: spec.callee_uri.clone(),
-            mix: kind == SEND_TO_URI && legs.len() > 1,
+            mix: kind == SEND_TO_URI && legs.len() > 1 && spec.audio_labels.is_empty(),
             nohold,
             held: Vec::new(),
             status: "STARTING".into(),
@@ -302,7 +300,7 @@ impl ExchangeManager {
     /// The exchange's call is established: its media is joined to the parent's legs.
     fn connect(&self, id: &str, hold: bool) {
         let calls = &self.inner.calls;
-        let Some((parent, kind, legs, nohold, all_legs)) = ({
+        let Some((parent, kind, legs, nohold, all_legs, lines)) = ({
             let st = self.inner.state.lock();
             let joining = |x: &&Exchange| matches!(x.info.status.as_str(), "STARTING" | "RESUMING");
             st.items.get(id).filter(joining).map(|x| {
@@ -315,6 +313,7 @@ impl ExchangeManager {
                         .call_media(&x.info.call_id)
                         .map(|m| m.legs)
                         .unwrap_or_default(),
+                    x.info.kind == SEND_TO_URI && x.legs.len() > 1 && !x.info.mix,
                 )
             })
         }) else {
@@ -322,7 +321,9 @@ impl ExchangeManager {
         };
         let mut plays = Vec::new();
         let mut muted = Vec::new();
-        let joined = join(calls, id, &parent, &kind, &legs, &mut plays, &mut muted);
+        let joined = join(
+            calls, id, &parent, &kind, &legs, lines, &mut plays, &mut muted,
+        );
         match joined {
             Ok(()) => {
                 // The other party waits on hold while a media server talks to this one.
@@ -685,14 +686,17 @@ impl ExchangeManager {
     }
 }
 
-/// Joins an exchange's call `id` to the legs `legs` of `parent`, by kind. What it started is
-/// in `plays` and `muted` even when it fails half way, for the caller to undo.
+/// Joins an exchange's call `id` to the legs `legs` of `parent`, by kind: into its one
+/// audio line, mixed, or with `lines` each leg into its own line. What it started is in
+/// `plays` and `muted` even when it fails half way, for the caller to undo.
+#[allow(clippy::too_many_arguments)]
 fn join(
     calls: &CallManager,
     id: &str,
     parent: &str,
     kind: &str,
     legs: &[Leg],
+    lines: bool,
     plays: &mut Vec<(PlayHandle, FeedStop)>,
     muted: &mut Vec<Leg>,
 ) -> Result<(), RequestError> {
@@ -707,9 +711,10 @@ fn join(
     };
     // The parent's chosen legs into the exchange's call: the fork's target, a media server
     // (an IVR hears the party it talks to), a listener.
-    for l in legs {
+    for (i, l) in legs.iter().enumerate() {
         let (src, stop) = sub(&theirs.stream, Pick::Party(*l))?;
-        match calls.play_into(id, side, src) {
+        let line = if lines { i } else { 0 };
+        match calls.play_into_line(id, side, line, src) {
             Ok(p) => plays.push((p, stop)),
             Err(e) => {
                 stop.stop();

@@ -511,6 +511,48 @@ pub struct OfferParams {
     pub direction: Direction,
 }
 
+/// One `m=` line of an offer built by [`build_offer_lines`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferLine {
+    pub kind: MediaKind,
+    pub port: u16,
+    /// In preference order.
+    pub codecs: Vec<RtpMap>,
+    /// `a=label` (RFC 4574): which line is which when there are several of one kind.
+    pub label: Option<String>,
+}
+
+/// An offer with any number of lines, in the order given (RFC 3264 answers keep it).
+pub fn build_offer_lines(
+    session_id: u64,
+    version: u64,
+    ip: IpAddr,
+    lines: &[OfferLine],
+    direction: Direction,
+) -> SessionDescription {
+    let mut sd = build_offer(&OfferParams {
+        session_id,
+        version,
+        ip,
+        audio: None,
+        video: None,
+        direction,
+    });
+    for l in lines {
+        let mut m = MediaDescription::new(l.kind.clone(), l.port, "RTP/AVP");
+        m.formats = l.codecs.iter().map(|c| c.pt).collect();
+        m.rtpmaps = l.codecs.clone();
+        m.rtcp = l.port.checked_add(1).map(|p| (p, None));
+        m.direction = direction;
+        m.label = l.label.clone();
+        if l.kind == MediaKind::Audio {
+            m.ptime = Some(20);
+        }
+        sd.media.push(m);
+    }
+    sd
+}
+
 /// Builds the gateway's offer: one `m=` per requested kind, RTCP on the next port.
 pub fn build_offer(p: &OfferParams) -> SessionDescription {
     let section = |kind: MediaKind, port: u16, codecs: &[RtpMap]| {
