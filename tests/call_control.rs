@@ -1071,6 +1071,34 @@ async fn a_held_leg_hears_the_hold_music_until_it_is_resumed() {
     gw.wait_status("moh1", &["FINISH"], T).await;
 }
 
+/// RFC 4028 §10: the far end is the refresher (refresher=uas, 4 s) and never refreshes:
+/// the gateway ends the call with a BYE a little before the session expires (at 3 s), and
+/// says why.
+#[tokio::test]
+async fn a_session_timer_the_peer_does_not_refresh_ends_the_call() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_session_timer_silent.xml", "udp", false);
+    let (s, _) = gw
+        .post_json("/call/startup", startup_body("st2", sipp.port, "udp"))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("st2", &["ESTABLISHED"], T).await;
+    let answered = Instant::now();
+    let call = gw.wait_status("st2", &["FINISH"], T).await;
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_millis(4000),
+        "BYE about 3 s after the answer: {after:?}"
+    );
+    assert!(
+        call["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("session expired")),
+        "{call}"
+    );
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
 #[tokio::test]
 async fn the_gateway_refreshes_a_session_timer_it_was_given() {
     let gw = Gateway::start(&[]).await;

@@ -34,6 +34,14 @@ pub fn refresh_every(secs: u32) -> Duration {
     Duration::from_millis((u64::from(secs) * 1000 / 2).max(1000))
 }
 
+/// When the side that does not refresh gives up on a `secs` session: a little before it
+/// expires, by the smaller of 32 s and a third of the interval (RFC 4028 §10).
+pub fn expire_after(secs: u32) -> Duration {
+    let secs = u64::from(secs);
+    let guard = (secs / 3).min(32);
+    Duration::from_secs((secs - guard).max(1))
+}
+
 /// The header value of a 2xx to an INVITE that asked for a session timer: the request's
 /// interval, and its refresher (the caller when it named none, RFC 4028 §9).
 pub fn answer_value(secs: u32, refresher: Option<Refresher>) -> (String, Refresher) {
@@ -72,6 +80,10 @@ mod tests {
         assert_eq!(parse("soon"), None);
         assert_eq!(refresh_every(1800), Duration::from_secs(900));
         assert_eq!(refresh_every(1), Duration::from_secs(1));
+        assert_eq!(expire_after(1800), Duration::from_secs(1768));
+        assert_eq!(expire_after(90), Duration::from_secs(60));
+        assert_eq!(expire_after(6), Duration::from_secs(4));
+        assert_eq!(expire_after(1), Duration::from_secs(1));
         assert_eq!(
             answer_value(600, None),
             ("600;refresher=uac".into(), Refresher::Uac)

@@ -363,6 +363,11 @@ struct Call {
     last_sdp: Option<String>,
     /// RFC 4028: we are the refresher of this session (interval, next refresh, method).
     refresh: Option<SessionRefresh>,
+    /// RFC 4028: the peer refreshes this session; without a refresh by `.1` we end it
+    /// (`.0`: the interval in seconds).
+    expires: Option<(u32, Instant)>,
+    /// Why we sent our BYE, when not because the API asked (the call's end reason).
+    hangup_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -687,6 +692,8 @@ impl UserAgent {
             info_queue: Default::default(),
             last_sdp: None,
             refresh: None,
+            expires: None,
+            hangup_reason: None,
             info_in_flight: false,
         };
         self.timers
@@ -952,6 +959,11 @@ impl UserAgent {
                 update = r.update,
                 "session timer: we refresh"
             );
+        } else if let Some((secs, Some(session_timer::Refresher::Uas))) = timer {
+            let at = now + session_timer::expire_after(secs);
+            call.expires = Some((secs, at));
+            self.timers.push(at, Timer::Call(key));
+            tracing::info!(call = key, secs, "session timer: the peer refreshes");
         }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -1393,11 +1405,15 @@ impl UserAgent {
             }
             _ => return,
         };
-        let status = self
-            .calls
-            .get(&key)
-            .and_then(|c| c.hangup_status)
-            .or(status);
+        let call = self.calls.get(&key);
+        let status = call.and_then(|c| c.hangup_status).or(status);
+        let reason = match call.and_then(|c| c.hangup_reason.clone()) {
+            Some(why) => format!(
+                "{why}{}",
+                reason.strip_prefix("hung up by API").unwrap_or("")
+            ),
+            None => reason,
+        };
         self.end_call(key, CallPhase::Finish, status, Some(reason));
     }
 
@@ -1413,6 +1429,7 @@ impl UserAgent {
                     // §13.3.1.4: no ACK for the 2xx of the first INVITE: end the dialog.
                     tracing::warn!(call = key, "no ACK for our 2xx; hanging up");
                     call.hangup_status = Some(408);
+                    call.hangup_reason = Some("no ACK for our 2xx".into());
                     self.send_bye(now, key);
                     return;
                 }
@@ -1430,6 +1447,23 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        if let Some((secs, _)) = call
+            .expires
+            .filter(|(_, at)| now >= *at && call.stage == Stage::Confirmed)
+        {
+            // RFC 4028 §10: the refresher stopped refreshing; the session is over.
+            tracing::warn!(
+                call = key,
+                secs,
+                "session timer expired: no refresh from the peer"
+            );
+            call.expires = None;
+            call.hangup_reason = Some(format!(
+                "session expired: no refresh within the {secs} s session timer (RFC 4028)"
+            ));
+            self.send_bye(now, key);
+            return;
+        }
         if let Some(r) = call
             .refresh
             .filter(|r| now >= r.next && call.stage == Stage::Confirmed)
@@ -1914,6 +1948,16 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(&c) else {
             return;
         };
+        if let Some((secs, _)) = call.expires.filter(|_| call.stage == Stage::Confirmed) {
+            // The peer's refresh (RFC 4028 §10), perhaps with a new interval.
+            let secs = any_header(&req.headers, "Session-Expires", "x")
+                .as_deref()
+                .and_then(session_timer::parse)
+                .map_or(secs, |(s, _)| s);
+            let at = now + session_timer::expire_after(secs);
+            call.expires = Some((secs, at));
+            self.timers.push(at, Timer::Call(c));
+        }
         let ours_in_flight = call.reinvite_out;
         let refuse = if call.pending_offer.is_some() || call.stage != Stage::Confirmed {
             Some((
@@ -2103,6 +2147,8 @@ impl UserAgent {
             info_queue: Default::default(),
             last_sdp: None,
             refresh: None,
+            expires: None,
+            hangup_reason: None,
             info_in_flight: false,
         };
         tracing::info!(call = c, sip_call_id = %call.dialog.call_id, from = %incoming.from_uri, to = %incoming.request_uri, "incoming call");
@@ -2175,6 +2221,10 @@ impl UserAgent {
                     let r = SessionRefresh::new(now, secs, &req.headers);
                     call.refresh = Some(r);
                     self.timers.push(r.next, Timer::Call(c));
+                } else {
+                    let at = now + session_timer::expire_after(secs);
+                    call.expires = Some((secs, at));
+                    self.timers.push(at, Timer::Call(c));
                 }
             }
         }
@@ -2699,6 +2749,86 @@ mod tests {
         let again = sent(&mut ua);
         assert_eq!(again, out);
         assert!(events(&mut ua).is_empty());
+    }
+
+    #[test]
+    fn a_peer_that_stops_refreshing_its_session_timer_gets_our_bye_in_virtual_time() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        place(&mut ua, t0, false);
+        let invite = sent(&mut ua).remove(0);
+        assert!(invite.contains("Supported: timer"), "{invite}");
+        // 6 s, the peer refreshes: we give up 2 s before the end (RFC 4028 §10) unless it
+        // refreshes.
+        let ok = response(
+            &invite,
+            "200 OK",
+            Some("b1"),
+            "Contact: <sip:bob@127.0.0.1:5070>\r\nSession-Expires: 6;refresher=uas\r\nRequire: timer\r\n",
+        );
+        ua.handle_input(t0, Transport::Udp, peer, &ok);
+        sent(&mut ua);
+        events(&mut ua);
+        let update = |branch: &str, cseq: u32| {
+            format!(
+                "UPDATE sip:alice@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\n\
+                 From: {};tag=b1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} UPDATE\r\n\
+                 Session-Expires: 6;refresher=uas\r\nContent-Length: 0\r\n\r\n",
+                header(&invite, "To"),
+                header(&invite, "From"),
+                header(&invite, "Call-ID"),
+            )
+        };
+        let mut now = t0;
+        let run = |ua: &mut UserAgent, now: &mut Instant, until: Duration| {
+            let mut out = Vec::new();
+            while *now < t0 + until {
+                *now += Duration::from_millis(100);
+                ua.handle_timeout(*now);
+                out.extend(sent(ua));
+            }
+            out
+        };
+        assert!(run(&mut ua, &mut now, Duration::from_secs(3)).is_empty());
+        // Its refresh at 3 s: answered, and the session lives until 3 + 4 s.
+        ua.handle_input(
+            now,
+            Transport::Udp,
+            peer,
+            update("z9hG4bKup1", 1).as_bytes(),
+        );
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+        let quiet = run(&mut ua, &mut now, Duration::from_millis(6900));
+        assert!(quiet.is_empty(), "no BYE while refreshed: {quiet:?}");
+        let out = run(&mut ua, &mut now, Duration::from_millis(7200));
+        assert!(
+            out.iter()
+                .any(|m| m.starts_with("BYE sip:bob@127.0.0.1:5070")),
+            "{out:?}"
+        );
+        let bye = out.iter().find(|m| m.starts_with("BYE")).unwrap();
+        ua.handle_input(
+            now,
+            Transport::Udp,
+            peer,
+            &response(bye, "200 OK", None, ""),
+        );
+        let evs = events(&mut ua);
+        let ended = evs.iter().find_map(|e| match e {
+            UaEvent::CallState {
+                phase: CallPhase::Finish,
+                reason,
+                ..
+            } => reason.clone(),
+            _ => None,
+        });
+        assert!(
+            ended
+                .as_deref()
+                .is_some_and(|r| r.starts_with("session expired")),
+            "{evs:?}"
+        );
     }
 
     #[test]
