@@ -1,9 +1,11 @@
 //! Audio injected into call legs (WCS's `/call/inject_sound`, `/call/inject_stream/*`), end
-//! to end: a WAV file from `sound_dir` or a URL, and another call's live stream, played into
-//! a RawUas's leg and found there by frequency; both at once are mixed.
+//! to end: a WAV, MP3 or Ogg Opus file from `sound_dir` or a URL, and another call's live
+//! stream, played into a RawUas's leg and found there by frequency; both at once are mixed.
 mod common;
 
 use std::io::Write;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{startup_body, tone_share, Gateway, RawUas, Sipp};
@@ -37,6 +39,23 @@ fn wav(rate: u32, channels: u16, hz: f64, seconds: f64) -> Vec<u8> {
     w.extend_from_slice(&(data.len() as u32).to_le_bytes());
     w.extend_from_slice(&data);
     w
+}
+
+/// A 1 s sine of `hz` encoded by ffmpeg into `dir/name` (the format from its extension).
+fn ffmpeg_sine(dir: &Path, name: &str, hz: u32, args: &[&str]) {
+    common::require("ffmpeg");
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency={hz}:duration=1"))
+        .args(args)
+        .arg(dir.join(name))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Packets a peer received in `[from, to)` that carry `hz` (share above `min`).
@@ -209,6 +228,64 @@ async fn a_wav_sound_plays_once_into_the_leg_and_bad_requests_say_why() {
         "stopped"
     );
     assert!(!gw.logs().contains("s3cr3t"));
+}
+
+/// MP3 and Ogg Opus files, one after the other, each heard for its second at its frequency.
+#[tokio::test]
+async fn mp3_and_ogg_opus_sounds_are_heard_at_their_frequency() {
+    let sounds = common::tempdir();
+    ffmpeg_sine(
+        sounds.path(),
+        "beep.mp3",
+        1000,
+        &["-ar", "44100", "-ac", "2"],
+    );
+    // A name without the extension: the format is told by content.
+    ffmpeg_sine(
+        sounds.path(),
+        "hum",
+        700,
+        &["-ac", "2", "-c:a", "libopus", "-f", "ogg"],
+    );
+    let gw = Gateway::start(&[("sound_dir", sounds.path().display().to_string())]).await;
+    let uas = RawUas::start("PCMU", 440.0).await;
+    let (s, v) = gw
+        .post_json("/call/startup", startup_body("in4", uas.port, "udp"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    gw.wait_status("in4", &["ESTABLISHED"], T).await;
+    for (file, hz) in [("beep.mp3", 1000.0), ("hum", 700.0)] {
+        let started = Instant::now();
+        let (s, v) = gw
+            .post_json(
+                "/call/inject_sound",
+                json!({"callId": "in4", "soundFile": file}),
+            )
+            .await;
+        assert_eq!(s, 200, "{file}: {v}");
+        let id = v["injectionId"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + T;
+        loop {
+            let (_, found) = gw
+                .post_json("/call/inject/find", json!({"injectionId": id}))
+                .await;
+            if found[0]["status"] == "FINISHED" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{file} not FINISHED: {found}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let heard = packets_with(&uas, 0, hz, 0.5, started, Instant::now());
+        assert!(
+            (45..=55).contains(&heard),
+            "{file}: 1 s of {hz} Hz = about 50 packets, got {heard}"
+        );
+    }
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "in4"}))
+        .await;
+    assert_eq!(s, 200);
 }
 
 /// Into a leg of a two-party call: the callee hears the caller and the sound mixed, then

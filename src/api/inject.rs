@@ -16,7 +16,8 @@ use crate::registry::Leg;
 #[serde(rename_all = "camelCase")]
 pub struct InjectSoundRequest {
     pub call_id: String,
-    /// A 16-bit PCM WAV file inside `sound_dir` (any rate, mono or stereo).
+    /// A sound file inside `sound_dir`: 16-bit PCM WAV, MP3 or Ogg Opus (any rate, mono or
+    /// stereo; told apart by content, at most an hour).
     pub sound_file: Option<String>,
     /// Or an http(s) URL of one (at most 50 MiB).
     pub url: Option<String>,
@@ -57,11 +58,11 @@ fn leg(s: Option<&str>) -> Result<Option<Leg>, ApiError> {
     }
 }
 
-/// Play a WAV sound into a call leg (mixed with what else plays there).
+/// Play a sound file (WAV, MP3 or Ogg Opus) into a call leg (mixed with what else plays there).
 #[utoipa::path(post, path = "/rest-api/call/inject_sound", request_body = InjectSoundRequest,
     responses(
         (status = 200, description = "Playing; InjectFinished follows when it has played", body = InjectionInfo),
-        (status = 400, description = "A field is missing or invalid, or the file is not 16-bit PCM WAV (the message says which)", body = ErrorBody),
+        (status = 400, description = "A field is missing or invalid, or the file is not a 16-bit PCM WAV, MP3 or Ogg Opus file of at most an hour (the message says which)", body = ErrorBody),
         (status = 404, description = "No such call, or no such file in sound_dir", body = ErrorBody),
         (status = 409, description = "The call is not established, or is a two-party call", body = ErrorBody),
         (status = 502, description = "The URL could not be fetched", body = ErrorBody)))]

@@ -1,8 +1,8 @@
-//! Injections into call legs: a sound (WAV, played once or looped) or a live stream of the
-//! registry, each a [`PlaySource`] of the leg's player. Listed by `/call/inject/find`,
-//! stopped by `/call/inject_stream/terminate` (streams) or `/call/inject/stop` (any), and
-//! reported on the bus as `CallControlEvent`s `InjectStarted`, `InjectFinished` (a sound
-//! played to its end, a stream that ended) and `InjectStopped`.
+//! Injections into call legs: a sound (a WAV, MP3 or Ogg Opus file, played once or looped) or
+//! a live stream of the registry, each a [`PlaySource`] of the leg's player. Listed by
+//! `/call/inject/find`, stopped by `/call/inject_stream/terminate` (streams) or
+//! `/call/inject/stop` (any), and reported on the bus as `CallControlEvent`s `InjectStarted`,
+//! `InjectFinished` (a sound played to its end, a stream that ended) and `InjectStopped`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -116,7 +116,7 @@ impl InjectManager {
         }
     }
 
-    /// Plays a WAV sound into a leg (once, or until stopped with `looped`).
+    /// Plays a sound (WAV, MP3 or Ogg Opus) into a leg (once, or until stopped with `looped`).
     pub async fn inject_sound(
         &self,
         call_id: &str,
@@ -132,7 +132,10 @@ impl InjectManager {
                 crate::mediastream::redact_url(url),
             ),
         };
-        let pcm = crate::media::wav::read_8k_mono(&bytes)
+        // A long MP3 or Opus file takes seconds of CPU to decode: off the runtime's workers.
+        let pcm = tokio::task::spawn_blocking(move || crate::media::sound::decode_8k_mono(&bytes))
+            .await
+            .map_err(|e| RequestError::Internal(format!("decoding the sound: {e}")))?
             .map_err(|e| RequestError::BadRequest(format!("{}: {e}", field_of(&sound))))?;
         debug_assert_eq!(MIX_RATE, 8000);
         let source = Box::new(Samples::new(Arc::new(pcm), looped));

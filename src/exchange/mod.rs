@@ -1,5 +1,5 @@
 //! Media exchange (issue 11, first part): audio put into a call leg from elsewhere, WCS's
-//! `/call/inject_sound` (a WAV file from `sound_dir` or a URL) and
+//! `/call/inject_sound` (a WAV, MP3 or Ogg Opus file from `sound_dir` or a URL) and
 //! `/call/inject_stream/startup|terminate` (another stream of the registry: another call, a
 //! source). Each injection is one more source of the leg's player (`call/play.rs`), so it
 //! mixes with whatever else plays there (a voice agent, another injection). Above the call

@@ -304,7 +304,7 @@ impl PcmDecoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn tone(rate: u32, hz: f64, n: usize) -> Vec<i16> {
@@ -317,7 +317,7 @@ mod tests {
     }
 
     /// Power of `hz` in `pcm` relative to the total (Goertzel).
-    fn share_at(pcm: &[i16], rate: u32, hz: f64) -> f64 {
+    pub(crate) fn share_at(pcm: &[i16], rate: u32, hz: f64) -> f64 {
         let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
         let (mut s1, mut s2) = (0f64, 0f64);
         let mut total = 0f64;
