@@ -472,7 +472,7 @@ impl Config {
                     path.display()
                 ))
             })?;
-            crate::media::wav::read_8k_mono(&data).map_err(|e| {
+            crate::media::sound::decode_8k_mono(&data).map_err(|e| {
                 ConfigError::Invalid(format!("hold_music_file: {}: {e}", path.display()))
             })?;
         }

@@ -196,7 +196,7 @@ impl CallManager {
         let hold_music = cfg.hold_music_file.as_ref().and_then(|p| {
             match std::fs::read(p)
                 .map_err(|e| e.to_string())
-                .and_then(|d| crate::media::wav::read_8k_mono(&d))
+                .and_then(|d| crate::media::sound::decode_8k_mono(&d))
             {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
