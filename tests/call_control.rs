@@ -921,6 +921,54 @@ async fn a_refer_from_the_far_end_moves_the_leg_to_the_target_and_keeps_the_stre
     }
 }
 
+/// An attended transfer by the far end (RFC 3891): its REFER's Refer-To carries an escaped
+/// Replaces; the gateway's INVITE to the target carries it as a Replaces header, decoded,
+/// and the transfer completes as a blind one does.
+#[tokio::test]
+async fn a_refer_with_replaces_from_the_far_end_invites_the_target_with_replaces() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[("webhook_url", url)]).await;
+    let carol = common::RawUas::start("PCMU", 1000.0).await;
+    let target = format!(
+        "sip:carol@127.0.0.1:{}?Replaces=xfer-1%4010.0.0.9%3Bto-tag%3Dt1%3Bfrom-tag%3Df1",
+        carol.port
+    );
+    let mut sipp = Sipp::uas_with(
+        "uas_refers_gateway.xml",
+        "udp",
+        false,
+        &[("TARGET", target)],
+    );
+    let (s, _) = gw
+        .post_json("/call/startup", startup_body("rf3", sipp.port, "udp"))
+        .await;
+    assert_eq!(s, 200);
+    let events =
+        control_events_until(&mut rx, "rf3", &["TransferSuccessful", "TransferFailed"]).await;
+    assert_eq!(
+        names(&events),
+        ["TransferRequested", "TransferSuccessful"],
+        "{events:?}"
+    );
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let invite = carol
+        .requests()
+        .into_iter()
+        .find(|r| r.starts_with("INVITE "))
+        .expect("Carol got an INVITE");
+    assert!(
+        invite.contains("Replaces: xfer-1@10.0.0.9;to-tag=t1;from-tag=f1\r\n"),
+        "{invite}"
+    );
+    assert!(
+        invite.starts_with(&format!("INVITE sip:carol@127.0.0.1:{} ", carol.port)),
+        "the Request-URI has no header part: {invite}"
+    );
+    gw.post_json("/call/terminate", json!({"callId": "rf3"}))
+        .await;
+    gw.wait_status("rf3", &["FINISH"], T).await;
+}
+
 #[tokio::test]
 async fn a_refer_to_a_busy_target_is_reported_and_the_call_goes_on() {
     let (url, mut rx) = common::webhook().await;

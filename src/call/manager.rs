@@ -1562,9 +1562,14 @@ impl CallManager {
                 reason: reason.into(),
             });
         };
-        if replaces.is_some() {
-            // Joining one of our dialogs on request of the far end is not built.
-            return notify(501, "Not Implemented");
+        // Attended transfer by the far end (RFC 3891): the new INVITE carries the Replaces
+        // it was given, so the target swaps its dialog with the transferor for ours. The
+        // value came escaped in a URI: nothing that could end a header line.
+        if replaces
+            .as_deref()
+            .is_some_and(|r| r.trim().is_empty() || r.chars().any(char::is_control))
+        {
+            return notify(400, "Bad Request");
         }
         let new_key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let plan = {
@@ -1602,6 +1607,14 @@ impl CallManager {
                     .headers
                     .retain(|(n, _)| !n.eq_ignore_ascii_case("Referred-By"));
                 place.headers.push(("Referred-By".into(), by.clone()));
+            }
+            place
+                .headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("Replaces"));
+            if let Some(r) = &replaces {
+                place
+                    .headers
+                    .push(("Replaces".into(), r.trim().to_string()));
             }
             leg.replacement = Some((new_key, target.clone()));
             let event = control_event(
