@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod ids;
 pub mod media;
 pub mod mediastream;
+pub mod metrics;
 pub mod record;
 pub mod registry;
 pub mod rtmp;

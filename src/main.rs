@@ -13,6 +13,7 @@ use sipstream::config::Config;
 use sipstream::events::{webhook, EventBus};
 use sipstream::exchange::InjectManager;
 use sipstream::mediastream::{MediaStreamConfig, MediaStreamManager};
+use sipstream::metrics::Metrics;
 use sipstream::record::manager::RecordingManager;
 use sipstream::registry::Registry;
 use sipstream::rtmp::{PushConfig, PushManager};
@@ -35,7 +36,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let bus = EventBus::new(4096);
-    if let Some(url) = &cfg.webhook_url {
+    let webhook_stats = cfg.webhook_url.as_ref().map(|url| {
+        let stats = Arc::new(webhook::WebhookStats::default());
         webhook::spawn(
             &bus,
             webhook::WebhookConfig {
@@ -44,8 +46,10 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
                 timeout: cfg.webhook_timeout,
                 secret: cfg.webhook_secret.clone(),
             },
+            stats.clone(),
         );
-    }
+        stats
+    });
     let (ua_tx, ua_rx) = mpsc::unbounded_channel();
     let sip = driver::start(
         DriverConfig {
@@ -103,6 +107,9 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cfg.media_exchange_timeout,
     );
     tokio::spawn(exchanges.clone().run());
+    let metrics = Metrics::new(calls.clone(), webhook_stats);
+    tokio::spawn(metrics.clone().follow(bus.clone(), calls.clone()));
+    tokio::spawn(metrics.clone().sample_jitter(calls.registry().clone()));
 
     let state = web::Data::new(AppState {
         calls: calls.clone(),
@@ -113,6 +120,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         injections,
         exchanges,
         bus,
+        metrics,
         core: tokio::runtime::Handle::current(),
     });
     let server =

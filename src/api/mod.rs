@@ -46,6 +46,8 @@ pub struct AppState {
     pub exchanges: crate::exchange::ExchangeManager,
     /// The event bus, for `/ws` notifications and `/events`.
     pub bus: crate::events::EventBus,
+    /// `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// The gateway's own runtime. Actix runs handlers on per-worker runtimes; sockets and
     /// tasks created there would be driven by the HTTP worker threads (cross-thread wake-ups
     /// per RTP packet showed in profiles), so media set-up runs here instead.
@@ -85,6 +87,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(recording::download)),
     )
     .route("/health", web::get().to(streams::health))
+    .service(
+        web::resource("/metrics")
+            .wrap(actix_web::middleware::from_fn(require_api_key))
+            .route(web::get().to(metrics)),
+    )
     .route("/openapi.json", web::get().to(openapi::serve))
     .configure(jsonrpc::routes)
     .configure(sse::routes)
@@ -95,6 +102,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .error_handler(|err, _| ApiError::BadRequest(format!("malformed JSON: {err}")).into()),
     )
     .default_service(web::to(not_found));
+}
+
+/// Prometheus metrics in the OpenMetrics text format (families `sipstream_*`; see
+/// `src/metrics`). Needs an API key when `api_keys` is set.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "OpenMetrics text (application/openmetrics-text)", body = String),
+    (status = 401, description = "api_keys is set and the request has no valid key", body = error::ErrorBody)))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    match state.metrics.encode() {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(text),
+        Err(e) => ApiError::Internal(format!("metrics: {e}")).error_response(),
+    }
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {

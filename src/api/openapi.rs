@@ -38,6 +38,7 @@ use utoipa::OpenApi;
         super::streams::find,
         super::streams::find_all,
         super::streams::health,
+        super::metrics,
         super::recording::start,
         super::recording::stop,
         super::recording::find_all,

@@ -820,6 +820,24 @@ impl CallManager {
         st.calls.get(call_id).map(|e| self.snapshot(e))
     }
 
+    /// How many calls not yet ended are in each status, and (direction) how many of them
+    /// are inbound; for `/metrics`, without copying the calls.
+    pub fn live_by_status(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let st = self.inner.state.lock();
+        let mut counts: HashMap<(&'static str, &'static str), u64> = HashMap::new();
+        for e in st.calls.values().filter(|e| !e.info.status.is_final()) {
+            let dir = if e.info.direction == "inbound" {
+                "inbound"
+            } else {
+                "outbound"
+            };
+            *counts.entry((e.info.status.as_str(), dir)).or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().map(|((s, d), n)| (s, d, n)).collect();
+        v.sort();
+        v
+    }
+
     pub fn find_all(&self, status: Option<&str>) -> Vec<CallInfo> {
         let st = self.inner.state.lock();
         let mut calls: Vec<CallInfo> = st

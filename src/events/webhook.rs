@@ -7,6 +7,8 @@
 //! HMAC-SHA256 of the exact body bytes. `X-Sipstream-Delivery` numbers the events of this
 //! process from 1, so a receiver sees both order and gaps.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -33,7 +35,22 @@ pub fn signature(secret: &Secret, body: &[u8]) -> String {
 }
 
 /// Spawns the poster; it ends when the bus is dropped.
-pub fn spawn(bus: &EventBus, cfg: WebhookConfig) -> tokio::task::JoinHandle<()> {
+/// What the poster did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// Events accepted by the receiver (2xx).
+    pub delivered: AtomicU64,
+    /// POSTs that failed or were refused (each attempt, retries included).
+    pub failed_attempts: AtomicU64,
+    /// Events given up after the retries, or lost because the poster fell behind.
+    pub dropped: AtomicU64,
+}
+
+pub fn spawn(
+    bus: &EventBus,
+    cfg: WebhookConfig,
+    stats: Arc<WebhookStats>,
+) -> tokio::task::JoinHandle<()> {
     let mut rx = bus.subscribe();
     tokio::spawn(async move {
         let client = match reqwest::Client::builder().timeout(cfg.timeout).build() {
@@ -48,10 +65,11 @@ pub fn spawn(bus: &EventBus, cfg: WebhookConfig) -> tokio::task::JoinHandle<()> 
             match rx.recv().await {
                 Ok(event) => {
                     delivery += 1;
-                    post(&client, &cfg, &event, delivery).await
+                    post(&client, &cfg, &event, delivery, &stats).await
                 }
                 Err(RecvError::Lagged(n)) => {
                     delivery += n;
+                    stats.dropped.fetch_add(n, Ordering::Relaxed);
                     tracing::warn!(lost = n, "webhook poster fell behind; events not posted")
                 }
                 Err(RecvError::Closed) => break,
@@ -60,7 +78,13 @@ pub fn spawn(bus: &EventBus, cfg: WebhookConfig) -> tokio::task::JoinHandle<()> 
     })
 }
 
-async fn post(client: &reqwest::Client, cfg: &WebhookConfig, event: &Event, delivery: u64) {
+async fn post(
+    client: &reqwest::Client,
+    cfg: &WebhookConfig,
+    event: &Event,
+    delivery: u64,
+    stats: &WebhookStats,
+) {
     let body = match serde_json::to_vec(event) {
         Ok(b) => b,
         Err(e) => {
@@ -81,17 +105,22 @@ async fn post(client: &reqwest::Client, cfg: &WebhookConfig, event: &Event, deli
             req = req.header("x-sipstream-signature", sig);
         }
         match req.send().await {
-            Ok(resp) if resp.status().is_success() => return,
+            Ok(resp) if resp.status().is_success() => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             Ok(resp) => {
                 tracing::warn!(url = %cfg.url, status = %resp.status(), attempt, "webhook refused event")
             }
             Err(e) => tracing::warn!(url = %cfg.url, error = %e, attempt, "webhook POST failed"),
         }
+        stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
         if attempt < cfg.retries {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
+    stats.dropped.fetch_add(1, Ordering::Relaxed);
     tracing::error!(url = %cfg.url, delivery, "webhook event dropped after retries");
 }
 

@@ -159,6 +159,64 @@ pub struct StreamInfo {
     pub status: &'static str,
 }
 
+/// What all tracks of one kind carried, live and ended streams together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindTotals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+}
+
+/// Readers of one kind: how many read now, and what all of them (gone ones too) received
+/// and lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderTotals {
+    pub live: u64,
+    pub received: u64,
+    pub dropped: u64,
+}
+
+/// The registry's running totals since start ([`Registry::totals`]): the counts only ever
+/// grow (Prometheus counters), because what an ended stream or a gone reader counted is
+/// kept when it leaves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub streams: u64,
+    pub audio: KindTotals,
+    pub video: KindTotals,
+    pub readers: std::collections::BTreeMap<String, ReaderTotals>,
+}
+
+/// What ended streams and gone readers counted. Its lock is taken before the stream map's
+/// and a stream's locks, by whoever removes a stream or reader and by [`Registry::totals`],
+/// so that a count moves from live to retired atomically for a reader of the totals.
+#[derive(Default)]
+struct Retired {
+    audio: KindTotals,
+    video: KindTotals,
+    readers: HashMap<String, (u64, u64)>,
+}
+
+impl Retired {
+    fn add_reader(&mut self, r: &ReaderInfo) {
+        let e = self.readers.entry(r.kind.clone()).or_default();
+        e.0 += r.received;
+        e.1 += r.dropped;
+    }
+
+    fn add_tracks(&mut self, tracks: &[TrackInfo]) {
+        for t in tracks {
+            let k = match t.kind {
+                TrackKind::Audio => &mut self.audio,
+                TrackKind::Video => &mut self.video,
+            };
+            k.packets += t.packets;
+            k.bytes += t.bytes;
+            k.lost += t.lost;
+        }
+    }
+}
+
 /// Checks a stream name: 1..=128 characters of `[A-Za-z0-9_.-]`.
 pub fn validate_name(name: &str) -> Result<(), RegistryError> {
     let why = if name.is_empty() {
@@ -295,6 +353,8 @@ struct Stream {
     /// The fan-out snapshot: replaced (copy-on-write) on subscribe/unsubscribe/end, only
     /// cloned by publish.
     readers: RwLock<Arc<[Arc<Outlet>]>>,
+    /// The registry's counts of what left (shared by all streams).
+    retired: Arc<Mutex<Retired>>,
 }
 
 impl Stream {
@@ -343,8 +403,10 @@ impl Stream {
     }
 
     fn remove_reader(&self, id: u64) {
+        let mut retired = self.retired.lock();
         let mut w = self.readers.write();
-        if w.iter().any(|o| o.slot.id == id) {
+        if let Some(gone) = w.iter().find(|o| o.slot.id == id) {
+            retired.add_reader(&gone.slot.info());
             *w = w.iter().filter(|o| o.slot.id != id).cloned().collect();
         }
     }
@@ -354,6 +416,9 @@ struct RegistryInner {
     streams: RwLock<HashMap<String, Arc<Stream>>>,
     reader_queue_len: usize,
     next_reader_id: AtomicU64,
+    retired: Arc<Mutex<Retired>>,
+    /// Streams created since start.
+    created: AtomicU64,
 }
 
 /// The registry of named streams. Cheap to clone (shared state).
@@ -380,6 +445,8 @@ impl Registry {
                 streams: RwLock::new(HashMap::new()),
                 reader_queue_len: reader_queue_len.max(1),
                 next_reader_id: AtomicU64::new(1),
+                retired: Arc::default(),
+                created: AtomicU64::new(0),
             }),
         }
     }
@@ -399,6 +466,7 @@ impl Registry {
             counters: Default::default(),
             keyframe_wanted: Default::default(),
             readers: RwLock::new(Arc::from(Vec::new())),
+            retired: self.inner.retired.clone(),
         });
         {
             let mut map = self.inner.streams.write();
@@ -407,6 +475,7 @@ impl Registry {
             }
             map.insert(name.to_owned(), stream.clone());
         }
+        self.inner.created.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(stream = name, "stream created");
         Ok(Publisher {
             stream,
@@ -430,6 +499,51 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.inner.streams.read().len()
+    }
+
+    /// What every stream and reader has carried since start, live and gone together; each
+    /// count only grows. Walks the live streams: for a scrape, not per packet.
+    pub fn totals(&self) -> Totals {
+        let retired = self.inner.retired.lock();
+        let mut t = Totals {
+            streams: self.inner.created.load(Ordering::Relaxed),
+            audio: retired.audio,
+            video: retired.video,
+            readers: retired
+                .readers
+                .iter()
+                .map(|(k, (received, dropped))| {
+                    let r = ReaderTotals {
+                        live: 0,
+                        received: *received,
+                        dropped: *dropped,
+                    };
+                    (k.clone(), r)
+                })
+                .collect(),
+        };
+        let streams: Vec<Arc<Stream>> = self.inner.streams.read().values().cloned().collect();
+        let mut live = Retired::default();
+        for s in &streams {
+            let info = s.info();
+            live.add_tracks(&info.tracks);
+            for r in &info.readers {
+                live.add_reader(r);
+                t.readers.entry(r.kind.clone()).or_default().live += 1;
+            }
+        }
+        drop(retired);
+        for (sum, add) in [(&mut t.audio, live.audio), (&mut t.video, live.video)] {
+            sum.packets += add.packets;
+            sum.bytes += add.bytes;
+            sum.lost += add.lost;
+        }
+        for (k, (received, dropped)) in live.readers {
+            let e = t.readers.entry(k).or_default();
+            e.received += received;
+            e.dropped += dropped;
+        }
+        t
     }
 
     pub fn is_empty(&self) -> bool {
@@ -688,27 +802,41 @@ impl Publisher {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
+        // What the stream and its readers counted moves to the registry's totals in one
+        // step with its leaving (see `Retired`); no sink is called under that lock (its
+        // `on_end` may drop other readers, which takes it).
+        let readers = {
+            let mut retired = self.stream.retired.lock();
+            let readers = {
+                let mut state = self.stream.state.lock();
+                state.ended = Some(reason.to_owned());
+                // Dropping the senders closes each reader's queue; inline sinks are told below.
+                std::mem::replace(&mut *self.stream.readers.write(), Arc::from(Vec::new()))
+            };
+            for o in readers.iter() {
+                retired.add_reader(&o.slot.info());
+            }
+            retired.add_tracks(&self.stream.info().tracks);
+            if let Some(reg) = self.registry.upgrade() {
+                let mut map = reg.streams.write();
+                if map
+                    .get(&self.stream.name)
+                    .is_some_and(|s| Arc::ptr_eq(s, &self.stream))
+                {
+                    map.remove(&self.stream.name);
+                }
+            }
+            readers
+        };
         {
-            let mut state = self.stream.state.lock();
-            state.ended = Some(reason.to_owned());
-            // Dropping the senders closes each reader's queue; inline sinks are told.
-            let readers =
-                std::mem::replace(&mut *self.stream.readers.write(), Arc::from(Vec::new()));
+            let _state = self.stream.state.lock();
             for o in readers.iter() {
                 if let Tx::Inline(sink) = &o.tx {
                     sink.on_end(reason);
                 }
             }
         }
-        if let Some(reg) = self.registry.upgrade() {
-            let mut map = reg.streams.write();
-            if map
-                .get(&self.stream.name)
-                .is_some_and(|s| Arc::ptr_eq(s, &self.stream))
-            {
-                map.remove(&self.stream.name);
-            }
-        }
+        drop(readers);
         tracing::debug!(stream = %self.stream.name, reason, "stream ended");
     }
 }

@@ -367,3 +367,47 @@ fn inline_sinks_get_tracks_media_and_the_end_and_detach_on_drop() {
         Err(RegistryError::NotFound(_))
     ));
 }
+
+#[test]
+fn totals_only_grow_as_streams_end_and_readers_leave() {
+    let reg = Registry::new(2);
+    let p = reg.create("t1", None).unwrap();
+    let a = p.add_track(pcmu(Leg::Callee)).unwrap();
+    let mut fast = reg.subscribe("t1", "recorder").unwrap();
+    let slow = reg.subscribe("t1", "whep").unwrap();
+    for seq in 0..5 {
+        p.publish(unit(a, seq));
+        drain(&mut fast);
+    }
+    p.record_rtp_stats(a, 3, 1.5);
+    let t = reg.totals();
+    assert_eq!(t.streams, 1);
+    assert_eq!((t.audio.packets, t.audio.bytes, t.audio.lost), (5, 800, 3));
+    assert_eq!(t.video, KindTotals::default());
+    // The whep reader never read: its queue of 2 took 2 and lost the other 3.
+    assert_eq!(
+        t.readers["whep"],
+        ReaderTotals {
+            live: 1,
+            received: 0,
+            dropped: 3
+        }
+    );
+    assert_eq!(t.readers["recorder"].received, 5);
+    // A reader leaves: what it counted stays, it is no longer live.
+    drop(slow);
+    let after_leave = reg.totals();
+    assert_eq!(after_leave.readers["whep"].dropped, 3);
+    assert_eq!(after_leave.readers["whep"].live, 0);
+    // The stream ends: its packets stay in the totals, a new stream adds to them.
+    p.end("done");
+    drop(fast);
+    let after_end = reg.totals();
+    assert_eq!(after_end.audio.packets, 5);
+    assert_eq!(after_end.readers["recorder"].received, 5);
+    let p2 = reg.create("t1", None).unwrap();
+    let b = p2.add_track(pcmu(Leg::Caller)).unwrap();
+    p2.publish(unit(b, 0));
+    let t2 = reg.totals();
+    assert_eq!((t2.streams, t2.audio.packets), (2, 6));
+}
