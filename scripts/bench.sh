@@ -4,8 +4,10 @@
 #   scripts/bench.sh --quick
 #   scripts/bench.sh --steps calls --calls 500 --readers 1 --hold 30 --out /tmp/b.json
 #   scripts/bench.sh --quick --steps agents --calls 100,500   # media streams (issue 17) alone
+#   scripts/bench.sh --quick --steps exchanges --calls 100,250,500   # media exchanges alone
 # The default steps include `agents` (≈ 1 min per --calls count with --quick, 30 s windows
-# and ≈ 2 min per count without).
+# and ≈ 2 min per count without) and `exchanges` (fetch_from_uri and send_to_uri: ≈ 1 min
+# per count with --quick, ≈ 2.5 min without; `--exchange-kinds fetch` for one kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh bench

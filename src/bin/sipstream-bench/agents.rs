@@ -398,25 +398,32 @@ fn on_text(sh: &ServerShared, text: &str, stream: &mut Option<StreamOf>, audio: 
 // ---------------------------------------------------------------------------------------------
 // The receiver of the played audio
 
-struct PlayReport {
-    received: u64,
+pub(super) struct PlayReport {
+    pub(super) received: u64,
     /// Stamped packets that came from another call's RTP port than the stamp names.
-    misrouted: u64,
-    per_stream: Vec<u64>,
-    /// WebSocket send → RTP arrival, µs, one per packet.
-    latency_us: Vec<u32>,
-    cpu_s: f64,
+    pub(super) misrouted: u64,
+    pub(super) per_stream: Vec<u64>,
+    /// Stamp's send time → RTP arrival, µs, one per packet.
+    pub(super) latency_us: Vec<u32>,
+    pub(super) cpu_s: f64,
 }
 
-/// Reads the gateway's RTP towards the calls (on the bench's sender socket, where the UAS's
-/// SDP points it) and takes the playback stamps' WebSocket send → RTP arrival times.
-/// `ports`: each call's gateway RTP port (the source of its packets). Whatever waits in the
-/// socket (the calls' silence since they were set up) is read away first.
-fn spawn_play_receiver(
+/// Reads the gateway's RTP (here: towards the calls, on the bench's sender socket, where the
+/// UAS's SDP points it) and takes the send → arrival times of the μ-law stamps with `magic`
+/// ([`write_stamp`]; the `exchanges` step reads the bench's own RTP stamps, [`MAGIC`]).
+/// `ports`: each stream's gateway RTP port (the source of its packets), by stamp index.
+/// Whatever waits in the socket (the calls' silence since they were set up) is read away
+/// first, and stamps sent before `from_ns` (since `epoch`) are skipped: audio a gateway
+/// buffer kept from an earlier run. `count` follows the stamped packets received, for
+/// progress lines.
+pub(super) fn spawn_play_receiver(
     sock: UdpSocket,
     ports: Vec<SocketAddr>,
     epoch: Instant,
     stop: Arc<AtomicBool>,
+    magic: u32,
+    from_ns: u64,
+    count: Arc<AtomicU64>,
 ) -> Result<JoinHandle<PlayReport>> {
     sock.set_nonblocking(true)?;
     let mut buf = [0u8; 2048];
@@ -441,10 +448,14 @@ fn spawn_play_receiver(
             let Some(payload) = rtp_payload(&buf[..len]) else {
                 continue;
             };
-            let Some((sent, idx, PLAY_MAGIC)) = payload.get(STAMP_AT..).and_then(read_stamp) else {
+            let Some((sent, idx, m)) = payload.get(STAMP_AT..).and_then(read_stamp) else {
                 continue; // the gateway's silence, or a packet of no stream
             };
+            if m != magic || sent < from_ns {
+                continue;
+            }
             rep.received += 1;
+            count.fetch_add(1, Ordering::Relaxed);
             let idx = idx as usize;
             if ports.get(idx) != Some(&from) {
                 rep.misrouted += 1;
@@ -464,7 +475,7 @@ fn micros(ns: u64) -> u32 {
 }
 
 /// p50, p99 and max of latencies (µs); the percentiles as `percentile_us` takes them.
-fn percentiles(v: &mut [u32]) -> (Option<u64>, Option<u64>, Option<u64>) {
+pub(super) fn percentiles(v: &mut [u32]) -> (Option<u64>, Option<u64>, Option<u64>) {
     v.sort_unstable();
     let at = |p: f64| {
         let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len());
@@ -615,7 +626,7 @@ async fn wait_final(gw: &Gateway, timeout: Duration) -> Result<Vec<Value>> {
 }
 
 /// Joins a bench thread without blocking the runtime.
-async fn blocking_join<T: Send + 'static>(h: JoinHandle<T>) -> Result<T> {
+pub(super) async fn blocking_join<T: Send + 'static>(h: JoinHandle<T>) -> Result<T> {
     tokio::task::spawn_blocking(move || h.join().map_err(|_| anyhow!("bench thread panicked")))
         .await?
 }
@@ -760,6 +771,9 @@ async fn one_count(o: &Opts, dir: &Path, n: usize, window: Duration) -> Result<V
         est.targets[..m].to_vec(),
         epoch,
         stop_rx.clone(),
+        PLAY_MAGIC,
+        0,
+        Arc::new(AtomicU64::new(0)),
     )?;
     let sent0 = server.shared.play_sent.load(Ordering::Relaxed);
     server.shared.playing.store(true, Ordering::Relaxed);
@@ -861,7 +875,7 @@ async fn one_count(o: &Opts, dir: &Path, n: usize, window: Duration) -> Result<V
 }
 
 /// `p50/p99/max` in ms for a progress line.
-fn ms3(p50: Option<u64>, p99: Option<u64>, max: Option<u64>) -> String {
+pub(super) fn ms3(p50: Option<u64>, p99: Option<u64>, max: Option<u64>) -> String {
     let f = |v: Option<u64>| v.map_or("–".into(), |us| format!("{:.1}", us as f64 / 1000.0));
     format!("{}/{}/{}", f(p50), f(p99), f(max))
 }

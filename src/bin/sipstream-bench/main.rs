@@ -15,7 +15,10 @@
 //! - `rtpengine`: the same number of one-way G.711 streams relayed by rtpengine;
 //! - `agents`: N calls each with a media stream to a WebSocket server in this tool
 //!   (issue 17): CPU per stream, loss, RTP → frame latency, and the agent's audio played back
-//!   into the calls (WebSocket → RTP latency).
+//!   into the calls (WebSocket → RTP latency);
+//! - `exchanges`: N calls each with a media exchange (`/media/fetch_from_uri` to a media
+//!   server that streams RTP, `/media/send_to_uri` to a fork) whose peer's RTP is this tool's:
+//!   CPU per exchange, loss and latency of the exchanged (decoded, mixed, encoded) audio.
 //!
 //! Not a test: run it with `scripts/bench.sh` (see the README's Benchmarks section).
 #![forbid(unsafe_code)]
@@ -35,6 +38,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 mod agents;
+mod exchanges;
 mod two_party;
 
 const UAS_HOLD: &str = include_str!("../../../benches/sipp/uas_hold.xml");
@@ -71,14 +75,17 @@ struct Opts {
     /// The properties file the gateways start with (`--properties`; default: this tree's):
     /// an older gateway binary needs the file of its own tree.
     properties: PathBuf,
+    /// The `exchanges` step's kinds (`--exchange-kinds fetch,send`).
+    exchange_kinds: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "sipstream-bench [--quick] [--steps relay,setup,calls,twoparty,fanout,rtpengine,agents] [--out FILE.json]\n\
-         \x20 [--gateway PATH] [--calls 100,500,1000] [--readers 0,1,3] [--hold SECS]\n\
+        "sipstream-bench [--quick] [--steps relay,setup,calls,twoparty,fanout,rtpengine,agents,exchanges]\n\
+         \x20 [--out FILE.json] [--gateway PATH] [--calls 100,500,1000] [--readers 0,1,3] [--hold SECS]\n\
          \x20 [--fanout 1,10,100,1000] [--setup-rates 250,500,...] [--setup-secs N]\n\
          \x20 [--log-level warn] [--set key=value ...] [--properties FILE]\n\
+         \x20 [--exchange-kinds fetch,send]\n\
          sipstream-bench --plot FILE.json   (the SVG plot of an earlier run)"
     );
     std::process::exit(2)
@@ -92,7 +99,7 @@ fn parse_opts() -> Opts {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Opts {
         quick: false,
-        steps: list("relay,setup,calls,twoparty,fanout,rtpengine,agents"),
+        steps: list("relay,setup,calls,twoparty,fanout,rtpengine,agents,exchanges"),
         out: PathBuf::new(),
         gateway: root.join("target/release/sipstream"),
         calls: vec![100, 500, 1000],
@@ -104,6 +111,7 @@ fn parse_opts() -> Opts {
         log_level: "warn".into(),
         sets: Vec::new(),
         properties: Path::new(env!("CARGO_MANIFEST_DIR")).join("properties/sipstream.properties"),
+        exchange_kinds: list("fetch,send"),
     };
     let mut explicit_hold = false;
     let mut args = std::env::args().skip(1);
@@ -140,6 +148,7 @@ fn parse_opts() -> Opts {
             "--setup-rates" => o.setup_rates = list(&val()),
             "--setup-secs" => o.setup_secs = val().parse().unwrap_or_else(|_| usage()),
             "--log-level" => o.log_level = val(),
+            "--exchange-kinds" => o.exchange_kinds = list(&val()),
             "--set" => {
                 let kv = val();
                 let (k, v) = kv.split_once('=').unwrap_or_else(|| usage());
@@ -1648,6 +1657,9 @@ fn markdown(r: &Value) -> String {
     if let Some(rows) = r.get("agents").and_then(Value::as_array) {
         agents::markdown(rows, &mut md);
     }
+    if let Some(rows) = r.get("exchanges").and_then(Value::as_array) {
+        exchanges::markdown(rows, &mut md);
+    }
     if let Some(rows) = r.get("targets").and_then(Value::as_array) {
         let _ = writeln!(
             md,
@@ -1986,6 +1998,12 @@ fn main() -> Result<()> {
     if has("agents") {
         let res = rt.block_on(agents::step_agents(&o, &dir)).map(Value::Array);
         record(&mut r, "agents", res);
+    }
+    if has("exchanges") {
+        let res = rt
+            .block_on(exchanges::step_exchanges(&o, &dir))
+            .map(Value::Array);
+        record(&mut r, "exchanges", res);
     }
     r["errors"] = json!(errors);
     write_report(&o, &mut r)?;
