@@ -120,17 +120,31 @@ impl Mix {
 /// mixer: it plays once `start` samples wait (absorbing the two clocks' jitter), keeps at
 /// most `cap` (a source that runs ahead loses its oldest audio), and buffers again when it
 /// runs dry.
+///
+/// A backlog that stays is delay that stays: after a stall of the feeding side (a busy
+/// thread) the audio that queued meanwhile arrives at once, and nothing would play it faster.
+/// So the lowest level the buffer reaches over [`TRIM_WINDOW`] takes is watched: if it never
+/// came within a frame of `start`, the excess is dropped (the oldest audio), bringing the
+/// delay back to what `start` buys. Jitter that does drain the buffer is left alone.
 #[derive(Debug)]
 pub struct LiveBuffer {
     samples: std::collections::VecDeque<i16>,
     playing: bool,
     start: usize,
     cap: usize,
+    /// The lowest level after a take in the current window, and the takes in it.
+    low: usize,
+    takes: u32,
+    /// Samples dropped to keep the delay down (cap and trim).
+    pub dropped: u64,
     /// No more audio will come: play what is left, then the source is finished.
     pub ended: bool,
     /// The player let go of it: the feeding side stops feeding.
     pub detached: bool,
 }
+
+/// Takes (frames) over which a [`LiveBuffer`]'s standing backlog is measured: 1 s of 20 ms.
+pub const TRIM_WINDOW: u32 = 50;
 
 impl LiveBuffer {
     pub fn new(start: usize, cap: usize) -> Self {
@@ -139,6 +153,9 @@ impl LiveBuffer {
             playing: false,
             start,
             cap: cap.max(start),
+            low: usize::MAX,
+            takes: 0,
+            dropped: 0,
             ended: false,
             detached: false,
         }
@@ -154,8 +171,10 @@ impl LiveBuffer {
 
     pub fn push(&mut self, pcm: &[i16]) {
         self.samples.extend(pcm.iter().copied());
-        while self.samples.len() > self.cap {
-            self.samples.pop_front();
+        if self.samples.len() > self.cap {
+            let over = self.samples.len() - self.cap;
+            self.samples.drain(..over);
+            self.dropped += over as u64;
         }
     }
 
@@ -164,6 +183,8 @@ impl LiveBuffer {
         let len = self.samples.len();
         if !self.playing && (len >= self.start.max(n) || (self.ended && len > 0)) {
             self.playing = true;
+            self.low = usize::MAX;
+            self.takes = 0;
         }
         if self.playing && len > 0 {
             let take = n.min(len);
@@ -172,6 +193,7 @@ impl LiveBuffer {
             if self.samples.is_empty() && !self.ended {
                 self.playing = false;
             }
+            self.trim(n);
             return Some(true);
         }
         self.playing = false;
@@ -180,6 +202,30 @@ impl LiveBuffer {
         } else {
             Some(false)
         }
+    }
+}
+
+impl LiveBuffer {
+    /// Drops a backlog that stood a whole window (see the type's doc).
+    fn trim(&mut self, n: usize) {
+        if self.ended {
+            return;
+        }
+        self.low = self.low.min(self.samples.len());
+        self.takes += 1;
+        if self.takes < TRIM_WINDOW {
+            return;
+        }
+        // In steady state a take leaves `start - n`; a window whose lowest level stayed
+        // above `start` had more than a frame of delay it did not need.
+        let keep = self.start.saturating_sub(n);
+        if self.low > self.start {
+            let excess = (self.low - keep).min(self.samples.len());
+            self.samples.drain(..excess);
+            self.dropped += excess as u64;
+        }
+        self.low = usize::MAX;
+        self.takes = 0;
     }
 }
 
@@ -275,6 +321,47 @@ mod tests {
             frames += 1;
         }
         assert_eq!(frames, 10);
+    }
+
+    #[test]
+    fn a_standing_backlog_is_trimmed_back_but_jitter_is_not() {
+        // Steady 20 ms in, 20 ms out, with the arrivals jittering by a frame: never trimmed.
+        let mut b = LiveBuffer::new(320, 1600);
+        let mut out = Vec::new();
+        b.push(&[1; 320]);
+        for i in 0..(3 * TRIM_WINDOW) {
+            // Two frames every other tick: the lowest level is `start`, never above.
+            if i % 2 == 0 {
+                b.push(&[1; 320]);
+            }
+            out.clear();
+            b.take(160, &mut out);
+        }
+        assert_eq!(b.dropped, 0, "jitter that drains the buffer stays");
+        // A stall upstream: 120 ms arrive at once on top of the steady flow and would stay.
+        let mut b = LiveBuffer::new(320, 1600);
+        b.push(&[1; 320]);
+        b.push(&[2; 960]);
+        let mut levels = Vec::new();
+        for _ in 0..(2 * TRIM_WINDOW) {
+            b.push(&[3; 160]);
+            out.clear();
+            assert_eq!(b.take(160, &mut out), Some(true));
+            levels.push(b.len());
+        }
+        let before = levels[..TRIM_WINDOW as usize - 1].iter().min().copied();
+        assert_eq!(before, Some(1280), "the backlog stands for the first window");
+        assert_eq!(b.len(), 160, "then the delay is back to start minus a frame");
+        assert_eq!(b.dropped, 1120);
+        // An ended source plays all it has.
+        let mut b = LiveBuffer::new(320, 1600);
+        b.push(&[1; 1600]);
+        b.ended = true;
+        let mut frames = 0;
+        while b.take(160, &mut out).is_some() {
+            frames += 1;
+        }
+        assert_eq!((frames, b.dropped), (10, 0));
     }
 
     #[test]
