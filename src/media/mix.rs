@@ -350,8 +350,16 @@ mod tests {
             levels.push(b.len());
         }
         let before = levels[..TRIM_WINDOW as usize - 1].iter().min().copied();
-        assert_eq!(before, Some(1280), "the backlog stands for the first window");
-        assert_eq!(b.len(), 160, "then the delay is back to start minus a frame");
+        assert_eq!(
+            before,
+            Some(1280),
+            "the backlog stands for the first window"
+        );
+        assert_eq!(
+            b.len(),
+            160,
+            "then the delay is back to start minus a frame"
+        );
         assert_eq!(b.dropped, 1120);
         // An ended source plays all it has.
         let mut b = LiveBuffer::new(320, 1600);
