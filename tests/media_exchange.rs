@@ -450,7 +450,7 @@ async fn endpoints_call_in_to_listen_or_barge_into_a_running_call() {
         gw.sip_port,
         &[("USER", "listen-fx4".to_string())],
     );
-    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    assert_eq!(sipp.wait_async(T).await, Some(0), "{}", sipp.messages());
 
     // Listen to the callee only (URI parameter), then to both.
     let boss = RawUac::call(gw.sip_port, "listen-fx4;leg=callee", "", 1200.0)
@@ -612,8 +612,12 @@ async fn send_to_uri_both_unmixed_sends_each_party_on_its_own_line() {
         .post_json("/call/terminate", json!({"callId": "fx6"}))
         .await;
     assert_eq!(s, 200);
+    // Awaited, not blocked on: Alice and Bob answer the BYEs from this test's runtime, and
+    // the fork ends when the call has.
+    gw.wait_status("fx6", &["FINISH"], T).await;
+    wait_exchange(&gw, "fx6", "TERMINATED").await;
     assert_eq!(
-        target.wait(T),
+        target.wait_async(T).await,
         Some(0),
         "fork target:\n{}",
         target.messages()

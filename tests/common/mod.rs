@@ -367,6 +367,19 @@ impl Sipp {
         None
     }
 
+    /// [`Sipp::wait`] without blocking the test's runtime: peers of the same test that run
+    /// as tasks on it (RawUas, RawUac) keep sending and answering meanwhile.
+    pub async fn wait_async(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// The messages sipp exchanged (its -trace_msg file).
     pub fn messages(&self) -> String {
         let mut out = String::new();
