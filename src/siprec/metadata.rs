@@ -226,6 +226,14 @@ impl Metadata {
                 escape(&e.leg)
             ));
         }
+        // RFC 7865's schema is a sequence: participants, streams, then the associations.
+        for (id, label) in [&self.callee_stream, &self.caller_stream] {
+            x.push_str(&format!(
+                "  <stream stream_id=\"{}\" session_id=\"{sid}\">\r\n    <label>{}</label>\r\n  </stream>\r\n",
+                escape(id),
+                escape(label)
+            ));
+        }
         for (id, _) in [&self.caller, &self.callee] {
             x.push_str(&format!(
                 "  <participantsessionassoc participant_id=\"{}\" session_id=\"{sid}\">\r\n    <associate-time>{}</associate-time>\r\n  </participantsessionassoc>\r\n",
@@ -246,13 +254,6 @@ impl Metadata {
                 ));
             }
             x.push_str("  </participantsessionassoc>\r\n");
-        }
-        for (id, label) in [&self.callee_stream, &self.caller_stream] {
-            x.push_str(&format!(
-                "  <stream stream_id=\"{}\" session_id=\"{sid}\">\r\n    <label>{}</label>\r\n  </stream>\r\n",
-                escape(id),
-                escape(label)
-            ));
         }
         // The callee sends the callee stream and receives ours; the caller the reverse.
         for ((pid, _), send, recv) in [
@@ -381,6 +382,29 @@ mod tests {
                 .count(),
             3
         );
+        // The schema's sequence: each kind of element after the kinds before it.
+        let order = [
+            "datamode",
+            "group",
+            "session",
+            "participant",
+            "stream",
+            "sessionrecordingassoc",
+            "participantsessionassoc",
+            "participantstreamassoc",
+        ];
+        let ranks: Vec<usize> = doc
+            .root_element()
+            .children()
+            .filter(|n| n.is_element())
+            .map(|n| {
+                order
+                    .iter()
+                    .position(|o| *o == n.tag_name().name())
+                    .unwrap()
+            })
+            .collect();
+        assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{ranks:?}\n{xml}");
         // The exchange's party: its URI escaped, what it is in our namespace, when it left,
         // and that it hears the callee's stream.
         assert!(xml.contains("aor=\"sip:qa@x?a=&lt;&amp;&gt;\""), "{xml}");
