@@ -432,3 +432,79 @@ async fn a_recording_plays_and_seeks_in_chromium() {
         "{rec}"
     );
 }
+
+/// The API page (`/docs`): Swagger UI served from the binary renders every operation of the
+/// OpenAPI document in Chromium, and loads nothing from anywhere but the gateway.
+#[tokio::test]
+async fn the_api_page_lists_every_method_offline_in_chromium() {
+    let gw = Gateway::start(&[]).await;
+    let doc: Value = reqwest::get(format!("{}/openapi.json", gw.rest))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().map_or(0, |m| m.len()))
+        .sum();
+    assert!(operations > 40, "{operations}");
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/docs", gw.rest)).await;
+    let deadline = Instant::now() + T;
+    let shown = loop {
+        let n = browser
+            .eval("return document.querySelectorAll('.opblock').length")
+            .await
+            .as_u64()
+            .unwrap_or(0) as usize;
+        if n >= operations {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {operations} operations shown"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(shown, operations);
+    let paths = browser
+        .eval(
+            "return Array.from(document.querySelectorAll('.opblock-summary-path'))
+                .map(e => e.getAttribute('data-path'))",
+        )
+        .await;
+    let paths: Vec<&str> = paths
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for p in [
+        "/rest-api/call/startup",
+        "/rest-api/media/send_to_uri",
+        "/metrics",
+    ] {
+        assert!(paths.contains(&p), "{p} not on the page: {paths:?}");
+    }
+    let loaded = browser
+        .eval("return performance.getEntriesByType('resource').map(e => e.name)")
+        .await;
+    let loaded: Vec<&str> = loaded
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        loaded.iter().any(|u| u.ends_with("/docs/openapi.json")),
+        "{loaded:?}"
+    );
+    assert!(
+        loaded.iter().all(|u| u.starts_with(&gw.rest)),
+        "everything from the gateway: {loaded:?}"
+    );
+    browser.screenshot("docs.png").await;
+}

@@ -93,6 +93,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(metrics)),
     )
     .route("/openapi.json", web::get().to(openapi::serve))
+    // The API page: Swagger UI from files built into the binary (no CDN, no validator
+    // service), reading the same document.
+    .route(
+        "/docs",
+        web::get().to(|| async {
+            HttpResponse::PermanentRedirect()
+                .insert_header(("Location", "/docs/"))
+                .finish()
+        }),
+    )
+    .service(
+        utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+            .url("/docs/openapi.json", openapi::api())
+            .config(
+                utoipa_swagger_ui::Config::from("/docs/openapi.json")
+                    .validator_url("none")
+                    .try_it_out_enabled(true),
+            ),
+    )
     .configure(jsonrpc::routes)
     .configure(sse::routes)
     .configure(whep::routes)

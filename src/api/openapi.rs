@@ -59,8 +59,49 @@ use utoipa::OpenApi;
 )]
 pub struct ApiDoc;
 
+/// The document, each operation tagged by what it is about (`calls`, `media exchange`...)
+/// instead of the handler's module path that utoipa derives (`super::calls`).
+pub fn api() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            if let Some(tags) = op.tags.as_mut() {
+                for t in tags.iter_mut() {
+                    *t = tag_name(t).to_string();
+                }
+            }
+        }
+    }
+    doc
+}
+
+fn tag_name(module: &str) -> &str {
+    match module.rsplit("::").next().unwrap_or(module) {
+        "super" | "crate" | "api" => "gateway",
+        "calls" | "call_request" => "calls",
+        "media_exchange" => "media exchange",
+        "media_streams" => "voice agents (media streams)",
+        "inject" => "injection",
+        "recording" => "recording",
+        "streams" => "streams",
+        "push" => "rtmp push",
+        "siprec" => "siprec",
+        "whep" => "webrtc (whep)",
+        other => other,
+    }
+}
+
 pub fn document() -> String {
-    ApiDoc::openapi()
+    api()
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
