@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod call;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -24,7 +24,19 @@ use sipstream::sip::ua::UaConfig;
 use sipstream::webrtc::{WebrtcConfig, WhepService};
 
 fn main() -> anyhow::Result<()> {
-    let cfg = Config::load(std::env::args().skip(1), |k| std::env::var(k).ok())?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `sipstream [--api URL] [--json] call|push|record|siprec|stream|events ...` is the CLI
+    // over the REST API; `sipstream serve [--config F] [--set k=v]` (or no command) is the
+    // gateway.
+    match sipstream::cli::dispatch(&args) {
+        sipstream::cli::Dispatch::Cli => return cli(args),
+        sipstream::cli::Dispatch::Serve(at) => {
+            if let Some(i) = at {
+                args.remove(i);
+            }
+        }
+    }
+    let cfg = Config::load(args, |k| std::env::var(k).ok())?;
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .with_context(|| format!("log_level {:?}", cfg.log_level))?;
     tracing_subscriber::fmt().with_env_filter(filter).init();
@@ -32,6 +44,36 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(run(Arc::new(cfg)))
+}
+
+/// The CLI: one command against a gateway's API; exits 1 on an API error, 2 when the API
+/// cannot be reached or the command line is wrong.
+fn cli(args: Vec<String>) -> anyhow::Result<()> {
+    use clap::Parser;
+    let cli = match sipstream::cli::Cli::try_parse_from(
+        std::iter::once("sipstream".to_string()).chain(args),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            if code == 0 {
+                println!(
+                    "\nThe gateway itself: sipstream serve [--config FILE] [--set key=value ...]"
+                );
+            }
+            std::process::exit(code);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut out = std::io::stdout();
+    if let Err(e) = runtime.block_on(sipstream::cli::run(cli, &mut out)) {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+    Ok(())
 }
 
 async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
