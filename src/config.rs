@@ -113,6 +113,9 @@ pub struct Config {
     /// With a secret, every webhook POST carries `X-Sipstream-Signature: sha256=<hex HMAC>`.
     pub webhook_secret: crate::secret::Secret,
     pub log_level: String,
+    /// `log_format`: `text` (one line per event, spans as `call{call_id=..}:` prefixes) or
+    /// `json` (one JSON object per line; a call's lines carry its `call_id`).
+    pub log_json: bool,
     pub shutdown_timeout: Duration,
     /// `rtmp_audio_codec` with `rtmp_aac_sample_rate` and `rtmp_aac_bitrate`.
     pub rtmp_audio: crate::rtmp::audio::AudioCodecPolicy,
@@ -221,6 +224,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("webhook_timeout_ms", "3000"),
     ("webhook_secret", ""),
     ("log_level", "info"),
+    ("log_format", "text"),
     ("shutdown_timeout_s", "5"),
     ("sound_dir", "sounds"),
     ("inbound_media_stream_url", ""),
@@ -270,6 +274,12 @@ impl Config {
                         .or_else(|| args.next())
                         .ok_or_else(|| ConfigError::Args("--config needs a file".into()))?;
                     file = Some(PathBuf::from(v));
+                }
+                "--log-format" => {
+                    let v = args.next().ok_or_else(|| {
+                        ConfigError::Args("--log-format needs text or json".into())
+                    })?;
+                    sets.push(("log_format".into(), v));
                 }
                 "--set" => {
                     let kv = args
@@ -407,6 +417,11 @@ impl Config {
             webhook_timeout: Duration::from_millis(r.parse("webhook_timeout_ms")?),
             webhook_secret: crate::secret::Secret::new(r.string("webhook_secret")),
             log_level: r.string("log_level"),
+            log_json: match r.string("log_format").as_str() {
+                "text" => false,
+                "json" => true,
+                _ => return Err(r.err("log_format", "expected text or json".into())),
+            },
             shutdown_timeout: Duration::from_secs(r.parse("shutdown_timeout_s")?),
             rtmp_audio: crate::rtmp::audio::AudioCodecPolicy::parse(
                 &r.string("rtmp_audio_codec"),

@@ -39,7 +39,19 @@ fn main() -> anyhow::Result<()> {
     let cfg = Config::load(args, |k| std::env::var(k).ok())?;
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .with_context(|| format!("log_level {:?}", cfg.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if cfg.log_json {
+        // The current span's fields (a call's call_id) in every line, the event's own
+        // fields at the top level.
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

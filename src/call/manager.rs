@@ -435,6 +435,7 @@ impl CallManager {
                     contact_params: String::new(),
                     sip_call_id: Some(sip_call_id),
                     headers: spec.headers.clone(),
+                    label: spec.call_id.clone(),
                 };
                 leg.template = Some(Box::new(place.clone()));
                 let alternates = if i == 0 {
@@ -2055,6 +2056,13 @@ impl CallManager {
             st.active += 1;
         }
         tracing::info!(%call_id, stream = %stream, from = %ic.from_uri, to = %ic.request_uri, "inbound call");
+        if call_id != ic.sip_call_id {
+            // The UA's lines of this call carry our id, not its SIP Call-ID.
+            self.inner.sip.command(Command::Label {
+                key: ic.key,
+                call_id: call_id.clone(),
+            });
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let key = ic.key;
@@ -2238,6 +2246,7 @@ impl CallManager {
                     contact_params: String::new(),
                     sip_call_id: None,
                     headers: Vec::new(),
+                    label: call_id.to_string(),
                 }));
             }
             entry.legs[0].send_only = send_only;

@@ -533,6 +533,8 @@ impl SiprecController {
                 contact_params: ";+sip.src".into(),
                 sip_call_id: None,
                 headers,
+                // The recorded call's id: its SIPREC dialogs' lines are lines of that call.
+                label: call_id.clone(),
             };
             if !self.inner.sip.command(Command::PlaceCall(Box::new(place))) {
                 return;

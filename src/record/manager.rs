@@ -137,12 +137,12 @@ impl RecordingManager {
                 }
             }
         }
-        tracing::info!(%stream, media_session_id = %id, file = %info.file_name, "recording started");
+        tracing::info!(call_id = info.call_id.as_deref().unwrap_or(""), %stream, media_session_id = %id, file = %info.file_name, "recording started");
         self.publish(&info);
         let this = self.clone();
         tokio::spawn(async move {
             let done = handle.wait().await;
-            tracing::info!(stream = %done.stream, file = %done.file_name, state = ?done.state, duration_ms = done.duration_ms, reason = done.end_reason.as_deref().unwrap_or(""), "recording ended");
+            tracing::info!(call_id = done.call_id.as_deref().unwrap_or(""), stream = %done.stream, file = %done.file_name, state = ?done.state, duration_ms = done.duration_ms, reason = done.end_reason.as_deref().unwrap_or(""), "recording ended");
             this.publish(&done);
         });
         Ok(info)

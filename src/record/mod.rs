@@ -290,6 +290,7 @@ fn spawn_recording<S: RecordSink>(
     meta: RecordingMeta,
     opts: RecordOptions,
 ) -> Result<RecordingHandle, RecordError> {
+    let call_id = meta.call_id.clone().unwrap_or_default();
     let info = RecordingInfo::starting(stream, &path, meta);
     let shared = Arc::new(Shared {
         info: Mutex::new(info),
@@ -316,7 +317,7 @@ fn spawn_recording<S: RecordSink>(
             return Err(RecordError::Create { path, source });
         }
     }
-    let span = tracing::info_span!("recording", stream = %stream, file = %path.display());
+    let span = tracing::info_span!("recording", call_id = %call_id, stream = %stream, file = %path.display());
     tracing::info!(parent: &span, "recording started");
     let task = Task {
         core: RecorderCore::new(opts.core),

@@ -96,6 +96,9 @@ pub struct PlaceCall {
     /// The dialog's Call-ID, when the caller wants to know it up front; else generated.
     pub sip_call_id: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// The API's call id this dialog belongs to: every log line of the dialog carries it
+    /// (a `call{call_id=...}` span).
+    pub label: String,
 }
 
 #[derive(Debug)]
@@ -111,6 +114,12 @@ pub enum Command {
         /// The whole body instead of `sdp` alone, as (content type, bytes): a SIPREC
         /// metadata update sends the SDP and the new metadata as multipart (RFC 7866 §6.1).
         body: Option<(String, Vec<u8>)>,
+    },
+    /// Inbound: the API's call id of an incoming call, for its log lines (see
+    /// [`PlaceCall::label`]).
+    Label {
+        key: CallKey,
+        call_id: String,
     },
     /// Inbound: 180 Ringing for an incoming call.
     Ring(CallKey),
@@ -155,6 +164,29 @@ pub enum Command {
     },
     /// Hang up every call, un-REGISTER every account; `UaEvent::Idle` follows.
     Shutdown,
+}
+
+impl Command {
+    /// The call a command is about (none for a new call and for shutdown).
+    fn key(&self) -> Option<CallKey> {
+        match self {
+            Command::PlaceCall(_) | Command::Shutdown => None,
+            Command::Hangup(key) | Command::Ring(key) => Some(*key),
+            Command::Reinvite { key, .. }
+            | Command::Label { key, .. }
+            | Command::Answer { key, .. }
+            | Command::Reject { key, .. }
+            | Command::AnswerOffer { key, .. }
+            | Command::Info { key, .. }
+            | Command::Refer { key, .. }
+            | Command::NotifyRefer { key, .. } => Some(*key),
+        }
+    }
+}
+
+/// The span of one call's log lines.
+fn call_span(call_id: &str) -> tracing::Span {
+    tracing::info_span!("call", call_id = %call_id)
 }
 
 /// Whom a REFER sends the far end to.
@@ -368,6 +400,9 @@ struct Call {
     expires: Option<(u32, Instant)>,
     /// Why we sent our BYE, when not because the API asked (the call's end reason).
     hangup_reason: Option<String>,
+    /// `call{call_id}`: entered while the UA works on this call, so its log lines say
+    /// which call they are about.
+    span: tracing::Span,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -450,6 +485,22 @@ enum TxOwner {
     Notify(CallKey),
     Refresh(CallKey),
     Register(u64),
+}
+
+impl TxOwner {
+    fn call(self) -> Option<CallKey> {
+        match self {
+            TxOwner::Invite(c)
+            | TxOwner::Reinvite(c)
+            | TxOwner::Cancel(c)
+            | TxOwner::Bye(c)
+            | TxOwner::Info(c)
+            | TxOwner::Refer(c)
+            | TxOwner::Notify(c)
+            | TxOwner::Refresh(c) => Some(c),
+            TxOwner::Register(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -541,16 +592,32 @@ impl UserAgent {
         self.endpoint.handle_timeout(now);
         while let Some(t) = self.timers.pop_due(now) {
             match t {
-                Timer::Call(key) => self.call_timer(now, key),
+                Timer::Call(key) => {
+                    let _span = self.span_of(key).entered();
+                    self.call_timer(now, key)
+                }
                 Timer::Register(id) => self.register_timer(now, id),
             }
         }
         self.process(now);
     }
 
+    /// The span of `key`'s log lines (none for an unknown key).
+    fn span_of(&self, key: CallKey) -> tracing::Span {
+        self.calls
+            .get(&key)
+            .map_or_else(tracing::Span::none, |c| c.span.clone())
+    }
+
     pub fn handle_command(&mut self, now: Instant, cmd: Command) {
         self.now = now;
+        let _span = cmd.key().map(|k| self.span_of(k).entered());
         match cmd {
+            Command::Label { key, call_id } => {
+                if let Some(call) = self.calls.get_mut(&key) {
+                    call.span = call_span(&call_id);
+                }
+            }
             Command::PlaceCall(pc) => self.place_call(now, *pc),
             Command::Hangup(key) => self.hangup(now, key, None),
             Command::Reinvite { key, sdp, body } => self.send_reinvite(now, key, sdp, body),
@@ -610,6 +677,9 @@ impl UserAgent {
                     if !keep {
                         self.owners.remove(&key);
                     }
+                    let _span = owner
+                        .and_then(TxOwner::call)
+                        .map(|c| self.span_of(c).entered());
                     match owner {
                         Some(TxOwner::Invite(c)) => self.on_invite_event(now, c, event),
                         Some(TxOwner::Reinvite(c)) => self.on_reinvite_event(c, event),
@@ -637,6 +707,8 @@ impl UserAgent {
     // ---- outgoing calls ----
 
     fn place_call(&mut self, now: Instant, pc: PlaceCall) {
+        let span = call_span(&pc.label);
+        let _span = span.clone().entered();
         let local = LocalEnd {
             transport: pc.route.transport,
             addr: pc.route.local,
@@ -695,6 +767,7 @@ impl UserAgent {
             expires: None,
             hangup_reason: None,
             info_in_flight: false,
+            span: span.clone(),
         };
         self.timers
             .push(now + self.cfg.invite_timeout, Timer::Call(pc.key));
@@ -1800,6 +1873,7 @@ impl UserAgent {
         let dialog_call = dialog_id(&req)
             .and_then(|id| self.dialogs.get(&id))
             .copied();
+        let _span = dialog_call.map(|c| self.span_of(c).entered());
         let method = req.method;
         let response = match (method, dialog_call) {
             (rsip::Method::Cancel, _) => return self.on_cancel(now, key, req),
@@ -2150,7 +2224,11 @@ impl UserAgent {
             expires: None,
             hangup_reason: None,
             info_in_flight: false,
+            // The API's call id is the SIP Call-ID unless the call layer names another
+            // (Command::Label).
+            span: call_span(&incoming.sip_call_id),
         };
+        let _span = call.span.clone().entered();
         tracing::info!(call = c, sip_call_id = %call.dialog.call_id, from = %incoming.from_uri, to = %incoming.request_uri, "incoming call");
         self.timers
             .push(now + self.cfg.invite_timeout, Timer::Call(c));
@@ -2323,6 +2401,7 @@ impl UserAgent {
         let resp = build_response(&req, code, None, vec![], None);
         let _ = self.endpoint.respond(now, &key, resp);
         if let Some(c) = call {
+            let _span = self.span_of(c).entered();
             tracing::info!(call = c, "CANCEL from the caller");
             self.respond_invite(now, c, 487, vec![], None);
             self.end_call(
@@ -2667,6 +2746,7 @@ mod tests {
                 contact_params: String::new(),
                 sip_call_id: None,
                 headers: vec![],
+                label: "c1".into(),
             })),
         );
     }
