@@ -124,8 +124,9 @@ impl Mix {
 /// A backlog that stays is delay that stays: after a stall of the feeding side (a busy
 /// thread) the audio that queued meanwhile arrives at once, and nothing would play it faster.
 /// So the lowest level the buffer reaches over [`TRIM_WINDOW`] takes is watched: if it never
-/// came within a frame of `start`, the excess is dropped (the oldest audio), bringing the
-/// delay back to what `start` buys. Jitter that does drain the buffer is left alone.
+/// came within two frames of its steady level, the excess is dropped (the oldest audio),
+/// bringing the delay back to what `start` buys. Jitter that does drain the buffer is left
+/// alone.
 #[derive(Debug)]
 pub struct LiveBuffer {
     samples: std::collections::VecDeque<i16>,
@@ -217,9 +218,10 @@ impl LiveBuffer {
             return;
         }
         // In steady state a take leaves `start - n`; a window whose lowest level stayed
-        // above `start` had more than a frame of delay it did not need.
+        // above `start + n` had more than two frames of delay it did not need (less is
+        // left alone: a trim is a small click).
         let keep = self.start.saturating_sub(n);
-        if self.low > self.start {
+        if self.low > self.start + n {
             let excess = (self.low - keep).min(self.samples.len());
             self.samples.drain(..excess);
             self.dropped += excess as u64;
