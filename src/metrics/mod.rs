@@ -191,6 +191,11 @@ impl Metrics {
                 Ok(ev) => self.count(&ev, &calls),
                 Err(RecvError::Lagged(n)) => {
                     self.inner.counted.bus_lagged.inc_by(n);
+                    // Ends may have been among the missed events: forget calls that are over.
+                    self.inner
+                        .live
+                        .lock()
+                        .retain(|id, _| calls.find(id).is_some_and(|c| !c.status.is_final()));
                 }
                 Err(RecvError::Closed) => return,
             }
