@@ -9,8 +9,11 @@
 //! - `latching` (symmetric RTP, for peers behind NAT): the first valid packet's source
 //!   becomes the address we send to, whatever SDP said; later packets from any other source
 //!   are dropped and counted (`from_unknown_source`). RTCP latches separately. A new remote
-//!   (`set_remote`, after a re-INVITE) re-arms latching. With latching off every source is
-//!   accepted and we send to the SDP address.
+//!   (`set_remote`, after a re-INVITE) re-arms latching. When the new SDP names another
+//!   address (a transfer: another party), the source latched before is the old party, whose
+//!   stream lingers for a moment: it does not win the re-latch unless nothing else has come
+//!   after [`STALE_LATCH_AFTER`] of its packets (the same peer behind NAT that moved its
+//!   SDP address). With latching off every source is accepted and we send to the SDP address.
 //! - Packets of any payload type are passed up (telephone-event and comfort noise share the
 //!   stream); readers pick what they understand.
 
@@ -166,12 +169,18 @@ pub struct SessionCounters {
 /// until [`poll_timeout`](Self::poll_timeout). Errors only describe the datagram that was
 /// rejected (and are counted); the session stays usable. Times must not go backwards
 /// (earlier times are treated as equal to the latest seen).
+/// Packets from the source latched before a new remote address that make it the latched
+/// source again, when nothing else came meanwhile (1 s of 20 ms packets).
+pub const STALE_LATCH_AFTER: u32 = 50;
+
 #[derive(Debug)]
 pub struct RtpSession {
     cfg: SessionConfig,
     stats: RxStats,
     latched_rtp: Option<SocketAddr>,
     latched_rtcp: Option<SocketAddr>,
+    /// After a new remote address: the source latched before, and its packets since.
+    stale_rtp: Option<(SocketAddr, u32)>,
     tx_seq: u16,
     tx_ts: u32,
     need_marker: bool,
@@ -205,6 +214,7 @@ impl RtpSession {
             stats: RxStats::new(cfg.clock_rate),
             latched_rtp: None,
             latched_rtcp: None,
+            stale_rtp: None,
             tx_seq: cfg.initial_seq,
             tx_ts: cfg.initial_timestamp,
             need_marker: true,
@@ -299,6 +309,11 @@ impl RtpSession {
 
     /// New remote addresses (re-INVITE). Re-arms latching.
     pub fn set_remote(&mut self, rtp: Option<SocketAddr>, rtcp: Option<SocketAddr>) {
+        self.stale_rtp = if rtp != self.cfg.remote_rtp {
+            self.latched_rtp.map(|a| (a, 0))
+        } else {
+            None
+        };
         self.cfg.remote_rtp = rtp;
         self.cfg.remote_rtcp = rtcp;
         self.latched_rtp = None;
@@ -401,8 +416,18 @@ impl RtpSession {
         if self.cfg.latching {
             match self.latched_rtp {
                 None => {
+                    if let Some((stale, seen)) = self.stale_rtp.as_mut() {
+                        if *stale == from && self.cfg.remote_rtp != Some(from) {
+                            *seen += 1;
+                            if *seen < STALE_LATCH_AFTER {
+                                self.counters.from_unknown_source += 1;
+                                return Ok(None);
+                            }
+                        }
+                    }
                     tracing::debug!(%from, "RTP latched");
                     self.latched_rtp = Some(from);
+                    self.stale_rtp = None;
                 }
                 Some(addr) if addr != from => {
                     self.counters.from_unknown_source += 1;
@@ -871,6 +896,42 @@ mod tests {
         assert_eq!(s.remote_rtp(), Some(addr(7000)));
         assert!(s.handle_rtp(t0, addr(6000), &rtp(3, 9)).unwrap().is_some());
         assert_eq!(s.remote_rtp(), Some(addr(6000)));
+    }
+
+    #[test]
+    fn after_a_transfer_the_old_partys_lingering_stream_does_not_win_the_relatch() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.remote_rtp = Some(addr(4000));
+        let mut s = RtpSession::new(c, t0);
+        assert!(s.handle_rtp(t0, addr(4000), &rtp(1, 9)).unwrap().is_some());
+        // Another party's SDP: the old one still sends for a while.
+        s.set_remote(Some(addr(7000)), None);
+        assert!(s.handle_rtp(t0, addr(4000), &rtp(2, 9)).unwrap().is_none());
+        assert!(s.handle_rtp(t0, addr(7002), &rtp(1, 77)).unwrap().is_some());
+        assert_eq!(
+            s.remote_rtp(),
+            Some(addr(7002)),
+            "the new party (behind NAT)"
+        );
+        assert!(s.handle_rtp(t0, addr(4000), &rtp(3, 9)).unwrap().is_none());
+        // The same peer moving its SDP address but sending from where it did: after a second
+        // of nothing else, it is latched again.
+        let mut s = RtpSession::new(cfg(), t0);
+        assert!(s.handle_rtp(t0, addr(5000), &rtp(1, 9)).unwrap().is_some());
+        s.set_remote(Some(addr(8000)), None);
+        let accepted = (2..60)
+            .filter(|seq| {
+                s.handle_rtp(t0, addr(5000), &rtp(*seq, 9))
+                    .unwrap()
+                    .is_some()
+            })
+            .count();
+        assert_eq!(accepted, 60 - 2 - (STALE_LATCH_AFTER as usize - 1));
+        assert_eq!(s.remote_rtp(), Some(addr(5000)));
+        // A re-INVITE that keeps the address (hold, unhold) re-latches at once.
+        s.set_remote(Some(addr(8000)), None);
+        assert!(s.handle_rtp(t0, addr(5000), &rtp(70, 9)).unwrap().is_some());
     }
 
     #[test]
