@@ -484,12 +484,13 @@ impl Collector for Snapshot {
         }
 
         let p = process();
-        counter(
-            &mut enc,
+        let cpu = ConstCounter::new(p.cpu_ms as f64 / 1000.0);
+        cpu.encode(enc.encode_descriptor(
             "sipstream_process_cpu_seconds",
             "CPU time of the gateway process (user and system), in seconds",
-            &[(Vec::new(), p.cpu_ms / 1000)],
-        )?;
+            None,
+            cpu.metric_type(),
+        )?)?;
         for (name, help, v) in [
             (
                 "sipstream_process_resident_memory_bytes",
