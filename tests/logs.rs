@@ -5,10 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{startup_body, Gateway, Sipp};
+use common::{Gateway, Sipp};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(15);
+
+/// A call as a user writes one: the callee's URI with its host and port, nothing else routed.
+fn call_to(call_id: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({"callId": call_id, "callee": format!("sip:answer@127.0.0.1:{port}"),
+        "sipLogin": "alice", "sipDomain": "127.0.0.1"})
+}
 
 #[tokio::test]
 async fn json_logs_name_the_call_on_every_line_of_it() {
@@ -18,7 +24,7 @@ async fn json_logs_name_the_call_on_every_line_of_it() {
     ])
     .await;
     let mut callee = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
-    let mut body = startup_body("jl1", callee.port, "udp");
+    let mut body = call_to("jl1", callee.port);
     body["record"] = json!(true);
     let (s, v) = gw.post_json("/call/startup", body).await;
     assert_eq!(s, 200, "{v}");

@@ -513,20 +513,6 @@ async fn endpoints_call_in_to_listen_or_barge_into_a_running_call() {
     assert_eq!(s, 200);
 }
 
-/// Two UDP sockets on consecutive even ports (RTP, leaving RTCP's odd port free) standing
-/// for a fork target's two audio lines.
-async fn two_sinks() -> (tokio::net::UdpSocket, tokio::net::UdpSocket) {
-    loop {
-        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p % 2 == 0 {
-            if let Ok(b) = tokio::net::UdpSocket::bind(("127.0.0.1", p + 2)).await {
-                return (a, b);
-            }
-        }
-    }
-}
-
 fn window_shares(pcm: &[i16], hz: f64) -> Vec<f64> {
     pcm.chunks_exact(800)
         .map(|w| tone_share(w, 8000, hz))
@@ -541,19 +527,6 @@ fn median_share(pcm: &[i16], hz: f64) -> f64 {
 
 fn max_share(pcm: &[i16], hz: f64) -> f64 {
     window_shares(pcm, hz).into_iter().fold(0.0, f64::max)
-}
-
-/// The PCMU audio arriving on `sock` for `window`.
-async fn pcmu_from(sock: &tokio::net::UdpSocket, window: Duration) -> Vec<i16> {
-    let mut buf = [0u8; 2048];
-    let mut pcm = Vec::new();
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
-        if n > 12 && buf[1] & 0x7f == 0 {
-            sipstream::media::g711::decode_ulaw(&buf[12..n], &mut pcm);
-        }
-    }
-    pcm
 }
 
 /// send_to_uri with `leg: both, mix: false`: one INVITE with two sendonly audio lines
@@ -571,7 +544,7 @@ async fn send_to_uri_both_unmixed_sends_each_party_on_its_own_line() {
         format!("sip:bob@127.0.0.1:{}", bob.port),
     )
     .await;
-    let sinks = two_sinks().await;
+    let sinks = common::rtp_sink_pair().await;
     let vars = [
         ("P1", sinks.0.local_addr().unwrap().port().to_string()),
         ("P2", sinks.1.local_addr().unwrap().port().to_string()),
@@ -593,8 +566,8 @@ async fn send_to_uri_both_unmixed_sends_each_party_on_its_own_line() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (caller_line, callee_line) = tokio::join!(
-        pcmu_from(&sinks.0, Duration::from_millis(1000)),
-        pcmu_from(&sinks.1, Duration::from_millis(1000))
+        common::rtp_pcmu(&sinks.0, Duration::from_millis(1000)),
+        common::rtp_pcmu(&sinks.1, Duration::from_millis(1000))
     );
     for (name, pcm, own, other) in [
         ("caller", &caller_line, 700.0, 440.0),

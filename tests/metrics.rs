@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{startup_body, Gateway, Sipp};
+use common::{Gateway, Sipp};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(15);
@@ -19,6 +19,12 @@ async fn scrape(gw: &Gateway) -> (String, String) {
         .unwrap_or_default()
         .to_string();
     (ct, resp.text().await.unwrap())
+}
+
+/// A call as a user writes one: the callee's URI with its host and port, nothing else routed.
+fn call_to(call_id: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({"callId": call_id, "callee": format!("sip:answer@127.0.0.1:{port}"),
+        "sipLogin": "alice", "sipDomain": "127.0.0.1"})
 }
 
 /// The value of the sample `name` (with exactly `labels`, e.g. `{kind="audio"}`, or "").
@@ -65,7 +71,7 @@ async fn metrics_follow_calls_media_and_the_process() {
 
     // A call that streams PCMU, recorded: calls by status, starts, RTP moving, a reader.
     let mut callee = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
-    let mut body = startup_body("m1", callee.port, "udp");
+    let mut body = call_to("m1", callee.port);
     body["record"] = json!(true);
     let (s, v) = gw.post_json("/call/startup", body).await;
     assert_eq!(s, 200, "{v}");
@@ -127,7 +133,7 @@ async fn metrics_follow_calls_media_and_the_process() {
     // A busy callee: a setup failure by its SIP status.
     let mut busy = Sipp::uas("uas_busy.xml", "udp", false);
     let (s, _) = gw
-        .post_json("/call/startup", startup_body("m2", busy.port, "udp"))
+        .post_json("/call/startup", call_to("m2", busy.port))
         .await;
     assert_eq!(s, 200);
     gw.wait_status("m2", &["BUSY"], T).await;

@@ -10,19 +10,6 @@ use tokio::net::UdpSocket;
 
 const T: Duration = Duration::from_secs(15);
 
-/// Two UDP sockets standing for the SRS's media ports.
-async fn media_sinks() -> (UdpSocket, UdpSocket) {
-    loop {
-        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p % 2 == 0 {
-            if let Ok(b) = UdpSocket::bind(("127.0.0.1", p + 2)).await {
-                return (a, b);
-            }
-        }
-    }
-}
-
 fn vars(sinks: &(UdpSocket, UdpSocket)) -> Vec<(&'static str, String)> {
     vec![
         ("P1", sinks.0.local_addr().unwrap().port().to_string()),
@@ -124,7 +111,7 @@ async fn records_to_srs_with_valid_metadata_pause_resume_and_stop() {
     let (url, mut events) = common::webhook().await;
     let gw = Gateway::start(&[("webhook_url", url)]).await;
     let mut callee = established_call(&gw, "rec1").await;
-    let sinks = media_sinks().await;
+    let sinks = common::rtp_sink_pair().await;
     let mut srs = Sipp::uas_with("srs_record.xml", "udp", false, &vars(&sinks));
     let (s, v) = gw
         .post_json(
@@ -240,7 +227,7 @@ async fn records_to_srs_with_valid_metadata_pause_resume_and_stop() {
 async fn failover_from_503_to_the_next_srs_and_call_end_stops_recording() {
     let gw = Gateway::start(&[]).await;
     let mut callee = established_call(&gw, "fo1").await;
-    let sinks = media_sinks().await;
+    let sinks = common::rtp_sink_pair().await;
     let mut bad = Sipp::uas("srs_503.xml", "udp", false);
     let mut good = Sipp::uas_with("srs_accept.xml", "udp", false, &vars(&sinks));
     let srs = format!("sip:127.0.0.1:{}, sip:127.0.0.1:{}", bad.port, good.port);
@@ -309,7 +296,7 @@ async fn silent_srs_fails_over_after_the_transaction_timeout() {
     // T1 = 20 ms: timer B (64·T1) fires after 1.28 s.
     let gw = Gateway::start(&[("sip_t1_ms", "20".into()), ("sip_t2_ms", "160".into())]).await;
     let _callee = established_call(&gw, "silent1").await;
-    let sinks = media_sinks().await;
+    let sinks = common::rtp_sink_pair().await;
     let mut good = Sipp::uas_with("srs_accept.xml", "udp", false, &vars(&sinks));
     let dead = common::free_udp_port();
     let srs = format!("sip:127.0.0.1:{dead}, sip:127.0.0.1:{}", good.port);
@@ -330,8 +317,8 @@ async fn silent_srs_fails_over_after_the_transaction_timeout() {
 async fn two_instances_record_one_call_and_an_srs_bye_ends_only_its_session() {
     let gw = Gateway::start(&[]).await;
     let _callee = established_call(&gw, "two1").await;
-    let sinks_a = media_sinks().await;
-    let sinks_b = media_sinks().await;
+    let sinks_a = common::rtp_sink_pair().await;
+    let sinks_b = common::rtp_sink_pair().await;
     let mut a = Sipp::uas_with("srs_accept.xml", "udp", false, &vars(&sinks_a));
     let mut b = Sipp::uas_with("srs_bye.xml", "udp", false, &vars(&sinks_b));
     for (inst, port) in [("a", a.port), ("b", b.port)] {
@@ -378,7 +365,7 @@ async fn two_instances_record_one_call_and_an_srs_bye_ends_only_its_session() {
 #[tokio::test]
 async fn start_before_answer_waits_then_records() {
     let gw = Gateway::start(&[]).await;
-    let sinks = media_sinks().await;
+    let sinks = common::rtp_sink_pair().await;
     let mut srs = Sipp::uas_with("srs_accept.xml", "udp", false, &vars(&sinks));
     let callee = Sipp::uas("uas_early_media.xml", "udp", false);
     let (s, _) = gw
@@ -486,7 +473,7 @@ fn all_metadata(messages: &str) -> Vec<String> {
 async fn a_media_exchange_joins_and_leaves_the_recording_metadata() {
     let gw = Gateway::start(&[]).await;
     let mut callee = established_call(&gw, "recx").await;
-    let sinks = media_sinks().await;
+    let sinks = common::rtp_sink_pair().await;
     let mut srs = Sipp::uas_with("srs_metadata_update.xml", "udp", false, &vars(&sinks));
     let (s, v) = gw
         .post_json(

@@ -399,19 +399,6 @@ async fn a_held_leg_of_a_two_party_call_stops_hearing_the_other_until_unhold() {
     gw.wait_status("tp6", &["FINISH"], T).await;
 }
 
-/// The µ-law audio arriving on `sock` for `window`, decoded.
-async fn rtp_pcm(sock: &tokio::net::UdpSocket, window: Duration) -> Vec<i16> {
-    let mut buf = [0u8; 2048];
-    let mut pcm = Vec::new();
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
-        if n > 12 && buf[1] & 0x7f == 0 {
-            sipstream::media::g711::decode_ulaw(&buf[12..n], &mut pcm);
-        }
-    }
-    pcm
-}
-
 #[tokio::test]
 async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
     let gw = Gateway::start(&[]).await;
@@ -445,8 +432,8 @@ async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
         )
         .await;
     assert_eq!(s, 200, "{e}");
-    let callee_stream = rtp_pcm(&p1, Duration::from_millis(1500)).await;
-    let caller_stream = rtp_pcm(&p2, Duration::from_millis(500)).await;
+    let callee_stream = common::rtp_pcmu(&p1, Duration::from_millis(1500)).await;
+    let caller_stream = common::rtp_pcmu(&p2, Duration::from_millis(500)).await;
     assert!(callee_stream.len() > 4000, "{}", callee_stream.len());
     assert!(caller_stream.len() > 2000, "{}", caller_stream.len());
     let c = tone_share(&callee_stream[callee_stream.len() - 4000..], 8000, 1000.0);

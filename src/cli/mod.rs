@@ -277,6 +277,11 @@ impl std::fmt::Display for CliError {
     }
 }
 
+/// The error of a request that did not reach the API at `url`.
+fn unreachable(url: &str) -> impl Fn(reqwest::Error) -> CliError + '_ {
+    move |e| CliError::Unreachable(format!("cannot reach the API at {url}: {e}"))
+}
+
 struct Client {
     http: reqwest::Client,
     api: String,
@@ -301,7 +306,7 @@ impl Client {
             .auth(self.http.post(&url).json(&body))
             .send()
             .await
-            .map_err(|e| CliError::Unreachable(format!("cannot reach the API at {url}: {e}")))?;
+            .map_err(unreachable(&url))?;
         let status = resp.status().as_u16();
         let text = resp
             .text()
@@ -471,9 +476,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                         .auth(client.http.get(&url))
                         .send()
                         .await
-                        .map_err(|e| {
-                            CliError::Unreachable(format!("cannot reach the API at {url}: {e}"))
-                        })?;
+                        .map_err(unreachable(&url))?;
                     let status = resp.status().as_u16();
                     let bytes = resp
                         .bytes()
@@ -645,7 +648,7 @@ async fn follow_events(
         .auth(client.http.get(&url))
         .send()
         .await
-        .map_err(|e| CliError::Unreachable(format!("cannot reach the API at {url}: {e}")))?;
+        .map_err(unreachable(&url))?;
     let status = resp.status().as_u16();
     if status >= 400 {
         let body = resp.text().await.unwrap_or_default();

@@ -383,28 +383,25 @@ impl Collector for Snapshot {
             "Stream readers now, by kind (recorder, whep, rtmp, siprec, bridge, exchange and others)",
             &readers,
         )?;
-        let units: Vec<(Labels, u64)> = t
-            .readers
-            .iter()
-            .map(|(k, r)| (l(&[("kind", k)]), r.received))
-            .collect();
-        counter(
-            &mut enc,
-            "sipstream_reader_units",
-            "Media units readers took from streams, by reader kind",
-            &units,
-        )?;
-        let drops: Vec<(Labels, u64)> = t
-            .readers
-            .iter()
-            .map(|(k, r)| (l(&[("kind", k)]), r.dropped))
-            .collect();
-        counter(
-            &mut enc,
-            "sipstream_reader_drops",
-            "Media units lost by readers that fell behind (the publisher never waits), by reader kind",
-            &drops,
-        )?;
+        for (name, help, f) in [
+            (
+                "sipstream_reader_units",
+                "Media units readers took from streams, by reader kind",
+                (|r: &crate::registry::ReaderTotals| r.received) as fn(&_) -> u64,
+            ),
+            (
+                "sipstream_reader_drops",
+                "Media units lost by readers that fell behind (the publisher never waits), by reader kind",
+                |r| r.dropped,
+            ),
+        ] {
+            let rows: Vec<(Labels, u64)> = t
+                .readers
+                .iter()
+                .map(|(k, r)| (l(&[("kind", k)]), f(r)))
+                .collect();
+            counter(&mut enc, name, help, &rows)?;
+        }
 
         let recs = self.calls.recordings().find_all();
         let mut by_state: std::collections::BTreeMap<String, i64> = Default::default();

@@ -1615,17 +1615,7 @@ impl UserAgent {
         );
         self.dialogs
             .remove(&(call.dialog.call_id.clone(), call.dialog.local_tag.clone()));
-        self.owners.retain(|_, o| match o {
-            TxOwner::Invite(c)
-            | TxOwner::Reinvite(c)
-            | TxOwner::Cancel(c)
-            | TxOwner::Bye(c)
-            | TxOwner::Info(c)
-            | TxOwner::Refer(c)
-            | TxOwner::Notify(c)
-            | TxOwner::Refresh(c) => *c != key,
-            TxOwner::Register(_) => true,
-        });
+        self.owners.retain(|_, o| o.call() != Some(key));
         self.events.push_back(UaEvent::CallState {
             key,
             phase,

@@ -1445,3 +1445,30 @@ impl Drop for Dnsmasq {
         let _ = self.child.wait();
     }
 }
+
+/// Two UDP sockets on even ports two apart (RTP, leaving each RTCP port free): the media
+/// ports of a peer that answers with two audio lines (an SRS, a two-line fork target).
+pub async fn rtp_sink_pair() -> (tokio::net::UdpSocket, tokio::net::UdpSocket) {
+    loop {
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p % 2 == 0 {
+            if let Ok(b) = tokio::net::UdpSocket::bind(("127.0.0.1", p + 2)).await {
+                return (a, b);
+            }
+        }
+    }
+}
+
+/// The µ-law (PCMU) audio arriving on `sock` for `window`, decoded.
+pub async fn rtp_pcmu(sock: &tokio::net::UdpSocket, window: Duration) -> Vec<i16> {
+    let mut buf = [0u8; 2048];
+    let mut pcm = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        if n > 12 && buf[1] & 0x7f == 0 {
+            sipstream::media::g711::decode_ulaw(&buf[12..n], &mut pcm);
+        }
+    }
+    pcm
+}
