@@ -96,6 +96,11 @@ pub struct Config {
     pub webrtc_disconnected_timeout: Duration,
     pub webrtc_failed_timeout: Duration,
     pub webrtc_track_wait: Duration,
+    pub hls_part_ms: u64,
+    pub hls_segment_ms: u64,
+    pub hls_list_size: usize,
+    pub hls_idle_timeout: Duration,
+    pub hls_max_streams: usize,
     pub record_dir: PathBuf,
     pub sip_record_stream: bool,
     /// Two-party calls publish a mixed stereo track (caller left, callee right).
@@ -202,6 +207,11 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("webrtc_disconnected_timeout_s", "5"),
     ("webrtc_failed_timeout_s", "10"),
     ("webrtc_track_wait_s", "10"),
+    ("hls_part_ms", "500"),
+    ("hls_segment_ms", "2000"),
+    ("hls_list_size", "6"),
+    ("hls_idle_timeout_s", "30"),
+    ("hls_max_streams", "100"),
     ("record_dir", "records"),
     ("sip_record_stream", "false"),
     ("two_party_mix", "true"),
@@ -401,6 +411,11 @@ impl Config {
             ),
             webrtc_failed_timeout: Duration::from_secs(r.parse("webrtc_failed_timeout_s")?),
             webrtc_track_wait: Duration::from_secs(r.parse("webrtc_track_wait_s")?),
+            hls_part_ms: r.parse("hls_part_ms")?,
+            hls_segment_ms: r.parse("hls_segment_ms")?,
+            hls_list_size: r.parse("hls_list_size")?,
+            hls_idle_timeout: Duration::from_secs(r.parse("hls_idle_timeout_s")?),
+            hls_max_streams: r.parse("hls_max_streams")?,
             record_dir: PathBuf::from(r.string("record_dir")),
             sip_record_stream: r.bool("sip_record_stream")?,
             two_party_mix: r.bool("two_party_mix")?,
@@ -521,6 +536,17 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "siprec_auto=true needs siprec_srs (the SRS URIs to record to)".into(),
             ));
+        }
+        if !(100..=5000).contains(&self.hls_part_ms)
+            || self.hls_segment_ms < self.hls_part_ms
+            || self.hls_segment_ms > 30_000
+            || self.hls_list_size == 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "hls_part_ms must be 100..=5000 ({}), hls_segment_ms from hls_part_ms to 30000 \
+                 ({}), hls_list_size > 0 ({})",
+                self.hls_part_ms, self.hls_segment_ms, self.hls_list_size
+            )));
         }
         if self.webrtc_port_min > self.webrtc_port_max
             || (self.webrtc_port_min == 0) != (self.webrtc_port_max == 0)

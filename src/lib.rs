@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod exchange;
+pub mod hls;
 pub mod ids;
 pub mod media;
 pub mod mediastream;

@@ -12,6 +12,7 @@ use sipstream::call::manager::CallManager;
 use sipstream::config::Config;
 use sipstream::events::{webhook, EventBus};
 use sipstream::exchange::InjectManager;
+use sipstream::hls::{HlsService, HlsServiceConfig};
 use sipstream::mediastream::{MediaStreamConfig, MediaStreamManager};
 use sipstream::metrics::Metrics;
 use sipstream::record::manager::RecordingManager;
@@ -129,6 +130,11 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("rtp_port_min/rtp_port_max: {e}"))?;
     let pushes = PushManager::new(registry.clone(), bus.clone(), PushConfig::from_config(&cfg));
     let whep = WhepService::new(WebrtcConfig::from_config(&cfg), registry.clone());
+    let hls = HlsService::new(
+        HlsServiceConfig::from_config(&cfg),
+        registry.clone(),
+        tokio::runtime::Handle::current(),
+    );
     let recordings = RecordingManager::new(
         registry.clone(),
         cfg.record_dir.clone(),
@@ -169,6 +175,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         calls: calls.clone(),
         cfg: cfg.clone(),
         whep,
+        hls,
         pushes: pushes.clone(),
         media_streams: media_streams.clone(),
         injections,

@@ -508,3 +508,60 @@ async fn the_api_page_lists_every_method_offline_in_chromium() {
     );
     browser.screenshot("docs.png").await;
 }
+
+/// A call's stream played over Low-Latency HLS by hls.js (vendored, served by the gateway) in
+/// Chromium: the video element plays on, audio is decoded, hls.js uses the parts, and the
+/// latency it measures is that of LL-HLS (a few seconds at most), not of plain HLS.
+#[tokio::test]
+async fn hls_page_plays_a_call_with_hls_js_in_chromium() {
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let (status, call) = gw
+        .post_json("/call/startup", startup_body("web_hls", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    gw.wait_status("web_hls", &["ESTABLISHED"], T).await;
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/hls.html?stream=web_hls_stream", gw.rest))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let s = browser.eval("return window.sipstreamHls").await;
+        if s["playing"] == true
+            && s["currentTime"].as_f64().unwrap_or(0.0) > 3.0
+            && s["audioBytes"].as_u64().unwrap_or(0) > 0
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hls.js did not play: {s}\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("hls.html state: {state}");
+    assert_eq!(state["lowLatency"], true, "{state}");
+    let latency = state["latency"].as_f64().unwrap_or(f64::MAX);
+    assert!(latency < 4.0, "latency {latency} s: {state}");
+    assert!(browser
+        .text("#status")
+        .await
+        .contains("Playing web_hls_stream"));
+    let loaded = browser
+        .eval("return performance.getEntriesByType('resource').map(e => e.name)")
+        .await;
+    let loaded = loaded.to_string();
+    assert!(loaded.contains("/hls/web_hls_stream/part"), "{loaded}");
+    assert!(loaded.contains("_HLS_msn="), "{loaded}");
+    let shot = browser.screenshot("hls.png").await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "web_hls"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}

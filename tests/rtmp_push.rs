@@ -289,71 +289,6 @@ async fn g711_passes_through_when_asked() {
     assert_eq!(sipp.wait(T), Some(0));
 }
 
-/// Annex B byte stream → NAL units.
-fn split_annex_b(data: &[u8]) -> Vec<&[u8]> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let mut nals = Vec::new();
-    for (k, &s) in starts.iter().enumerate() {
-        let mut end = starts.get(k + 1).map(|&n| n - 3).unwrap_or(data.len());
-        while end > s && data[end - 1] == 0 {
-            end -= 1;
-        }
-        if end > s {
-            nals.push(&data[s..end]);
-        }
-    }
-    nals
-}
-
-/// RFC 6184 packetisation of one access unit: SPS+PPS as one STAP-A, small NAL units as
-/// they are, big ones as FU-A. Returns (payload, marker) pairs.
-fn packetize(au: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
-    const MTU: usize = 1200;
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let params: Vec<&&[u8]> = au.iter().filter(|n| matches!(n[0] & 0x1F, 7 | 8)).collect();
-    if !params.is_empty() {
-        let mut stap = vec![24 | (params[0][0] & 0x60)];
-        for p in &params {
-            stap.extend_from_slice(&(p.len() as u16).to_be_bytes());
-            stap.extend_from_slice(p);
-        }
-        out.push(stap);
-    }
-    for nal in au.iter().filter(|n| !matches!(n[0] & 0x1F, 7 | 8)) {
-        if nal.len() <= MTU {
-            out.push(nal.to_vec());
-            continue;
-        }
-        let (h, body) = (nal[0], &nal[1..]);
-        let chunks: Vec<&[u8]> = body.chunks(MTU).collect();
-        for (i, c) in chunks.iter().enumerate() {
-            let mut fu = vec![(h & 0xE0) | 28, h & 0x1F];
-            if i == 0 {
-                fu[1] |= 0x80;
-            }
-            if i == chunks.len() - 1 {
-                fu[1] |= 0x40;
-            }
-            fu.extend_from_slice(c);
-            out.push(fu);
-        }
-    }
-    let n = out.len();
-    out.into_iter()
-        .enumerate()
-        .map(|(i, p)| (p, i + 1 == n))
-        .collect()
-}
-
 /// H264 + PCMU published into a registry in real time (as a SIP video call would), pushed by
 /// the library's PushManager to nginx: a player finds h264 320x240 and AAC.
 #[tokio::test(flavor = "multi_thread")]
@@ -366,44 +301,7 @@ async fn h264_and_pcmu_stream_arrives_as_h264_and_aac() {
     common::require("ffmpeg");
     let nginx = Nginx::start();
     let dir = common::tempdir();
-    let file = dir.path().join("v.h264");
-    let ok = std::process::Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=25",
-        ])
-        .args([
-            "-t",
-            "8",
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "baseline",
-            "-g",
-            "25",
-            "-bf",
-            "0",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-f", "h264"])
-        .arg(&file)
-        .status()
-        .expect("ffmpeg")
-        .success();
-    assert!(ok, "ffmpeg could not make the H264 fixture");
-    let data = std::fs::read(&file).unwrap();
-    let mut frames: Vec<Vec<Vec<u8>>> = Vec::new();
-    let mut cur: Vec<Vec<u8>> = Vec::new();
-    for nal in split_annex_b(&data) {
-        cur.push(nal.to_vec());
-        if matches!(nal[0] & 0x1F, 1 | 5) {
-            frames.push(std::mem::take(&mut cur));
-        }
-    }
+    let frames = common::h264_frames(dir.path(), 8);
     assert!(frames.len() >= 190, "{} frames", frames.len());
 
     let registry = Registry::new(512);
@@ -449,7 +347,7 @@ async fn h264_and_pcmu_stream_arrives_as_h264_and_aac() {
             if i % 2 == 0 {
                 let f = i / 2;
                 let au: Vec<&[u8]> = frames[f].iter().map(|n| &n[..]).collect();
-                for (payload, marker) in packetize(&au) {
+                for (payload, marker) in common::h264_packetize(&au) {
                     publisher.publish(MediaUnit {
                         track: video,
                         payload_type: 96,

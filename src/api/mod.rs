@@ -4,6 +4,7 @@
 pub mod call_request;
 pub mod calls;
 pub mod error;
+pub mod hls;
 pub mod inject;
 pub mod json;
 pub mod jsonrpc;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub cfg: Arc<Config>,
     /// WHEP players (`/whep/*`).
     pub whep: crate::webrtc::WhepService,
+    /// HLS output (`/hls/*`).
+    pub hls: crate::hls::HlsService,
     /// RTMP pushes (`/push/*`).
     pub pushes: crate::rtmp::PushManager,
     /// Media streams to WebSocket servers (`/call/stream/*`).
@@ -115,6 +118,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .configure(jsonrpc::routes)
     .configure(sse::routes)
     .configure(whep::routes)
+    .configure(hls::routes)
     .configure(pages::routes)
     .app_data(
         web::JsonConfig::default()

@@ -51,6 +51,7 @@ use utoipa::OpenApi;
         super::whep::offer,
         super::whep::delete,
         super::whep::config,
+        super::hls::get,
         super::push::startup,
         super::push::terminate,
         super::push::find,
@@ -96,6 +97,7 @@ fn tag_name(module: &str) -> &str {
         "push" => "rtmp push",
         "siprec" => "siprec",
         "whep" => "webrtc (whep)",
+        "hls" => "hls",
         other => other,
     }
 }

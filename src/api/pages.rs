@@ -10,6 +10,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("/index.html", include_str!("../../web/index.html"), HTML),
     ("/player.html", include_str!("../../web/player.html"), HTML),
     ("/call.html", include_str!("../../web/call.html"), HTML),
+    ("/hls.html", include_str!("../../web/hls.html"), HTML),
     (
         "/css/style.css",
         include_str!("../../web/css/style.css"),
@@ -19,6 +20,13 @@ const FILES: &[(&str, &str, &str)] = &[
     ("/js/player.js", include_str!("../../web/js/player.js"), JS),
     ("/js/call.js", include_str!("../../web/js/call.js"), JS),
     ("/js/index.js", include_str!("../../web/js/index.js"), JS),
+    ("/js/hls.js", include_str!("../../web/js/hls.js"), JS),
+    // hls.js (Apache-2.0), see web/vendor/README.md.
+    (
+        "/vendor/hls.light.min.js",
+        include_str!("../../web/vendor/hls.light.min.js"),
+        JS,
+    ),
 ];
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -43,7 +51,11 @@ mod tests {
     fn every_page_links_only_files_that_are_served() {
         for &(_, body, _) in super::FILES {
             for part in body.split(['"', '\'']) {
-                if (part.starts_with("js/") || part.starts_with("css/")) && !part.contains(' ') {
+                if (part.starts_with("js/")
+                    || part.starts_with("css/")
+                    || part.starts_with("vendor/"))
+                    && !part.contains(' ')
+                {
                     let url = format!("/{part}");
                     assert!(
                         super::FILES.iter().any(|(p, _, _)| *p == url),

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::fmp4::{Codec, Fmp4Error, Fmp4Writer, Patch, Sample, TrackConfig};
+use super::fmp4::{Codec, Fmp4Error, Fmp4Writer, Fragment, Patch, Sample, TrackConfig};
 use super::timeline::Timeline;
 use crate::media::g711::OPUS_SILENCE_20MS;
 use crate::media::h264::{parse_sps, AccessUnit, Depacketizer};
@@ -36,6 +36,9 @@ pub struct RecorderConfig {
     pub fragment_ms: u64,
     /// How long (media time) to wait for every selected track before writing the header.
     pub wait_for_tracks_ms: u64,
+    /// Start a new fragment at each video keyframe, and cut fragments by the video track's
+    /// length, so that fragments can begin HLS segments and none is a sliver.
+    pub fragment_at_keyframes: bool,
 }
 
 impl Default for RecorderConfig {
@@ -43,6 +46,7 @@ impl Default for RecorderConfig {
         Self {
             fragment_ms: 1000,
             wait_for_tracks_ms: 3000,
+            fragment_at_keyframes: false,
         }
     }
 }
@@ -58,8 +62,22 @@ pub enum CoreError {
 /// What the driver must do with the file, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Append(Vec<u8>),
+    /// The init segment (`ftyp` + `moov`): the first bytes of the file.
+    Init(Vec<u8>),
+    /// A `moof` + `mdat`, appended after what came before.
+    Fragment(Fragment),
     Patch(Patch),
+}
+
+impl Output {
+    /// The bytes to append at the end of the file (`None` for a patch).
+    pub fn appended(&self) -> Option<&[u8]> {
+        match self {
+            Output::Init(b) => Some(b),
+            Output::Fragment(f) => Some(&f.bytes),
+            Output::Patch(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -139,6 +157,9 @@ pub struct RecorderCore {
     out: VecDeque<Output>,
     finished: bool,
     codecs: Vec<String>,
+    /// dts of the last keyframe a fragment was started at
+    /// ([`RecorderConfig::fragment_at_keyframes`]).
+    last_keyframe_cut: Option<u64>,
     pub stats: CoreStats,
 }
 
@@ -166,6 +187,7 @@ impl RecorderCore {
             out: VecDeque::new(),
             finished: false,
             codecs: Vec::new(),
+            last_keyframe_cut: None,
             stats: CoreStats::default(),
         }
     }
@@ -434,13 +456,30 @@ impl RecorderCore {
             self.stats.late_track_samples += 1;
             return Ok(());
         };
+        if kind == Kind::Video && s.sync && self.cfg.fragment_at_keyframes {
+            // Not for every picture of intra-only video: at most one cut per 200 ms.
+            let gap = self
+                .video
+                .as_ref()
+                .map_or(18_000, |v| u64::from(v.timeline.clock_rate() / 5));
+            if self.last_keyframe_cut.is_none_or(|k| s.dts >= k + gap) {
+                self.last_keyframe_cut = Some(s.dts);
+                if let Some(frag) = w.flush_fragment() {
+                    self.out.push_back(Output::Fragment(frag));
+                }
+            }
+        }
         match w.push(idx, s) {
             Ok(()) => {}
             Err(Fmp4Error::NonMonotonic { .. }) => self.stats.malformed += 1,
             Err(e) => return Err(e.into()),
         }
-        if let Some(frag) = w.poll_fragment() {
-            self.out.push_back(Output::Append(frag));
+        let frag = match self.video_idx {
+            Some(v) if self.cfg.fragment_at_keyframes => w.poll_fragment_on(v),
+            _ => w.poll_fragment(),
+        };
+        if let Some(frag) = frag {
+            self.out.push_back(Output::Fragment(frag));
         }
         Ok(())
     }
@@ -495,7 +534,7 @@ impl RecorderCore {
         tracing::debug!(?codecs, "recording header written");
         self.codecs = codecs;
         self.out
-            .push_back(Output::Append(writer.init_segment().to_vec()));
+            .push_back(Output::Init(writer.init_segment().to_vec()));
         self.writer = Some(writer);
         for (k, s) in std::mem::take(&mut self.pending) {
             self.sample(k, s)?;
@@ -547,7 +586,7 @@ impl RecorderCore {
         self.maybe_init(true)?;
         if let Some(w) = self.writer.as_mut() {
             if let Some(frag) = w.flush_fragment() {
-                self.out.push_back(Output::Append(frag));
+                self.out.push_back(Output::Fragment(frag));
             }
             for p in w.finish_patches() {
                 self.out.push_back(Output::Patch(p));
@@ -607,7 +646,7 @@ mod tests {
     fn drain(c: &mut RecorderCore) -> (usize, u32) {
         let (mut bytes, mut samples) = (0, 0);
         while let Some(o) = c.poll_output() {
-            if let Output::Append(b) = o {
+            if let Some(b) = o.appended() {
                 bytes += b.len();
                 let mut i = 0;
                 while let Some(w) = b.get(i..i + 4) {
@@ -722,7 +761,7 @@ mod tests {
         let mut out = Vec::new();
         let mut track = 0;
         while let Some(o) = c.poll_output() {
-            let Output::Append(b) = o else { continue };
+            let Some(b) = o.appended() else { continue };
             for i in 0..b.len().saturating_sub(16) {
                 match &b[i..i + 4] {
                     b"tfhd" => track = u32::from_be_bytes(b[i + 8..i + 12].try_into().unwrap()),

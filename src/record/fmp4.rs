@@ -66,6 +66,19 @@ pub enum Fmp4Error {
     ParameterSetTooLong(usize),
 }
 
+/// One `moof`+`mdat` and where it sits on the media timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    pub bytes: Vec<u8>,
+    /// Earliest sample start over its tracks, microseconds of media time.
+    pub start_us: u64,
+    /// Latest sample end over its tracks, microseconds of media time.
+    pub end_us: u64,
+    /// Decodable alone: no video track in it, or its video starts with a sync sample
+    /// (an HLS segment or part may start here).
+    pub independent: bool,
+}
+
 /// Bytes to write at `offset` on a clean finish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Patch {
@@ -157,8 +170,13 @@ impl Fmp4Writer {
         }
     }
 
+    /// Media buffered for the next fragment, milliseconds (the longest track).
+    pub fn buffered(&self) -> u64 {
+        self.tracks.iter().map(Self::buffered_ms).max().unwrap_or(0)
+    }
+
     /// A fragment once some track has `fragment_duration` buffered.
-    pub fn poll_fragment(&mut self) -> Option<Vec<u8>> {
+    pub fn poll_fragment(&mut self) -> Option<Fragment> {
         if self
             .tracks
             .iter()
@@ -170,12 +188,47 @@ impl Fmp4Writer {
         }
     }
 
+    /// A fragment once `track` has `fragment_duration` buffered (or any track three times
+    /// that, should `track` stall): with video as `track`, fragments follow the pictures,
+    /// so one cut before each keyframe gives fragments that start on keyframes.
+    pub fn poll_fragment_on(&mut self, track: usize) -> Option<Fragment> {
+        let due = self
+            .tracks
+            .get(track)
+            .is_some_and(|t| Self::buffered_ms(t) >= self.fragment_duration_ms)
+            || self.buffered() >= self.fragment_duration_ms * 3;
+        if due {
+            self.flush_fragment()
+        } else {
+            None
+        }
+    }
+
     /// Everything buffered as one fragment; `None` if nothing is buffered.
-    pub fn flush_fragment(&mut self) -> Option<Vec<u8>> {
+    pub fn flush_fragment(&mut self) -> Option<Fragment> {
         if self.tracks.iter().all(|t| t.queued.is_empty()) {
             return None;
         }
         self.sequence = self.sequence.wrapping_add(1);
+        let us = |t: &TrackState, units: u64| {
+            u64::try_from(u128::from(units) * 1_000_000 / u128::from(t.cfg.timescale.max(1)))
+                .unwrap_or(u64::MAX)
+        };
+        let mut start_us = u64::MAX;
+        let mut end_us = 0;
+        let mut independent = true;
+        for t in &self.tracks {
+            if let (Some(first), Some(last)) = (t.queued.first(), t.queued.last()) {
+                start_us = start_us.min(us(t, first.dts));
+                end_us = end_us.max(us(t, last.dts + u64::from(last.duration)));
+            }
+            // With video, the fragment must open with a picture that decodes alone.
+            if matches!(t.cfg.codec, Codec::H264 { .. })
+                && !t.queued.first().is_some_and(|s| s.sync)
+            {
+                independent = false;
+            }
+        }
         let taken: Vec<(u32, Vec<Sample>, bool)> = self
             .tracks
             .iter_mut()
@@ -186,7 +239,12 @@ impl Fmp4Writer {
                 (track_id(i), std::mem::take(&mut t.queued), video)
             })
             .collect();
-        Some(build_fragment(self.sequence, &taken))
+        Some(Fragment {
+            bytes: build_fragment(self.sequence, &taken),
+            start_us,
+            end_us,
+            independent,
+        })
     }
 
     /// Media duration in milliseconds (the longest track).
@@ -538,7 +596,10 @@ mod tests {
             frags.extend(w.poll_fragment());
         }
         assert_eq!(frags.len(), 2);
-        let f = &frags[0];
+        assert_eq!((frags[0].start_us, frags[0].end_us), (0, 1_000_000));
+        assert_eq!((frags[1].start_us, frags[1].end_us), (1_000_000, 2_000_000));
+        assert!(frags.iter().all(|f| f.independent));
+        let f = &frags[0].bytes;
         let moof_len = u32::from_be_bytes(f[0..4].try_into().unwrap()) as usize;
         assert_eq!(&f[moof_len + 4..moof_len + 8], b"mdat");
         assert_eq!(f.len(), moof_len + 8 + 50 * 3);

@@ -348,6 +348,19 @@ enum WriteOp {
     Close,
 }
 
+impl From<Output> for WriteOp {
+    fn from(o: Output) -> Self {
+        match o {
+            Output::Init(b) => WriteOp::Fragment(b),
+            Output::Fragment(f) => WriteOp::Fragment(f.bytes),
+            Output::Patch(p) => WriteOp::Patch {
+                offset: p.offset,
+                bytes: p.bytes,
+            },
+        }
+    }
+}
+
 fn write_loop<S: RecordSink>(mut file: S, rx: Receiver<WriteOp>, shared: &Shared, fsync: bool) {
     let fail = |e: std::io::Error, what: &str| {
         let msg = format!("{what}: {e}");
@@ -476,13 +489,7 @@ impl Task {
         let mut ops = Vec::new();
         if failure.is_none() {
             while let Some(o) = self.core.poll_output() {
-                ops.push(match o {
-                    Output::Append(b) => WriteOp::Fragment(b),
-                    Output::Patch(p) => WriteOp::Patch {
-                        offset: p.offset,
-                        bytes: p.bytes,
-                    },
-                });
+                ops.push(WriteOp::from(o));
             }
         }
         ops.push(WriteOp::Close);
@@ -553,13 +560,7 @@ impl Task {
         let mut any = false;
         while let Some(o) = self.core.poll_output() {
             any = true;
-            let op = match o {
-                Output::Append(b) => WriteOp::Fragment(b),
-                Output::Patch(p) => WriteOp::Patch {
-                    offset: p.offset,
-                    bytes: p.bytes,
-                },
-            };
+            let op = WriteOp::from(o);
             match self.tx.try_send(op) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {

@@ -1472,3 +1472,96 @@ pub async fn rtp_pcmu(sock: &tokio::net::UdpSocket, window: Duration) -> Vec<i16
     }
     pcm
 }
+
+/// Access units (each a list of NAL units, SPS/PPS before keyframes) of a 320x240, 25 fps
+/// H264 baseline test pattern made by ffmpeg's libx264, one keyframe a second.
+pub fn h264_frames(dir: &Path, seconds: u32) -> Vec<Vec<Vec<u8>>> {
+    require("ffmpeg");
+    let file = dir.join("v.h264");
+    let ok = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-f", "lavfi"])
+        .args(["-i", "testsrc=size=320x240:rate=25"])
+        .args(["-t", &seconds.to_string(), "-c:v", "libx264"])
+        .args(["-profile:v", "baseline", "-g", "25", "-bf", "0"])
+        .args(["-pix_fmt", "yuv420p", "-f", "h264"])
+        .arg(&file)
+        .status()
+        .expect("ffmpeg")
+        .success();
+    assert!(ok, "ffmpeg could not make the H264 fixture");
+    let data = std::fs::read(&file).unwrap();
+    let mut frames: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut cur: Vec<Vec<u8>> = Vec::new();
+    for nal in split_annex_b(&data) {
+        cur.push(nal.to_vec());
+        if matches!(nal[0] & 0x1F, 1 | 5) {
+            frames.push(std::mem::take(&mut cur));
+        }
+    }
+    frames
+}
+
+/// Annex B byte stream → NAL units.
+fn split_annex_b(data: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut nals = Vec::new();
+    for (k, &s) in starts.iter().enumerate() {
+        let mut end = starts.get(k + 1).map(|&n| n - 3).unwrap_or(data.len());
+        while end > s && data[end - 1] == 0 {
+            end -= 1;
+        }
+        if end > s {
+            nals.push(&data[s..end]);
+        }
+    }
+    nals
+}
+
+/// RFC 6184 packetisation of one access unit: SPS+PPS as one STAP-A, small NAL units as
+/// they are, big ones as FU-A. Returns (payload, marker) pairs.
+pub fn h264_packetize(au: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
+    const MTU: usize = 1200;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let params: Vec<&&[u8]> = au.iter().filter(|n| matches!(n[0] & 0x1F, 7 | 8)).collect();
+    if !params.is_empty() {
+        let mut stap = vec![24 | (params[0][0] & 0x60)];
+        for p in &params {
+            stap.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            stap.extend_from_slice(p);
+        }
+        out.push(stap);
+    }
+    for nal in au.iter().filter(|n| !matches!(n[0] & 0x1F, 7 | 8)) {
+        if nal.len() <= MTU {
+            out.push(nal.to_vec());
+            continue;
+        }
+        let (h, body) = (nal[0], &nal[1..]);
+        let chunks: Vec<&[u8]> = body.chunks(MTU).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let mut fu = vec![(h & 0xE0) | 28, h & 0x1F];
+            if i == 0 {
+                fu[1] |= 0x80;
+            }
+            if i == chunks.len() - 1 {
+                fu[1] |= 0x40;
+            }
+            fu.extend_from_slice(c);
+            out.push(fu);
+        }
+    }
+    let n = out.len();
+    out.into_iter()
+        .enumerate()
+        .map(|(i, p)| (p, i + 1 == n))
+        .collect()
+}

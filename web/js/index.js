@@ -13,10 +13,15 @@
   }
 
   function playLink(name) {
+    const span = document.createElement("span");
     const a = document.createElement("a");
     a.href = "player.html?stream=" + encodeURIComponent(name);
     a.textContent = "Play " + name;
-    return a;
+    const h = document.createElement("a");
+    h.href = "hls.html?stream=" + encodeURIComponent(name);
+    h.textContent = "HLS";
+    span.append(a, " · ", h);
+    return span;
   }
 
   function fill(tbody, rows, empty, cols) {
