@@ -3,15 +3,39 @@
 #   scripts/deps.sh build   -> build tools only (cmake for libopus)
 #   scripts/deps.sh test    -> build tools + the real peers the tests drive
 #   scripts/deps.sh bench   -> build tools + what scripts/bench.sh drives (sipp, rtpengine, perf)
+# The container images of the docker-compose demo install through the same script:
+#   scripts/deps.sh runtime  -> what the gateway binary needs at run time (Dockerfile)
+#   scripts/deps.sh kamailio -> the demo's registrar/proxy (deploy/compose/kamailio)
+#   scripts/deps.sh rtmp     -> the demo's RTMP server, nginx-rtmp (deploy/compose/rtmp)
+#   scripts/deps.sh callee   -> the demo's callee, sipp (deploy/compose/callee)
+#   scripts/deps.sh lint     -> the compose validator used by scripts/check-compose.sh
+# These purposes install no build tools: the images stay small.
 set -euo pipefail
 what=${1:-test}
 build_pkgs=(cmake pkg-config)
 test_pkgs=(sip-tester kamailio baresip-core dnsmasq-base ffmpeg curl iproute2 libxml2-utils python3 chromium chromium-driver nginx libnginx-mod-rtmp)
 # Not in `test`: CI does not spend its time on the benchmark's peers.
 bench_pkgs=(sip-tester rtpengine-daemon linux-perf)
-pkgs=("${build_pkgs[@]}")
-[ "$what" = test ] && pkgs+=("${test_pkgs[@]}")
-[ "$what" = bench ] && pkgs+=("${bench_pkgs[@]}")
+# The binary links only libc, libm and libgcc_s (libopus is built in); CA certificates for
+# https webhooks and wss:// media streams, curl for the image's HEALTHCHECK.
+runtime_pkgs=(ca-certificates curl)
+kamailio_pkgs=(kamailio)
+rtmp_pkgs=(nginx libnginx-mod-rtmp)
+callee_pkgs=(sip-tester)
+# Debian's docker-compose 1.x validates a compose file without a Docker engine.
+lint_pkgs=(docker-compose)
+case "$what" in
+  runtime) pkgs=("${runtime_pkgs[@]}") ;;
+  kamailio) pkgs=("${kamailio_pkgs[@]}") ;;
+  rtmp) pkgs=("${rtmp_pkgs[@]}") ;;
+  callee) pkgs=("${callee_pkgs[@]}") ;;
+  lint) pkgs=("${lint_pkgs[@]}") ;;
+  *)
+    pkgs=("${build_pkgs[@]}")
+    [ "$what" = test ] && pkgs+=("${test_pkgs[@]}")
+    [ "$what" = bench ] && pkgs+=("${bench_pkgs[@]}")
+    ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
+# The docker-compose demo: compose schema, hadolint on every Dockerfile, service configs.
+scripts/check-compose.sh
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 echo "== cargo fmt --check"
 cargo fmt --check
