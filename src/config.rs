@@ -101,6 +101,8 @@ pub struct Config {
     pub hls_list_size: usize,
     pub hls_idle_timeout: Duration,
     pub hls_max_streams: usize,
+    pub rtsp_timeout: Duration,
+    pub rtsp_reconnect_max_attempts: u32,
     pub record_dir: PathBuf,
     pub sip_record_stream: bool,
     /// Two-party calls publish a mixed stereo track (caller left, callee right).
@@ -212,6 +214,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("hls_list_size", "6"),
     ("hls_idle_timeout_s", "30"),
     ("hls_max_streams", "100"),
+    ("rtsp_timeout_s", "10"),
+    ("rtsp_reconnect_max_attempts", "0"),
     ("record_dir", "records"),
     ("sip_record_stream", "false"),
     ("two_party_mix", "true"),
@@ -416,6 +420,8 @@ impl Config {
             hls_list_size: r.parse("hls_list_size")?,
             hls_idle_timeout: Duration::from_secs(r.parse("hls_idle_timeout_s")?),
             hls_max_streams: r.parse("hls_max_streams")?,
+            rtsp_timeout: Duration::from_secs(r.parse("rtsp_timeout_s")?),
+            rtsp_reconnect_max_attempts: r.parse("rtsp_reconnect_max_attempts")?,
             record_dir: PathBuf::from(r.string("record_dir")),
             sip_record_stream: r.bool("sip_record_stream")?,
             two_party_mix: r.bool("two_party_mix")?,
@@ -547,6 +553,9 @@ impl Config {
                  ({}), hls_list_size > 0 ({})",
                 self.hls_part_ms, self.hls_segment_ms, self.hls_list_size
             )));
+        }
+        if self.rtsp_timeout.is_zero() {
+            return Err(ConfigError::Invalid("rtsp_timeout_s must be > 0".into()));
         }
         if self.webrtc_port_min > self.webrtc_port_max
             || (self.webrtc_port_min == 0) != (self.webrtc_port_max == 0)

@@ -18,6 +18,7 @@ pub mod record;
 pub mod registry;
 pub mod rtmp;
 pub mod rtp;
+pub mod rtsp;
 pub mod secret;
 pub mod sip;
 pub mod siprec;

@@ -20,6 +20,7 @@ use sipstream::registry::Registry;
 use sipstream::rtmp::{PushConfig, PushManager};
 use sipstream::rtp::ports::PortPool;
 use sipstream::rtp::threads::MediaThreads;
+use sipstream::rtsp::{PullConfig, PullManager};
 use sipstream::sip::driver::{self, DriverConfig};
 use sipstream::sip::ua::UaConfig;
 use sipstream::webrtc::{WebrtcConfig, WhepService};
@@ -129,6 +130,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let ports = PortPool::new(cfg.rtp_port_min, cfg.rtp_port_max)
         .map_err(|e| anyhow::anyhow!("rtp_port_min/rtp_port_max: {e}"))?;
     let pushes = PushManager::new(registry.clone(), bus.clone(), PushConfig::from_config(&cfg));
+    let pulls = PullManager::new(registry.clone(), bus.clone(), PullConfig::from_config(&cfg));
     let whep = WhepService::new(WebrtcConfig::from_config(&cfg), registry.clone());
     let hls = HlsService::new(
         HlsServiceConfig::from_config(&cfg),
@@ -177,6 +179,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         whep,
         hls,
         pushes: pushes.clone(),
+        pulls: pulls.clone(),
         media_streams: media_streams.clone(),
         injections,
         exchanges,
@@ -198,6 +201,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: hanging up calls and un-registering");
     pushes.terminate_all();
+    pulls.terminate_all();
     media_streams.stop_all();
     calls.shutdown(cfg.shutdown_timeout).await;
     handle.stop(true).await;

@@ -9,7 +9,7 @@ use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
 use super::{
-    calls, inject, media_exchange, media_streams, push, recording, siprec, streams, AppState,
+    calls, inject, media_exchange, media_streams, pull, push, recording, siprec, streams, AppState,
 };
 
 pub type MethodFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, ApiError>>>>;
@@ -213,6 +213,22 @@ pub static METHODS: &[Method] = &[
     Method {
         path: "/push/find_all",
         call: without_body!(push::find_all),
+    },
+    Method {
+        path: "/pull/startup",
+        call: with_body!(pull::startup),
+    },
+    Method {
+        path: "/pull/terminate",
+        call: with_body!(pull::terminate),
+    },
+    Method {
+        path: "/pull/find",
+        call: with_body!(pull::find),
+    },
+    Method {
+        path: "/pull/find_all",
+        call: without_body!(pull::find_all),
     },
 ];
 

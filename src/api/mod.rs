@@ -13,6 +13,7 @@ pub mod media_streams;
 pub mod methods;
 pub mod openapi;
 pub mod pages;
+pub mod pull;
 pub mod push;
 pub mod recording;
 pub mod siprec;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub whep: crate::webrtc::WhepService,
     /// HLS output (`/hls/*`).
     pub hls: crate::hls::HlsService,
+    /// RTSP pulls (`/pull/*`).
+    pub pulls: crate::rtsp::PullManager,
     /// RTMP pushes (`/push/*`).
     pub pushes: crate::rtmp::PushManager,
     /// Media streams to WebSocket servers (`/call/stream/*`).
@@ -82,6 +85,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(siprec::routes)
             .configure(recording::routes)
             .configure(push::routes)
+            .configure(pull::routes)
             .configure(media_streams::routes),
     )
     .service(

@@ -56,6 +56,10 @@ use utoipa::OpenApi;
         super::push::terminate,
         super::push::find,
         super::push::find_all,
+        super::pull::startup,
+        super::pull::terminate,
+        super::pull::find,
+        super::pull::find_all,
     )
 )]
 pub struct ApiDoc;
@@ -95,6 +99,7 @@ fn tag_name(module: &str) -> &str {
         "recording" => "recording",
         "streams" => "streams",
         "push" => "rtmp push",
+        "pull" => "rtsp pull",
         "siprec" => "siprec",
         "whep" => "webrtc (whep)",
         "hls" => "hls",
