@@ -565,3 +565,185 @@ async fn hls_page_plays_a_call_with_hls_js_in_chromium() {
     assert_eq!(status, 200);
     assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
 }
+
+/// Prometheus (Debian's) killed with the test.
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The Grafana dashboard (`deploy/grafana/sipstream-dashboard.json`) against a real
+/// Prometheus scraping the gateway during calls: every panel's query is valid PromQL and the
+/// main ones return series; Prometheus's graph page in Chromium shows them (the screenshot in
+/// the README; Grafana itself is not installable on our machines).
+#[tokio::test]
+async fn the_dashboard_queries_run_on_prometheus_and_graph_in_chromium() {
+    require("prometheus");
+    let gw = Gateway::start(&[]).await;
+    let dir = tempdir();
+    let port = free_tcp_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sipstream\n    \
+             static_configs:\n      - targets: ['{}']\n",
+            gw.rest.trim_start_matches("http://")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prometheus = Prometheus(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let prom = format!("http://127.0.0.1:{port}");
+
+    // Two calls with media, and an HLS reader on one of them.
+    let mut sipps = Vec::new();
+    for id in ["dash1", "dash2"] {
+        let sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+        let (status, call) = gw
+            .post_json("/call/startup", startup_body(id, sipp.port, "udp"))
+            .await;
+        assert_eq!(status, 200, "{call}");
+        sipps.push(sipp);
+    }
+    gw.wait_status("dash1", &["ESTABLISHED"], T).await;
+    gw.wait_status("dash2", &["ESTABLISHED"], T).await;
+    let r = reqwest::get(format!("{}/hls/dash1_stream/index.m3u8", gw.rest))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let http = reqwest::Client::new();
+    let query = |expr: String| {
+        let http = http.clone();
+        let prom = prom.clone();
+        async move {
+            let q: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+            let v: Value = http
+                .get(format!("{prom}/api/v1/query?query={q}"))
+                .send()
+                .await
+                .expect("prometheus query")
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    // Enough scrapes for every rate window to have two samples.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let v = query("count_over_time(up{job=\"sipstream\"}[1m])".into()).await;
+        let n: f64 = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        if n >= 6.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus does not scrape: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../deploy/grafana/sipstream-dashboard.json")).unwrap();
+    let mut with_data = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap().to_string();
+            let v = query(expr.clone()).await;
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            let series = v["data"]["result"].as_array().map_or(0, Vec::len);
+            eprintln!(
+                "{:<40} {series} series  {expr}",
+                panel["title"].as_str().unwrap()
+            );
+            if series > 0 {
+                with_data.push(expr);
+            }
+        }
+    }
+    for needle in [
+        "sipstream_calls)",
+        "sipstream_calls_started_total",
+        "sipstream_rtp_packets_received_total",
+        "sipstream_readers)",
+        "sipstream_process_cpu_seconds_total",
+        "sipstream_process_resident_memory_bytes",
+    ] {
+        assert!(
+            with_data.iter().any(|e| e.contains(needle)),
+            "no data for {needle}: {with_data:?}"
+        );
+    }
+
+    // Prometheus's own graph page, four of the dashboard's panels.
+    let panels = [
+        "sum by (status) (sipstream_calls)",
+        "sum by (kind) (rate(sipstream_rtp_packets_received_total[1m]))",
+        "sum by (kind) (sipstream_readers)",
+        "sipstream_process_resident_memory_bytes / 1048576",
+    ];
+    // Debian ships Prometheus's classic UI (rickshaw, SVG), not the React one.
+    let mut url = format!("{prom}/classic/graph?");
+    for (i, p) in panels.iter().enumerate() {
+        let e: String = form_urlencoded::byte_serialize(p.as_bytes()).collect();
+        url.push_str(&format!(
+            "g{i}.expr={e}&g{i}.tab=0&g{i}.range_input=20s&g{i}.stacked=0&"
+        ));
+    }
+    let browser = Browser::start().await;
+    // Tall enough for the four graphs on one screen.
+    browser
+        .cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": 1280, "height": 2300})),
+        )
+        .await;
+    browser.goto(&url).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let n = browser
+            .eval("return document.querySelectorAll('.graph svg path.path').length")
+            .await
+            .as_u64()
+            .unwrap_or(0);
+        if n >= panels.len() as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} graph lines drawn");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The page focuses the last query box, which scrolls it down.
+    browser
+        .eval("document.activeElement.blur(); window.scrollTo(0, 0); return true")
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shot = browser.screenshot("prometheus-dashboard.png").await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 20_000);
+
+    for id in ["dash1", "dash2"] {
+        let (status, _) = gw.post_json("/call/terminate", json!({"callId": id})).await;
+        assert_eq!(status, 200);
+    }
+    for mut s in sipps {
+        assert_eq!(s.wait(T), Some(0), "{}", s.messages());
+    }
+}
