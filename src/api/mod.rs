@@ -4,6 +4,7 @@
 pub mod call_request;
 pub mod calls;
 pub mod error;
+pub mod examples;
 pub mod hls;
 pub mod inject;
 pub mod json;

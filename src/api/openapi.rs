@@ -86,7 +86,72 @@ pub fn api() -> utoipa::openapi::OpenApi {
             }
         }
     }
+    add_examples(&mut doc);
     doc
+}
+
+/// Puts [`super::examples`] on every operation: the request body's, and the success
+/// answer's (a list of one where the answer is a list).
+fn add_examples(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            ("get", &mut item.get),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            if let Some(RefOr::T(body)) = op.request_body.as_mut() {
+                for (ctype, content) in body.content.iter_mut() {
+                    if let RefOr::T(c) = content {
+                        if c.example.is_none() {
+                            c.example = example_for(method, path, ctype, &c.schema, true);
+                        }
+                    }
+                }
+            }
+            for (status, resp) in op.responses.responses.iter_mut() {
+                let RefOr::T(resp) = resp else { continue };
+                if !status.starts_with('2') {
+                    continue;
+                }
+                for (ctype, content) in resp.content.iter_mut() {
+                    if let RefOr::T(c) = content {
+                        if c.example.is_none() {
+                            c.example = example_for(method, path, ctype, &c.schema, false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn example_for(
+    method: &str,
+    path: &str,
+    ctype: &str,
+    schema: &Option<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+    request: bool,
+) -> Option<serde_json::Value> {
+    if ctype != "application/json" {
+        return super::examples::text_example(method, path, request).map(serde_json::Value::from);
+    }
+    // The schema as JSON: a `$ref`, a list of one, or `oneOf` [ref, null].
+    let schema = serde_json::to_value(schema.as_ref()?).ok()?;
+    let name = |s: &serde_json::Value| {
+        s["$ref"]
+            .as_str()
+            .or_else(|| s["oneOf"][0]["$ref"].as_str())
+            .and_then(|r| r.rsplit('/').next())
+            .map(str::to_owned)
+    };
+    if schema["type"] == "array" {
+        let one = super::examples::schema_example(&name(&schema["items"])?)?;
+        return Some(serde_json::Value::Array(vec![one]));
+    }
+    super::examples::schema_example(&name(&schema)?)
 }
 
 fn tag_name(module: &str) -> &str {
@@ -121,6 +186,8 @@ pub async fn serve() -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     #[test]
     fn openapi_json_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json");
@@ -157,5 +224,280 @@ mod tests {
                 "{path} is a method but not in openapi.json"
             );
         }
+    }
+
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                out.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    /// The example and schema of each body: (where, schema, example or null).
+    fn bodies(doc: &Value) -> Vec<(String, Value, Value)> {
+        let mut out = Vec::new();
+        for (method, path, op) in operations(doc) {
+            for (ctype, c) in op["requestBody"]["content"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                let at = format!("{method} {path} request {ctype}");
+                out.push((at, c["schema"].clone(), c["example"].clone()));
+            }
+            for (status, r) in op["responses"].as_object().unwrap() {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                for (ctype, c) in r["content"].as_object().into_iter().flatten() {
+                    let at = format!("{method} {path} {status} {ctype}");
+                    out.push((at, c["schema"].clone(), c["example"].clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_operation_has_examples() {
+        let doc: Value = serde_json::from_str(&super::document()).unwrap();
+        let missing: Vec<String> = bodies(&doc)
+            .into_iter()
+            .filter(|(_, _, ex)| ex.is_null())
+            .map(|(at, _, _)| at)
+            .collect();
+        assert!(missing.is_empty(), "no example: {missing:#?}");
+        assert!(bodies(&doc).len() > 80);
+    }
+
+    /// A small JSON Schema check, enough for what utoipa writes: $ref, allOf, oneOf, type
+    /// (or a list of types), enum, required, properties (no unknown ones), items.
+    fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.rsplit('/').next().unwrap();
+            return check(
+                doc,
+                &doc["components"]["schemas"][name],
+                v,
+                &format!("{at}<{name}>"),
+            );
+        }
+        if let Some(one_of) = schema["oneOf"].as_array() {
+            return if one_of.iter().any(|s| check(doc, s, v, at).is_ok()) {
+                Ok(())
+            } else {
+                Err(format!("{at}: {v} matches none of oneOf"))
+            };
+        }
+        if let Some(all) = schema["allOf"].as_array() {
+            for s in all {
+                check_fields(doc, s, v, at, false)?;
+            }
+            return known_fields(doc, schema, v, at);
+        }
+        check_fields(doc, schema, v, at, true)
+    }
+
+    fn check_fields(
+        doc: &Value,
+        schema: &Value,
+        v: &Value,
+        at: &str,
+        closed: bool,
+    ) -> Result<(), String> {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.rsplit('/').next().unwrap();
+            return check_fields(doc, &doc["components"]["schemas"][name], v, at, closed);
+        }
+        let types: Vec<&str> = match &schema["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let fits = |t: &str| match t {
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "null" => v.is_null(),
+            _ => true,
+        };
+        if !types.is_empty() && !types.iter().any(|t| fits(t)) {
+            return Err(format!("{at}: {v} is not {types:?}"));
+        }
+        if let Some(e) = schema["enum"].as_array() {
+            if !v.is_null() && !e.contains(v) {
+                return Err(format!("{at}: {v} not in {e:?}"));
+            }
+        }
+        if let Some(o) = v.as_object() {
+            for r in schema["required"].as_array().into_iter().flatten() {
+                if !o.contains_key(r.as_str().unwrap()) {
+                    return Err(format!("{at}: required {r} missing"));
+                }
+            }
+            let props = schema["properties"].as_object();
+            for (k, fv) in o {
+                match props.and_then(|p| p.get(k)) {
+                    Some(ps) => check(doc, ps, fv, &format!("{at}.{k}"))?,
+                    None if closed
+                        && props.is_some()
+                        && schema.get("additionalProperties").is_none() =>
+                    {
+                        return Err(format!("{at}: unknown field {k}"))
+                    }
+                    None => {}
+                }
+            }
+        }
+        if let (Some(items), Some(a)) = (schema.get("items"), v.as_array()) {
+            for (i, x) in a.iter().enumerate() {
+                check(doc, items, x, &format!("{at}[{i}]"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every field of `v` is a property of some part of the allOf.
+    fn known_fields(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+        let mut known = std::collections::BTreeSet::new();
+        for s in schema["allOf"].as_array().into_iter().flatten() {
+            let s = match s["$ref"].as_str() {
+                Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+                None => s,
+            };
+            known.extend(
+                s["properties"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        for k in v.as_object().into_iter().flatten().map(|(k, _)| k) {
+            if !known.contains(k) {
+                return Err(format!("{at}: unknown field {k}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn examples_match_their_schemas() {
+        let doc: Value = serde_json::from_str(&super::document()).unwrap();
+        for (at, schema, ex) in bodies(&doc) {
+            if let Err(e) = check(&doc, &schema, &ex, &at) {
+                panic!("{e}");
+            }
+        }
+        // The checker itself catches a wrong example.
+        let bad = json!({"callId": 5});
+        assert!(check(
+            &doc,
+            &json!({"$ref": "#/components/schemas/CallIdRequest"}),
+            &bad,
+            "x"
+        )
+        .is_err());
+        let bad = json!({"callId": "c1", "colour": "red"});
+        assert!(check(
+            &doc,
+            &json!({"$ref": "#/components/schemas/CallIdRequest"}),
+            &bad,
+            "x"
+        )
+        .is_err());
+        let bad = json!({"status": "SINGING"});
+        assert!(check(
+            &doc,
+            &json!({"$ref": "#/components/schemas/PushStatus"}),
+            &bad["status"],
+            "x"
+        )
+        .is_err());
+    }
+
+    /// Each request example is accepted by the parser its handler uses.
+    #[test]
+    fn request_examples_parse_as_the_handlers_parse_them() {
+        use crate::api::json::parse_body;
+        let doc: Value = serde_json::from_str(&super::document()).unwrap();
+        let mut parsed = 0;
+        for (at, schema, ex) in bodies(&doc) {
+            if !at.contains(" request application/json") {
+                continue;
+            }
+            let name = schema["$ref"]
+                .as_str()
+                .or_else(|| schema["oneOf"][0]["$ref"].as_str())
+                .and_then(|r| r.rsplit('/').next())
+                .unwrap_or_else(|| panic!("{at}: {schema}"));
+            let b = &actix_web::web::Bytes::from(ex.to_string());
+            let r: Result<(), crate::error::RequestError> = match name {
+                "CallStartupRequest" => {
+                    parse_body::<crate::api::call_request::CallStartupRequest>(b).map(drop)
+                }
+                "CallIdRequest" => parse_body::<crate::api::calls::CallIdRequest>(b).map(drop),
+                "CallFilter" => parse_body::<crate::api::calls::CallFilter>(b).map(drop),
+                "HoldRequest" => parse_body::<crate::api::calls::HoldRequest>(b).map(drop),
+                "DtmfRequest" => parse_body::<crate::api::calls::DtmfRequest>(b).map(drop),
+                "TransferRequest" => parse_body::<crate::api::calls::TransferRequest>(b).map(drop),
+                "InjectSoundRequest" => {
+                    parse_body::<crate::api::inject::InjectSoundRequest>(b).map(drop)
+                }
+                "InjectStreamRequest" => {
+                    parse_body::<crate::api::inject::InjectStreamRequest>(b).map(drop)
+                }
+                "InjectionFilter" => parse_body::<crate::api::inject::InjectionFilter>(b).map(drop),
+                "MediaStreamStartupRequest" => {
+                    parse_body::<crate::api::media_streams::MediaStreamStartupRequest>(b).map(drop)
+                }
+                "MediaStreamFilter" => {
+                    parse_body::<crate::api::media_streams::MediaStreamFilter>(b).map(drop)
+                }
+                "MediaStreamStopRequest" => {
+                    parse_body::<crate::api::media_streams::MediaStreamStopRequest>(b).map(drop)
+                }
+                "MediaExchangeRequest" => {
+                    parse_body::<crate::api::media_exchange::MediaExchangeRequest>(b).map(drop)
+                }
+                "MediaFindRequest" => {
+                    parse_body::<crate::api::media_exchange::MediaFindRequest>(b).map(drop)
+                }
+                "MediaTerminateRequest" => {
+                    parse_body::<crate::api::media_exchange::MediaTerminateRequest>(b).map(drop)
+                }
+                "PushStartupRequest" => {
+                    parse_body::<crate::api::push::PushStartupRequest>(b).map(drop)
+                }
+                "PushFilter" => parse_body::<crate::api::push::PushFilter>(b).map(drop),
+                "MediaSessionIdRequest" => {
+                    parse_body::<crate::api::push::MediaSessionIdRequest>(b).map(drop)
+                }
+                "PullStartupRequest" => {
+                    parse_body::<crate::api::pull::PullStartupRequest>(b).map(drop)
+                }
+                "PullKey" => parse_body::<crate::api::pull::PullKey>(b).map(drop),
+                "SiprecStartRequest" => {
+                    parse_body::<crate::siprec::SiprecStartRequest>(b).map(drop)
+                }
+                "SiprecControlRequest" => {
+                    parse_body::<crate::siprec::SiprecControlRequest>(b).map(drop)
+                }
+                "StreamName" => parse_body::<crate::api::streams::StreamName>(b).map(drop),
+                "RecordTarget" => parse_body::<crate::api::recording::RecordTarget>(b).map(drop),
+                other => panic!("{at}: no parser named for {other}: add it here"),
+            };
+            if let Err(e) = r {
+                panic!("{at}: the example {ex} is refused: {e}");
+            }
+            parsed += 1;
+        }
+        assert!(parsed > 30, "{parsed}");
     }
 }
