@@ -44,8 +44,9 @@ COPY properties/sipstream.properties /etc/sipstream/sipstream.properties
 
 # Container defaults, as SIPSTREAM_<KEY> variables over the properties file (README
 # "Properties"). The REST API must listen on every address of the container to be
-# published at all; who reaches it is decided where the port is published (the compose
-# file publishes it on the host's 127.0.0.1 only) and by api_keys.
+# published at all; who reaches it is decided where the port is published and by api_keys:
+# without SIPSTREAM_API_KEYS the gateway refuses to start on 0.0.0.0 unless
+# SIPSTREAM_REST_INSECURE_BIND=true (the compose demo, published on 127.0.0.1 only).
 ENV SIPSTREAM_REST_ADDRESS=0.0.0.0 \
     SIPSTREAM_RECORD_DIR=/var/lib/sipstream/records \
     SIPSTREAM_SOUND_DIR=/var/lib/sipstream/sounds

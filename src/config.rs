@@ -40,12 +40,85 @@ pub enum ConfigError {
     Args(String),
 }
 
+/// What an API key may do, each scope including the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ApiScope {
+    /// GET requests, `find`/`find_all` methods, `/events`, `/metrics`, players.
+    Read,
+    /// Everything that changes calls and streams.
+    Control,
+    /// Control, and downloading recordings.
+    Admin,
+}
+
+impl ApiScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiScope::Read => "read",
+            ApiScope::Control => "control",
+            ApiScope::Admin => "admin",
+        }
+    }
+}
+
+/// One entry of `api_keys`: `KEY` (admin) or `KEY:read|control|admin`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key: crate::secret::Secret,
+    pub scope: ApiScope,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey(<hidden>:{})", self.scope.as_str())
+    }
+}
+
+impl ApiKey {
+    /// Errors never quote the entry: it is a secret.
+    fn parse(entry: &str) -> Result<ApiKey, ConfigError> {
+        let (key, scope) = match entry.rsplit_once(':') {
+            Some((k, s)) => {
+                let scope = match s.trim() {
+                    "read" => ApiScope::Read,
+                    "control" => ApiScope::Control,
+                    "admin" => ApiScope::Admin,
+                    _ => {
+                        return Err(ConfigError::Invalid(
+                            "api_keys: a scope after ':' must be read, control or admin".into(),
+                        ))
+                    }
+                };
+                (k.trim(), scope)
+            }
+            None => (entry.trim(), ApiScope::Admin),
+        };
+        if key.len() < 8 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::Invalid(
+                "api_keys: each key needs at least 8 characters and no spaces".into(),
+            ));
+        }
+        Ok(ApiKey {
+            key: crate::secret::Secret::new(key),
+            scope,
+        })
+    }
+}
+
 /// The gateway's settings. Field names are the property keys.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub rest_address: IpAddr,
     pub rest_port: u16,
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<ApiKey>,
+    /// Signs stream tokens (`/stream/token`); empty: a random secret per process.
+    pub api_token_secret: crate::secret::Secret,
+    /// `/call/startup` requests per minute per API key (0: no limit).
+    pub api_call_startup_per_minute: u32,
+    /// Origins allowed to call the REST API from a browser (CORS); `*` for any.
+    pub api_cors_origins: Vec<String>,
+    /// Listen on a non-loopback `rest_address` with no `api_keys` anyway.
+    pub rest_insecure_bind: bool,
     pub sip_address: IpAddr,
     pub sip_port: u16,
     /// Name servers for SIP destinations (NAPTR, SRV, A/AAAA); empty: /etc/resolv.conf.
@@ -168,6 +241,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("rest_address", "127.0.0.1"),
     ("rest_port", "9091"),
     ("api_keys", ""),
+    ("api_token_secret", ""),
+    ("api_call_startup_per_minute", "0"),
+    ("api_cors_origins", ""),
+    ("rest_insecure_bind", "false"),
     ("sip_address", "0.0.0.0"),
     ("sip_port", "5060"),
     ("sip_dns_servers", ""),
@@ -345,7 +422,15 @@ impl Config {
         let cfg = Config {
             rest_address: r.parse("rest_address")?,
             rest_port: r.parse("rest_port")?,
-            api_keys: r.list("api_keys"),
+            api_keys: r
+                .list("api_keys")
+                .iter()
+                .map(|k| ApiKey::parse(k))
+                .collect::<Result<_, _>>()?,
+            api_token_secret: crate::secret::Secret::new(r.string("api_token_secret")),
+            api_call_startup_per_minute: r.parse("api_call_startup_per_minute")?,
+            api_cors_origins: r.list("api_cors_origins"),
+            rest_insecure_bind: r.bool("rest_insecure_bind")?,
             sip_address: r.parse("sip_address")?,
             sip_port: r.parse("sip_port")?,
             sip_dns_servers: r
@@ -552,6 +637,15 @@ impl Config {
                 "hls_part_ms must be 100..=5000 ({}), hls_segment_ms from hls_part_ms to 30000 \
                  ({}), hls_list_size > 0 ({})",
                 self.hls_part_ms, self.hls_segment_ms, self.hls_list_size
+            )));
+        }
+        if !self.rest_address.is_loopback() && self.api_keys.is_empty() && !self.rest_insecure_bind
+        {
+            return Err(ConfigError::Invalid(format!(
+                "rest_address {} is reachable from other machines and api_keys is empty: anyone \
+                 there could place calls; set api_keys (or rest_insecure_bind=true when a proxy \
+                 in front does the authentication)",
+                self.rest_address
             )));
         }
         if self.rtsp_timeout.is_zero() {

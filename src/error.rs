@@ -11,6 +11,12 @@ pub enum RequestError {
     /// Missing or wrong API key.
     #[error("{0}")]
     Unauthorized(String),
+    /// A valid key whose scope does not cover this request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many requests of this kind for this key; retry after the given seconds.
+    #[error("{0}")]
+    TooManyRequests(String, u64),
     /// Unknown call, stream or session.
     #[error("{0}")]
     NotFound(String),
@@ -36,6 +42,8 @@ impl RequestError {
         match self {
             RequestError::BadRequest(_) => "bad_request",
             RequestError::Unauthorized(_) => "unauthorized",
+            RequestError::Forbidden(_) => "forbidden",
+            RequestError::TooManyRequests(..) => "too_many_requests",
             RequestError::NotFound(_) => "not_found",
             RequestError::Conflict(_) => "conflict",
             RequestError::Upstream(_) => "upstream",

@@ -173,7 +173,9 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     tokio::spawn(metrics.clone().follow(bus.clone(), calls.clone()));
     tokio::spawn(metrics.clone().sample_jitter(calls.registry().clone()));
 
+    let auth = std::sync::Arc::new(sipstream::api::auth::Auth::new(&cfg));
     let state = web::Data::new(AppState {
+        auth,
         calls: calls.clone(),
         cfg: cfg.clone(),
         whep,

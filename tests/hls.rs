@@ -226,9 +226,9 @@ async fn h264_and_pcmu_package_as_hls_that_ffmpeg_decodes() {
     // The first request starts the HLS reader; it waits for a first segment.
     let first = {
         let hls = hls.clone();
-        tokio::spawn(async move { hls.get("video", "index.m3u8", "").await })
+        tokio::spawn(async move { hls.get("video", "index.m3u8", "", "").await })
     };
-    let other = hls.get("other", "index.m3u8", "").await.unwrap_err();
+    let other = hls.get("other", "index.m3u8", "", "").await.unwrap_err();
     assert_eq!(other.to_string(), "no stream \"other\"");
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -277,7 +277,7 @@ async fn h264_and_pcmu_package_as_hls_that_ffmpeg_decodes() {
 
     let deadline = Instant::now() + T;
     let playlist = loop {
-        let p = hls.get("video", "index.m3u8", "").await.unwrap();
+        let p = hls.get("video", "index.m3u8", "", "").await.unwrap();
         let text = String::from_utf8(p.bytes.to_vec()).unwrap();
         if text.ends_with("#EXT-X-ENDLIST\n") {
             break text;
@@ -300,7 +300,7 @@ async fn h264_and_pcmu_package_as_hls_that_ffmpeg_decodes() {
                 .nth(1)
                 .filter(|_| line.starts_with('#'))
                 .unwrap_or(line);
-            let f = hls.get("video", name, "").await.unwrap();
+            let f = hls.get("video", name, "", "").await.unwrap();
             std::fs::write(out.join(name), &f.bytes).unwrap();
         }
     }

@@ -182,12 +182,12 @@ async fn bad_input_gets_precise_errors() {
 
 #[tokio::test]
 async fn api_keys_are_enforced() {
-    let gw = Gateway::start(&[("api_keys", "k1,k2".to_string())]).await;
+    let gw = Gateway::start(&[("api_keys", "first-key-1,second-key-2".to_string())]).await;
     let (s, v) = gw.post("/call/find_all", "").await;
     assert_eq!(s, 401, "{v}");
     let r = reqwest::Client::new()
         .post(format!("{}/rest-api/call/find_all", gw.rest))
-        .header("Authorization", "Bearer k2")
+        .header("Authorization", "Bearer second-key-2")
         .send()
         .await
         .unwrap();

@@ -10,8 +10,8 @@ pub use crate::error::RequestError as ApiError;
 /// The JSON body of every error.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// bad_request, unauthorized, not_found, conflict, upstream, unavailable, not_implemented,
-    /// internal
+    /// bad_request, unauthorized, forbidden, too_many_requests, not_found, conflict, upstream,
+    /// unavailable, not_implemented, internal
     pub error: &'static str,
     pub message: String,
 }
@@ -21,6 +21,8 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -31,7 +33,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut resp = HttpResponse::build(self.status_code());
+        if let ApiError::TooManyRequests(_, after) = self {
+            resp.insert_header(("Retry-After", after.to_string()));
+        }
+        resp.json(ErrorBody {
             error: self.kind(),
             message: self.to_string(),
         })

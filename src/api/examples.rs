@@ -69,6 +69,16 @@ pub fn schema_example(name: &str) -> Option<Value> {
         "SiprecControlRequest" => json!({"callId": "c1", "instance": "compliance"}),
         "StreamName" => json!({"name": "call_stream1"}),
         "RecordTarget" => json!({"name": "call_stream1"}),
+        "TokenRequest" => json!({"name": "call_stream1", "ttlSeconds": 3600}),
+        "TokenInfo" => json!({
+            "name": "call_stream1",
+            "token": "1796675509.4f1c0d8e3b2a19c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3",
+            "expiresAt": 1796675509u64,
+            "whepUrl": "/whep/call_stream1",
+            "hlsUrl": "/hls/call_stream1/index.m3u8?token=1796675509.4f1c0d8e3b2a19c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3",
+            "playerUrl": "/player.html?stream=call_stream1&token=1796675509.4f1c0d8e3b2a19c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3",
+            "hlsPlayerUrl": "/hls.html?stream=call_stream1&token=1796675509.4f1c0d8e3b2a19c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3"
+        }),
         // Answers.
         "CallInfo" => call_info(),
         "CallView" => {

@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
+use actix_web::HttpMessage as _;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::AggregatedMessage;
 use serde_json::{json, Map, Value};
@@ -45,12 +46,18 @@ async fn upgrade(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
+    // The key the middleware accepted; each method is then checked against its scope.
+    let caller = req
+        .extensions()
+        .get::<super::auth::Caller>()
+        .copied()
+        .unwrap_or(super::auth::Caller::Open);
     let (resp, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(MAX_FRAME)
         .aggregate_continuations()
         .max_continuation_size(MAX_FRAME);
-    actix_web::rt::spawn(serve(state, session, stream));
+    actix_web::rt::spawn(serve(state, session, stream, caller));
     Ok(resp)
 }
 
@@ -68,6 +75,8 @@ pub mod code {
     pub const BUSY: i64 = -32005;
     pub const CONFLICT: i64 = -32009;
     pub const NOT_IMPLEMENTED: i64 = -32010;
+    pub const FORBIDDEN: i64 = -32013;
+    pub const TOO_MANY_REQUESTS: i64 = -32029;
 }
 
 /// An error reply: `code`, `message`, and in `data` the REST error kind and HTTP status.
@@ -94,6 +103,8 @@ impl From<ApiError> for RpcError {
         let code = match &e {
             ApiError::BadRequest(_) => code::INVALID_PARAMS,
             ApiError::Unauthorized(_) => code::UNAUTHORIZED,
+            ApiError::Forbidden(_) => code::FORBIDDEN,
+            ApiError::TooManyRequests(..) => code::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => code::NOT_FOUND,
             ApiError::Conflict(_) => code::CONFLICT,
             ApiError::Upstream(_) => code::UPSTREAM,
@@ -393,14 +404,20 @@ struct Conn {
     /// The last call-api command per call: its notifications carry that `cmd_id`.
     commands: HashMap<String, String>,
     in_flight: usize,
+    /// Who opened the connection (its key's scope limits its methods).
+    caller: Option<super::auth::Caller>,
 }
 
 async fn serve(
     state: web::Data<AppState>,
     session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
+    caller: super::auth::Caller,
 ) {
-    let conn = Rc::new(RefCell::new(Conn::default()));
+    let conn = Rc::new(RefCell::new(Conn {
+        caller: Some(caller),
+        ..Conn::default()
+    }));
     let mut events = state.bus.subscribe();
     let mut out = session.clone();
     tracing::info!("JSON-RPC connection opened");
@@ -538,6 +555,12 @@ async fn run(
             body,
             call_api,
         } => {
+            let caller = conn.borrow().caller.unwrap_or(super::auth::Caller::Open);
+            let need = super::auth::required_scope("POST", method.path);
+            state.auth.check_scope(caller, need)?;
+            if method.path == "/call/startup" {
+                state.auth.call_startup(caller, std::time::Instant::now())?;
+            }
             let bytes = if body.as_object().is_some_and(Map::is_empty) {
                 web::Bytes::new()
             } else {

@@ -215,6 +215,10 @@ pub static METHODS: &[Method] = &[
         call: without_body!(push::find_all),
     },
     Method {
+        path: "/stream/token",
+        call: with_body!(streams::token),
+    },
+    Method {
         path: "/pull/startup",
         call: with_body!(pull::startup),
     },

@@ -1,6 +1,7 @@
 //! The REST API (actix-web) under `/rest-api`, WCS-compatible where WCS has the method, plus
 //! `/health`, `/openapi.json` and the static `web/` pages. Handlers only translate between
 //! JSON and the call manager / registry; they hold no state of their own.
+pub mod auth;
 pub mod call_request;
 pub mod calls;
 pub mod error;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub injections: crate::exchange::InjectManager,
     /// Media exchanges (`/media/*`): forks, fetches, listen-in, barge-in.
     pub exchanges: crate::exchange::ExchangeManager,
+    /// API keys, scopes, stream tokens, rate limits, CORS.
+    pub auth: Arc<auth::Auth>,
     /// The event bus, for `/ws` notifications and `/events`.
     pub bus: crate::events::EventBus,
     /// `/metrics`.
@@ -80,6 +83,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/rest-api")
             .wrap(actix_web::middleware::from_fn(require_api_key))
+            .wrap(actix_web::middleware::from_fn(cors))
             .configure(methods::routes)
             .configure(calls::routes)
             .configure(streams::routes)
@@ -98,6 +102,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/metrics")
             .wrap(actix_web::middleware::from_fn(require_api_key))
+            .wrap(actix_web::middleware::from_fn(cors))
             .route(web::get().to(metrics)),
     )
     .route("/openapi.json", web::get().to(openapi::serve))
@@ -151,44 +156,83 @@ async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
         .error_response()
 }
 
-/// With `api_keys` set, every `/rest-api` call needs `Authorization: Bearer KEY` or
-/// `X-Api-Key: KEY`.
+/// With `api_keys` set, every request through here needs a key (`Authorization: Bearer KEY`
+/// or `X-Api-Key: KEY`) whose scope covers it ([`auth::required_scope`]): 401 without one,
+/// 403 when the scope is too small; `/call/startup` is also rate-limited per key (429). The
+/// caller goes into the request's extensions for the handlers (JSON-RPC).
 pub(crate) async fn require_api_key(
     req: ServiceRequest,
     next: Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, Error> {
-    let keys = req
-        .app_data::<web::Data<AppState>>()
-        .map(|s| s.cfg.api_keys.clone())
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let given = req
-            .headers()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| {
-                req.headers()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::to_string)
-            });
-        let ok = given.is_some_and(|g| {
-            keys.iter()
-                .any(|k| constant_time_eq(k.as_bytes(), g.trim().as_bytes()))
-        });
-        if !ok {
-            let resp = ApiError::Unauthorized(
-                "missing or wrong API key (Authorization: Bearer KEY or X-Api-Key)".into(),
-            )
-            .error_response();
-            return Ok(req.into_response(resp).map_into_right_body());
+    use actix_web::HttpMessage as _;
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    let need = auth::required_scope(req.method().as_str(), req.path());
+    let checked = state.auth.require(req.headers(), need).and_then(|caller| {
+        if req.method() == actix_web::http::Method::POST && req.path() == "/rest-api/call/startup" {
+            state.auth.call_startup(caller, std::time::Instant::now())?;
+        }
+        Ok(caller)
+    });
+    match checked {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.call(req)
+                .await
+                .map(ServiceResponse::map_into_left_body)
+        }
+        Err(e) => {
+            let resp = e.error_response();
+            Ok(req.into_response(resp).map_into_right_body())
         }
     }
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_left_body)
+}
+
+/// CORS for browsers on the origins of `api_cors_origins`: the allowed origin echoed on
+/// answers, and preflights (`OPTIONS`) answered here, before any key is asked for.
+pub(crate) async fn cors(
+    req: ServiceRequest,
+    next: Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, Error> {
+    let allowed = req
+        .headers()
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .zip(req.app_data::<web::Data<AppState>>())
+        .and_then(|(origin, state)| state.auth.cors_origin(origin));
+    let Some(allowed) = allowed else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    if req.method() == actix_web::http::Method::OPTIONS {
+        let resp = HttpResponse::NoContent()
+            .insert_header(("Access-Control-Allow-Origin", allowed))
+            .insert_header(("Access-Control-Allow-Methods", "GET, POST, OPTIONS"))
+            .insert_header((
+                "Access-Control-Allow-Headers",
+                "authorization, content-type, x-api-key",
+            ))
+            .insert_header(("Access-Control-Max-Age", "86400"))
+            .insert_header(("Vary", "Origin"))
+            .finish();
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    let mut res = next.call(req).await?;
+    let h = res.headers_mut();
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&allowed) {
+        h.insert(actix_web::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        actix_web::http::header::VARY,
+        actix_web::http::header::HeaderValue::from_static("Origin"),
+    );
+    Ok(res.map_into_left_body())
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

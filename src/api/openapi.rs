@@ -37,6 +37,7 @@ use utoipa::OpenApi;
         super::media_streams::find_all,
         super::streams::find,
         super::streams::find_all,
+        super::streams::token,
         super::streams::health,
         super::metrics,
         super::recording::start,
@@ -491,6 +492,7 @@ mod tests {
                 }
                 "StreamName" => parse_body::<crate::api::streams::StreamName>(b).map(drop),
                 "RecordTarget" => parse_body::<crate::api::recording::RecordTarget>(b).map(drop),
+                "TokenRequest" => parse_body::<crate::api::streams::TokenRequest>(b).map(drop),
                 other => panic!("{at}: no parser named for {other}: add it here"),
             };
             if let Err(e) = r {

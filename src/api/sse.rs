@@ -19,6 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/events")
             .wrap(actix_web::middleware::from_fn(super::require_api_key))
+            .wrap(actix_web::middleware::from_fn(super::cors))
             .route(web::get().to(events)),
     );
 }

@@ -52,6 +52,63 @@ pub async fn find_all(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.calls.registry().list())
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRequest {
+    /// The stream the token lets a player read (it need not exist yet).
+    pub name: String,
+    /// How long the token is valid, 1 to 604800 seconds (default 3600).
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub name: String,
+    /// For WHEP: `Authorization: Bearer TOKEN`; for HLS: `?token=TOKEN`.
+    pub token: String,
+    /// Unix time in seconds.
+    pub expires_at: u64,
+    pub whep_url: String,
+    pub hls_url: String,
+    /// The gateway's WebRTC player page for this stream, with the token.
+    pub player_url: String,
+    /// The gateway's HLS player page for this stream, with the token.
+    pub hls_player_url: String,
+}
+
+/// A token that lets a player (WHEP, HLS, the player pages) read one stream without an API
+/// key, until it expires. Signed with `api_token_secret` (HMAC-SHA256); tokens cannot be
+/// revoked one by one: keep them short, or change the secret.
+#[utoipa::path(post, path = "/rest-api/stream/token", request_body = TokenRequest,
+    responses((status = 200, body = TokenInfo), (status = 400, description = "name or ttlSeconds is malformed", body = ErrorBody)))]
+pub async fn token(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let req: TokenRequest = parse_body(&body)?;
+    crate::registry::validate_name(&req.name)
+        .map_err(|e| ApiError::BadRequest(format!("name: {e}")))?;
+    let ttl = req.ttl_seconds.unwrap_or(3600);
+    if !(1..=604_800).contains(&ttl) {
+        return Err(ApiError::BadRequest(format!(
+            "ttlSeconds must be 1 to 604800, got {ttl}"
+        )));
+    }
+    let (token, expires_at) = state.auth.issue_token(
+        &req.name,
+        super::auth::unix_now(),
+        std::time::Duration::from_secs(ttl),
+    );
+    let name: String = form_urlencoded::byte_serialize(req.name.as_bytes()).collect();
+    Ok(HttpResponse::Ok().json(TokenInfo {
+        whep_url: format!("/whep/{name}"),
+        hls_url: format!("/hls/{name}/index.m3u8?token={token}"),
+        player_url: format!("/player.html?stream={name}&token={token}"),
+        hls_player_url: format!("/hls.html?stream={name}&token={token}"),
+        name: req.name,
+        token,
+        expires_at,
+    }))
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {

@@ -80,28 +80,13 @@ impl ResponseError for WhepError {
     }
 }
 
-/// With `api_keys` set, WHEP needs the same key as the REST API (`Authorization: Bearer`,
-/// as RFC 9725 §4.2 has it, or `X-Api-Key`); preflights do not.
-fn check_key(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let keys = &state.cfg.api_keys;
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let given =
-        h("x-api-key").or_else(|| h("authorization").and_then(|v| v.strip_prefix("Bearer ")));
-    match given {
-        Some(g)
-            if keys
-                .iter()
-                .any(|k| super::constant_time_eq(k.as_bytes(), g.trim().as_bytes())) =>
-        {
-            Ok(())
-        }
-        _ => Err(ApiError::Unauthorized(
-            "missing or wrong API key (Authorization: Bearer KEY or X-Api-Key)".into(),
-        )),
-    }
+/// With `api_keys` set, WHEP needs a key with read scope, or a token for the stream from
+/// `/stream/token` (`Authorization: Bearer`, as RFC 9725 §4.2 has it, or `X-Api-Key`);
+/// preflights do not.
+fn check_key(req: &HttpRequest, state: &AppState, stream: &str) -> Result<(), ApiError> {
+    state
+        .auth
+        .require_player(req.headers(), None, stream, super::auth::unix_now())
 }
 
 /// Start playing a stream: the browser's SDP offer in, the SDP answer out.
@@ -112,7 +97,7 @@ fn check_key(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
         (status = 201, description = "SDP answer; the session is at Location", body = String, content_type = "application/sdp",
             headers(("Location" = String, description = "/whep/{stream}/{session}: DELETE it to stop"))),
         (status = 400, description = "The body is not a usable SDP offer", body = ErrorBody),
-        (status = 401, description = "API key required", body = ErrorBody),
+        (status = 401, description = "api_keys is set and the request has neither a key with read scope nor a token for this stream", body = ErrorBody),
         (status = 404, description = "Unknown stream", body = ErrorBody),
         (status = 406, description = "No codec in common; the message lists the stream's and the offer's", body = ErrorBody),
         (status = 409, description = "The stream has no media yet (call not answered within webrtc_track_wait_s)", body = ErrorBody),
@@ -124,7 +109,7 @@ pub async fn offer(
     stream: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, actix_web::Error> {
-    check_key(&req, &state)?;
+    check_key(&req, &state, &stream)?;
     let ctype = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -193,7 +178,7 @@ pub async fn delete(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    check_key(&req, &state)?;
+    check_key(&req, &state, &path.0)?;
     let (stream, session) = path.into_inner();
     state.whep.delete(&stream, &session)?;
     Ok(HttpResponse::Ok().finish())

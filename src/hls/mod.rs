@@ -193,8 +193,15 @@ impl HlsService {
         self.len() == 0
     }
 
-    /// Serves `/hls/<stream>/<name>?<query>`.
-    pub async fn get(&self, stream: &str, name: &str, query: &str) -> Result<HlsFile, HlsError> {
+    /// Serves `/hls/<stream>/<name>?<query>`. `uri_query` (e.g. `?token=…`, or empty) is
+    /// put after every URI of a playlist.
+    pub async fn get(
+        &self,
+        stream: &str,
+        name: &str,
+        query: &str,
+        uri_query: &str,
+    ) -> Result<HlsFile, HlsError> {
         let parsed = parse_name(name).ok_or_else(|| HlsError::BadName(name.to_owned()))?;
         let want = match parsed {
             Name::Playlist => parse_directives(query)?,
@@ -218,7 +225,7 @@ impl HlsService {
                 if entry.packager.lock().playlist().is_none() {
                     entry.wait(first_wait, |p| p.playlist().is_some()).await;
                 }
-                let text = entry.packager.lock().playlist();
+                let text = entry.packager.lock().playlist_with(uri_query);
                 text.map(|t| HlsFile {
                     bytes: Bytes::from(t),
                     content_type: PLAYLIST_TYPE,

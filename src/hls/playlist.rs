@@ -261,6 +261,12 @@ impl Packager {
     /// The media playlist, once one segment is complete (a playlist with no segment would
     /// make players that know no LL-HLS give up).
     pub fn playlist(&self) -> Option<String> {
+        self.playlist_with("")
+    }
+
+    /// The playlist with `query` (e.g. `?token=…`, or empty) after every URI in it, so
+    /// that a player's token follows it to the init segment, segments and parts.
+    pub fn playlist_with(&self, query: &str) -> Option<String> {
         let complete: Vec<&Segment> = self.segments.iter().filter(|s| s.complete()).collect();
         if complete.is_empty() || self.init.is_none() {
             return None;
@@ -282,7 +288,7 @@ impl Packager {
         );
         let _ = writeln!(out, "#EXT-X-PART-INF:PART-TARGET={part_target:.3}");
         let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{first}");
-        out.push_str("#EXT-X-MAP:URI=\"init.mp4\"\n");
+        let _ = writeln!(out, "#EXT-X-MAP:URI=\"init.mp4{query}\"");
         for s in listed.iter().copied().chain(
             self.segments
                 .back()
@@ -291,7 +297,7 @@ impl Packager {
             for (i, p) in s.parts.iter().enumerate() {
                 let _ = write!(
                     out,
-                    "#EXT-X-PART:DURATION={:.5},URI=\"part{}.{i}.m4s\"",
+                    "#EXT-X-PART:DURATION={:.5},URI=\"part{}.{i}.m4s{query}\"",
                     p.duration_us as f64 / 1e6,
                     s.msn
                 );
@@ -304,7 +310,7 @@ impl Packager {
             if s.complete() {
                 let _ = writeln!(
                     out,
-                    "#EXTINF:{:.5},\nseg{}.m4s",
+                    "#EXTINF:{:.5},\nseg{}.m4s{query}",
                     s.duration_us as f64 / 1e6,
                     s.msn
                 );
@@ -316,7 +322,7 @@ impl Packager {
             let (msn, index) = self.next_part();
             let _ = writeln!(
                 out,
-                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part{msn}.{index}.m4s\""
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part{msn}.{index}.m4s{query}\""
             );
         }
         Some(out)
@@ -363,6 +369,21 @@ mod tests {
         assert_eq!(p.segment(0).unwrap().len(), 16, "four parts of 4 bytes");
         assert!(p.segment(1).is_none(), "still open");
         assert_eq!(p.part(1, 0).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_query_follows_every_uri() {
+        let text = audio_packager(5).playlist_with("?token=9.ab").unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.contains(".m4s") || l.contains(".mp4"))
+        {
+            assert!(
+                line.contains(".m4s?token=9.ab") || line.contains(".mp4?token=9.ab"),
+                "{line}"
+            );
+        }
+        assert_eq!(text.matches("?token=9.ab").count(), 1 + 1 + 5 + 1, "{text}");
     }
 
     #[test]

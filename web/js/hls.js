@@ -59,7 +59,11 @@
     const url = new URL(window.location.href);
     url.searchParams.set("stream", name);
     history.replaceState(null, "", url);
-    const src = "/hls/" + encodeURIComponent(name) + "/index.m3u8";
+    // With api_keys set, a stream token (?token= of this page) or the stored API key.
+    const token = new URLSearchParams(window.location.search).get("token") ||
+      localStorage.getItem("sipstream.apiKey");
+    const src = "/hls/" + encodeURIComponent(name) + "/index.m3u8" +
+      (token ? "?token=" + encodeURIComponent(token) : "");
     $("playlist").href = src;
     $("playlist").textContent = new URL(src, window.location.href).href;
     setStatus($("status"), "Loading " + name + " …");

@@ -6,9 +6,13 @@
   const KEY_STORAGE = "sipstream.apiKey";
 
   // Headers for the gateway's API: the API key, when the gateway is configured with one.
+  // A stream token in the page's URL (?token=, from /rest-api/stream/token) stands in for
+  // the API key: players get a link, not a key.
+  const PAGE_TOKEN = new URLSearchParams(window.location.search).get("token");
+
   function apiHeaders(extra) {
     const h = Object.assign({}, extra || {});
-    const key = localStorage.getItem(KEY_STORAGE);
+    const key = PAGE_TOKEN || localStorage.getItem(KEY_STORAGE);
     if (key) h["Authorization"] = "Bearer " + key;
     return h;
   }
