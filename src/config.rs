@@ -169,6 +169,12 @@ pub struct Config {
     pub webrtc_disconnected_timeout: Duration,
     pub webrtc_failed_timeout: Duration,
     pub webrtc_track_wait: Duration,
+    /// Readers a stream takes (players, recorders, pushes...); more get 503.
+    pub stream_max_readers: usize,
+    /// Largest request body, in KiB; larger get 413.
+    pub api_max_body_kb: usize,
+    /// Longest a REST/WHEP/HLS request may take before it gets 503.
+    pub api_request_timeout: Duration,
     pub hls_part_ms: u64,
     pub hls_segment_ms: u64,
     pub hls_list_size: usize,
@@ -245,6 +251,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("api_call_startup_per_minute", "0"),
     ("api_cors_origins", ""),
     ("rest_insecure_bind", "false"),
+    ("api_max_body_kb", "256"),
+    ("api_request_timeout_s", "30"),
+    ("stream_max_readers", "200"),
     ("sip_address", "0.0.0.0"),
     ("sip_port", "5060"),
     ("sip_dns_servers", ""),
@@ -500,6 +509,9 @@ impl Config {
             ),
             webrtc_failed_timeout: Duration::from_secs(r.parse("webrtc_failed_timeout_s")?),
             webrtc_track_wait: Duration::from_secs(r.parse("webrtc_track_wait_s")?),
+            stream_max_readers: r.parse("stream_max_readers")?,
+            api_max_body_kb: r.parse("api_max_body_kb")?,
+            api_request_timeout: Duration::from_secs(r.parse("api_request_timeout_s")?),
             hls_part_ms: r.parse("hls_part_ms")?,
             hls_segment_ms: r.parse("hls_segment_ms")?,
             hls_list_size: r.parse("hls_list_size")?,
@@ -647,6 +659,14 @@ impl Config {
                  in front does the authentication)",
                 self.rest_address
             )));
+        }
+        if self.stream_max_readers == 0
+            || self.api_max_body_kb == 0
+            || self.api_request_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "stream_max_readers, api_max_body_kb and api_request_timeout_s must be > 0".into(),
+            ));
         }
         if self.rtsp_timeout.is_zero() {
             return Err(ConfigError::Invalid("rtsp_timeout_s must be > 0".into()));

@@ -17,6 +17,9 @@ pub enum RequestError {
     /// Too many requests of this kind for this key; retry after the given seconds.
     #[error("{0}")]
     TooManyRequests(String, u64),
+    /// The request body is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
     /// Unknown call, stream or session.
     #[error("{0}")]
     NotFound(String),
@@ -44,6 +47,7 @@ impl RequestError {
             RequestError::Unauthorized(_) => "unauthorized",
             RequestError::Forbidden(_) => "forbidden",
             RequestError::TooManyRequests(..) => "too_many_requests",
+            RequestError::TooLarge(_) => "too_large",
             RequestError::NotFound(_) => "not_found",
             RequestError::Conflict(_) => "conflict",
             RequestError::Upstream(_) => "upstream",

@@ -127,6 +127,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("binding SIP on {}:{}", cfg.sip_address, cfg.sip_port))?;
     let registry = Registry::new(cfg.stream_reader_queue);
+    registry.set_max_readers(cfg.stream_max_readers);
     let ports = PortPool::new(cfg.rtp_port_min, cfg.rtp_port_max)
         .map_err(|e| anyhow::anyhow!("rtp_port_min/rtp_port_max: {e}"))?;
     let pushes = PushManager::new(registry.clone(), bus.clone(), PushConfig::from_config(&cfg));
@@ -189,13 +190,18 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         metrics,
         core: tokio::runtime::Handle::current(),
     });
-    let server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
-            .bind((cfg.rest_address, cfg.rest_port))
-            .with_context(|| format!("binding REST on {}:{}", cfg.rest_address, cfg.rest_port))?
-            .disable_signals()
-            .shutdown_timeout(2)
-            .run();
+    let body_limit = cfg.api_max_body_kb * 1024;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(body_limit))
+            .configure(api::configure)
+    })
+    .bind((cfg.rest_address, cfg.rest_port))
+    .with_context(|| format!("binding REST on {}:{}", cfg.rest_address, cfg.rest_port))?
+    .disable_signals()
+    .shutdown_timeout(2)
+    .run();
     let handle = server.handle();
     tracing::info!(address = %cfg.rest_address, port = cfg.rest_port, "REST API listening");
     let server_task = tokio::spawn(server);

@@ -201,3 +201,79 @@ async fn api_keys_are_enforced() {
         200
     );
 }
+
+/// The limits of issue 16 item 10, each with its status and the setting named, and the
+/// gateway fine afterwards: a body over `api_max_body_kb` (413, REST and WHEP), a request
+/// longer than `api_request_timeout_s` (503), a stream at `stream_max_readers` (503).
+#[tokio::test]
+async fn limits_answer_413_and_503_naming_the_setting() {
+    let gw = Gateway::start(&[
+        ("api_max_body_kb", "4".to_string()),
+        ("api_request_timeout_s", "1".to_string()),
+        ("stream_max_readers", "2".to_string()),
+    ])
+    .await;
+    let big = format!(
+        "{{\"callee\":\"sip:a@127.0.0.1\",\"sipLogin\":\"x\",\"sipDomain\":\"d\",\"pad\":\"{}\"}}",
+        "x".repeat(5000)
+    );
+    let (s, v) = gw.post("/call/startup", &big).await;
+    assert_eq!(s, 413, "{v}");
+    assert!(v["message"].to_string().contains("api_max_body_kb"), "{v}");
+    let r = reqwest::Client::new()
+        .post(format!("{}/whep/x", gw.rest))
+        .header("content-type", "application/sdp")
+        .body("v=0\r\n".repeat(1200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // A call that rings nowhere: its stream exists, with no media.
+    let port = common::free_udp_port();
+    let (s, v) = gw
+        .post_json("/call/startup", common::startup_body("lim1", port, "udp"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let t0 = std::time::Instant::now();
+    let r = reqwest::get(format!("{}/hls/lim1_stream/index.m3u8", gw.rest))
+        .await
+        .unwrap();
+    let waited = t0.elapsed();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("api_request_timeout_s"), "{body}");
+    assert!(waited < std::time::Duration::from_secs(3), "{waited:?}");
+
+    // The HLS output stays as one reader; a recording is the second; a push the third.
+    let (s, v) = gw
+        .post_json("/stream/startRecording", json!({"name": "lim1_stream"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = gw
+        .post_json(
+            "/push/startup",
+            json!({"streamName": "lim1_stream", "rtmpUrl": "rtmp://127.0.0.1:9/live"}),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["message"].to_string().contains("stream_max_readers"),
+        "{v}"
+    );
+
+    // Nothing else disturbed.
+    let (s, v) = gw.post_json("/call/find", json!({"callId": "lim1"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "lim1"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        reqwest::get(format!("{}/health", gw.rest))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

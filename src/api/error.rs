@@ -10,8 +10,8 @@ pub use crate::error::RequestError as ApiError;
 /// The JSON body of every error.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// bad_request, unauthorized, forbidden, too_many_requests, not_found, conflict, upstream,
-    /// unavailable, not_implemented, internal
+    /// bad_request, unauthorized, forbidden, too_many_requests, too_large, not_found, conflict,
+    /// upstream, unavailable, not_implemented, internal
     pub error: &'static str,
     pub message: String,
 }
@@ -23,6 +23,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

@@ -16,6 +16,7 @@ use crate::hls::HlsError;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/hls")
+            .wrap(actix_web::middleware::from_fn(super::time_limit))
             .wrap(DefaultHeaders::new().add(("Access-Control-Allow-Origin", "*")))
             .route("/{stream}/{file}", web::get().to(get)),
     );
@@ -95,7 +96,9 @@ fn error(e: HlsError) -> HttpResponse {
             ApiError::NotFound(e.to_string())
         }
         HlsError::TooFar(_) | HlsError::BadQuery(_) => ApiError::BadRequest(e.to_string()),
-        HlsError::NoMediaYet(_) | HlsError::Busy(_) => ApiError::Unavailable(e.to_string()),
+        HlsError::NoMediaYet(_) | HlsError::Busy(_) | HlsError::StreamFull(_) => {
+            ApiError::Unavailable(e.to_string())
+        }
     };
     let mut resp = api.error_response();
     if resp.status() == StatusCode::SERVICE_UNAVAILABLE {

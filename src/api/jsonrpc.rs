@@ -105,6 +105,7 @@ impl From<ApiError> for RpcError {
             ApiError::Unauthorized(_) => code::UNAUTHORIZED,
             ApiError::Forbidden(_) => code::FORBIDDEN,
             ApiError::TooManyRequests(..) => code::TOO_MANY_REQUESTS,
+            ApiError::TooLarge(_) => code::INVALID_REQUEST,
             ApiError::NotFound(_) => code::NOT_FOUND,
             ApiError::Conflict(_) => code::CONFLICT,
             ApiError::Upstream(_) => code::UPSTREAM,

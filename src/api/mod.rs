@@ -83,6 +83,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/rest-api")
             .wrap(actix_web::middleware::from_fn(require_api_key))
+            .wrap(actix_web::middleware::from_fn(time_limit))
+            .wrap(too_large())
             .wrap(actix_web::middleware::from_fn(cors))
             .configure(methods::routes)
             .configure(calls::routes)
@@ -190,6 +192,52 @@ pub(crate) async fn require_api_key(
             Ok(req.into_response(resp).map_into_right_body())
         }
     }
+}
+
+/// Answers a request that takes longer than `api_request_timeout_s` with 503 (the work it
+/// started, e.g. a call being placed, may still complete: look it up).
+pub(crate) async fn time_limit(
+    req: ServiceRequest,
+    next: Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<ServiceResponse<impl actix_web::body::MessageBody>, Error> {
+    let limit = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(std::time::Duration::from_secs(30), |s| {
+            s.cfg.api_request_timeout
+        });
+    // No clone of the request is kept (actix needs it unshared): a timeout is an error that
+    // actix turns into the JSON answer.
+    match tokio::time::timeout(limit, next.call(req)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "no answer within {} s (api_request_timeout_s); what the request started may \
+             still complete",
+            limit.as_secs()
+        ))
+        .into()),
+    }
+}
+
+/// A body over `api_max_body_kb` (actix's payload limit answers 413 in plain text): the
+/// JSON error body naming the setting.
+pub(crate) fn too_large<B: 'static>() -> actix_web::middleware::ErrorHandlers<B> {
+    actix_web::middleware::ErrorHandlers::new().handler(
+        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+        |res: ServiceResponse<B>| {
+            let limit = res
+                .request()
+                .app_data::<web::Data<AppState>>()
+                .map_or(256, |s| s.cfg.api_max_body_kb);
+            let (req, _) = res.into_parts();
+            let resp = ApiError::TooLarge(format!(
+                "the request body is larger than {limit} KiB (api_max_body_kb)"
+            ))
+            .error_response();
+            Ok(actix_web::middleware::ErrorHandlerResponse::Response(
+                ServiceResponse::new(req, resp).map_into_right_body(),
+            ))
+        },
+    )
 }
 
 /// CORS for browsers on the origins of `api_cors_origins`: the allowed origin echoed on

@@ -28,6 +28,8 @@ fn cors() -> DefaultHeaders {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/whep")
+            .wrap(actix_web::middleware::from_fn(super::time_limit))
+            .wrap(super::too_large())
             .wrap(cors())
             .route("/{stream}", web::post().to(offer))
             .route(

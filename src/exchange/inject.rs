@@ -220,7 +220,10 @@ impl InjectManager {
             super::source::Pick::Mixed,
             "inject",
         )
-        .map_err(|e| RequestError::NotFound(format!("streamName: {e}")))?;
+        .map_err(|e| match e {
+            e @ crate::registry::RegistryError::TooManyReaders { .. } => RequestError::from(e),
+            e => RequestError::NotFound(format!("streamName: {e}")),
+        })?;
         let info = self.start(
             call_id,
             leg,

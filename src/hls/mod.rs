@@ -68,6 +68,8 @@ pub enum HlsError {
     BadQuery(String),
     #[error("HLS is serving {0} streams already (hls_max_streams)")]
     Busy(usize),
+    #[error("{0}")]
+    StreamFull(String),
 }
 
 /// A file of a stream's HLS output, with its content type.
@@ -264,6 +266,7 @@ impl HlsService {
             .subscribe(stream, "hls")
             .map_err(|e| match e {
                 RegistryError::NotFound(n) => HlsError::NoStream(n),
+                e @ RegistryError::TooManyReaders { .. } => HlsError::StreamFull(e.to_string()),
                 other => HlsError::NoStream(format!("{stream} ({other})")),
             })?;
         if streams.len() >= self.inner.cfg.max_streams {

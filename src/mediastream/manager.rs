@@ -230,7 +230,10 @@ impl MediaStreamManager {
             .calls
             .registry()
             .subscribe(&call.stream, "mediastream")
-            .map_err(|e| RequestError::Conflict(format!("callId {cid:?}: {e}")))?;
+            .map_err(|e| match e {
+                e @ crate::registry::RegistryError::TooManyReaders { .. } => RequestError::from(e),
+                e => RequestError::Conflict(format!("callId {cid:?}: {e}")),
+            })?;
         let sid = stream_sid();
         let info = MediaStreamInfo {
             stream_sid: sid.clone(),

@@ -116,6 +116,9 @@ impl RecordingManager {
                     self.publish(&failed_info(stream, &file, failed_meta, &error));
                     RequestError::Internal(format!("recording not started: {error}"))
                 }
+                RecordError::Registry(
+                    e @ crate::registry::RegistryError::TooManyReaders { .. },
+                ) => RequestError::from(e),
                 other => RequestError::Internal(other.to_string()),
             },
         )?;

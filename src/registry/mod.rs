@@ -106,6 +106,21 @@ pub enum RegistryError {
     NoSuchTrack { name: String, track: TrackId },
     #[error("stream {0:?} has ended")]
     Ended(String),
+    #[error("stream {name:?} has {max} readers already (stream_max_readers)")]
+    TooManyReaders { name: String, max: usize },
+}
+
+impl From<RegistryError> for crate::error::RequestError {
+    /// The neutral request error for a registry refusal (503 for a full stream).
+    fn from(e: RegistryError) -> Self {
+        use crate::error::RequestError as R;
+        match e {
+            RegistryError::NotFound(_) => R::NotFound(e.to_string()),
+            RegistryError::InvalidName { .. } => R::BadRequest(e.to_string()),
+            RegistryError::TooManyReaders { .. } => R::Unavailable(e.to_string()),
+            _ => R::Conflict(e.to_string()),
+        }
+    }
 }
 
 /// What a reader receives.
@@ -419,6 +434,8 @@ struct RegistryInner {
     retired: Arc<Mutex<Retired>>,
     /// Streams created since start.
     created: AtomicU64,
+    /// Queued readers a stream takes ([`Registry::set_max_readers`]).
+    max_readers: std::sync::atomic::AtomicUsize,
 }
 
 /// The registry of named streams. Cheap to clone (shared state).
@@ -447,8 +464,16 @@ impl Registry {
                 next_reader_id: AtomicU64::new(1),
                 retired: Arc::default(),
                 created: AtomicU64::new(0),
+                max_readers: std::sync::atomic::AtomicUsize::new(usize::MAX),
             }),
         }
+    }
+
+    /// At most `max` readers per stream: a [`Registry::subscribe`] beyond it is refused with
+    /// [`RegistryError::TooManyReaders`] (inline sinks of the call itself, [`Registry::attach`],
+    /// count but are never refused).
+    pub fn set_max_readers(&self, max: usize) {
+        self.inner.max_readers.store(max.max(1), Ordering::Relaxed);
     }
 
     /// Creates stream `name` and returns its only publisher.
@@ -574,6 +599,13 @@ impl Registry {
                 return Err(RegistryError::NotFound(name.to_owned()));
             }
             let mut w = stream.readers.write();
+            let max = self.inner.max_readers.load(Ordering::Relaxed);
+            if w.len() >= max {
+                return Err(RegistryError::TooManyReaders {
+                    name: name.to_owned(),
+                    max,
+                });
+            }
             let outlet = Arc::new(Outlet {
                 tx: Tx::Queue(tx),
                 slot: slot.clone(),

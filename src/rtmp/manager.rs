@@ -110,6 +110,8 @@ pub enum PushError {
     },
     #[error("mediaSessionId {0:?}: no such push")]
     NotFound(String),
+    #[error("{0}")]
+    Full(RegistryError),
 }
 
 impl From<PushError> for RequestError {
@@ -120,6 +122,7 @@ impl From<PushError> for RequestError {
                 RequestError::NotFound(e.to_string())
             }
             PushError::Exists { .. } => RequestError::Conflict(e.to_string()),
+            PushError::Full(_) => RequestError::Unavailable(e.to_string()),
         }
     }
 }
@@ -281,6 +284,7 @@ impl PushManager {
                 Err(RegistryError::NotFound(_)) => {
                     return Err(PushError::NoStream(stream_name.to_owned()))
                 }
+                Err(e @ RegistryError::TooManyReaders { .. }) => return Err(PushError::Full(e)),
                 Err(e) => return Err(PushError::StreamName(e)),
             };
             let call_id = self

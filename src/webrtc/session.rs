@@ -183,6 +183,7 @@ impl WhepService {
                 RegistryError::InvalidName { name, .. } | RegistryError::NotFound(name) => {
                     WhepError::StreamNotFound(name)
                 }
+                e @ RegistryError::TooManyReaders { .. } => WhepError::Capacity(e.to_string()),
                 other => WhepError::Internal(other.to_string()),
             })?;
         let tracks = wait_for_tracks(&mut reader, stream, self.inner.cfg.track_wait).await?;
