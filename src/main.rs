@@ -106,7 +106,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         );
         stats
     });
-    let (ua_tx, ua_rx) = mpsc::unbounded_channel();
+    let (ua_tx, ua_rx) = mpsc::channel(driver::EVENT_QUEUE);
     let sip = driver::start(
         DriverConfig {
             bind: cfg.sip_address,
@@ -120,6 +120,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
                 user_agent: cfg.sip_user_agent.clone(),
                 register_expires: cfg.sip_register_expires,
                 invite_timeout: cfg.sip_invite_timeout,
+                max_pending_invites: cfg.sip_max_pending_invites,
             },
         },
         ua_tx,

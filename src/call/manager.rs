@@ -860,7 +860,7 @@ impl CallManager {
     }
 
     /// Follows the UA's events until the SIP driver stops.
-    pub async fn run(self, mut events: mpsc::UnboundedReceiver<UaEvent>) {
+    pub async fn run(self, mut events: mpsc::Receiver<UaEvent>) {
         while let Some(ev) = events.recv().await {
             match ev {
                 UaEvent::CallState {

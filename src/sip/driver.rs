@@ -64,18 +64,26 @@ impl SipHandle {
     }
 }
 
+/// UA events queued for the call layer. When fewer than a quarter are free, new incoming
+/// calls are shed (503); when none is, the driver waits, and stops reading its sockets
+/// meanwhile (the kernel drops what comes: the last resort).
+pub const EVENT_QUEUE: usize = 8192;
+/// Messages from TCP connections waiting for the driver (each connection waits when full:
+/// TCP flow control slows its peer).
+const NET_QUEUE: usize = 1024;
+/// Messages waiting to be written to one TCP peer; a peer that lets this fill is not
+/// reading and is disconnected.
+const TCP_WRITE_QUEUE: usize = 512;
+
 enum NetInput {
     Tcp(SocketAddr, Bytes),
-    TcpAccepted(SocketAddr, mpsc::UnboundedSender<Bytes>),
+    TcpAccepted(SocketAddr, mpsc::Sender<Bytes>),
     TcpFailed(SocketAddr),
     TcpClosed(SocketAddr),
 }
 
 /// Binds the sockets and starts the driver task. UA events go to `events`.
-pub async fn start(
-    cfg: DriverConfig,
-    events: mpsc::UnboundedSender<UaEvent>,
-) -> io::Result<SipHandle> {
+pub async fn start(cfg: DriverConfig, events: mpsc::Sender<UaEvent>) -> io::Result<SipHandle> {
     let udp = if cfg.udp {
         Some(Arc::new(bind_udp(
             SocketAddr::new(cfg.bind, cfg.port),
@@ -97,7 +105,7 @@ pub async fn start(
     let udp_local = udp.as_ref().map(|u| u.local_addr()).transpose()?;
     let tcp_local = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let (net_tx, net_rx) = mpsc::unbounded_channel();
+    let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
     if let Some(listener) = tcp {
         tokio::spawn(accept_loop(listener, net_tx.clone(), cfg.max_message_size));
     }
@@ -109,6 +117,7 @@ pub async fn start(
         net_tx,
         events,
         max: cfg.max_message_size,
+        overloaded: false,
     };
     tokio::spawn(
         driver
@@ -144,17 +153,19 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
 struct Driver {
     ua: UserAgent,
     udp: Option<Arc<UdpSocket>>,
-    tcp_conns: HashMap<SocketAddr, mpsc::UnboundedSender<Bytes>>,
-    net_tx: mpsc::UnboundedSender<NetInput>,
-    events: mpsc::UnboundedSender<UaEvent>,
+    tcp_conns: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    net_tx: mpsc::Sender<NetInput>,
+    events: mpsc::Sender<UaEvent>,
     max: usize,
+    /// New calls are being shed.
+    overloaded: bool,
 }
 
 impl Driver {
     async fn run(
         mut self,
         mut cmds: mpsc::UnboundedReceiver<DriverCmd>,
-        mut net: mpsc::UnboundedReceiver<NetInput>,
+        mut net: mpsc::Receiver<NetInput>,
     ) {
         let mut buf = vec![0u8; 65536];
         let udp = self.udp.clone();
@@ -212,8 +223,37 @@ impl Driver {
             self.send(t).await;
         }
         while let Some(ev) = self.ua.poll_event() {
-            let _ = self.events.send(ev);
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.set_overloaded(true);
+                    // Back-pressure: nothing is read until the call layer takes this.
+                    if self.events.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
         }
+        let shed = self.events.capacity() < EVENT_QUEUE / 4;
+        if shed != self.overloaded {
+            self.set_overloaded(shed);
+        }
+    }
+
+    fn set_overloaded(&mut self, on: bool) {
+        if on != self.overloaded {
+            if on {
+                tracing::warn!(
+                    queued = EVENT_QUEUE - self.events.capacity(),
+                    "the call layer is behind: new incoming calls get 503 until it catches up"
+                );
+            } else {
+                tracing::info!("the call layer caught up: incoming calls taken again");
+            }
+        }
+        self.overloaded = on;
+        self.ua.set_overloaded(on);
     }
 
     async fn send(&mut self, t: Transmit) {
@@ -236,26 +276,35 @@ impl Driver {
                 let conn = match conn {
                     Some(c) => c,
                     None => {
-                        let (tx, rx) = mpsc::unbounded_channel();
+                        let (tx, rx) = mpsc::channel(TCP_WRITE_QUEUE);
                         tokio::spawn(connect_and_run(t.dest, rx, self.net_tx.clone(), self.max));
                         self.tcp_conns.insert(t.dest, tx.clone());
                         tx
                     }
                 };
-                let _ = conn.send(t.data);
+                if let Err(mpsc::error::TrySendError::Full(_)) = conn.try_send(t.data) {
+                    // Dropping our sender ends its writer task, which closes the connection.
+                    tracing::info!(peer = %t.dest, "SIP TCP peer does not read; disconnected");
+                    self.tcp_conns.remove(&t.dest);
+                    self.ua.handle_transport_error(
+                        Instant::now().into_std(),
+                        Transport::Tcp,
+                        t.dest,
+                    );
+                }
             }
         }
     }
 }
 
-async fn accept_loop(listener: TcpListener, net: mpsc::UnboundedSender<NetInput>, max: usize) {
+async fn accept_loop(listener: TcpListener, net: mpsc::Sender<NetInput>, max: usize) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 // Responses to requests that came in on this connection go back on it
                 // (RFC 3261 §18.2.2): the driver keys its writer by the peer address.
-                let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-                if net.send(NetInput::TcpAccepted(peer, tx)).is_err() {
+                let (tx, rx) = mpsc::channel::<Bytes>(TCP_WRITE_QUEUE);
+                if net.send(NetInput::TcpAccepted(peer, tx)).await.is_err() {
                     return;
                 }
                 tokio::spawn(run_connection(stream, peer, rx, net.clone(), max));
@@ -270,19 +319,19 @@ async fn accept_loop(listener: TcpListener, net: mpsc::UnboundedSender<NetInput>
 
 async fn connect_and_run(
     peer: SocketAddr,
-    rx: mpsc::UnboundedReceiver<Bytes>,
-    net: mpsc::UnboundedSender<NetInput>,
+    rx: mpsc::Receiver<Bytes>,
+    net: mpsc::Sender<NetInput>,
     max: usize,
 ) {
     match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(peer)).await {
         Ok(Ok(stream)) => run_connection(stream, peer, rx, net, max).await,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "SIP TCP connect failed");
-            let _ = net.send(NetInput::TcpFailed(peer));
+            let _ = net.send(NetInput::TcpFailed(peer)).await;
         }
         Err(_) => {
             tracing::info!(%peer, "SIP TCP connect timed out");
-            let _ = net.send(NetInput::TcpFailed(peer));
+            let _ = net.send(NetInput::TcpFailed(peer)).await;
         }
     }
 }
@@ -290,8 +339,8 @@ async fn connect_and_run(
 async fn run_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    net: mpsc::UnboundedSender<NetInput>,
+    mut rx: mpsc::Receiver<Bytes>,
+    net: mpsc::Sender<NetInput>,
     max: usize,
 ) {
     let _ = stream.set_nodelay(true);
@@ -301,7 +350,7 @@ async fn run_connection(
         while let Some(data) = rx.recv().await {
             if let Err(e) = writer.write_all(&data).await {
                 tracing::debug!(%peer, error = %e, "SIP TCP write failed");
-                let _ = write_net.send(NetInput::TcpFailed(peer));
+                let _ = write_net.send(NetInput::TcpFailed(peer)).await;
                 break;
             }
         }
@@ -317,14 +366,14 @@ async fn run_connection(
                 }
                 Frame::Message(n) => {
                     let msg = buf.split_to(n.min(buf.len())).freeze();
-                    if net.send(NetInput::Tcp(peer, msg)).is_err() {
+                    if net.send(NetInput::Tcp(peer, msg)).await.is_err() {
                         return;
                     }
                 }
                 Frame::Invalid(e) => {
                     tracing::info!(%peer, error = %e, "unframeable SIP over TCP; closing");
                     writer_task.abort();
-                    let _ = net.send(NetInput::TcpClosed(peer));
+                    let _ = net.send(NetInput::TcpClosed(peer)).await;
                     return;
                 }
             }
@@ -339,7 +388,7 @@ async fn run_connection(
         }
     }
     writer_task.abort();
-    let _ = net.send(NetInput::TcpClosed(peer));
+    let _ = net.send(NetInput::TcpClosed(peer)).await;
 }
 
 /// The local address the OS would use to reach `dest` (no packet is sent).

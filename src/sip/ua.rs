@@ -338,6 +338,8 @@ pub struct UaConfig {
     pub user_agent: String,
     pub register_expires: u32,
     pub invite_timeout: Duration,
+    /// Incoming INVITEs the call layer has not answered yet; more get 503 + Retry-After.
+    pub max_pending_invites: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -523,6 +525,8 @@ pub struct UserAgent {
     timers: TimerQueue<Timer>,
     events: std::collections::VecDeque<UaEvent>,
     shutting_down: bool,
+    /// The call layer is behind ([`UserAgent::set_overloaded`]): new calls get 503.
+    overloaded: bool,
     /// The `now` of the latest input, for work scheduled from inside a handler.
     now: Instant,
 }
@@ -543,7 +547,15 @@ impl UserAgent {
             timers: TimerQueue::default(),
             events: Default::default(),
             shutting_down: false,
+            overloaded: false,
         }
+    }
+
+    /// Load shedding, set by the driver while the call layer's event queue is nearly full:
+    /// new incoming calls are refused with 503 and `Retry-After` (RFC 3261 §21.5.4) until it
+    /// drains; dialogs already set up go on.
+    pub fn set_overloaded(&mut self, on: bool) {
+        self.overloaded = on;
     }
 
     pub fn stats(&self) -> EndpointStats {
@@ -2116,6 +2128,16 @@ impl UserAgent {
         if self.shutting_down {
             return refuse(self, 503, vec![]);
         }
+        let pending = self
+            .calls
+            .values()
+            .filter(|c| c.stage == Stage::Incoming)
+            .count();
+        if self.overloaded || pending >= self.cfg.max_pending_invites {
+            tracing::debug!(%source, pending, overloaded = self.overloaded, "incoming INVITE shed with 503");
+            let retry = rsip::Header::Other("Retry-After".into(), "5".into());
+            return refuse(self, 503, vec![retry]);
+        }
         // RFC 3261 §8.2.2.3: extensions we do not support are refused with 420. Session
         // timers (RFC 4028) need nothing of ours: the peer refreshes, we answer.
         let unsupported: Vec<String> = header_values(&req.headers, "Require")
@@ -2705,6 +2727,7 @@ mod tests {
                 user_agent: "test".into(),
                 register_expires: 600,
                 invite_timeout: Duration::from_secs(120),
+                max_pending_invites: 3,
             },
         )
     }
@@ -3103,6 +3126,49 @@ mod tests {
             vec![(CallPhase::Established, Some(200))]
         );
         (key, ok)
+    }
+
+    /// Load shedding: beyond `max_pending_invites` unanswered INVITEs, or while the driver
+    /// says the call layer is behind, a new INVITE gets 503 + Retry-After and no event; the
+    /// calls already there go on, and the next INVITE after the load passes is taken.
+    #[test]
+    fn new_calls_are_shed_with_503_when_too_many_wait_or_the_call_layer_is_behind() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let invite = |n: usize| {
+            incoming_invite(&format!("z9hG4bKshed{n}"), OFFER)
+                .replace("in-1@peer", &format!("in-{n}@peer"))
+                .replace("tag=caller1", &format!("tag=caller{n}"))
+        };
+        for n in 0..3 {
+            ua.handle_input(t0, Transport::Udp, peer, invite(n).as_bytes());
+            assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+            assert_eq!(events(&mut ua).len(), 1, "Incoming {n}");
+        }
+        // The fourth waits behind three unanswered ones (max_pending_invites = 3).
+        ua.handle_input(t0, Transport::Udp, peer, invite(3).as_bytes());
+        let out = sent(&mut ua);
+        let shed = out
+            .iter()
+            .find(|m| m.starts_with("SIP/2.0 503"))
+            .expect("503");
+        assert_eq!(header(shed, "Retry-After"), "5");
+        assert!(events(&mut ua).is_empty());
+        assert_eq!(ua.active_calls(), 3);
+        // Overloaded: shed too, even with room.
+        let key = ua.calls.keys().next().copied().unwrap();
+        ua.handle_command(t0, Command::Reject { key, status: 486 });
+        let _ = sent(&mut ua);
+        let _ = events(&mut ua);
+        ua.set_overloaded(true);
+        ua.handle_input(t0, Transport::Udp, peer, invite(4).as_bytes());
+        assert!(sent(&mut ua).iter().any(|m| m.starts_with("SIP/2.0 503")));
+        assert!(events(&mut ua).is_empty());
+        ua.set_overloaded(false);
+        ua.handle_input(t0, Transport::Udp, peer, invite(5).as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+        assert_eq!(events(&mut ua).len(), 1);
     }
 
     #[test]
