@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing sipstream needs, idempotently.
 #   scripts/deps.sh build   -> build tools only (cmake for libopus)
-#   scripts/deps.sh test    -> build tools + the real peers the tests drive
+#   scripts/deps.sh test    -> build tools + the real peers the tests drive (and aiortc, a
+#                              WHEP player, from PyPI into $SIPSTREAM_PYTHON, default python3)
 #   scripts/deps.sh bench   -> build tools + what scripts/bench.sh drives (sipp, rtpengine, perf)
 # The container images of the docker-compose demo install through the same script:
 #   scripts/deps.sh runtime  -> what the gateway binary needs at run time (Dockerfile)
@@ -50,4 +51,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The aiortc WHEP player of tests/whep.rs (tests/whep/aiortc_client.py): a PyPI package, not a
+# Debian one. Installed into the Python the test runs, `$SIPSTREAM_PYTHON` or else `python3`
+# on PATH (the machine's CPython with pip); skipped when that Python already imports it.
+if [ "$what" = test ]; then
+  aiortc_version=1.16.0
+  py=${SIPSTREAM_PYTHON:-python3}
+  if ! "$py" -c 'import aiortc' 2>/dev/null; then
+    echo "deps: installing aiortc==$aiortc_version into $(command -v "$py")"
+    "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      "aiortc==$aiortc_version"
+  fi
 fi

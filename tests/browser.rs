@@ -239,6 +239,20 @@ async fn player_page_plays_a_pcmu_call_in_chromium() {
     eprintln!("player.html getStats: {stats}");
     assert_eq!(stats["audio"]["codec"], "PCMU/8000", "{stats}");
     assert_eq!(stats["state"], "connected");
+    // The page offers audio and video; the call has no video: Chromium took the answer's
+    // video section as inactive (in the BUNDLE group, as aiortc needs it).
+    let pc = browser
+        .eval(
+            "const pc = window.sipstreamPlayer.pc; return {answer: pc.remoteDescription.sdp, \
+             transceivers: pc.getTransceivers().map(t => [t.receiver.track.kind, t.currentDirection])}",
+        )
+        .await;
+    common::assert_av_answer_for_audio_only(pc["answer"].as_str().unwrap_or_default());
+    assert_eq!(
+        pc["transceivers"],
+        json!([["audio", "recvonly"], ["video", "inactive"]]),
+        "{pc}"
+    );
     // The stats box shows the same numbers to a person.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let shown = browser.text("#stats").await;

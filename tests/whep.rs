@@ -1,13 +1,14 @@
 //! WHEP (RFC 9725) against the real binary: a sipp callee streams PCMU into a call's stream,
 //! a WHEP client built on the `webrtc` crate (the same stack a browser speaks: ICE, DTLS,
-//! SRTP) plays it, and the bad-input answers are checked.
+//! SRTP) plays it, so does aiortc (Python, tests/whep/aiortc_client.py), both offering audio
+//! and video for the audio-only call, and the bad-input answers are checked.
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{startup_body, Gateway, Sipp};
+use common::{assert_av_answer_for_audio_only, startup_body, Gateway, Sipp};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use serde_json::json;
@@ -178,8 +179,8 @@ async fn whep_client_plays_a_pcmu_call_and_delete_frees_it() {
         .unwrap()
         .contains("Location"));
     let answer = resp.text().await.unwrap();
-    // The call's codec passes through under the client's payload type; video is refused
-    // (the call has none); the gateway's host candidate is on the configured address.
+    // The call's codec passes through under the client's payload type; video is accepted
+    // inactive (the call has none); the gateway's host candidate is on the configured address.
     assert!(answer.contains("a=rtpmap:0 PCMU/8000"), "{answer}");
     assert!(!answer.contains("opus"), "{answer}");
     assert!(answer.contains("a=sendonly"), "{answer}");
@@ -191,6 +192,7 @@ async fn whep_client_plays_a_pcmu_call_and_delete_frees_it() {
         "{answer}"
     );
     assert!(answer.contains("a=setup:"), "{answer}");
+    assert_av_answer_for_audio_only(&answer);
     pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
         .await
         .unwrap();
@@ -462,6 +464,87 @@ async fn a_stream_without_media_yet_is_409_after_the_wait() {
     assert!(readers(&gw, "whep4_stream").await.is_empty());
     let (status, _) = gw
         .post_json("/call/terminate", json!({"callId": "whep4"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
+/// The Python that `scripts/deps.sh test` installs aiortc into: `$SIPSTREAM_PYTHON`, else
+/// `python3` on PATH (the same lookup as deps.sh). Fails, never skips, without aiortc.
+fn aiortc_python() -> String {
+    let py = std::env::var("SIPSTREAM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&py)
+        .args(["-c", "import aiortc; print(aiortc.__version__)"])
+        .output();
+    let ok = matches!(&probe, Ok(o) if o.status.success());
+    assert!(
+        ok,
+        "{py} cannot import aiortc ({probe:?}): run scripts/deps.sh test"
+    );
+    py
+}
+
+/// Runs tests/whep/aiortc_client.py with `py` against `url` (aiortc offers recvonly audio
+/// AND video), counting frames for `seconds` once connected; returns its JSON report (the
+/// offer and the answer in it).
+async fn aiortc_client(py: &str, url: &str, seconds: f64) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(py);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/whep/aiortc_client.py"
+    ))
+    .arg(url)
+    .args(["--seconds", &seconds.to_string()])
+    // aioice offers no loopback candidate by itself; the gateway listens on 127.0.0.1.
+    .args(["--host-address", "127.0.0.1"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run aiortc_client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("aiortc_client.py printed no JSON ({e}): {stdout}\n{stderr}"))
+}
+
+#[tokio::test]
+async fn aiortc_plays_an_audio_only_call_it_offered_audio_and_video() {
+    let py = aiortc_python();
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let stream = established_call(&gw, &sipp, "whep5").await;
+
+    let r = aiortc_client(&py, &format!("{}/whep/{stream}", gw.rest), 3.0).await;
+    eprintln!(
+        "aiortc: status {} connected {} audio_frames {} loud {} video_frames {} tracks {} delete {} error {}",
+        r["status"], r["connected"], r["audio_frames"], r["audio_loud_frames"], r["video_frames"],
+        r["tracks"], r["delete_status"], r["error"]
+    );
+    let answer = r["answer"].as_str().unwrap_or_default().to_string();
+    eprintln!("the gateway's answer to aiortc:\n{answer}");
+    assert_eq!(r["status"], 201, "{r}\n{}", gw.logs());
+    assert!(
+        r["error"].is_null(),
+        "aiortc: {}\nanswer:\n{answer}",
+        r["error"]
+    );
+    assert_eq!(r["connected"], true, "{r}\n{}", gw.logs());
+    assert_av_answer_for_audio_only(&answer);
+    // 3 s of 20 ms PCMU packets, decoded by aiortc; the 440 Hz tone is not silence.
+    let frames = r["audio_frames"].as_u64().unwrap();
+    assert!(frames > 100, "aiortc decoded {frames} audio frames: {r}");
+    assert!(r["audio_loud_frames"].as_u64().unwrap() > 50, "{r}");
+    // Video was accepted inactive: aiortc makes no remote video track for it, nothing
+    // arrives on video, and the session connected all the same.
+    assert_eq!(r["tracks"], json!(["audio"]), "{r}");
+    assert_eq!(r["video_frames"], 0, "{r}");
+    assert_eq!(r["delete_status"], 200, "{r}");
+    wait_readers(&gw, &stream, 0).await;
+    assert!(gw.logs().contains("deleted by the player (DELETE)"));
+
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "whep5"}))
         .await;
     assert_eq!(status, 200);
     assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());

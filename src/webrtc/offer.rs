@@ -1,7 +1,8 @@
 //! A WHEP offer read just far enough to choose codecs: which media sections the browser
-//! offers, with which payload types, and which of the stream's tracks can pass through
-//! without transcoding. Sans-IO and panic-free on any input; the webrtc crate parses the full
-//! SDP afterwards.
+//! offers, with which payload types, which of the stream's tracks can pass through without
+//! transcoding, and under which offered codec a section the stream cannot feed is answered
+//! `inactive` ([`inactive_codecs`]). Sans-IO and panic-free on any input; the webrtc crate
+//! parses the full SDP afterwards.
 
 use std::fmt::Write as _;
 
@@ -220,6 +221,55 @@ pub fn select(
     Ok(out)
 }
 
+/// Codecs that carry no media of their own (retransmission, redundancy, FEC, comfort noise,
+/// DTMF): never the one an m= section is accepted under.
+fn is_auxiliary(c: &OfferCodec) -> bool {
+    [
+        "rtx",
+        "red",
+        "ulpfec",
+        "flexfec-03",
+        "CN",
+        "telephone-event",
+    ]
+    .iter()
+    .any(|n| c.name.eq_ignore_ascii_case(n))
+}
+
+/// For each kind (audio, video) that the offer has an m= section for but the stream cannot
+/// feed (no track of that kind, or none in a codec the offer has), the offered codec under
+/// which that section is answered `a=inactive`: the first media codec of the first section of
+/// that kind, so the answer lists a format of the offer (RFC 3264 §6.1) that the player
+/// supports. A section with only auxiliary codecs gets none, and is rejected (port 0).
+///
+/// Why inactive and not rejected (port 0): JSEP (RFC 9429 §5.3.1) rejects an m= section
+/// only when no offered format is supported or the transceiver is stopped; otherwise the
+/// answer's direction is the offered one intersected with the local one, and a `recvonly`
+/// offer met by nothing to send is `inactive`. An accepted section stays in the BUNDLE group
+/// and carries the bundle's ICE credentials, DTLS setup role and rtcp-mux like the others,
+/// which strict stacks need: aiortc refuses an answer in which any m= section lacks
+/// `a=ice-ufrag`/`a=ice-pwd` ("ICE username fragment or password is missing"), an `a=setup`
+/// of active/passive, `a=rtcp-mux` or a codec it knows, and it would start a separate ICE
+/// transport for a section outside the BUNDLE group.
+pub fn inactive_codecs(
+    offer: &[OfferMedia],
+    selections: &[Selection],
+) -> Vec<(TrackKind, OfferCodec)> {
+    let mut out = Vec::new();
+    for (kind, name) in [(TrackKind::Audio, "audio"), (TrackKind::Video, "video")] {
+        if selections.iter().any(|s| s.spec.kind == kind) {
+            continue;
+        }
+        let Some(section) = offer.iter().find(|m| m.kind == name) else {
+            continue;
+        };
+        if let Some(c) = section.codecs.iter().find(|c| !is_auxiliary(c)) {
+            out.push((kind, c.clone()));
+        }
+    }
+    out
+}
+
 fn describe_mismatch(tracks: &[(TrackId, TrackSpec)], offer: &[OfferMedia]) -> String {
     let mut s = String::from("no common codec: the stream has ");
     let stream: Vec<String> = tracks
@@ -343,6 +393,73 @@ a=rtpmap:105 H264/90000\r\na=fmtp:105 level-asymmetry-allowed=1;packetization-mo
             e.contains("PCMU/8000 (audio)") && e.contains("audio: opus/48000/2"),
             "{e}"
         );
+    }
+
+    /// The offer aiortc 1.16 makes for recvonly audio + video transceivers (as captured by
+    /// tests/whep/aiortc_client.py).
+    const AIORTC_OFFER: &str = include_str!("../../tests/fixtures/aiortc_offer_av.sdp");
+
+    #[test]
+    fn aiortc_offer_parses() {
+        let m = parse_offer(AIORTC_OFFER).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].kind.as_str(), m[1].kind.as_str()), ("audio", "video"));
+        let names: Vec<&str> = m[0].codecs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["opus", "G722", "PCMU", "PCMA"]);
+        assert_eq!(m[1].codecs[0].name, "VP8");
+        assert_eq!(m[1].codecs[0].payload_type, 97);
+    }
+
+    #[test]
+    fn a_kind_the_stream_cannot_feed_is_answered_inactive_under_an_offered_codec() {
+        let pcmu = vec![(0, track(TrackKind::Audio, "PCMU", 8000, 0, None))];
+        for offer in [AIORTC_OFFER, CHROMIUM_OFFER] {
+            let m = parse_offer(offer).unwrap();
+            let s = select(&pcmu, &m).unwrap();
+            assert_eq!(s.len(), 1);
+            let inactive = inactive_codecs(&m, &s);
+            assert_eq!(inactive.len(), 1, "{offer}");
+            assert_eq!(inactive[0].0, TrackKind::Video);
+            // The first media codec of the video section (VP8 in both), never rtx.
+            assert_eq!(inactive[0].1.name, "VP8");
+            assert_eq!(inactive[0].1, m[1].codecs[0]);
+        }
+        // Audio + H264 video streams use every section: nothing is inactive.
+        let m = parse_offer(AIORTC_OFFER).unwrap();
+        let av = vec![
+            (0, track(TrackKind::Audio, "PCMU", 8000, 0, None)),
+            (
+                1,
+                track(
+                    TrackKind::Video,
+                    "H264",
+                    90000,
+                    99,
+                    Some("profile-level-id=42e01f;packetization-mode=1"),
+                ),
+            ),
+        ];
+        let s = select(&av, &m).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1].offered.payload_type, 101);
+        assert!(inactive_codecs(&m, &s).is_empty());
+        // A video-only stream: the audio section is the inactive one (opus, aiortc's first).
+        let video = vec![(1, av[1].1.clone())];
+        let s = select(&video, &m).unwrap();
+        let inactive = inactive_codecs(&m, &s);
+        assert_eq!(inactive.len(), 1);
+        assert_eq!(
+            (inactive[0].0, inactive[0].1.name.as_str()),
+            (TrackKind::Audio, "opus")
+        );
+        // Only auxiliary codecs: nothing to accept under; the section is rejected (port 0).
+        let m = parse_offer(
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 98\r\n\
+             a=rtpmap:98 rtx/90000\r\na=fmtp:98 apt=97\r\n",
+        )
+        .unwrap();
+        let s = select(&pcmu, &m).unwrap();
+        assert!(inactive_codecs(&m, &s).is_empty());
     }
 
     #[test]

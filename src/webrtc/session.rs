@@ -30,9 +30,10 @@ use webrtc::peer_connection::{
     RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry as InterceptorRegistry,
     SettingEngineBuilder,
 };
+use webrtc::rtp_transceiver::RTCRtpTransceiverDirection;
 
 use super::forward::{KeyframeGate, Rewriter};
-use super::offer::{self, Selection};
+use super::offer::{self, OfferCodec, Selection};
 use super::{IceServer, WebrtcConfig, WhepError};
 use crate::registry::{
     ReaderEvent, Registry, RegistryError, TrackId, TrackKind, TrackSpec, TryRecvError,
@@ -188,11 +189,12 @@ impl WhepService {
             })?;
         let tracks = wait_for_tracks(&mut reader, stream, self.inner.cfg.track_wait).await?;
         let selections = offer::select(&tracks, &offer)?;
+        let inactive = offer::inactive_codecs(&offer, &selections);
         let port = self.take_port()?;
         let id = crate::ids::random_token(16);
         let span = tracing::info_span!("whep", stream = %stream, session = %id);
         let started = self
-            .start_peer(&selections, offer_sdp, port.port)
+            .start_peer(&selections, &inactive, offer_sdp, port.port)
             .instrument(span.clone())
             .await?;
         let Started {
@@ -215,10 +217,15 @@ impl WhepService {
                 .iter()
                 .map(|o| format!("{}/{}", o.spec.codec, o.spec.clock_rate))
                 .collect();
+            let inactive: Vec<String> = inactive
+                .iter()
+                .map(|(_, c)| format!("{}/{}", c.name, c.clock_rate))
+                .collect();
             tracing::info!(
                 reader = reader.id(),
                 port = port.port,
                 codecs = %codecs.join(","),
+                inactive = %inactive.join(","),
                 "WHEP session answered"
             );
         }
@@ -274,6 +281,7 @@ impl WhepService {
     async fn start_peer(
         &self,
         selections: &[Selection],
+        inactive: &[(TrackKind, OfferCodec)],
         offer_sdp: &str,
         port: u16,
     ) -> Result<Started, WhepError> {
@@ -320,6 +328,35 @@ impl WhepService {
                 )
                 .map_err(|e| internal("registering codec", e))?;
             codecs.push((kind, codec));
+        }
+        // The offered kinds the stream cannot feed: registered under one offered codec so
+        // that their m= sections are answered `inactive` inside the BUNDLE group, with the
+        // bundle's ICE credentials, setup role and rtcp-mux, instead of being rejected with
+        // a bare `m=video 0 ... 0` + `a=mid` (which aiortc refuses). Nothing is ever sent or
+        // received on them. See `offer::inactive_codecs` for the standards side.
+        for (kind, c) in inactive {
+            let (kind, prefix) = match kind {
+                TrackKind::Audio => (RtpCodecKind::Audio, "audio"),
+                TrackKind::Video => (RtpCodecKind::Video, "video"),
+            };
+            media
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: RTCRtpCodec {
+                            mime_type: format!("{prefix}/{}", c.name),
+                            clock_rate: c.clock_rate,
+                            channels: match kind {
+                                RtpCodecKind::Audio => u16::from(c.channels),
+                                _ => 0,
+                            },
+                            sdp_fmtp_line: c.fmtp.clone().unwrap_or_default(),
+                            rtcp_feedback: Vec::new(),
+                        },
+                        payload_type: c.payload_type,
+                    },
+                    kind,
+                )
+                .map_err(|e| internal("registering codec", e))?;
         }
         let interceptors = register_default_interceptors(InterceptorRegistry::new(), &mut media)
             .map_err(|e| internal("interceptors", e))?;
@@ -401,6 +438,16 @@ impl WhepService {
             pc.set_remote_description(offer)
                 .await
                 .map_err(|e| WhepError::BadOffer(e.to_string()))?;
+            // The transceivers the offer created without a track of ours (the crate makes
+            // them `sendonly` towards a `recvonly` offer) send nothing: `inactive`, as JSEP
+            // answers a recvonly section when there is nothing to send.
+            for t in pc.get_transceivers().await {
+                if t.sender().await.ok().flatten().is_none() {
+                    t.set_direction(RTCRtpTransceiverDirection::Inactive)
+                        .await
+                        .map_err(|e| internal("setting a transceiver inactive", e))?;
+                }
+            }
             let answer = pc
                 .create_answer(None)
                 .await

@@ -1565,3 +1565,73 @@ pub fn h264_packetize(au: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
         .map(|(i, p)| (p, i + 1 == n))
         .collect()
 }
+
+/// The media sections of an SDP, each as its lines (the m= line first).
+pub fn sdp_sections(sdp: &str) -> Vec<Vec<&str>> {
+    let mut out: Vec<Vec<&str>> = Vec::new();
+    for l in sdp.lines().map(str::trim_end) {
+        if l.starts_with("m=") {
+            out.push(vec![l]);
+        } else if let Some(s) = out.last_mut() {
+            s.push(l);
+        }
+    }
+    out
+}
+
+/// The gateway's answer to an audio+video WHEP offer for an audio-only stream, as every
+/// strict WebRTC stack (aiortc among them) needs it: audio sendonly, video accepted
+/// `inactive` (not rejected with port 0) in the same BUNDLE group, both with the same ICE
+/// credentials and DTLS setup role, rtcp-mux and a codec of the offer; a fingerprint at
+/// session level or in the sections. `answer` is the SDP as sent, or as a browser's
+/// `remoteDescription` shows it.
+pub fn assert_av_answer_for_audio_only(answer: &str) {
+    let media = sdp_sections(answer);
+    assert_eq!(media.len(), 2, "{answer}");
+    for (s, kind) in media.iter().zip(["audio", "video"]) {
+        let mut m = s[0].trim_start_matches("m=").split_whitespace();
+        assert_eq!(m.next(), Some(kind), "{answer}");
+        // Accepted, not rejected: port 9 as the gateway writes it (a browser's
+        // remoteDescription shows its candidate's port instead).
+        assert_ne!(m.next(), Some("0"), "{kind} rejected: {answer}");
+    }
+    let attr = |s: &[&str], key: &str| -> Option<String> {
+        s.iter()
+            .find_map(|l| l.strip_prefix(&format!("a={key}")).map(str::to_string))
+    };
+    assert!(media[0].contains(&"a=sendonly"), "{answer}");
+    assert!(media[1].contains(&"a=inactive"), "{answer}");
+    assert!(
+        !media[1]
+            .iter()
+            .any(|l| l.starts_with("a=ssrc:") || l.starts_with("a=msid:")),
+        "nothing is sent on video: {answer}"
+    );
+    let mids: Vec<String> = media
+        .iter()
+        .map(|s| attr(s, "mid:").expect("a=mid"))
+        .collect();
+    let bundle = answer
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=group:BUNDLE "))
+        .unwrap_or_else(|| panic!("no BUNDLE group: {answer}"));
+    assert_eq!(
+        bundle.split_whitespace().collect::<Vec<_>>(),
+        mids,
+        "{answer}"
+    );
+    for key in ["ice-ufrag:", "ice-pwd:", "setup:"] {
+        let values: Vec<Option<String>> = media.iter().map(|s| attr(s, key)).collect();
+        assert!(values[0].is_some(), "no a={key} in audio: {answer}");
+        assert_eq!(values[0], values[1], "a={key} of video: {answer}");
+    }
+    assert_ne!(attr(&media[1], "setup:").as_deref(), Some("actpass"));
+    for s in &media {
+        assert!(s.contains(&"a=rtcp-mux"), "{answer}");
+        assert!(
+            s.iter().any(|l| l.starts_with("a=rtpmap:")),
+            "each section carries a codec of the offer: {answer}"
+        );
+    }
+    assert!(answer.contains("a=fingerprint:"), "{answer}");
+}
