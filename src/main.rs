@@ -146,6 +146,14 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cfg.record_fsync,
         bus.clone(),
     );
+    let recordings_on_exit = recordings.clone();
+    let interrupted = recordings.recover();
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "recordings of an earlier run were never finished; marked interrupted"
+        );
+    }
     let media = MediaThreads::start(cfg.rtp_threads).context("media threads")?;
     tracing::info!(threads = media.len(), "media threads started");
     let calls = CallManager::new(
@@ -171,6 +179,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cfg.media_exchange_timeout,
     );
     tokio::spawn(exchanges.clone().run());
+    let webhook_stats_on_exit = webhook_stats.clone();
     let metrics = Metrics::new(calls.clone(), webhook_stats);
     tokio::spawn(metrics.clone().follow(bus.clone(), calls.clone()));
     tokio::spawn(metrics.clone().sample_jitter(calls.registry().clone()));
@@ -208,11 +217,27 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let server_task = tokio::spawn(server);
 
     shutdown_signal().await;
+    // Graceful: everything within shutdown_timeout_s, in order: calls hung up (BYE) and
+    // un-registered, recordings finalised as their streams end, webhooks delivered.
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
     tracing::info!("shutting down: hanging up calls and un-registering");
     pushes.terminate_all();
     pulls.terminate_all();
     media_streams.stop_all();
     calls.shutdown(cfg.shutdown_timeout).await;
+    let left = |d: tokio::time::Instant| d.saturating_duration_since(tokio::time::Instant::now());
+    let running = recordings_on_exit.wait_idle(left(deadline)).await;
+    if running > 0 {
+        tracing::warn!(running, "shutdown: recordings still running at the timeout");
+    }
+    if let Some(stats) = &webhook_stats_on_exit {
+        if !stats
+            .drain(left(deadline).max(std::time::Duration::from_millis(200)))
+            .await
+        {
+            tracing::warn!("shutdown: webhook events still queued at the timeout");
+        }
+    }
     handle.stop(true).await;
     let _ = server_task.await;
     tracing::info!("stopped");

@@ -44,6 +44,25 @@ pub struct WebhookStats {
     pub failed_attempts: AtomicU64,
     /// Events given up after the retries, or lost because the poster fell behind.
     pub dropped: AtomicU64,
+    /// Nothing queued and nothing being posted (what a graceful shutdown waits for).
+    pub idle: std::sync::atomic::AtomicBool,
+}
+
+impl WebhookStats {
+    /// Waits until every event published so far is posted (or given up), or `limit`;
+    /// returns whether the poster is idle.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        // Events published just before the call reach the poster's queue first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while !self.idle.load(Ordering::Acquire) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 pub fn spawn(
@@ -62,8 +81,10 @@ pub fn spawn(
         };
         let mut delivery: u64 = 0;
         loop {
+            stats.idle.store(rx.is_empty(), Ordering::Release);
             match rx.recv().await {
                 Ok(event) => {
+                    stats.idle.store(false, Ordering::Release);
                     delivery += 1;
                     post(&client, &cfg, &event, delivery, &stats).await
                 }

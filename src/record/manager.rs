@@ -34,6 +34,8 @@ struct Inner {
     fsync: bool,
     bus: EventBus,
     table: Mutex<Table>,
+    /// Recordings of earlier runs found in `record_dir` at start ([`RecordingManager::recover`]).
+    past: Mutex<Vec<RecordingInfo>>,
 }
 
 #[derive(Default)]
@@ -59,12 +61,102 @@ impl RecordingManager {
                 fsync,
                 bus,
                 table: Mutex::new(Table::default()),
+                past: Mutex::new(Vec::new()),
             }),
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
+    /// At start: reads the sidecars of `record_dir`. One still `recording` belongs to a run
+    /// that stopped without finishing it (crash, kill, power loss): it becomes `interrupted`,
+    /// with the file's size, its last write as the end and the time between as the
+    /// duration (media is written as it comes), and its sidecar is rewritten. Leftover
+    /// temporary sidecars are removed. Every sidecar found is listed by `find_all`, oldest
+    /// first. Returns how many were interrupted.
+    pub fn recover(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.inner.dir) else {
+            return 0;
+        };
+        let mut past = Vec::new();
+        let mut interrupted = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.ends_with(".json.tmp") {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Ok(text) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(mut info) = serde_json::from_slice::<RecordingInfo>(&text) else {
+                tracing::warn!(file = %path.display(), "not a recording sidecar; ignored");
+                continue;
+            };
+            if info.state == RecordingState::Recording {
+                let media = self.inner.dir.join(&info.file_name);
+                let meta = std::fs::metadata(&media).ok();
+                info.size_bytes = meta.as_ref().map_or(0, |m| m.len());
+                let ended = meta
+                    .and_then(|m| m.modified().ok())
+                    .map(time::OffsetDateTime::from);
+                let started = time::OffsetDateTime::parse(
+                    &info.started_at,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok();
+                if let (Some(s), Some(e)) = (started, ended) {
+                    info.duration_ms = u64::try_from((e - s).whole_milliseconds()).unwrap_or(0);
+                }
+                info.ended_at = ended.and_then(|e| {
+                    e.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+                info.state = RecordingState::Interrupted;
+                info.end_reason = Some(
+                    "interrupted: the gateway stopped before the recording ended (crash, kill \
+                     or power loss); the file plays up to its last whole fragment"
+                        .into(),
+                );
+                let file = self.inner.dir.join(&info.file_name);
+                if let Err(e) = super::write_sidecar(&file, &info) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot mark the sidecar interrupted");
+                }
+                interrupted += 1;
+            }
+            past.push(info);
+        }
+        past.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        tracing::info!(found = past.len(), interrupted, dir = %self.inner.dir.display(), "recordings of earlier runs");
+        *self.inner.past.lock() = past;
+        interrupted
+    }
+
+    /// Waits until no recording is running (each finishes its file when its stream ends),
+    /// or `limit`; returns how many are still running.
+    pub async fn wait_idle(&self, limit: Duration) -> usize {
+        let handles: Vec<RecordingHandle> = self
+            .inner
+            .table
+            .lock()
+            .by_id
+            .values()
+            .map(|(_, h)| h.clone())
+            .collect();
+        // `wait` returns once the file is finalised and its sidecar written.
+        let all = futures_util::future::join_all(handles.iter().map(RecordingHandle::wait));
+        if tokio::time::timeout(limit, all).await.is_ok() {
+            return 0;
+        }
+        handles
+            .iter()
+            .filter(|h| h.info().state == RecordingState::Recording)
+            .count()
     }
 
     /// Starts recording `stream`. 404 for an unknown stream, 409 when it is already being
@@ -184,13 +276,16 @@ impl RecordingManager {
         )
     }
 
-    /// Every recording, oldest first.
+    /// Every recording, oldest first: those of earlier runs (from their sidecars), then
+    /// this run's.
     pub fn find_all(&self) -> Vec<RecordingInfo> {
         let t = self.inner.table.lock();
         let mut all: Vec<(u64, RecordingInfo)> =
             t.by_id.values().map(|(n, h)| (*n, h.info())).collect();
         all.sort_by_key(|(n, _)| *n);
-        all.into_iter().map(|(_, i)| i).collect()
+        let mut out = self.inner.past.lock().clone();
+        out.extend(all.into_iter().map(|(_, i)| i));
+        out
     }
 
     fn active_for(&self, stream: &str) -> Option<RecordingInfo> {

@@ -94,16 +94,19 @@ impl Default for RecordOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordingState {
     Recording,
     Done,
     Failed,
+    /// The gateway stopped (crash, kill, power loss) before the recording ended: found so at
+    /// the next start. The file plays up to its last whole fragment.
+    Interrupted,
 }
 
 /// A recording as `/recorder/find_all` and the sidecar show it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordingInfo {
     pub file_name: String,
@@ -261,6 +264,12 @@ pub fn start_recording_with(
             path: path.clone(),
             source,
         })?;
+    // The sidecar says `recording` from the start: one still saying so at the next start
+    // marks a recording the gateway never finished (RecordingManager::recover).
+    let starting = RecordingInfo::starting(stream, &path, meta.clone());
+    if let Err(e) = write_sidecar(&path, &starting) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot write the recording's sidecar");
+    }
     spawn_recording(&rt, reader, stream, path, file, meta, opts)
 }
 

@@ -205,6 +205,12 @@ impl Gateway {
         self.child.id()
     }
 
+    /// SIGKILL, at once: no cleanup of any kind (a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then waits for exit; returns whether it exited on its own in time.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
         let _ = Command::new("kill")
@@ -286,12 +292,17 @@ impl Sipp {
 
     /// As [`Sipp::uas`], with more `@NAME@` placeholders of the scenario replaced.
     pub fn uas_with(scenario: &str, transport: &str, alaw: bool, vars: &[(&str, String)]) -> Sipp {
-        Self::launch(scenario, transport, alaw, vars, None)
+        Self::launch(scenario, transport, alaw, vars, None, 1)
+    }
+
+    /// As [`Sipp::uas`], handling `calls` calls (at once if they come at once).
+    pub fn uas_many(scenario: &str, calls: u32) -> Sipp {
+        Self::launch(scenario, "udp", false, &[], None, calls)
     }
 
     /// Starts sipp as UAC with `scenario`, placing one call to the gateway's SIP port.
     pub fn uac(scenario: &str, gateway_sip_port: u16, vars: &[(&str, String)]) -> Sipp {
-        Self::launch(scenario, "udp", false, vars, Some(gateway_sip_port))
+        Self::launch(scenario, "udp", false, vars, Some(gateway_sip_port), 1)
     }
 
     fn launch(
@@ -300,6 +311,7 @@ impl Sipp {
         alaw: bool,
         vars: &[(&str, String)],
         remote_port: Option<u16>,
+        calls: u32,
     ) -> Sipp {
         require("sipp");
         let dir = tempdir();
@@ -338,7 +350,15 @@ impl Sipp {
             .args(["-sf", sf.to_str().unwrap()])
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
             .args(["-mi", "127.0.0.1", "-mp", &media_port.to_string()])
-            .args(["-t", t, "-m", "1", "-timeout", "60s", "-timeout_error"])
+            .args([
+                "-t",
+                t,
+                "-m",
+                &calls.to_string(),
+                "-timeout",
+                "60s",
+                "-timeout_error",
+            ])
             .args(["-trace_err", "-trace_msg", "-nostdin"])
             .current_dir(dir.path())
             .stdout(std::fs::File::create(&log).unwrap())
