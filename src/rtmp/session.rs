@@ -80,6 +80,24 @@ fn proto(e: impl std::fmt::Display) -> SessionError {
     SessionError::Protocol(e.to_string())
 }
 
+/// Runs rml_rtmp on the server's bytes with its panics turned into protocol errors.
+/// rml_rtmp 0.8 panics on some malformed messages, e.g. an AMF0 command with fewer than
+/// three values (`drain(..3)` in `messages/types/amf0_command.rs`), found by the
+/// `rtmp_session` fuzz target. A server must not be able to crash the push task; the error
+/// closes the connection like any other (the session is not used again).
+fn contain<T>(f: impl FnOnce() -> Result<T, SessionError>) -> Result<T, SessionError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(SessionError::Protocol(format!(
+            "malformed message from the server (rml_rtmp panicked: {why})"
+        )))
+    })
+}
+
 impl PublishSession {
     pub fn new(url: RtmpUrl) -> Result<Self, SessionError> {
         let mut hs = Handshake::new(PeerType::Client);
@@ -164,7 +182,7 @@ impl PublishSession {
         let State::Session { session, .. } = &mut self.state else {
             return Ok(None);
         };
-        let results = session.handle_input(&remaining).map_err(proto)?;
+        let results = contain(|| session.handle_input(&remaining).map_err(proto))?;
         let mut follow_up = Vec::new();
         for r in results {
             match r {
@@ -387,6 +405,25 @@ mod tests {
         assert_eq!(audio.len(), 2, "server got {audio:?}");
         assert_eq!(audio[1].0, 21);
         assert_eq!(&audio[1].1[..], &[0xAF, 1, 7]);
+    }
+
+    #[test]
+    fn a_command_with_too_few_values_is_an_error_not_a_panic() {
+        let url = RtmpUrl::parse("rtmp://h/live/s").unwrap();
+        let mut c = PublishSession::new(url).unwrap();
+        // S0, S1 and S2 of an old-style handshake (S2 is not checked).
+        let mut hs = vec![3u8];
+        hs.extend(std::iter::repeat_n(0u8, 2 * 1536));
+        assert_eq!(c.handle_input(&hs).unwrap(), None);
+        // An AMF0 command (type 20) on chunk stream 3 holding only the number 0: rml_rtmp
+        // 0.8 wants three values and panics (the rtmp_session fuzz target's find).
+        let amf0 = [0u8; 9];
+        let mut msg = vec![0x03, 0, 0, 0, 0, 0, amf0.len() as u8, 20, 0, 0, 0, 0];
+        msg.extend_from_slice(&amf0);
+        match c.handle_input(&msg) {
+            Err(SessionError::Protocol(why)) => assert!(why.contains("panicked"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -712,7 +712,14 @@ pub fn answer(
                 _ => {
                     let mut a = MediaDescription::new(o.kind.clone(), 0, &o.proto);
                     a.formats = o.formats.iter().take(1).copied().collect();
-                    a.rtpmaps = o.rtpmaps.iter().take(1).cloned().collect();
+                    // Only that format's rtpmap: the first rtpmap may belong to another
+                    // format when the first has none (found by the siprec_body fuzz target).
+                    a.rtpmaps = o
+                        .rtpmaps
+                        .iter()
+                        .filter(|r| a.formats.contains(&r.pt))
+                        .cloned()
+                        .collect();
                     a.direction = Direction::Inactive;
                     a
                 }
@@ -928,6 +935,22 @@ mod tests {
             !text.contains("opus"),
             "codecs the offer lacks are not answered: {text}"
         );
+    }
+
+    #[test]
+    fn a_rejected_section_answers_its_first_format_with_that_formats_rtpmap_only() {
+        // The first format (98) has no rtpmap; the first rtpmap is another format's (100).
+        let offer = SessionDescription::parse(
+            "v=0\r\no=x 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+             m=audio 5000 RTP/AVP 98 100\r\na=rtpmap:100 telephone-event/8000\r\n",
+        )
+        .unwrap();
+        let a = answer(&our_audio(), &offer, Direction::SendRecv);
+        let m = &a.media[0];
+        assert_eq!((m.port, &m.formats[..]), (0, &[98][..]));
+        assert!(m.rtpmaps.is_empty(), "{:?}", m.rtpmaps);
+        // What is written is what the struct says.
+        assert_eq!(SessionDescription::parse(&a.to_string()), Ok(a));
     }
 
     #[test]

@@ -43,8 +43,11 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            // Control characters other than tab/LF/CR are not allowed in XML 1.0.
+            // Not XML 1.0 characters: controls other than tab/LF/CR, U+FFFE and U+FFFF
+            // (a Call-ID or display name with U+FFFF made the document not well-formed; found
+            // by the siprec_body fuzz target).
             c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
+            '\u{FFFE}' | '\u{FFFF}' => {}
             c => out.push(c),
         }
     }
@@ -302,6 +305,14 @@ pub fn name_addr(value: &str) -> (Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_text_is_always_xml_characters() {
+        let e = escape("a\u{FFFF}b\u{FFFE}c\u{1}<&\"\t\u{10000}");
+        assert_eq!(e, "abc&lt;&amp;&quot;\t\u{10000}");
+        let doc = format!("<a b=\"{e}\">{e}</a>");
+        assert!(roxmltree::Document::parse(&doc).is_ok(), "{doc}");
+    }
 
     #[test]
     fn blocks_must_be_well_formed_elements() {
