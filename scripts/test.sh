@@ -13,3 +13,6 @@ echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
+# Fuzzing: every target for a bounded time; fails on a crash, timeout or OOM (README "Fuzzing").
+echo "== fuzz (scripts/fuzz.sh)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh

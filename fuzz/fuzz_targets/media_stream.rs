@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
 
     // The bytes as RTP payloads of PCMU and Opus tracks, with timestamps from the input.
     for codec in [AudioCodec::Pcmu, AudioCodec::Opus] {
-        let clock = if codec == AudioCodec::Opus { 48000 } else { 8000 };
+        let clock = if codec == AudioCodec::Opus {
+            48000
+        } else {
+            8000
+        };
         let mut f = TrackFramer::new(TrackLabel::Inbound, codec, clock, audio).unwrap();
         let mut out = Vec::new();
         for (i, chunk) in data.chunks(37).enumerate() {
@@ -61,7 +65,11 @@ fuzz_target!(|data: &[u8]| {
         }
         for m in &out {
             if let Outgoing::Media { audio: a, .. } = m {
-                let want = if audio.codec == WireCodec::L16 { 320 } else { 160 };
+                let want = if audio.codec == WireCodec::L16 {
+                    320
+                } else {
+                    160
+                };
                 assert_eq!(a.len(), want);
             }
         }

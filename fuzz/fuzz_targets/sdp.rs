@@ -11,6 +11,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(sdp) = SessionDescription::parse(text) {
         let written = sdp.to_string();
-        assert_eq!(SessionDescription::parse(&written).as_ref(), Ok(&sdp), "{written}");
+        assert_eq!(
+            SessionDescription::parse(&written).as_ref(),
+            Ok(&sdp),
+            "{written}"
+        );
     }
 });
