@@ -367,6 +367,10 @@ impl Gateway {
             ("rtp_port_min".into(), "10000".into()),
             ("rtp_port_max".into(), "29999".into()),
             ("max_calls".into(), "10000".into()),
+            // The benchmark measures capacity: the load-shedding and reader limits, which
+            // refuse early on purpose, are opened up.
+            ("sip_max_pending_invites".into(), "100000".into()),
+            ("stream_max_readers".into(), "100000".into()),
             ("sip_socket_buffer".into(), (8 << 20).to_string()),
             (
                 "record_dir".into(),
