@@ -70,8 +70,8 @@ impl RecordingManager {
     /// that stopped without finishing it (crash, kill, power loss): it becomes `interrupted`,
     /// with the file's size, its last write as the end and the time between as the
     /// duration (media is written as it comes), and its sidecar is rewritten. Leftover
-    /// temporary sidecars are removed. Every sidecar found is listed by `find_all`, oldest
-    /// first. Returns how many were interrupted.
+    /// temporary sidecars are removed. The newest `HISTORY` sidecars found are listed by
+    /// `find_all`, oldest first. Returns how many were interrupted.
     pub fn recover(&self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.inner.dir) else {
             return 0;
@@ -132,7 +132,12 @@ impl RecordingManager {
             past.push(info);
         }
         past.sort_by(|a, b| a.started_at.cmp(&b.started_at));
-        tracing::info!(found = past.len(), interrupted, dir = %self.inner.dir.display(), "recordings of earlier runs");
+        // Listed like this run's finished ones: the newest HISTORY (the files all stay).
+        let listed = past.len();
+        if listed > HISTORY {
+            past.drain(..listed - HISTORY);
+        }
+        tracing::info!(found = listed, interrupted, dir = %self.inner.dir.display(), "recordings of earlier runs");
         *self.inner.past.lock() = past;
         interrupted
     }
