@@ -254,6 +254,40 @@ async fn register_and_407_through_kamailio() {
     );
 }
 
+/// RFC 8760: kamailio challenges with `algorithm=SHA-256`; the gateway answers REGISTER's
+/// 401 and INVITE's 407 with SHA-256 digests, and kamailio accepts them (an MD5 answer would
+/// be refused).
+#[tokio::test]
+async fn sha256_digest_through_kamailio() {
+    common::require("kamailio");
+    let gw = Gateway::start(&[]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    let mut kam = common::Kamailio::start_sha256(sipp.port);
+    let body = json!({
+        "callId": "kam256",
+        "callee": "10005",
+        "sipLogin": "alice",
+        "sipPassword": "s3cret-Pa55",
+        "sipDomain": "sipstream.test",
+        "sipOutboundProxy": "127.0.0.1",
+        "sipPort": kam.port,
+        "sipRegisterRequired": "true",
+        "toStream": "kam256_stream",
+    });
+    let (status, v) = gw.post_json("/call/startup", body).await;
+    assert_eq!(status, 200, "{v}");
+    gw.wait_status("kam256", &["ESTABLISHED"], T).await;
+    let (status, _) = gw
+        .post_json("/call/terminate", json!({"callId": "kam256"}))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("kam256", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+    let log = kam.wait_log("INVITE-AUTH-OK", T);
+    assert!(log.contains("REGISTER-OK alice"), "{log}");
+    assert!(log.contains("INVITE-AUTH-OK alice -> 10005"), "{log}");
+}
+
 #[tokio::test]
 async fn early_media_flows_into_the_stream_before_the_answer() {
     let gw = Gateway::start(&[]).await;

@@ -9,7 +9,9 @@
 //! never log or print a password or a computed response; [`Credentials`]'s `Debug` hides the
 //! password.
 //!
-//! Supported: algorithms `MD5` and `MD5-sess`, qop `auth` or no qop (RFC 2069 compatibility).
+//! Supported: algorithms `MD5`, `MD5-sess`, `SHA-256` and `SHA-256-sess` (RFC 8760), qop
+//! `auth` or no qop (RFC 2069 compatibility). Of several challenges for one realm in a
+//! response, the topmost one with a supported algorithm is answered (RFC 8760 §2.4).
 //! Not supported (an error names it): `qop=auth-int` alone (it hashes the body, which this
 //! API does not take), SHA-256 and SHA-512-256 (RFC 8760), other schemes than Digest.
 
@@ -55,6 +57,10 @@ pub enum Algorithm {
     Md5,
     /// `MD5-sess`.
     Md5Sess,
+    /// `SHA-256` (RFC 8760).
+    Sha256,
+    /// `SHA-256-sess` (RFC 8760).
+    Sha256Sess,
 }
 
 impl Algorithm {
@@ -62,6 +68,23 @@ impl Algorithm {
         match self {
             Algorithm::Md5 => "MD5",
             Algorithm::Md5Sess => "MD5-sess",
+            Algorithm::Sha256 => "SHA-256",
+            Algorithm::Sha256Sess => "SHA-256-sess",
+        }
+    }
+
+    fn is_sess(self) -> bool {
+        matches!(self, Algorithm::Md5Sess | Algorithm::Sha256Sess)
+    }
+
+    /// The hex digest of `data` with this algorithm's hash.
+    fn hex(self, data: &str) -> String {
+        match self {
+            Algorithm::Md5 | Algorithm::Md5Sess => md5_hex(data),
+            Algorithm::Sha256 | Algorithm::Sha256Sess => {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(data.as_bytes()))
+            }
         }
     }
 }
@@ -130,6 +153,10 @@ impl Challenge {
                         Algorithm::Md5
                     } else if value.eq_ignore_ascii_case("MD5-sess") {
                         Algorithm::Md5Sess
+                    } else if value.eq_ignore_ascii_case("SHA-256") {
+                        Algorithm::Sha256
+                    } else if value.eq_ignore_ascii_case("SHA-256-sess") {
+                        Algorithm::Sha256Sess
                     } else {
                         return Err(DigestError::Unsupported {
                             what: "algorithm",
@@ -341,19 +368,20 @@ pub fn authorize(
     if nc == 0 {
         return Err(DigestError::InvalidNonceCount(nc));
     }
-    let mut ha1 = md5_hex(&format!(
+    let alg = ch.algorithm;
+    let mut ha1 = alg.hex(&format!(
         "{}:{}:{}",
         creds.username, ch.realm, creds.password
     ));
-    if ch.algorithm == Algorithm::Md5Sess {
-        ha1 = md5_hex(&format!("{ha1}:{}:{cnonce}", ch.nonce));
+    if alg.is_sess() {
+        ha1 = alg.hex(&format!("{ha1}:{}:{cnonce}", ch.nonce));
     }
-    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    let ha2 = alg.hex(&format!("{method}:{uri}"));
     let nc_text = format!("{nc:08x}");
     let response = if use_qop {
-        md5_hex(&format!("{ha1}:{}:{nc_text}:{cnonce}:auth:{ha2}", ch.nonce))
+        alg.hex(&format!("{ha1}:{}:{nc_text}:{cnonce}:auth:{ha2}", ch.nonce))
     } else {
-        md5_hex(&format!("{ha1}:{}:{ha2}", ch.nonce))
+        alg.hex(&format!("{ha1}:{}:{ha2}", ch.nonce))
     };
 
     let mut out = format!(
@@ -369,7 +397,7 @@ pub fn authorize(
             ", cnonce={}, qop=auth, nc={nc_text}",
             quote(cnonce)
         ));
-    } else if ch.algorithm == Algorithm::Md5Sess {
+    } else if ch.algorithm.is_sess() {
         out.push_str(&format!(", cnonce={}", quote(cnonce)));
     }
     if let Some(opaque) = &ch.opaque {
@@ -590,6 +618,43 @@ mod tests {
         );
     }
 
+    /// RFC 7616 §3.9.1, the SHA-256 and the MD5 answer to the same challenge.
+    #[test]
+    fn rfc7616_section_3_9_1_vectors() {
+        let challenge = |alg: &str| {
+            Challenge::parse(&format!(
+                r#"Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm={alg},
+                   nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+                   opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#
+            ))
+            .unwrap()
+        };
+        let creds = Credentials::new("Mufasa", "Circle of Life");
+        let cnonce = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+        let sha = challenge("SHA-256");
+        assert_eq!(sha.algorithm, Algorithm::Sha256);
+        let h = authorize(&sha, &creds, "GET", "/dir/index.html", 1, cnonce).unwrap();
+        assert_eq!(
+            param(&h, "response").as_deref(),
+            Some("753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1")
+        );
+        assert_eq!(param(&h, "algorithm").as_deref(), Some("SHA-256"));
+        let md5 = authorize(
+            &challenge("MD5"),
+            &creds,
+            "GET",
+            "/dir/index.html",
+            1,
+            cnonce,
+        )
+        .unwrap();
+        assert_eq!(
+            param(&md5, "response").as_deref(),
+            Some("8ca523f5e9506fed4657c9700eebdbec")
+        );
+        assert_eq!(challenge("sha-256-SESS").algorithm, Algorithm::Sha256Sess);
+    }
+
     #[test]
     fn sip_vector_without_qop() {
         // By hand: HA1 = MD5("alice:sip.example.com:s3cr3t") = f4e497010f7a8c57f2c7897781577c57,
@@ -650,10 +715,10 @@ mod tests {
             Err(DigestError::UnsupportedScheme("Basic".into()))
         );
         assert_eq!(
-            Challenge::parse(r#"Digest realm="r", nonce="n", algorithm=SHA-256"#),
+            Challenge::parse(r#"Digest realm="r", nonce="n", algorithm=SHA-512-256"#),
             Err(DigestError::Unsupported {
                 what: "algorithm",
-                value: "SHA-256".into()
+                value: "SHA-512-256".into()
             })
         );
         assert_eq!(

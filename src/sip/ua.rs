@@ -2519,12 +2519,19 @@ fn challenge(auth: &mut DigestSession, resp: &rsip::Response, rounds: u32) -> Ve
         ChallengeKind::Www
     };
     let mut verdict = Verdict::Unsupported("no digest challenge in the response".into());
+    // RFC 8760 §2.4: of several challenges for one realm (SHA-256 and MD5, say), the
+    // topmost one we support is answered.
+    let mut answered_realms: Vec<String> = Vec::new();
     for value in values {
         match Challenge::parse(value) {
-            Ok(ch) => match auth.on_challenge(kind, ch) {
-                ChallengeVerdict::WrongCredentials => return Verdict::WrongCredentials,
-                ChallengeVerdict::Retry => verdict = Verdict::Retry,
-            },
+            Ok(ch) if answered_realms.contains(&ch.realm) => {}
+            Ok(ch) => {
+                answered_realms.push(ch.realm.clone());
+                match auth.on_challenge(kind, ch) {
+                    ChallengeVerdict::WrongCredentials => return Verdict::WrongCredentials,
+                    ChallengeVerdict::Retry => verdict = Verdict::Retry,
+                }
+            }
             Err(e) => {
                 if !matches!(verdict, Verdict::Retry) {
                     verdict = Verdict::Unsupported(e.to_string());
@@ -3021,6 +3028,49 @@ mod tests {
             phases(&events(&mut ua)).last(),
             Some(&(CallPhase::Finish, Some(487)))
         );
+    }
+
+    /// RFC 8760: SHA-256 offered above MD5 for one realm: only the topmost is answered.
+    #[test]
+    fn the_topmost_supported_digest_algorithm_is_answered() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        place(&mut ua, t0, false);
+        let invite = sent(&mut ua).remove(0);
+        let challenges = "Proxy-Authenticate: Digest realm=\"example.com\", nonce=\"n1\", qop=\"auth\", algorithm=SHA-256\r\n\
+             Proxy-Authenticate: Digest realm=\"example.com\", nonce=\"n2\", qop=\"auth\", algorithm=MD5\r\n";
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            &response(
+                &invite,
+                "407 Proxy Authentication Required",
+                Some("p"),
+                challenges,
+            ),
+        );
+        let out = sent(&mut ua);
+        let retry = out
+            .iter()
+            .find(|m| m.starts_with("INVITE "))
+            .expect("retried INVITE");
+        assert_eq!(retry.matches("Proxy-Authorization:").count(), 1, "{retry}");
+        let auth = header(retry, "Proxy-Authorization");
+        assert!(
+            auth.contains("algorithm=SHA-256") && auth.contains("nonce=\"n1\""),
+            "{auth}"
+        );
+        // The response is 64 hex digits.
+        let resp = auth
+            .split("response=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(resp.len(), 64, "{auth}");
     }
 
     #[test]

@@ -461,7 +461,21 @@ impl Kamailio {
         Self::start_cfg("phones.cfg", 0)
     }
 
+    /// As [`Kamailio::start`], its digest challenges with `algorithm=SHA-256` (RFC 8760).
+    pub fn start_sha256(callee_port: u16) -> Kamailio {
+        Self::start_cfg_with(
+            "kamailio.cfg",
+            callee_port,
+            "modparam(\"auth\", \"algorithm\", \"SHA-256\")",
+        )
+    }
+
     fn start_cfg(file: &str, callee_port: u16) -> Kamailio {
+        Self::start_cfg_with(file, callee_port, "")
+    }
+
+    /// `auth_params`: lines put after the auth module is loaded.
+    fn start_cfg_with(file: &str, callee_port: u16, auth_params: &str) -> Kamailio {
         require("kamailio");
         let dir = tempdir();
         let port = free_udp_port();
@@ -472,7 +486,11 @@ impl Kamailio {
         )
         .unwrap()
         .replace("@PORT@", &port.to_string())
-        .replace("@CALLEE@", &callee_port.to_string());
+        .replace("@CALLEE@", &callee_port.to_string())
+        .replace(
+            "loadmodule \"auth.so\"\n",
+            &format!("loadmodule \"auth.so\"\n{auth_params}\n"),
+        );
         let cfg_path = dir.path().join("kamailio.cfg");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.path().join("kamailio.log");
