@@ -11,7 +11,7 @@ use common::{require, startup_body, tempdir, Gateway, Sipp};
 use serde_json::json;
 use sipstream::hls::playlist::HlsConfig;
 use sipstream::hls::{HlsService, HlsServiceConfig};
-use sipstream::registry::{Leg, MediaUnit, Registry, TrackKind, TrackSpec};
+use sipstream::registry::{Registry, TrackSpec};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -212,17 +212,7 @@ async fn h264_and_pcmu_package_as_hls_that_ffmpeg_decodes() {
     let audio = publisher
         .add_track(TrackSpec::audio("PCMU", 8000, 0))
         .unwrap();
-    let video = publisher
-        .add_track(TrackSpec {
-            kind: TrackKind::Video,
-            leg: Leg::Callee,
-            codec: "H264".into(),
-            clock_rate: 90000,
-            channels: 1,
-            payload_type: 96,
-            fmtp: Some("packetization-mode=1;profile-level-id=42c01e".into()),
-        })
-        .unwrap();
+    let video = publisher.add_track(common::h264_track()).unwrap();
     // The first request starts the HLS reader; it waits for a first segment.
     let first = {
         let hls = hls.clone();
@@ -232,39 +222,13 @@ async fn h264_and_pcmu_package_as_hls_that_ffmpeg_decodes() {
     assert_eq!(other.to_string(), "no stream \"other\"");
     tokio::time::sleep(Duration::from_millis(100)).await;
 
+    // With a real call's arrival times, published as fast as the reader takes them.
     let base = Instant::now();
-    let (a0, v0) = (u32::MAX - 8000 * 3, 123_456u32);
-    let (mut aseq, mut vseq) = (100u16, 5000u16);
-    for i in 0..frames.len() * 2 {
+    let mut source = common::AvSource::new(frames, tone, audio, video);
+    for i in 0..source.steps() {
         let arrival = base + Duration::from_millis(i as u64 * 20);
-        let off = (i * 160) % (tone.len() - 160);
-        publisher.publish(MediaUnit {
-            track: audio,
-            payload_type: 0,
-            seq: aseq,
-            timestamp: a0.wrapping_add(i as u32 * 160),
-            marker: false,
-            ssrc: 0xA0,
-            payload: Bytes::copy_from_slice(&tone[off..off + 160]),
-            arrival,
-        });
-        aseq = aseq.wrapping_add(1);
-        if i % 2 == 0 {
-            let f = i / 2;
-            let au: Vec<&[u8]> = frames[f].iter().map(|n| &n[..]).collect();
-            for (payload, marker) in common::h264_packetize(&au) {
-                publisher.publish(MediaUnit {
-                    track: video,
-                    payload_type: 96,
-                    seq: vseq,
-                    timestamp: v0.wrapping_add(f as u32 * 3600),
-                    marker,
-                    ssrc: 0xB0,
-                    payload: Bytes::from(payload),
-                    arrival,
-                });
-                vseq = vseq.wrapping_add(1);
-            }
+        for unit in source.next_units(arrival) {
+            publisher.publish(unit);
         }
         if i % 25 == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;

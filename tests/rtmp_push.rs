@@ -293,9 +293,8 @@ async fn g711_passes_through_when_asked() {
 /// the library's PushManager to nginx: a player finds h264 320x240 and AAC.
 #[tokio::test(flavor = "multi_thread")]
 async fn h264_and_pcmu_stream_arrives_as_h264_and_aac() {
-    use bytes::Bytes;
     use sipstream::events::EventBus;
-    use sipstream::registry::{Leg, MediaUnit, Registry, TrackKind, TrackSpec};
+    use sipstream::registry::{Registry, TrackSpec};
     use sipstream::rtmp::{PushConfig, PushManager, PushStatus};
 
     common::require("ffmpeg");
@@ -310,56 +309,19 @@ async fn h264_and_pcmu_stream_arrives_as_h264_and_aac() {
     let audio = publisher
         .add_track(TrackSpec::audio("PCMU", 8000, 0))
         .unwrap();
-    let video = publisher
-        .add_track(TrackSpec {
-            kind: TrackKind::Video,
-            leg: Leg::Callee,
-            codec: "H264".into(),
-            clock_rate: 90000,
-            channels: 1,
-            payload_type: 96,
-            fmtp: Some("packetization-mode=1;profile-level-id=42c01e".into()),
-        })
-        .unwrap();
+    let video = publisher.add_track(common::h264_track()).unwrap();
     let push = pushes.startup("synth", &nginx.url("live"), false).unwrap();
     let tone = common::tone_file(dir.path(), 10, false);
     let tone = std::fs::read(tone).unwrap();
 
     let feeder = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let (mut aseq, mut vseq) = (100u16, 5000u16);
-        // Random-looking starts, and the audio clock wraps during the test.
-        let (a0, v0) = (u32::MAX - 8000 * 3, 123_456u32);
-        for i in 0..(frames.len() * 2) {
+        // In real time; the audio clock wraps during the test.
+        let mut source = common::AvSource::new(frames, tone, audio, video);
+        for _ in 0..source.steps() {
             tick.tick().await;
-            let off = (i * 160) % (tone.len() - 160);
-            publisher.publish(MediaUnit {
-                track: audio,
-                payload_type: 0,
-                seq: aseq,
-                timestamp: a0.wrapping_add(i as u32 * 160),
-                marker: false,
-                ssrc: 0xA0,
-                payload: Bytes::copy_from_slice(&tone[off..off + 160]),
-                arrival: std::time::Instant::now(),
-            });
-            aseq = aseq.wrapping_add(1);
-            if i % 2 == 0 {
-                let f = i / 2;
-                let au: Vec<&[u8]> = frames[f].iter().map(|n| &n[..]).collect();
-                for (payload, marker) in common::h264_packetize(&au) {
-                    publisher.publish(MediaUnit {
-                        track: video,
-                        payload_type: 96,
-                        seq: vseq,
-                        timestamp: v0.wrapping_add(f as u32 * 3600),
-                        marker,
-                        ssrc: 0xB0,
-                        payload: Bytes::from(payload),
-                        arrival: std::time::Instant::now(),
-                    });
-                    vseq = vseq.wrapping_add(1);
-                }
+            for unit in source.next_units(std::time::Instant::now()) {
+                publisher.publish(unit);
             }
         }
         // Dropping the publisher ends the stream.

@@ -1673,3 +1673,83 @@ pub fn assert_av_answer_for_audio_only(answer: &str) {
     }
     assert!(answer.contains("a=fingerprint:"), "{answer}");
 }
+
+/// The H264 track of a synthetic video call (packetization mode 1, baseline).
+pub fn h264_track() -> sipstream::registry::TrackSpec {
+    sipstream::registry::TrackSpec {
+        kind: sipstream::registry::TrackKind::Video,
+        leg: sipstream::registry::Leg::Callee,
+        codec: "H264".into(),
+        clock_rate: 90000,
+        channels: 1,
+        payload_type: 96,
+        fmtp: Some("packetization-mode=1;profile-level-id=42c01e".into()),
+    }
+}
+
+/// A synthetic video call's media, 20 ms a step: PCMU from `tone` (PT 0) every step and one
+/// H264 access unit of `frames` (PT 96, 25 fps) every second step, with a call's sequence
+/// numbers and timestamps (random-looking starts; the audio clock wraps 3 s in).
+pub struct AvSource {
+    pub frames: Vec<Vec<Vec<u8>>>,
+    pub tone: Vec<u8>,
+    pub audio: usize,
+    pub video: usize,
+    step: usize,
+    vseq: u16,
+}
+
+impl AvSource {
+    pub fn new(frames: Vec<Vec<Vec<u8>>>, tone: Vec<u8>, audio: usize, video: usize) -> Self {
+        Self {
+            frames,
+            tone,
+            audio,
+            video,
+            step: 0,
+            vseq: 5000,
+        }
+    }
+
+    /// Steps until the frames run out.
+    pub fn steps(&self) -> usize {
+        self.frames.len() * 2
+    }
+
+    /// The next step's units, arrived at `arrival`.
+    pub fn next_units(&mut self, arrival: Instant) -> Vec<sipstream::registry::MediaUnit> {
+        use sipstream::registry::MediaUnit;
+        let (a0, v0) = (u32::MAX - 8000 * 3, 123_456u32);
+        let i = self.step;
+        self.step += 1;
+        let off = (i * 160) % (self.tone.len() - 160);
+        let mut out = vec![MediaUnit {
+            track: self.audio,
+            payload_type: 0,
+            seq: 100u16.wrapping_add(i as u16),
+            timestamp: a0.wrapping_add(i as u32 * 160),
+            marker: false,
+            ssrc: 0xA0,
+            payload: bytes::Bytes::copy_from_slice(&self.tone[off..off + 160]),
+            arrival,
+        }];
+        if i.is_multiple_of(2) {
+            let f = i / 2;
+            let au: Vec<&[u8]> = self.frames[f].iter().map(|n| &n[..]).collect();
+            for (payload, marker) in h264_packetize(&au) {
+                out.push(MediaUnit {
+                    track: self.video,
+                    payload_type: 96,
+                    seq: self.vseq,
+                    timestamp: v0.wrapping_add(f as u32 * 3600),
+                    marker,
+                    ssrc: 0xB0,
+                    payload: bytes::Bytes::from(payload),
+                    arrival,
+                });
+                self.vseq = self.vseq.wrapping_add(1);
+            }
+        }
+        out
+    }
+}
