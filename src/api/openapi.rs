@@ -274,17 +274,19 @@ mod tests {
         assert!(bodies(&doc).len() > 80);
     }
 
+    /// The schema a `$ref` names (and its name), or the schema itself.
+    fn deref<'a>(doc: &'a Value, schema: &'a Value) -> (&'a Value, Option<&'a str>) {
+        match schema["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
+            Some(name) => (&doc["components"]["schemas"][name], Some(name)),
+            None => (schema, None),
+        }
+    }
+
     /// A small JSON Schema check, enough for what utoipa writes: $ref, allOf, oneOf, type
     /// (or a list of types), enum, required, properties (no unknown ones), items.
     fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
-        if let Some(r) = schema["$ref"].as_str() {
-            let name = r.rsplit('/').next().unwrap();
-            return check(
-                doc,
-                &doc["components"]["schemas"][name],
-                v,
-                &format!("{at}<{name}>"),
-            );
+        if let (target, Some(name)) = deref(doc, schema) {
+            return check(doc, target, v, &format!("{at}<{name}>"));
         }
         if let Some(one_of) = schema["oneOf"].as_array() {
             return if one_of.iter().any(|s| check(doc, s, v, at).is_ok()) {
@@ -309,9 +311,8 @@ mod tests {
         at: &str,
         closed: bool,
     ) -> Result<(), String> {
-        if let Some(r) = schema["$ref"].as_str() {
-            let name = r.rsplit('/').next().unwrap();
-            return check_fields(doc, &doc["components"]["schemas"][name], v, at, closed);
+        if let (target, Some(_)) = deref(doc, schema) {
+            return check_fields(doc, target, v, at, closed);
         }
         let types: Vec<&str> = match &schema["type"] {
             Value::String(t) => vec![t.as_str()],
@@ -368,10 +369,7 @@ mod tests {
     fn known_fields(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
         let mut known = std::collections::BTreeSet::new();
         for s in schema["allOf"].as_array().into_iter().flatten() {
-            let s = match s["$ref"].as_str() {
-                Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
-                None => s,
-            };
+            let (s, _) = deref(doc, s);
             known.extend(
                 s["properties"]
                     .as_object()

@@ -224,8 +224,8 @@ impl HlsService {
                     entry.wait(hold, |p| p.ready(w)).await;
                 }
                 let first_wait = self.inner.cfg.first_segment_wait;
-                if entry.packager.lock().playlist().is_none() {
-                    entry.wait(first_wait, |p| p.playlist().is_some()).await;
+                if !entry.packager.lock().has_playlist() {
+                    entry.wait(first_wait, Packager::has_playlist).await;
                 }
                 let text = entry.packager.lock().playlist_with(uri_query);
                 text.map(|t| HlsFile {

@@ -258,6 +258,11 @@ impl Packager {
         }
     }
 
+    /// Whether [`Packager::playlist`] has something to say (without writing it).
+    pub fn has_playlist(&self) -> bool {
+        self.init.is_some() && self.segments.iter().any(Segment::complete)
+    }
+
     /// The media playlist, once one segment is complete (a playlist with no segment would
     /// make players that know no LL-HLS give up).
     pub fn playlist(&self) -> Option<String> {
