@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{require, startup_body, tempdir, Gateway, Sipp};
+use common::{require, tempdir, Gateway, Sipp};
 use serde_json::json;
 use sipstream::hls::playlist::HlsConfig;
 use sipstream::hls::{HlsService, HlsServiceConfig};
@@ -70,7 +70,11 @@ async fn a_call_plays_over_ll_hls_with_ffmpeg() {
     let gw = Gateway::start(&[]).await;
     let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
     let (status, call) = gw
-        .post_json("/call/startup", startup_body("hls1", sipp.port, "udp"))
+        .post_json(
+            "/call/startup",
+            json!({"callId": "hls1", "callee": format!("sip:answer@127.0.0.1:{}", sipp.port),
+                "toStream": "hls1_stream"}),
+        )
         .await;
     assert_eq!(status, 200, "{call}");
     gw.wait_status("hls1", &["ESTABLISHED"], T).await;

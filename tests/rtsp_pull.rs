@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{startup_body, tone_share, Gateway, RawUas};
+use common::{tone_share, Gateway, RawUas};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(20);
@@ -289,7 +289,10 @@ async fn a_pull_is_injected_into_a_call_and_survives_a_server_restart() {
     // Into a call: the callee (a PCMA peer) hears the server's 440 Hz.
     let uas = RawUas::start("PCMA", 1000.0).await;
     let (s, v) = gw
-        .post_json("/call/startup", startup_body("rtsp1", uas.port, "udp"))
+        .post_json(
+            "/call/startup",
+            json!({"callId": "rtsp1", "callee": format!("sip:agent@127.0.0.1:{}", uas.port)}),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     gw.wait_status("rtsp1", &["ESTABLISHED"], T).await;
