@@ -74,12 +74,18 @@ const NET_QUEUE: usize = 1024;
 /// Messages waiting to be written to one TCP peer; a peer that lets this fill is not
 /// reading and is disconnected.
 const TCP_WRITE_QUEUE: usize = 512;
+/// How long a connection that sent an unframeable message stays open for the answers to the
+/// requests read before it (RFC 4475 dblreq over TCP: the INVITE's answer comes from the call
+/// layer a moment later).
+const TCP_CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 enum NetInput {
     Tcp(SocketAddr, Bytes),
     TcpAccepted(SocketAddr, mpsc::Sender<Bytes>),
     TcpFailed(SocketAddr),
     TcpClosed(SocketAddr),
+    /// A stateless answer to what the connection sent (a request it cannot frame).
+    TcpAnswer(SocketAddr, Bytes),
 }
 
 /// Binds the sockets and starts the driver task. UA events go to `events`.
@@ -200,6 +206,11 @@ impl Driver {
                         }
                         NetInput::TcpAccepted(peer, writer) => { self.tcp_conns.insert(peer, writer); }
                         NetInput::TcpClosed(peer) => { self.tcp_conns.remove(&peer); }
+                        NetInput::TcpAnswer(peer, answer) => {
+                            if let Some(writer) = self.tcp_conns.get(&peer) {
+                                let _ = writer.try_send(answer);
+                            }
+                        }
                     }
                 }
                 cmd = cmds.recv() => {
@@ -371,9 +382,17 @@ async fn run_connection(
                     }
                 }
                 Frame::Invalid(e) => {
+                    // The stream cannot be framed any further. The fault is answered (400
+                    // naming it) when it can be; answers to the requests read before it still
+                    // go out for a moment; then the core lets go of the writer, which writes
+                    // what is queued and closes.
                     tracing::info!(%peer, error = %e, "unframeable SIP over TCP; closing");
-                    writer_task.abort();
+                    if let Some(answer) = e.answer() {
+                        let _ = net.send(NetInput::TcpAnswer(peer, answer)).await;
+                    }
+                    tokio::time::sleep(TCP_CLOSE_LINGER).await;
                     let _ = net.send(NetInput::TcpClosed(peer)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
                     return;
                 }
             }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::message::{self, ParseErrorKind};
+use super::message;
 use super::timer::TimerQueue;
 use super::transaction::{
     ClientEvent, ClientTransaction, ServerEvent, ServerTransaction, Timers, TransactionError,
@@ -204,10 +204,7 @@ impl Endpoint {
             Ok(m) => m,
             Err(err) => {
                 self.stats.malformed += 1;
-                let reply = match &err.kind {
-                    ParseErrorKind::UnsupportedMethod(_) => err.reply(501, "Not Implemented"),
-                    _ => err.reply(400, "Bad Request"),
-                };
+                let reply = err.answer();
                 tracing::debug!(%source, error = %err, replied = reply.is_some(), "malformed SIP message");
                 if let Some(data) = reply {
                     self.transmits.push_back(Transmit {

@@ -85,6 +85,33 @@ impl ParseError {
         }
     }
 
+    /// The status a UAS answers this fault with, and a reason phrase that names it: 505 for
+    /// another SIP version (RFC 4475 §3.1.2.16), 501 for an extension
+    /// method, 416 for a Request-URI scheme we do not know, 400 for the rest.
+    pub fn status(&self) -> (u16, String) {
+        match &self.kind {
+            ParseErrorKind::UnsupportedVersion(_) => (505, "Version Not Supported".into()),
+            ParseErrorKind::UnsupportedMethod(_) => (501, "Not Implemented".into()),
+            ParseErrorKind::UnsupportedUriScheme(_) => (416, "Unsupported URI Scheme".into()),
+            kind => {
+                let text = kind.to_string();
+                let what = match &self.header {
+                    Some(h) if !text.contains(h.as_str()) => format!("{text} in {h}"),
+                    _ => text,
+                };
+                // Bounded: a reason phrase is one line, and `what` may quote the input.
+                let what: String = what.chars().take(120).collect();
+                (400, format!("Bad Request ({what})"))
+            }
+        }
+    }
+
+    /// [`ParseError::reply`] with [`ParseError::status`].
+    pub fn answer(&self) -> Option<Bytes> {
+        let (code, reason) = self.status();
+        self.reply(code, &reason)
+    }
+
     /// A minimal stateless response (RFC 3261 §8.2.6) to the rejected request, or `None` when
     /// the message was a response or too broken to answer: the caller then drops it.
     pub fn reply(&self, code: u16, reason: &str) -> Option<Bytes> {
@@ -518,24 +545,24 @@ fn normalise(lines: Vec<Line>) -> (Vec<Line>, Option<ParseError>) {
     (out, first_err)
 }
 
+/// The lines a stateless answer copies. The client matches it by the top Via's branch and
+/// the CSeq method (RFC 3261 §17.1.3), so those two must be there; From, To and Call-ID are
+/// copied when present (the first of duplicates, RFC 4475 multi01) and left out when missing
+/// (insuf): RFC 4475 §3.3.1 asks for a 400 even then.
 fn reply_headers(headers: &[Line]) -> Option<Vec<String>> {
     let vias: Vec<String> = headers
         .iter()
         .filter(|l| l.name == "Via")
         .map(|l| format!("Via: {}", l.value))
         .collect();
-    if vias.is_empty() {
+    if vias.is_empty() || !headers.iter().any(|l| l.name == "CSeq") {
         return None;
     }
     let mut out = vias;
     for name in SINGLE_MANDATORY {
-        let mut found = headers.iter().filter(|l| l.name == *name);
-        let first = found.next()?;
-        if found.next().is_some() {
-            // Two Call-IDs (RFC 4475 multi01): the answer could not be matched; drop it.
-            return None;
+        if let Some(first) = headers.iter().find(|l| l.name == *name) {
+            out.push(format!("{}: {}", first.name, first.value));
         }
-        out.push(format!("{}: {}", first.name, first.value));
     }
     Some(out)
 }
@@ -947,10 +974,22 @@ pub fn frame(buf: &[u8]) -> Frame {
         Ok(b) => b,
         Err(e) => return Frame::Invalid(e),
     };
+    let is_request = !block
+        .start
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
     let (headers, _) = normalise(block.headers);
+    // A request that cannot be framed is still answered (400 naming the fault) before the
+    // connection closes, when its headers allow an answer.
+    let invalid = |mut e: ParseError| {
+        if is_request {
+            e.reply_headers = reply_headers(&headers);
+        }
+        Frame::Invalid(e)
+    };
     let len = match content_length(&headers) {
         Ok(Some(n)) if n > MAX_BODY => {
-            return Frame::Invalid(ParseError::new(
+            return invalid(ParseError::new(
                 ParseErrorKind::BodyTooLarge,
                 body_offset,
                 block.body_line,
@@ -959,14 +998,14 @@ pub fn frame(buf: &[u8]) -> Frame {
         }
         Ok(Some(n)) => n,
         Ok(None) => {
-            return Frame::Invalid(ParseError::new(
+            return invalid(ParseError::new(
                 ParseErrorKind::MissingContentLength,
                 body_offset,
                 block.body_line,
                 None,
             ))
         }
-        Err(e) => return Frame::Invalid(e),
+        Err(e) => return invalid(e),
     };
     match body_offset.checked_add(len) {
         Some(total) if total <= buf.len() => Frame::Message(total),
@@ -984,27 +1023,51 @@ pub fn reason_phrase(code: u16) -> Option<&'static str> {
         183 => "Session Progress",
         200 => "OK",
         202 => "Accepted",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        305 => "Use Proxy",
+        380 => "Alternative Service",
         400 => "Bad Request",
         401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        410 => "Gone",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
         415 => "Unsupported Media Type",
         416 => "Unsupported URI Scheme",
         420 => "Bad Extension",
+        421 => "Extension Required",
+        422 => "Session Interval Too Small",
+        423 => "Interval Too Brief",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        485 => "Ambiguous",
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
         491 => "Request Pending",
+        493 => "Undecipherable",
         500 => "Server Internal Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Server Time-out",
         505 => "Version Not Supported",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
         603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
         _ => return None,
     })
 }

@@ -364,9 +364,13 @@ impl SessionDescription {
                         continue;
                     };
                     match (name, val) {
-                        ("rtpmap", Some(v)) => p
-                            .maps
-                            .push(parse_rtpmap(v).ok_or_else(|| err("malformed rtpmap"))?),
+                        // A malformed rtpmap (RFC 4475's `a=rtpmap:31 LPC` has no clock
+                        // rate) is ignored like an unknown attribute: the payload type keeps
+                        // its static meaning, and one bad line does not refuse the offer.
+                        ("rtpmap", Some(v)) => match parse_rtpmap(v) {
+                            Some(map) => p.maps.push(map),
+                            None => tracing::debug!(rtpmap = v, "malformed rtpmap ignored"),
+                        },
                         ("fmtp", Some(v)) => {
                             let (pt, params) =
                                 v.split_once(' ').ok_or_else(|| err("malformed fmtp"))?;
@@ -1016,14 +1020,22 @@ mod tests {
 
     #[test]
     fn fuzz_found_round_trip_cases() {
-        // An empty s= is written back as "-"; zero channels cannot be written, so is refused.
+        // An empty s= is written back as "-"; zero channels cannot be written, so that rtpmap
+        // is ignored, like RFC 4475's `a=rtpmap:31 LPC` (no clock rate): the payload types
+        // keep their static meaning and the description round-trips.
         let sdp = SessionDescription::parse("v=0\no=- 1 1 IN IP4 192.0.2.1\ns=\n").expect("valid");
         assert_eq!(sdp.session_name, "-");
-        let bad = "v=0\no=- 1 1 IN IP4 192.0.2.1\nm=audio 1 RTP/AVP 8\na=rtpmap:8 PCMA/8/0\n";
-        assert!(matches!(
-            SessionDescription::parse(bad),
-            Err(SdpError::Syntax { line: 4, .. })
-        ));
+        for bad in ["a=rtpmap:8 PCMA/8/0", "a=rtpmap:31 LPC"] {
+            let text = format!("v=0\no=- 1 1 IN IP4 192.0.2.1\nm=audio 1 RTP/AVP 8 31\n{bad}\n");
+            let sdp = SessionDescription::parse(&text).expect(bad);
+            let pcma = sdp.media[0].rtpmaps.iter().find(|m| m.pt == 8).expect(bad);
+            assert_eq!(
+                (pcma.encoding.as_str(), pcma.clock_rate),
+                ("PCMA", 8000),
+                "{bad}"
+            );
+            assert_eq!(SessionDescription::parse(&sdp.to_string()), Ok(sdp));
+        }
     }
 
     #[test]

@@ -13,9 +13,9 @@
 //! responses, or parse bytes. The transport address belongs to the driver; a transaction only
 //! produces the bytes to send to "its" destination.
 //!
-//! Not supported: matching of RFC 2543 requests whose top Via branch lacks the `z9hG4bK` magic
-//! cookie (§17.2.3, second half). Such requests yield [`TransactionError::NoMagicCookie`]; the
-//! endpoint may answer them statelessly or drop them.
+//! A request whose top Via branch lacks the `z9hG4bK` magic cookie (an RFC 2543 peer, RFC 4475
+//! §3.4.1) gets a [`TransactionKey::Rfc2543`] server key, matched as §17.2.3's second half says.
+//! Client transactions always use RFC 3261 branches of ours.
 //!
 //! Timer D (INVITE client, unreliable transport) is the RFC's fixed 32 s, or 64·T1 when that is
 //! longer, so that a raised T1 still outlives the server's retransmissions.
@@ -167,6 +167,19 @@ pub enum TransactionKey {
         /// Request method, ACK mapped to INVITE.
         method: String,
     },
+    /// Key of a server transaction created by a request whose top Via has no RFC 3261 branch
+    /// (§17.2.3, second half): Request-URI, From tag, Call-ID, CSeq number and the whole top
+    /// Via. The To tag is left out: the ACK of a non-2xx carries the tag of our answer, the
+    /// INVITE had none, and the rest already tells transactions apart.
+    Rfc2543 {
+        request_uri: String,
+        from_tag: String,
+        call_id: String,
+        cseq: u32,
+        top_via: String,
+        /// Request method, ACK mapped to INVITE.
+        method: String,
+    },
 }
 
 impl fmt::Display for TransactionKey {
@@ -178,6 +191,12 @@ impl fmt::Display for TransactionKey {
                 sent_by,
                 method,
             } => write!(f, "server {method} {branch} via {sent_by}"),
+            TransactionKey::Rfc2543 {
+                call_id,
+                cseq,
+                method,
+                ..
+            } => write!(f, "server {method} (RFC 2543) {call_id} CSeq {cseq}"),
         }
     }
 }
@@ -185,19 +204,55 @@ impl fmt::Display for TransactionKey {
 impl TransactionKey {
     /// The server-transaction key of a received request (§17.2.3). ACK maps to INVITE.
     ///
-    /// Errors when the top Via or its branch is missing or lacks the magic cookie.
+    /// Errors when the top Via is missing or malformed, or (without an RFC 3261 branch) the
+    /// headers RFC 2543 matching needs are.
     pub fn from_request(request: &Request) -> Result<Self, TransactionError> {
         let via = top_via(request)?;
-        let branch = rfc3261_branch(&via)?;
         let method = match request.method {
             Method::Ack => Method::Invite,
             m => m,
         };
-        Ok(TransactionKey::Server {
-            branch,
-            sent_by: via.uri.host_with_port.to_string().to_ascii_lowercase(),
-            method: method.to_string(),
-        })
+        match rfc3261_branch(&via) {
+            Ok(branch) => Ok(TransactionKey::Server {
+                branch,
+                sent_by: via.uri.host_with_port.to_string().to_ascii_lowercase(),
+                method: method.to_string(),
+            }),
+            Err(TransactionError::MissingBranch | TransactionError::NoMagicCookie(_)) => {
+                let call_id = request
+                    .call_id_header()
+                    .map_err(|_| TransactionError::MissingHeader("Call-ID"))?
+                    .value()
+                    .to_owned();
+                let from_tag = request
+                    .from_header()
+                    .ok()
+                    .and_then(|h| h.tag().ok().flatten())
+                    .map(|t| t.value().to_owned())
+                    .unwrap_or_default();
+                Ok(TransactionKey::Rfc2543 {
+                    request_uri: request.uri.to_string(),
+                    from_tag,
+                    call_id,
+                    cseq: cseq(request)?.seq,
+                    top_via: via.to_string(),
+                    method: method.to_string(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The key of the transaction with the same identity and another method: the INVITE a
+    /// CANCEL is about (§9.2).
+    pub fn with_method(&self, method: &str) -> TransactionKey {
+        let mut key = self.clone();
+        match &mut key {
+            TransactionKey::Client { method: m, .. }
+            | TransactionKey::Server { method: m, .. }
+            | TransactionKey::Rfc2543 { method: m, .. } => *m = method.to_owned(),
+        }
+        key
     }
 
     /// The client-transaction key of a received response (§17.1.3): top Via branch and CSeq
@@ -221,10 +276,11 @@ impl TransactionKey {
         })
     }
 
-    /// The top Via branch of this key.
+    /// The top Via branch of this key (empty for an RFC 2543 key).
     pub fn branch(&self) -> &str {
         match self {
             TransactionKey::Client { branch, .. } | TransactionKey::Server { branch, .. } => branch,
+            TransactionKey::Rfc2543 { .. } => "",
         }
     }
 }
@@ -864,9 +920,14 @@ impl ServerTransaction {
             return Err(TransactionError::Terminated);
         }
         let via = top_via(&response)?;
-        let branch = rfc3261_branch(&via)?;
+        let branch = via.branch().map(|b| b.to_string()).unwrap_or_default();
         let cs = cseq(&response)?;
-        if branch != self.key.branch() || cs.method != self.request.method {
+        let same_via = match &self.key {
+            // No branch to compare: the answer copies the request's top Via whole.
+            TransactionKey::Rfc2543 { top_via, .. } => via.to_string() == *top_via,
+            key => branch == key.branch(),
+        };
+        if !same_via || cs.method != self.request.method {
             return Err(TransactionError::NotThisTransaction {
                 expected: Box::new(self.key.clone()),
                 got: Box::new(TransactionKey::Client {

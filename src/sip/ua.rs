@@ -1877,6 +1877,22 @@ impl UserAgent {
             .copied();
         let _span = dialog_call.map(|c| self.span_of(c).entered());
         let method = req.method;
+        if method != rsip::Method::Cancel {
+            let tag = || to_tag.is_none().then(|| random_token(8));
+            if matches!(req.uri.scheme, Some(rsip::Scheme::Other(_))) {
+                // RFC 3261 §8.2.2.1; RFC 4475 §3.3.3 (novelsc): we only serve sip: and sips:.
+                let resp = build_response(&req, 416, tag().as_deref(), vec![], None);
+                let _ = self.endpoint.respond(now, &key, resp);
+                return;
+            }
+            if let Some(unsupported) = unsupported_required(&req.headers) {
+                // RFC 3261 §8.2.2.3: any request but CANCEL (and ACK, which is not answered).
+                let h = rsip::Header::Other("Unsupported".into(), unsupported);
+                let resp = build_response(&req, 420, tag().as_deref(), vec![h], None);
+                let _ = self.endpoint.respond(now, &key, resp);
+                return;
+            }
+        }
         let response = match (method, dialog_call) {
             (rsip::Method::Cancel, _) => return self.on_cancel(now, key, req),
             (rsip::Method::Options, None) if to_tag.is_none() => build_response(
@@ -2138,18 +2154,13 @@ impl UserAgent {
             let retry = rsip::Header::Other("Retry-After".into(), "5".into());
             return refuse(self, 503, vec![retry]);
         }
-        // RFC 3261 §8.2.2.3: extensions we do not support are refused with 420. Session
-        // timers (RFC 4028) need nothing of ours: the peer refreshes, we answer.
-        let unsupported: Vec<String> = header_values(&req.headers, "Require")
-            .flat_map(|v| v.split(',').map(|t| t.trim().to_string()))
-            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
-            .collect();
-        if !unsupported.is_empty() {
-            let h = rsip::Header::Other("Unsupported".into(), unsupported.join(", "));
-            return refuse(self, 420, vec![h]);
-        }
         if !req.body.is_empty() && !is_sdp(&req.headers) {
             return refuse(self, 415, vec![accept_sdp()]);
+        }
+        // RFC 3261 §21.4.7: our answer carries SDP, which the Accept list must allow (RFC 4475
+        // §3.3.15 sdp01).
+        if !accepts_sdp(&req.headers) {
+            return refuse(self, 406, vec![warning("SDP is not in Accept")]);
         }
         let local_tag = random_token(10);
         let Some(dialog) = Dialog::from_request(&req, local_tag) else {
@@ -2389,16 +2400,7 @@ impl UserAgent {
     /// CANCEL (§9.2): 200 to the CANCEL and 487 to the INVITE when it is still pending;
     /// 481 when no INVITE transaction matches.
     fn on_cancel(&mut self, now: Instant, key: TransactionKey, req: rsip::Request) {
-        let invite_key = match &key {
-            TransactionKey::Server {
-                branch, sent_by, ..
-            } => TransactionKey::Server {
-                branch: branch.clone(),
-                sent_by: sent_by.clone(),
-                method: "INVITE".into(),
-            },
-            other => other.clone(),
-        };
+        let invite_key = key.with_method("INVITE");
         let call = self.calls.iter().find_map(|(c, call)| {
             call.server_invite
                 .as_ref()
@@ -2703,6 +2705,38 @@ fn is_sdp(headers: &rsip::Headers) -> bool {
             ct.value().to_ascii_lowercase().contains("application/sdp")
         }
         _ => false,
+    })
+}
+
+/// The option tags of `Require` we do not support, comma-joined, or `None`. Session timers
+/// (RFC 4028) need nothing of ours: the peer refreshes, we answer.
+fn unsupported_required(headers: &rsip::Headers) -> Option<String> {
+    let unsupported: Vec<&str> = header_values(headers, "Require")
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
+        .collect();
+    (!unsupported.is_empty()).then(|| unsupported.join(", "))
+}
+
+/// Whether the request's Accept (when it has one) lets us answer with SDP. An empty Accept
+/// accepts nothing (RFC 3261 §20.1).
+fn accepts_sdp(headers: &rsip::Headers) -> bool {
+    let mut lists = headers
+        .iter()
+        .filter_map(|h| match h {
+            rsip::Header::Accept(a) => Some(a.value().to_ascii_lowercase()),
+            _ => None,
+        })
+        .peekable();
+    if lists.peek().is_none() {
+        return true;
+    }
+    lists.any(|v| {
+        v.split(',').any(|range| {
+            let media = range.split(';').next().unwrap_or_default().trim();
+            matches!(media, "application/sdp" | "application/*" | "*/*")
+        })
     })
 }
 
@@ -3363,6 +3397,92 @@ mod tests {
         ua.handle_command(t0, Command::Reject { key, status: 486 });
         assert!(sent(&mut ua)[0].starts_with("SIP/2.0 486"));
         assert_eq!(phases(&events(&mut ua)), vec![(CallPhase::Busy, Some(486))]);
+    }
+
+    #[test]
+    fn options_is_checked_like_any_request_and_accept_must_allow_sdp() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let options = |extra: &str, uri: &str, branch: &str| {
+            format!(
+                "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\n\
+                 From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: o-{branch}\r\nCSeq: 1 OPTIONS\r\n\
+                 {extra}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        // RFC 4475 bext01: Require on OPTIONS is 420 too, listing what we lack.
+        let req = options("Require: newfeature1, timer\r\n", "sip:b@y", "z9hG4bKo1");
+        ua.handle_input(t0, Transport::Udp, peer, req.as_bytes());
+        let out = sent(&mut ua);
+        assert!(out[0].starts_with("SIP/2.0 420 Bad Extension"), "{out:?}");
+        assert!(out[0].contains("Unsupported: newfeature1\r\n"), "{out:?}");
+        // RFC 4475 novelsc: a Request-URI scheme we do not serve is 416.
+        let req = options("", "soap.beep://192.0.2.103:3002", "z9hG4bKo2");
+        ua.handle_input(t0, Transport::Udp, peer, req.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 416"));
+        let req = options("", "sip:b@y", "z9hG4bKo3");
+        ua.handle_input(t0, Transport::Udp, peer, req.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 200"));
+        // RFC 4475 sdp01: an INVITE whose Accept leaves out SDP cannot be answered with it.
+        let inv = incoming_invite("z9hG4bKo4", OFFER).replace(
+            "Max-Forwards: 70",
+            "Accept: text/nobodyKnowsThis\r\nMax-Forwards: 70",
+        );
+        ua.handle_input(t0, Transport::Udp, peer, inv.as_bytes());
+        let out = sent(&mut ua);
+        assert!(
+            out[0].starts_with("SIP/2.0 406 Not Acceptable\r\n"),
+            "{out:?}"
+        );
+        assert!(out[0].contains("Warning: 399"), "{out:?}");
+        assert!(events(&mut ua).is_empty());
+        let inv = incoming_invite("z9hG4bKo5", OFFER).replace(
+            "Max-Forwards: 70",
+            "Accept: text/plain, application/sdp;level=1\r\nMax-Forwards: 70",
+        );
+        ua.handle_input(t0, Transport::Udp, peer, inv.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+        incoming_key(&events(&mut ua));
+    }
+
+    #[test]
+    fn an_rfc_2543_invite_is_a_transaction_too() {
+        // No magic cookie in the branch (RFC 4475 inv2543 and wsinv): matched by the RFC 2543
+        // rules, answered, and its retransmission absorbed rather than a second call.
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer = PEER.parse().unwrap();
+        let inv = incoming_invite("390skdjuw", OFFER);
+        ua.handle_input(t0, Transport::Udp, peer, inv.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100 Trying"));
+        let key = incoming_key(&events(&mut ua));
+        ua.handle_input(t0, Transport::Udp, peer, inv.as_bytes());
+        assert!(
+            events(&mut ua).is_empty(),
+            "a retransmission is not a new call"
+        );
+        ua.handle_command(t0, Command::Reject { key, status: 486 });
+        assert!(sent(&mut ua).iter().any(|m| m.starts_with("SIP/2.0 486")));
+        assert_eq!(phases(&events(&mut ua)), vec![(CallPhase::Busy, Some(486))]);
+        // The ACK of the 486 ends the transaction's retransmissions; it is no new request.
+        let ack = inv
+            .replace(
+                "INVITE sip:rec@127.0.0.1:5060 SIP/2.0",
+                "ACK sip:rec@127.0.0.1:5060 SIP/2.0",
+            )
+            .replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+        ua.handle_input(t0, Transport::Udp, peer, ack.as_bytes());
+        assert!(events(&mut ua).is_empty());
+        assert_eq!(ua.stats().malformed, 0);
+        ua.handle_timeout(t0 + Duration::from_secs(4));
+        assert!(sent(&mut ua).is_empty(), "no 486 resent after the ACK");
+        // The same without a branch at all, and with a To tag: no dialog of ours, 481.
+        let stray = incoming_invite("x", OFFER)
+            .replace(";branch=x", "")
+            .replace("To: <sip:rec@127.0.0.1>", "To: <sip:rec@127.0.0.1>;tag=9");
+        ua.handle_input(t0, Transport::Udp, peer, stray.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 481"));
     }
 
     #[test]
