@@ -38,11 +38,13 @@ pub struct CallStartupRequest {
     pub sip_domain: Option<String>,
     /// Host (name or IP) all requests are sent to; defaults to sipDomain.
     pub sip_outbound_proxy: Option<String>,
-    /// Port of the outbound proxy (or domain); default 5060.
+    /// Port of the outbound proxy (or domain); default 5060 (5061 with `tls`).
     #[serde(default, deserialize_with = "flex_port")]
     #[schema(value_type = Option<u16>)]
     pub sip_port: Option<u16>,
-    /// `udp` (default) or `tcp`.
+    /// `udp` (default), `tcp` or `tls` (SIP over TLS, RFC 3261 §26.2; the provider's
+    /// certificate is checked against `sip_tls_ca_file` or the system's roots). A `sips:`
+    /// callee or one with `;transport=tls` means `tls` when this is not given.
     pub sip_transport: Option<String>,
     #[serde(default, deserialize_with = "flex_bool")]
     #[schema(value_type = Option<bool>)]
@@ -127,11 +129,6 @@ fn party_uri(field: &str, value: &str, domain: &str) -> Result<(String, rsip::Ur
     } else {
         return Err(bad(format!("{v:?} is not a SIP user or URI")));
     };
-    if uri.starts_with("sips:") {
-        return Err(bad(
-            "sips: URIs need TLS, which the gateway does not offer yet".into(),
-        ));
-    }
     if uri.contains(['\r', '\n', ' ', '<', '>', '"']) {
         return Err(bad(format!(
             "{uri:?} contains characters not allowed in a URI"
@@ -139,6 +136,18 @@ fn party_uri(field: &str, value: &str, domain: &str) -> Result<(String, rsip::Ur
     }
     let parsed = crate::sip::dialog::parse_uri(&uri).map_err(|e| bad(e.to_string()))?;
     Ok((uri, parsed))
+}
+
+/// The transport a URI asks for: TLS for `sips:` (RFC 3261 §19.1) or `;transport=tls`,
+/// TCP or UDP for their `transport=` parameter; None when it says nothing.
+fn uri_transport(uri: &rsip::Uri) -> Option<Transport> {
+    if matches!(uri.scheme, Some(rsip::Scheme::Sips)) {
+        return Some(Transport::Tls);
+    }
+    uri.params.iter().find_map(|p| match p {
+        rsip::Param::Transport(t) => Transport::parse(&t.to_string()),
+        _ => None,
+    })
 }
 
 /// Where the INVITE for `uri` goes (RFC 3261 §8.1.2): an explicit outbound proxy wins (and
@@ -150,11 +159,12 @@ fn next_hop(
     proxy: Option<&str>,
     sip_port: Option<u16>,
     domain: &str,
+    transport: Transport,
 ) -> (String, u16, bool, bool) {
     match proxy {
         Some(p) => (
             p.to_string(),
-            sip_port.unwrap_or(5060),
+            sip_port.unwrap_or(transport.default_port()),
             true,
             sip_port.is_some(),
         ),
@@ -165,7 +175,12 @@ fn next_hop(
                 .port
                 .map(|p| *p.value())
                 .or(sip_port.filter(|_| host.eq_ignore_ascii_case(domain)));
-            (host, port.unwrap_or(5060), false, port.is_some())
+            (
+                host,
+                port.unwrap_or(transport.default_port()),
+                false,
+                port.is_some(),
+            )
         }
     }
 }
@@ -259,7 +274,28 @@ impl CallStartupRequest {
             }
             None => None,
         };
-        let hop = |uri: &rsip::Uri| next_hop(uri, proxy.as_deref(), self.sip_port, &domain);
+        let transport = match self
+            .sip_transport
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => uri_transport(&parsed).unwrap_or(Transport::Udp),
+            Some(t) => Transport::parse(t)
+                .ok_or_else(|| bad("sipTransport", format!("{t:?}: expected udp, tcp or tls")))?,
+        };
+        if let Some(wanted) = uri_transport(&parsed).filter(|u| *u != transport) {
+            return Err(bad(
+                "sipTransport",
+                format!(
+                    "{}: the callee URI asks for {}",
+                    transport.via_token().to_ascii_lowercase(),
+                    wanted.via_token().to_ascii_lowercase()
+                ),
+            ));
+        }
+        let hop =
+            |uri: &rsip::Uri| next_hop(uri, proxy.as_deref(), self.sip_port, &domain, transport);
         let (proxy_host, proxy_port, sticky, explicit_port) = hop(&parsed);
         let caller = match self
             .caller
@@ -284,18 +320,8 @@ impl CallStartupRequest {
         };
         let registrar = (
             proxy.unwrap_or_else(|| domain.clone()),
-            self.sip_port.unwrap_or(5060),
+            self.sip_port.unwrap_or(transport.default_port()),
         );
-        let transport = match self
-            .sip_transport
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            None => Transport::Udp,
-            Some(t) => Transport::parse(t)
-                .ok_or_else(|| bad("sipTransport", format!("{t:?}: expected udp or tcp")))?,
-        };
         let stream = match self
             .to_stream
             .map(|s| s.trim().to_string())

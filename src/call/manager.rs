@@ -383,7 +383,13 @@ impl CallManager {
         }
         let registrar =
             if spec.register && spec.registrar != (spec.proxy_host.clone(), spec.proxy_port) {
-                Some(resolve(&spec.registrar.0, spec.registrar.1).await?)
+                {
+                    let addr = resolve(&spec.registrar.0, spec.registrar.1).await?;
+                    if spec.transport == crate::sip::endpoint::Transport::Tls {
+                        inner.sip.tls_name(addr, &spec.registrar.0);
+                    }
+                    Some(addr)
+                }
             } else {
                 None
             };
@@ -505,6 +511,12 @@ impl CallManager {
             return Err(RequestError::Upstream(format!(
                 "next hop {host:?} has no address"
             )));
+        }
+        if transport == crate::sip::endpoint::Transport::Tls {
+            // RFC 5922 §7: the certificate must name the host we looked up, not an SRV target.
+            for addr in &found {
+                self.inner.sip.tls_name(*addr, host);
+            }
         }
         Ok(found)
     }
