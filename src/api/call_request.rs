@@ -46,6 +46,11 @@ pub struct CallStartupRequest {
     /// certificate is checked against `sip_tls_ca_file` or the system's roots). A `sips:`
     /// callee or one with `;transport=tls` means `tls` when this is not given.
     pub sip_transport: Option<String>,
+    /// SRTP with SDES keys (RFC 4568) on this call: `off`, `optional` (RTP/AVP offer with
+    /// `a=crypto`, SRTP when the far end takes it) or `mandatory` (RTP/SAVP; the call fails
+    /// with 488 when the far end offers or answers no usable crypto line). Default:
+    /// `sip_srtp`. Keys travel in the SDP: use it with `sipTransport: tls`.
+    pub srtp: Option<String>,
     #[serde(default, deserialize_with = "flex_bool")]
     #[schema(value_type = Option<bool>)]
     pub sip_register_required: Option<bool>,
@@ -322,6 +327,18 @@ impl CallStartupRequest {
             proxy.unwrap_or_else(|| domain.clone()),
             self.sip_port.unwrap_or(transport.default_port()),
         );
+        let srtp = match self
+            .srtp
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => None,
+            Some(v) => Some(
+                v.parse::<crate::rtp::srtp::SrtpPolicy>()
+                    .map_err(|e| bad("srtp", e))?,
+            ),
+        };
         let stream = match self
             .to_stream
             .map(|s| s.trim().to_string())
@@ -381,6 +398,7 @@ impl CallStartupRequest {
             sticky,
             registrar,
             transport,
+            srtp,
             register: self.sip_register_required.unwrap_or(false),
             has_audio,
             has_video,
@@ -478,6 +496,10 @@ mod tests {
             (
                 serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","sipTransport":"sctp"}),
                 "sipTransport",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","srtp":"sdes"}),
+                "srtp",
             ),
             (
                 serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","sipHeaders":{"Via":"x"}}),

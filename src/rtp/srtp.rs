@@ -14,7 +14,17 @@ use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 /// When a call uses SRTP (`sip_srtp`, the REST `srtp` field).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SrtpPolicy {
     /// Plain RTP; a far end's crypto lines are not answered.
@@ -139,6 +149,15 @@ pub struct CryptoAttribute {
 }
 
 impl CryptoAttribute {
+    /// A new line of ours for `suite` with a fresh key.
+    pub fn fresh(tag: u32, suite: Suite) -> CryptoAttribute {
+        CryptoAttribute {
+            tag,
+            suite,
+            key: SdesKey::random(),
+        }
+    }
+
     /// Parses the value after `a=crypto:`. Anything we would not use exactly as written is
     /// an error: several keys, an MKI, session parameters (UNENCRYPTED_SRTP, KDR...).
     pub fn parse(value: &str) -> Result<CryptoAttribute, SdesError> {
@@ -199,6 +218,22 @@ impl CryptoAttribute {
             self.suite.name(),
             base64::engine::general_purpose::STANDARD.encode(self.key.0)
         )
+    }
+}
+
+/// The keys of one negotiated SRTP leg: what the call layer hands the leg driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrtpKeys {
+    pub suite: Suite,
+    /// Ours: protects what we send.
+    pub ours: SdesKey,
+    /// The far end's: unprotects what we receive.
+    pub theirs: SdesKey,
+}
+
+impl SrtpKeys {
+    pub fn stream(&self) -> Result<SrtpStream, String> {
+        SrtpStream::new(self.suite, &self.ours, &self.theirs)
     }
 }
 

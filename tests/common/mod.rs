@@ -1373,6 +1373,16 @@ pub struct Baresip {
 
 impl Baresip {
     pub fn start(user: &str, kamailio_port: u16, tone_hz: u32) -> Baresip {
+        Self::start_with(user, kamailio_port, tone_hz, None)
+    }
+
+    /// As [`Baresip::start`], its calls encrypted by baresip's `srtp` module with SDES:
+    /// `mediaenc` is `srtp` (optional), `srtp-mand` (RTP/SAVP required) or `srtp-mandf`.
+    pub fn start_srtp(user: &str, kamailio_port: u16, tone_hz: u32, mediaenc: &str) -> Baresip {
+        Self::start_with(user, kamailio_port, tone_hz, Some(mediaenc))
+    }
+
+    fn start_with(user: &str, kamailio_port: u16, tone_hz: u32, mediaenc: Option<&str>) -> Baresip {
         require("baresip");
         let dir = tempdir();
         let (base, top) = port_block();
@@ -1400,15 +1410,23 @@ impl Baresip {
              module sndfile.so\n\
              snd_path {}\n\
              module_app account.so\n\
-             module_app menu.so\n",
+             module_app menu.so\n{}",
             base + 10,
-            dir.path().display()
+            dir.path().display(),
+            if mediaenc.is_some() {
+                "module srtp.so\n"
+            } else {
+                ""
+            }
         );
+        let mediaenc = mediaenc
+            .map(|m| format!(";mediaenc={m}"))
+            .unwrap_or_default();
         std::fs::write(dir.path().join("config"), config).unwrap();
         std::fs::write(
             dir.path().join("accounts"),
             format!(
-                "<sip:{user}@sipstream.test>;auth_pass=pw{user};outbound=\"sip:127.0.0.1:{kamailio_port}\";regint=600;answermode=auto;audio_codecs=PCMU,PCMA\n"
+                "<sip:{user}@sipstream.test>;auth_pass=pw{user};outbound=\"sip:127.0.0.1:{kamailio_port}\";regint=600;answermode=auto;audio_codecs=PCMU,PCMA{mediaenc}\n"
             ),
         )
         .unwrap();
