@@ -89,7 +89,7 @@ async fn register_and_call_through_kamailio_over_tls() {
 
 /// The provider's certificate is not signed by the configured CA: the TLS handshake fails,
 /// the call fails (no fallback to an unchecked connection), and kamailio never sees a
-/// request.
+/// request. With `sip_tls_verify=false` the same provider is taken.
 #[tokio::test]
 async fn an_untrusted_certificate_fails_the_call() {
     common::require("kamailio");
@@ -111,7 +111,21 @@ async fn an_untrusted_certificate_fails_the_call() {
         "the handshake failure is logged"
     );
     assert!(!kam.log().contains("INVITE-PROTO"), "{}", kam.log());
-    let _ = sipp.wait(Duration::from_millis(10));
+
+    // The lab switch: sip_tls_verify=false takes the same certificate, and the call goes on.
+    let lab = Gateway::start(&[("sip_tls_verify", "false".into())]).await;
+    let mut body = tls_call("tls3", kam.tls_port);
+    body["sipRegisterRequired"] = json!("false");
+    let (status, v) = lab.post_json("/call/startup", body).await;
+    assert_eq!(status, 200, "{v}");
+    let call = lab.wait_status("tls3", &["ESTABLISHED"], T).await;
+    assert_eq!(call["sipTransport"], "tls", "{call}");
+    let (status, _) = lab
+        .post_json("/call/terminate", json!({"callId": "tls3"}))
+        .await;
+    assert_eq!(status, 200);
+    lab.wait_status("tls3", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
 }
 
 /// `sipTransport` takes tls; a sips: callee means TLS; a callee URI that asks for another

@@ -332,6 +332,29 @@ mod tests {
     }
 
     #[test]
+    fn tls_via_contact_and_default_port() {
+        let l = LocalEnd {
+            transport: Transport::Tls,
+            addr: "127.0.0.1:5061".parse().unwrap(),
+            user_agent: "test".into(),
+        };
+        assert_eq!(
+            l.via("z9hG4bKx"),
+            "SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKx;rport"
+        );
+        assert_eq!(l.contact("gw"), "<sip:gw@127.0.0.1:5061;transport=tls>");
+        for (uri, port) in [
+            ("sip:10.0.0.1;transport=tls;lr", 5061),
+            ("sips:10.0.0.1", 5061),
+            ("sip:10.0.0.1;transport=TLS", 5061),
+            ("sip:10.0.0.1;lr", 5060),
+            ("sips:10.0.0.1:5071", 5071),
+        ] {
+            assert_eq!(uri_socket_addr(uri).map(|a| a.port()), Some(port), "{uri}");
+        }
+    }
+
+    #[test]
     fn request_has_mandatory_headers_and_length() {
         let l = local();
         let req = build_request(RequestSpec {
