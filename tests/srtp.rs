@@ -321,3 +321,33 @@ async fn packets_under_a_wrong_key_fail_authentication() {
         uas.abort();
     }
 }
+
+/// Inbound calls follow `sip_srtp`: a plain RTP/AVP offer gets 488 when SRTP is mandatory,
+/// and is answered in the clear (no crypto line in our answer) when it is optional.
+#[tokio::test]
+async fn inbound_plain_offers_under_sip_srtp() {
+    let gw = Gateway::start(&[("sip_srtp", "mandatory".into())]).await;
+    match common::RawUac::call(gw.sip_port, "alice", "", 440.0).await {
+        Err(status) => assert_eq!(status, 488),
+        Ok(_) => panic!("a plain offer was answered under sip_srtp=mandatory"),
+    }
+    let gw = Gateway::start(&[("sip_srtp", "optional".into())]).await;
+    let uac = common::RawUac::call(gw.sip_port, "alice", "", 440.0)
+        .await
+        .unwrap_or_else(|s| panic!("refused with {s}"));
+    let deadline = Instant::now() + T;
+    let call = loop {
+        let (_, all) = gw.post_json("/call/find_all", json!({})).await;
+        if let Some(c) = all
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["status"] == "ESTABLISHED"))
+        {
+            break c.clone();
+        }
+        assert!(Instant::now() < deadline, "{all}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(call["srtp"], "optional", "{call}");
+    assert!(track(&call).get("srtp").is_none(), "{call}");
+    uac.bye().await;
+}

@@ -384,13 +384,11 @@ impl CallManager {
         }
         let registrar =
             if spec.register && spec.registrar != (spec.proxy_host.clone(), spec.proxy_port) {
-                {
-                    let addr = resolve(&spec.registrar.0, spec.registrar.1).await?;
-                    if spec.transport == crate::sip::endpoint::Transport::Tls {
-                        inner.sip.tls_name(addr, &spec.registrar.0);
-                    }
-                    Some(addr)
+                let addr = resolve(&spec.registrar.0, spec.registrar.1).await?;
+                if spec.transport == crate::sip::endpoint::Transport::Tls {
+                    inner.sip.tls_name(addr, &spec.registrar.0);
                 }
+                Some(addr)
             } else {
                 None
             };
@@ -2276,14 +2274,16 @@ impl CallManager {
             }
             entry.legs[0].send_only = send_only;
             let want = entry.legs[0].want();
+            // Inbound calls follow sip_srtp: an offer's crypto is answered (or refused by a
+            // mandatory policy); a late offer of ours carries crypto lines of our own.
+            entry.legs[0].srtp = self.inner.cfg.sip_srtp;
+            entry.info.srtp = self.inner.cfg.sip_srtp;
             let sdp = match &offer {
                 Some(o) => {
                     let mut answer = sdp::answer(&entry.legs[0].local_sdp(want), o, want);
                     if answer.media.iter().all(|m| m.port == 0) {
                         return Err((488, "no codec of the offer is one we take".into()));
                     }
-                    entry.legs[0].srtp = self.inner.cfg.sip_srtp;
-                    entry.info.srtp = self.inner.cfg.sip_srtp;
                     entry.legs[0]
                         .secure_answer(&mut answer, o)
                         .map_err(|why| (488, why))?;
@@ -2293,6 +2293,7 @@ impl CallManager {
                     entry.legs[0].sdp.stamp(answer)
                 }
                 None => {
+                    entry.legs[0].offer_srtp();
                     let ours = entry.legs[0].local_sdp(want);
                     entry.legs[0].sdp.stamp(ours)
                 }
