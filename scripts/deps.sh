@@ -14,11 +14,11 @@
 set -euo pipefail
 what=${1:-test}
 build_pkgs=(cmake pkg-config)
-test_pkgs=(sip-tester kamailio baresip-core dnsmasq-base ffmpeg curl iproute2 libxml2-utils python3 chromium chromium-driver nginx libnginx-mod-rtmp
+test_pkgs=(sip-tester kamailio kamailio-tls-modules baresip-core dnsmasq-base ffmpeg curl iproute2 libxml2-utils python3 chromium chromium-driver nginx libnginx-mod-rtmp
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
   prometheus)
-# (The GStreamer packages: the RTSP server of tests/rtsp_pull.rs; prometheus: the dashboard
-# test of tests/browser.rs.)
+# (kamailio-tls-modules: the TLS listener of tests/sip_tls.rs; the GStreamer packages: the
+# RTSP server of tests/rtsp_pull.rs; prometheus: the dashboard test of tests/browser.rs.)
 # Not in `test`: CI does not spend its time on the benchmark's peers.
 bench_pkgs=(sip-tester rtpengine-daemon linux-perf)
 # The binary links only libc, libm and libgcc_s (libopus is built in); CA certificates for

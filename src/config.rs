@@ -125,6 +125,11 @@ pub struct Config {
     pub sip_dns_servers: Vec<std::net::SocketAddr>,
     pub sip_udp: bool,
     pub sip_tcp: bool,
+    /// SIP over TLS: listener port (with cert and key) and the provider certificate check.
+    pub sip_tls_port: u16,
+    pub sip_tls: crate::sip::tls::TlsSettings,
+    /// SRTP with SDES keys (RFC 4568) for calls that do not say otherwise.
+    pub sip_srtp: crate::rtp::srtp::SrtpPolicy,
     /// Host announced in Via/Contact; empty: the local address that routes to the peer.
     pub sip_external_address: Option<IpAddr>,
     pub sip_user_agent: String,
@@ -261,6 +266,12 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("sip_dns_servers", ""),
     ("sip_udp", "true"),
     ("sip_tcp", "true"),
+    ("sip_tls_port", "5061"),
+    ("sip_tls_cert_file", ""),
+    ("sip_tls_key_file", ""),
+    ("sip_tls_ca_file", ""),
+    ("sip_tls_verify", "true"),
+    ("sip_srtp", "off"),
     ("sip_external_address", ""),
     ("sip_user_agent", "sipstream"),
     ("sip_t1_ms", "500"),
@@ -460,6 +471,17 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             sip_udp: r.bool("sip_udp")?,
             sip_tcp: r.bool("sip_tcp")?,
+            sip_tls_port: r.parse("sip_tls_port")?,
+            sip_tls: crate::sip::tls::TlsSettings {
+                ca_file: r.opt_path("sip_tls_ca_file"),
+                verify: r.bool("sip_tls_verify")?,
+                cert_file: r.opt_path("sip_tls_cert_file"),
+                key_file: r.opt_path("sip_tls_key_file"),
+            },
+            sip_srtp: r
+                .string("sip_srtp")
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("sip_srtp: {e}")))?,
             sip_external_address: r.opt_parse("sip_external_address")?,
             sip_user_agent: r.string("sip_user_agent"),
             sip_t1: Duration::from_millis(r.parse("sip_t1_ms")?),
@@ -622,6 +644,12 @@ impl Config {
         if !self.sip_udp && !self.sip_tcp {
             return Err(ConfigError::Invalid(
                 "sip_udp and sip_tcp are both false: no SIP transport".into(),
+            ));
+        }
+        if self.sip_tls.cert_file.is_some() != self.sip_tls.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "sip_tls_cert_file and sip_tls_key_file go together (the TLS listener needs both)"
+                    .into(),
             ));
         }
         if self.sip_t1.is_zero() || self.sip_t2 < self.sip_t1 {
@@ -808,6 +836,13 @@ impl Reader<'_> {
             .get(key)
             .map(|(v, o)| (v.as_str(), o.as_str()))
             .unwrap_or(("", "defaults"))
+    }
+
+    /// A file name; empty means none.
+    fn opt_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.string(key))
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
     }
 
     fn string(&self, key: &str) -> String {

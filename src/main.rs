@@ -113,6 +113,13 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
             port: cfg.sip_port,
             udp: cfg.sip_udp,
             tcp: cfg.sip_tcp,
+            tls: Some(driver::TlsDriverConfig {
+                port: cfg.sip_tls_port,
+                client: sipstream::sip::tls::client_config(&cfg.sip_tls)
+                    .context("SIP over TLS client")?,
+                server: sipstream::sip::tls::server_config(&cfg.sip_tls)
+                    .context("SIP over TLS listener")?,
+            }),
             socket_buffer: cfg.sip_socket_buffer,
             max_message_size: cfg.sip_max_message_size,
             ua: UaConfig {

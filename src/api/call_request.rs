@@ -38,12 +38,19 @@ pub struct CallStartupRequest {
     pub sip_domain: Option<String>,
     /// Host (name or IP) all requests are sent to; defaults to sipDomain.
     pub sip_outbound_proxy: Option<String>,
-    /// Port of the outbound proxy (or domain); default 5060.
+    /// Port of the outbound proxy (or domain); default 5060 (5061 with `tls`).
     #[serde(default, deserialize_with = "flex_port")]
     #[schema(value_type = Option<u16>)]
     pub sip_port: Option<u16>,
-    /// `udp` (default) or `tcp`.
+    /// `udp` (default), `tcp` or `tls` (SIP over TLS, RFC 3261 §26.2; the provider's
+    /// certificate is checked against `sip_tls_ca_file` or the system's roots). A `sips:`
+    /// callee or one with `;transport=tls` means `tls` when this is not given.
     pub sip_transport: Option<String>,
+    /// SRTP with SDES keys (RFC 4568) on this call: `off`, `optional` (RTP/AVP offer with
+    /// `a=crypto`, SRTP when the far end takes it) or `mandatory` (RTP/SAVP; the call fails
+    /// with 488 when the far end offers or answers no usable crypto line). Default:
+    /// `sip_srtp`. Keys travel in the SDP: use it with `sipTransport: tls`.
+    pub srtp: Option<String>,
     #[serde(default, deserialize_with = "flex_bool")]
     #[schema(value_type = Option<bool>)]
     pub sip_register_required: Option<bool>,
@@ -127,11 +134,6 @@ fn party_uri(field: &str, value: &str, domain: &str) -> Result<(String, rsip::Ur
     } else {
         return Err(bad(format!("{v:?} is not a SIP user or URI")));
     };
-    if uri.starts_with("sips:") {
-        return Err(bad(
-            "sips: URIs need TLS, which the gateway does not offer yet".into(),
-        ));
-    }
     if uri.contains(['\r', '\n', ' ', '<', '>', '"']) {
         return Err(bad(format!(
             "{uri:?} contains characters not allowed in a URI"
@@ -139,6 +141,18 @@ fn party_uri(field: &str, value: &str, domain: &str) -> Result<(String, rsip::Ur
     }
     let parsed = crate::sip::dialog::parse_uri(&uri).map_err(|e| bad(e.to_string()))?;
     Ok((uri, parsed))
+}
+
+/// The transport a URI asks for: TLS for `sips:` (RFC 3261 §19.1) or `;transport=tls`,
+/// TCP or UDP for their `transport=` parameter; None when it says nothing.
+fn uri_transport(uri: &rsip::Uri) -> Option<Transport> {
+    if matches!(uri.scheme, Some(rsip::Scheme::Sips)) {
+        return Some(Transport::Tls);
+    }
+    uri.params.iter().find_map(|p| match p {
+        rsip::Param::Transport(t) => Transport::parse(&t.to_string()),
+        _ => None,
+    })
 }
 
 /// Where the INVITE for `uri` goes (RFC 3261 §8.1.2): an explicit outbound proxy wins (and
@@ -150,11 +164,12 @@ fn next_hop(
     proxy: Option<&str>,
     sip_port: Option<u16>,
     domain: &str,
+    transport: Transport,
 ) -> (String, u16, bool, bool) {
     match proxy {
         Some(p) => (
             p.to_string(),
-            sip_port.unwrap_or(5060),
+            sip_port.unwrap_or(transport.default_port()),
             true,
             sip_port.is_some(),
         ),
@@ -165,7 +180,12 @@ fn next_hop(
                 .port
                 .map(|p| *p.value())
                 .or(sip_port.filter(|_| host.eq_ignore_ascii_case(domain)));
-            (host, port.unwrap_or(5060), false, port.is_some())
+            (
+                host,
+                port.unwrap_or(transport.default_port()),
+                false,
+                port.is_some(),
+            )
         }
     }
 }
@@ -259,7 +279,28 @@ impl CallStartupRequest {
             }
             None => None,
         };
-        let hop = |uri: &rsip::Uri| next_hop(uri, proxy.as_deref(), self.sip_port, &domain);
+        let transport = match self
+            .sip_transport
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => uri_transport(&parsed).unwrap_or(Transport::Udp),
+            Some(t) => Transport::parse(t)
+                .ok_or_else(|| bad("sipTransport", format!("{t:?}: expected udp, tcp or tls")))?,
+        };
+        if let Some(wanted) = uri_transport(&parsed).filter(|u| *u != transport) {
+            return Err(bad(
+                "sipTransport",
+                format!(
+                    "{}: the callee URI asks for {}",
+                    transport.via_token().to_ascii_lowercase(),
+                    wanted.via_token().to_ascii_lowercase()
+                ),
+            ));
+        }
+        let hop =
+            |uri: &rsip::Uri| next_hop(uri, proxy.as_deref(), self.sip_port, &domain, transport);
         let (proxy_host, proxy_port, sticky, explicit_port) = hop(&parsed);
         let caller = match self
             .caller
@@ -284,17 +325,19 @@ impl CallStartupRequest {
         };
         let registrar = (
             proxy.unwrap_or_else(|| domain.clone()),
-            self.sip_port.unwrap_or(5060),
+            self.sip_port.unwrap_or(transport.default_port()),
         );
-        let transport = match self
-            .sip_transport
+        let srtp = match self
+            .srtp
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            None => Transport::Udp,
-            Some(t) => Transport::parse(t)
-                .ok_or_else(|| bad("sipTransport", format!("{t:?}: expected udp or tcp")))?,
+            None => None,
+            Some(v) => Some(
+                v.parse::<crate::rtp::srtp::SrtpPolicy>()
+                    .map_err(|e| bad("srtp", e))?,
+            ),
         };
         let stream = match self
             .to_stream
@@ -355,6 +398,7 @@ impl CallStartupRequest {
             sticky,
             registrar,
             transport,
+            srtp,
             register: self.sip_register_required.unwrap_or(false),
             has_audio,
             has_video,
@@ -452,6 +496,10 @@ mod tests {
             (
                 serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","sipTransport":"sctp"}),
                 "sipTransport",
+            ),
+            (
+                serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","srtp":"sdes"}),
+                "srtp",
             ),
             (
                 serde_json::json!({"callee":"1","sipLogin":"x","sipDomain":"d","sipHeaders":{"Via":"x"}}),

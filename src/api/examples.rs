@@ -223,6 +223,7 @@ fn call_info() -> Value {
         "sipOutboundProxy": "pbx.example.com",
         "sipPort": 5060,
         "sipTransport": "udp",
+        "srtp": "off",
         "sipRegisterRequired": true,
         "hasAudio": true,
         "hasVideo": false,
@@ -243,7 +244,7 @@ fn call_info() -> Value {
             "tracks": [{"kind": "audio", "codec": "PCMU", "payloadType": 0,
                 "localRtpPort": 31000, "remoteRtp": "203.0.113.7:16000",
                 "direction": "sendrecv", "packetsReceived": 90, "packetsSent": 91,
-                "invalidPackets": 0}]
+                "invalidPackets": 0, "srtpAuthFailures": 0}]
         }]
     })
 }

@@ -253,8 +253,9 @@ impl CallManager {
     }
 
     /// Places a call. Returns the call object with status PENDING; progress follows as events.
-    pub async fn startup(&self, spec: CallSpec) -> Result<CallInfo, RequestError> {
+    pub async fn startup(&self, mut spec: CallSpec) -> Result<CallInfo, RequestError> {
         let inner = &self.inner;
+        spec.srtp = Some(spec.srtp.unwrap_or(inner.cfg.sip_srtp));
         // Two keys for a two-party call (caller, callee), one otherwise.
         let key = inner
             .next_key
@@ -383,7 +384,11 @@ impl CallManager {
         }
         let registrar =
             if spec.register && spec.registrar != (spec.proxy_host.clone(), spec.proxy_port) {
-                Some(resolve(&spec.registrar.0, spec.registrar.1).await?)
+                let addr = resolve(&spec.registrar.0, spec.registrar.1).await?;
+                if spec.transport == crate::sip::endpoint::Transport::Tls {
+                    inner.sip.tls_name(addr, &spec.registrar.0);
+                }
+                Some(addr)
             } else {
                 None
             };
@@ -403,6 +408,8 @@ impl CallManager {
                 leg.media = m;
                 leg.media_ip = Some(media_ip);
                 leg.send_only = spec.direction == Direction::SendOnly;
+                leg.srtp = spec.srtp.unwrap_or_default();
+                leg.offer_srtp();
                 let offer = leg.local_sdp(leg.want());
                 let sdp_offer = leg.sdp.stamp(offer);
                 // The caller of a two-party call has its own next hop.
@@ -505,6 +512,12 @@ impl CallManager {
             return Err(RequestError::Upstream(format!(
                 "next hop {host:?} has no address"
             )));
+        }
+        if transport == crate::sip::endpoint::Transport::Tls {
+            // RFC 5922 §7: the certificate must name the host we looked up, not an SRV target.
+            for addr in &found {
+                self.inner.sip.tls_name(*addr, host);
+            }
         }
         Ok(found)
     }
@@ -972,6 +985,12 @@ impl CallManager {
                 }
                 return;
             };
+            // A leg we hung up because its SDP could not give the SRTP asked for ends FAILED
+            // with that reason, not as an ordinary hang-up.
+            let (phase, sip_status, reason) = match &entry.legs[idx].srtp_failure {
+                Some(why) if phase.is_final() => (CallPhase::Failed, Some(488), Some(why.clone())),
+                _ => (phase, sip_status, reason),
+            };
             // RFC 3263 §4.3: a 503, a timeout or a transport failure before any answer moves
             // the INVITE to the next target.
             let retry = {
@@ -1272,9 +1291,13 @@ impl CallManager {
             return Ok(leg.sdp.stamp(ours));
         };
         let remote = SessionDescription::parse(text).map_err(|_| 488u16)?;
-        let answer = sdp::answer(&leg.local_sdp(want), &remote, want);
+        let mut answer = sdp::answer(&leg.local_sdp(want), &remote, want);
         if answer.media.iter().all(|m| m.port == 0) {
             tracing::info!(call_id = %entry.info.call_id, "offer has no media we can take");
+            return Err(488);
+        }
+        if let Err(why) = leg.secure_answer(&mut answer, &remote) {
+            tracing::info!(call_id = %entry.info.call_id, %why, "offer refused (SRTP)");
             return Err(488);
         }
         self.apply_remote_sdp(entry, idx, text, Some(want));
@@ -2251,18 +2274,26 @@ impl CallManager {
             }
             entry.legs[0].send_only = send_only;
             let want = entry.legs[0].want();
+            // Inbound calls follow sip_srtp: an offer's crypto is answered (or refused by a
+            // mandatory policy); a late offer of ours carries crypto lines of our own.
+            entry.legs[0].srtp = self.inner.cfg.sip_srtp;
+            entry.info.srtp = self.inner.cfg.sip_srtp;
             let sdp = match &offer {
                 Some(o) => {
-                    let answer = sdp::answer(&entry.legs[0].local_sdp(want), o, want);
+                    let mut answer = sdp::answer(&entry.legs[0].local_sdp(want), o, want);
                     if answer.media.iter().all(|m| m.port == 0) {
                         return Err((488, "no codec of the offer is one we take".into()));
                     }
+                    entry.legs[0]
+                        .secure_answer(&mut answer, o)
+                        .map_err(|why| (488, why))?;
                     if let Some(text) = &ic.sdp {
                         self.apply_remote_sdp(entry, 0, text, Some(want));
                     }
                     entry.legs[0].sdp.stamp(answer)
                 }
                 None => {
+                    entry.legs[0].offer_srtp();
                     let ours = entry.legs[0].local_sdp(want);
                     entry.legs[0].sdp.stamp(ours)
                 }
@@ -2290,6 +2321,8 @@ impl CallManager {
             return;
         };
         let leg_name = call_leg.name;
+        let srtp_policy = call_leg.srtp;
+        let mut srtp_failure: Option<String> = None;
         let remote = match SessionDescription::parse(text) {
             Ok(r) => r,
             Err(e) => {
@@ -2298,6 +2331,7 @@ impl CallManager {
             }
         };
         let cfg = &self.inner.cfg;
+        let key = call_leg.key;
         for (i, leg) in call_leg.media.iter_mut().enumerate() {
             let kind = match leg.kind {
                 TrackKind::Audio => MediaKind::Audio,
@@ -2320,6 +2354,20 @@ impl CallManager {
                     continue;
                 }
             };
+            let srtp = match CallLeg::srtp_keys(srtp_policy, leg, m, want.is_some()) {
+                Ok(k) => k,
+                Err(why) => {
+                    // No media in the clear when SRTP was required: the leg is hung up and
+                    // ends FAILED with the reason.
+                    tracing::warn!(%call_id, %why, "SRTP not negotiated; hanging up");
+                    if srtp_failure.is_none() {
+                        srtp_failure = Some(why);
+                    }
+                    continue;
+                }
+            };
+            let suite = srtp.as_ref().map(|k| k.suite);
+            let keys = srtp.clone();
             leg.remote = neg.remote_rtp;
             leg.direction = Some(neg.direction);
             let track_spec = TrackSpec {
@@ -2370,6 +2418,7 @@ impl CallManager {
                         self.inner.media.pick(),
                         pair,
                         session,
+                        srtp,
                         publisher,
                         track,
                         span,
@@ -2413,6 +2462,11 @@ impl CallManager {
                         },
                         LegUpdate::Direction(ours),
                     ];
+                    if leg.srtp_keys != srtp {
+                        // Re-keyed, turned on or off by the new offer/answer. The same keys
+                        // again keep the running contexts (and their rollover counters).
+                        updates.push(LegUpdate::Srtp(srtp.clone()));
+                    }
                     if leg.codec.as_ref() != Some(&neg.codec) {
                         if let Some(p) = publisher {
                             let _ = p.update_track(*track, track_spec);
@@ -2433,6 +2487,14 @@ impl CallManager {
             }
             leg.dtmf = neg.dtmf.clone();
             leg.codec = Some(neg.codec);
+            leg.srtp = suite;
+            leg.srtp_keys = keys;
+        }
+        if let Some(why) = srtp_failure {
+            if call_leg.srtp_failure.is_none() {
+                call_leg.srtp_failure = Some(why);
+                self.inner.sip.command(Command::Hangup(key));
+            }
         }
     }
 
@@ -2483,6 +2545,7 @@ fn initial_info(spec: &CallSpec) -> CallInfo {
         sip_outbound_proxy: spec.proxy_host.clone(),
         sip_port: spec.proxy_port,
         sip_transport: spec.transport.via_token().to_ascii_lowercase(),
+        srtp: spec.srtp.unwrap_or_default(),
         sip_register_required: spec.register,
         has_audio: spec.has_audio,
         has_video: spec.has_video,
@@ -2515,6 +2578,7 @@ fn inbound_info(ic: &IncomingCall, call_id: &str, stream: &str, record: bool) ->
         sip_outbound_proxy: ic.source.ip().to_string(),
         sip_port: ic.source.port(),
         sip_transport: ic.transport.via_token().to_ascii_lowercase(),
+        srtp: crate::rtp::srtp::SrtpPolicy::Off,
         sip_register_required: false,
         has_audio: true,
         has_video: false,
@@ -2783,6 +2847,7 @@ mod tests {
             sticky: false,
             registrar: ("h".into(), 5060),
             transport: crate::sip::endpoint::Transport::Udp,
+            srtp: None,
             register: false,
             has_audio: true,
             has_video: false,

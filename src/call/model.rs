@@ -43,6 +43,8 @@ pub struct CallSpec {
     /// Where REGISTER goes: the outbound proxy, else sipDomain (with sipPort).
     pub registrar: (String, u16),
     pub transport: Transport,
+    /// SRTP with SDES keys (RFC 4568): the request's `srtp`; None: `sip_srtp`.
+    pub srtp: Option<crate::rtp::srtp::SrtpPolicy>,
     pub register: bool,
     pub has_audio: bool,
     pub has_video: bool,
@@ -102,6 +104,12 @@ pub struct LegTrackInfo {
     pub packets_received: u64,
     pub packets_sent: u64,
     pub invalid_packets: u64,
+    /// The SRTP crypto suite of this line (SDES, RFC 4568), when it is encrypted. Keys are
+    /// never shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
+    /// SRTP/SRTCP packets that failed authentication (wrong key, tampering): dropped.
+    pub srtp_auth_failures: u64,
 }
 
 /// The call object of `/call/startup`, `/call/find` and `/call/find_all`.
@@ -121,6 +129,9 @@ pub struct CallInfo {
     pub sip_outbound_proxy: String,
     pub sip_port: u16,
     pub sip_transport: String,
+    /// `off`, `optional` or `mandatory`: SRTP with SDES keys (each track says whether its
+    /// media is encrypted, and with which suite).
+    pub srtp: crate::rtp::srtp::SrtpPolicy,
     pub sip_register_required: bool,
     pub has_audio: bool,
     pub has_video: bool,

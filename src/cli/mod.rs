@@ -178,7 +178,7 @@ pub struct CallStart {
     /// Port of the proxy or domain (sipPort).
     #[arg(long)]
     pub port: Option<u16>,
-    /// udp or tcp.
+    /// udp, tcp or tls (sipTransport).
     #[arg(long)]
     pub transport: Option<String>,
     /// REGISTER before calling.

@@ -25,6 +25,7 @@ use super::packet::is_rtcp;
 use super::ports::{BoundPair, PortLease};
 use super::rtcp::{ntp_from_system_time, ReportBlock};
 use super::session::{Direction, RtpSession, SessionConfig, SessionCounters};
+use super::srtp::{SrtpCounters, SrtpKeys, SrtpStream};
 use super::stats::RxStatsSnapshot;
 use crate::registry::{MediaUnit, Publisher, TrackId};
 
@@ -55,6 +56,8 @@ pub struct LegStats {
     pub send_errors: u64,
     pub recv_errors: u64,
     pub running: bool,
+    /// SRTP: the suite in use (never a key) and its counters.
+    pub srtp: Option<(&'static str, SrtpCounters)>,
 }
 
 /// A change to a running leg.
@@ -85,6 +88,8 @@ pub enum LegUpdate {
         payload_type: u8,
         tones: Vec<crate::media::dtmf::Tone>,
     },
+    /// New SDES keys from a re-INVITE (None: plain RTP from now on).
+    Srtp(Option<SrtpKeys>),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -185,6 +190,7 @@ pub fn spawn_leg(
         &tokio::runtime::Handle::current(),
         pair,
         cfg,
+        None,
         publisher,
         track,
         span,
@@ -192,11 +198,14 @@ pub fn spawn_leg(
 }
 
 /// Starts the leg's task on `rt` (a media thread, see [`super::threads`]); its sockets move
-/// to that runtime's reactor.
+/// to that runtime's reactor. With `srtp`, every packet is SRTP/SRTCP from the first one
+/// (keys that do not make a context are an error logged, and the leg then drops what it
+/// receives and sends nothing rather than fall back to plain RTP).
 pub fn spawn_leg_on(
     rt: &tokio::runtime::Handle,
     pair: BoundPair,
     cfg: SessionConfig,
+    srtp: Option<SrtpKeys>,
     publisher: Arc<Publisher>,
     track: TrackId,
     span: tracing::Span,
@@ -222,6 +231,7 @@ pub fn spawn_leg_on(
         last_snapshot: now,
         send_ahead,
         dtmf: None,
+        srtp: Srtp::from_keys(srtp.as_ref()),
     };
     let task = rt.spawn(
         async move {
@@ -397,8 +407,30 @@ fn recv_ready(
     }
 }
 
+/// What the leg does to packets on the wire.
+enum Srtp {
+    Plain,
+    On(Box<SrtpStream>),
+    /// Keys were given but made no context: nothing goes out, nothing comes in.
+    Broken,
+}
+
+impl Srtp {
+    fn from_keys(keys: Option<&SrtpKeys>) -> Srtp {
+        match keys.map(SrtpKeys::stream) {
+            None => Srtp::Plain,
+            Some(Ok(s)) => Srtp::On(Box::new(s)),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "SRTP context not created; the leg carries no media");
+                Srtp::Broken
+            }
+        }
+    }
+}
+
 struct Leg {
     session: RtpSession,
+    srtp: Srtp,
     publisher: Arc<Publisher>,
     track: TrackId,
     stats: Arc<Mutex<LegStats>>,
@@ -510,6 +542,7 @@ impl Leg {
                     tracing::warn!(digits = tones.len(), "DTMF queue full; digits not sent");
                 }
             }
+            LegUpdate::Srtp(keys) => self.srtp = Srtp::from_keys(keys.as_ref()),
         }
     }
 
@@ -520,6 +553,21 @@ impl Leg {
     }
 
     fn on_rtp(&mut self, from: SocketAddr, data: &[u8]) {
+        let plain;
+        let data = match &mut self.srtp {
+            Srtp::Plain => data,
+            Srtp::On(s) => match s.unprotect_rtp(data) {
+                Some(p) => {
+                    plain = p;
+                    &plain[..]
+                }
+                None => {
+                    tracing::trace!(%from, len = data.len(), "SRTP packet failed authentication; dropped");
+                    return;
+                }
+            },
+            Srtp::Broken => return,
+        };
         let now = clock();
         match self.session.handle_rtp(now, from, data) {
             Ok(Some(rx)) => {
@@ -550,6 +598,21 @@ impl Leg {
     }
 
     fn on_rtcp(&mut self, from: SocketAddr, data: &[u8]) {
+        let plain;
+        let data = match &mut self.srtp {
+            Srtp::Plain => data,
+            Srtp::On(s) => match s.unprotect_rtcp(data) {
+                Some(p) => {
+                    plain = p;
+                    &plain[..]
+                }
+                None => {
+                    tracing::trace!(%from, len = data.len(), pt = data.get(1).copied().unwrap_or(0), "SRTCP packet failed authentication; dropped");
+                    return;
+                }
+            },
+            Srtp::Broken => return,
+        };
         match self.session.handle_rtcp(clock(), from, data) {
             Ok(Some(sum)) => {
                 if sum.bye && !self.extra.bye_received {
@@ -579,7 +642,26 @@ impl Leg {
         };
         while let Some(t) = self.session.poll_transmit(now + ahead) {
             let sock = if t.rtcp { &socks.rtcp } else { &socks.rtp };
-            if let Err(e) = sock.get_ref().send_to(&t.data, t.to) {
+            let protected;
+            let data = match &mut self.srtp {
+                Srtp::Plain => &t.data[..],
+                Srtp::On(s) => {
+                    let p = if t.rtcp {
+                        s.protect_rtcp(&t.data)
+                    } else {
+                        s.protect_rtp(&t.data)
+                    };
+                    match p {
+                        Some(p) => {
+                            protected = p;
+                            &protected[..]
+                        }
+                        None => continue,
+                    }
+                }
+                Srtp::Broken => continue,
+            };
+            if let Err(e) = sock.get_ref().send_to(data, t.to) {
                 self.extra.send_errors += 1;
                 tracing::trace!(to = %t.to, error = %e, "RTP send failed");
             }
@@ -616,6 +698,10 @@ impl Leg {
         s.send_errors = self.extra.send_errors;
         s.recv_errors = self.extra.recv_errors;
         s.running = running;
+        s.srtp = match &self.srtp {
+            Srtp::On(x) => Some((x.suite().name(), x.counters())),
+            _ => None,
+        };
     }
 }
 

@@ -8,6 +8,7 @@ pub mod packet;
 pub mod ports;
 pub mod rtcp;
 pub mod session;
+pub mod srtp;
 pub mod stats;
 pub mod threads;
 

@@ -37,6 +37,9 @@ impl LocalEnd {
         match self.transport {
             Transport::Udp => format!("<sip:{user}{}>", self.addr),
             Transport::Tcp => format!("<sip:{user}{};transport=tcp>", self.addr),
+            // `sip:` with transport=tls rather than `sips:`: a sips Contact would demand TLS
+            // on every hop behind the provider (RFC 5630 §3.1.2), which we cannot promise.
+            Transport::Tls => format!("<sip:{user}{};transport=tls>", self.addr),
         }
     }
 }
@@ -292,7 +295,8 @@ pub fn angle_uri(value: &str) -> Option<String> {
     (!bare.is_empty()).then(|| bare.to_string())
 }
 
-/// `sip:user@1.2.3.4:5070;transport=udp` → 1.2.3.4:5070 (5060 when no port); None for names.
+/// `sip:user@1.2.3.4:5070;transport=udp` → 1.2.3.4:5070 (5060 when no port, 5061 for
+/// `sips:` or `transport=tls`); None for names.
 pub fn uri_socket_addr(uri: &str) -> Option<SocketAddr> {
     let parsed = rsip::Uri::try_from(uri).ok()?;
     let ip: std::net::IpAddr = match &parsed.host_with_port.host {
@@ -303,7 +307,15 @@ pub fn uri_socket_addr(uri: &str) -> Option<SocketAddr> {
         .host_with_port
         .port
         .map(|p| *p.value())
-        .unwrap_or(5060);
+        .unwrap_or_else(|| {
+            let tls = matches!(parsed.scheme, Some(rsip::Scheme::Sips))
+                || matches!(parsed.transport(), Some(rsip::Transport::Tls));
+            if tls {
+                5061
+            } else {
+                5060
+            }
+        });
     Some(SocketAddr::new(ip, port))
 }
 
@@ -316,6 +328,29 @@ mod tests {
             transport: Transport::Udp,
             addr: "127.0.0.1:5060".parse().unwrap(),
             user_agent: "test".into(),
+        }
+    }
+
+    #[test]
+    fn tls_via_contact_and_default_port() {
+        let l = LocalEnd {
+            transport: Transport::Tls,
+            addr: "127.0.0.1:5061".parse().unwrap(),
+            user_agent: "test".into(),
+        };
+        assert_eq!(
+            l.via("z9hG4bKx"),
+            "SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKx;rport"
+        );
+        assert_eq!(l.contact("gw"), "<sip:gw@127.0.0.1:5061;transport=tls>");
+        for (uri, port) in [
+            ("sip:10.0.0.1;transport=tls;lr", 5061),
+            ("sips:10.0.0.1", 5061),
+            ("sip:10.0.0.1;transport=TLS", 5061),
+            ("sip:10.0.0.1;lr", 5060),
+            ("sips:10.0.0.1:5071", 5071),
+        ] {
+            assert_eq!(uri_socket_addr(uri).map(|a| a.port()), Some(port), "{uri}");
         }
     }
 

@@ -1,6 +1,7 @@
-//! The tokio driver of the SIP user agent: owns the UDP socket, the TCP listener and
+//! The tokio driver of the SIP user agent: owns the UDP socket, the TCP and TLS listeners and
 //! connections, and the clock; feeds the sans-IO [`UserAgent`] and carries out what it asks.
-//! One task runs the UA; one reader and one writer task run per TCP connection.
+//! One task runs the UA; one reader and one writer task run per TCP or TLS connection (a TLS
+//! connection is a TCP connection behind rustls: the same framing and the same tasks).
 
 use std::collections::HashMap;
 use std::io;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -25,14 +26,37 @@ pub struct DriverConfig {
     pub port: u16,
     pub udp: bool,
     pub tcp: bool,
+    /// SIP over TLS: the client side always; a listener when it has a server config.
+    pub tls: Option<TlsDriverConfig>,
     pub socket_buffer: usize,
     pub max_message_size: usize,
     pub ua: UaConfig,
 }
 
+/// SIP over TLS in the driver.
+#[derive(Clone)]
+pub struct TlsDriverConfig {
+    /// Port of the TLS listener (0: any), and the port our Via and Contact announce for TLS
+    /// when there is no listener (then the provider must send its requests on our
+    /// connection).
+    pub port: u16,
+    pub client: Arc<rustls::ClientConfig>,
+    pub server: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for TlsDriverConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsDriverConfig")
+            .field("port", &self.port)
+            .field("listener", &self.server.is_some())
+            .finish()
+    }
+}
+
 enum DriverCmd {
     Ua(Command),
     Stats(oneshot::Sender<EndpointStats>),
+    TlsName(SocketAddr, String),
 }
 
 /// Handle to the running SIP driver.
@@ -41,6 +65,8 @@ pub struct SipHandle {
     tx: mpsc::UnboundedSender<DriverCmd>,
     pub udp_local: Option<SocketAddr>,
     pub tcp_local: Option<SocketAddr>,
+    /// The TLS listener's address, or (no listener, TLS client only) the port announced.
+    pub tls_local: Option<SocketAddr>,
 }
 
 impl SipHandle {
@@ -60,7 +86,15 @@ impl SipHandle {
         match transport {
             Transport::Udp => self.udp_local.map(|a| a.port()),
             Transport::Tcp => self.tcp_local.map(|a| a.port()),
+            Transport::Tls => self.tls_local.map(|a| a.port()),
         }
+    }
+
+    /// The name a TLS connection to `dest` must find in the peer's certificate (RFC 5922
+    /// §7: the host of the URI we located); without one, the address itself is checked.
+    /// Queued before the command that sends there, so it is known when the connection opens.
+    pub fn tls_name(&self, dest: SocketAddr, host: &str) {
+        let _ = self.tx.send(DriverCmd::TlsName(dest, host.to_string()));
     }
 }
 
@@ -79,13 +113,14 @@ const TCP_WRITE_QUEUE: usize = 512;
 /// layer a moment later).
 const TCP_CLOSE_LINGER: Duration = Duration::from_millis(500);
 
+/// What the connection tasks tell the driver; `Transport` is Tcp or Tls.
 enum NetInput {
-    Tcp(SocketAddr, Bytes),
-    TcpAccepted(SocketAddr, mpsc::Sender<Bytes>),
-    TcpFailed(SocketAddr),
-    TcpClosed(SocketAddr),
+    Stream(Transport, SocketAddr, Bytes),
+    Accepted(Transport, SocketAddr, mpsc::Sender<Bytes>),
+    Failed(Transport, SocketAddr),
+    Closed(Transport, SocketAddr),
     /// A stateless answer to what the connection sent (a request it cannot frame).
-    TcpAnswer(SocketAddr, Bytes),
+    Answer(Transport, SocketAddr, Bytes),
 }
 
 /// Binds the sockets and starts the driver task. UA events go to `events`.
@@ -108,18 +143,52 @@ pub async fn start(cfg: DriverConfig, events: mpsc::Sender<UaEvent>) -> io::Resu
     } else {
         None
     };
+    let tls_listener = match &cfg.tls {
+        Some(TlsDriverConfig {
+            port,
+            server: Some(server),
+            ..
+        }) => Some((
+            TcpListener::bind(SocketAddr::new(cfg.bind, *port)).await?,
+            tokio_rustls::TlsAcceptor::from(server.clone()),
+        )),
+        _ => None,
+    };
     let udp_local = udp.as_ref().map(|u| u.local_addr()).transpose()?;
     let tcp_local = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
+    let tls_local = match (&tls_listener, &cfg.tls) {
+        (Some((l, _)), _) => Some(l.local_addr()?),
+        (None, Some(t)) => Some(SocketAddr::new(cfg.bind, t.port)),
+        (None, None) => None,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
     if let Some(listener) = tcp {
-        tokio::spawn(accept_loop(listener, net_tx.clone(), cfg.max_message_size));
+        tokio::spawn(accept_loop(
+            listener,
+            None,
+            net_tx.clone(),
+            cfg.max_message_size,
+        ));
+    }
+    if let Some((listener, acceptor)) = tls_listener {
+        tokio::spawn(accept_loop(
+            listener,
+            Some(acceptor),
+            net_tx.clone(),
+            cfg.max_message_size,
+        ));
     }
     let ua = UserAgent::new(Instant::now().into_std(), cfg.ua.clone());
     let driver = Driver {
         ua,
         udp,
-        tcp_conns: HashMap::new(),
+        conns: HashMap::new(),
+        tls_client: cfg
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsConnector::from(t.client.clone())),
+        tls_names: HashMap::new(),
         net_tx,
         events,
         max: cfg.max_message_size,
@@ -130,11 +199,12 @@ pub async fn start(cfg: DriverConfig, events: mpsc::Sender<UaEvent>) -> io::Resu
             .run(rx, net_rx)
             .instrument(tracing::info_span!("sip")),
     );
-    tracing::info!(?udp_local, ?tcp_local, "SIP listening");
+    tracing::info!(?udp_local, ?tcp_local, ?tls_local, "SIP listening");
     Ok(SipHandle {
         tx,
         udp_local,
         tcp_local,
+        tls_local,
     })
 }
 
@@ -159,7 +229,12 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
 struct Driver {
     ua: UserAgent,
     udp: Option<Arc<UdpSocket>>,
-    tcp_conns: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    /// Writers of the open TCP and TLS connections, by transport and peer.
+    conns: HashMap<(Transport, SocketAddr), mpsc::Sender<Bytes>>,
+    tls_client: Option<tokio_rustls::TlsConnector>,
+    /// Certificate names for TLS destinations ([`SipHandle::tls_name`]). Grows with the
+    /// distinct provider addresses a gateway talks to, which is a short list.
+    tls_names: HashMap<SocketAddr, String>,
     net_tx: mpsc::Sender<NetInput>,
     events: mpsc::Sender<UaEvent>,
     max: usize,
@@ -199,15 +274,15 @@ impl Driver {
                 Some(input) = net.recv() => {
                     let now = Instant::now().into_std();
                     match input {
-                        NetInput::Tcp(from, data) => self.ua.handle_input(now, Transport::Tcp, from, &data),
-                        NetInput::TcpFailed(peer) => {
-                            self.tcp_conns.remove(&peer);
-                            self.ua.handle_transport_error(now, Transport::Tcp, peer);
+                        NetInput::Stream(t, from, data) => self.ua.handle_input(now, t, from, &data),
+                        NetInput::Failed(t, peer) => {
+                            self.conns.remove(&(t, peer));
+                            self.ua.handle_transport_error(now, t, peer);
                         }
-                        NetInput::TcpAccepted(peer, writer) => { self.tcp_conns.insert(peer, writer); }
-                        NetInput::TcpClosed(peer) => { self.tcp_conns.remove(&peer); }
-                        NetInput::TcpAnswer(peer, answer) => {
-                            if let Some(writer) = self.tcp_conns.get(&peer) {
+                        NetInput::Accepted(t, peer, writer) => { self.conns.insert((t, peer), writer); }
+                        NetInput::Closed(t, peer) => { self.conns.remove(&(t, peer)); }
+                        NetInput::Answer(t, peer, answer) => {
+                            if let Some(writer) = self.conns.get(&(t, peer)) {
                                 let _ = writer.try_send(answer);
                             }
                         }
@@ -218,6 +293,7 @@ impl Driver {
                     match cmd {
                         Some(DriverCmd::Ua(c)) => self.ua.handle_command(now, c),
                         Some(DriverCmd::Stats(reply)) => { let _ = reply.send(self.ua.stats()); }
+                        Some(DriverCmd::TlsName(dest, host)) => { self.tls_names.insert(dest, host); }
                         None => break,
                     }
                 }
@@ -278,93 +354,189 @@ impl Driver {
                     tracing::debug!(dest = %t.dest, error = %e, "SIP UDP send failed");
                 }
             }
-            Transport::Tcp => {
-                let conn = self
-                    .tcp_conns
-                    .get(&t.dest)
-                    .filter(|c| !c.is_closed())
-                    .cloned();
+            Transport::Tcp | Transport::Tls => {
+                let key = (t.transport, t.dest);
+                let conn = self.conns.get(&key).filter(|c| !c.is_closed()).cloned();
                 let conn = match conn {
                     Some(c) => c,
                     None => {
+                        let tls = match t.transport {
+                            Transport::Tls => {
+                                let Some(connector) = self.tls_client.clone() else {
+                                    tracing::warn!(dest = %t.dest, "TLS transport disabled; message not sent");
+                                    self.ua.handle_transport_error(
+                                        Instant::now().into_std(),
+                                        t.transport,
+                                        t.dest,
+                                    );
+                                    return;
+                                };
+                                let host = self.tls_names.get(&t.dest).map(String::as_str);
+                                Some((connector, super::tls::server_name(host, t.dest)))
+                            }
+                            _ => None,
+                        };
                         let (tx, rx) = mpsc::channel(TCP_WRITE_QUEUE);
-                        tokio::spawn(connect_and_run(t.dest, rx, self.net_tx.clone(), self.max));
-                        self.tcp_conns.insert(t.dest, tx.clone());
+                        tokio::spawn(connect_and_run(
+                            t.dest,
+                            tls,
+                            rx,
+                            self.net_tx.clone(),
+                            self.max,
+                        ));
+                        self.conns.insert(key, tx.clone());
                         tx
                     }
                 };
                 if let Err(mpsc::error::TrySendError::Full(_)) = conn.try_send(t.data) {
                     // Dropping our sender ends its writer task, which closes the connection.
-                    tracing::info!(peer = %t.dest, "SIP TCP peer does not read; disconnected");
-                    self.tcp_conns.remove(&t.dest);
-                    self.ua.handle_transport_error(
-                        Instant::now().into_std(),
-                        Transport::Tcp,
-                        t.dest,
-                    );
+                    tracing::info!(peer = %t.dest, transport = t.transport.via_token(), "SIP peer does not read; disconnected");
+                    self.conns.remove(&key);
+                    self.ua
+                        .handle_transport_error(Instant::now().into_std(), t.transport, t.dest);
                 }
             }
         }
     }
 }
 
-async fn accept_loop(listener: TcpListener, net: mpsc::Sender<NetInput>, max: usize) {
+/// Accepts TCP connections, and with `tls` runs the TLS handshake on each first (in the
+/// connection's own task: a slow handshake holds up no one else).
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    net: mpsc::Sender<NetInput>,
+    max: usize,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
                 // Responses to requests that came in on this connection go back on it
                 // (RFC 3261 §18.2.2): the driver keys its writer by the peer address.
                 let (tx, rx) = mpsc::channel::<Bytes>(TCP_WRITE_QUEUE);
-                if net.send(NetInput::TcpAccepted(peer, tx)).await.is_err() {
+                if net
+                    .send(NetInput::Accepted(transport, peer, tx))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
-                tokio::spawn(run_connection(stream, peer, rx, net.clone(), max));
+                let net = net.clone();
+                match &tls {
+                    None => {
+                        tokio::spawn(run_connection(stream, transport, peer, rx, net, max));
+                    }
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(CONNECT_TIMEOUT, accept).await {
+                                Ok(Ok(s)) => run_connection(s, transport, peer, rx, net, max).await,
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "SIP TLS handshake failed (inbound)");
+                                    let _ = net.send(NetInput::Closed(transport, peer)).await;
+                                }
+                                Err(_) => {
+                                    tracing::info!(%peer, "SIP TLS handshake timed out (inbound)");
+                                    let _ = net.send(NetInput::Closed(transport, peer)).await;
+                                }
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
+                tracing::warn!(error = %e, transport = transport.via_token(), "SIP accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
+/// TCP connect, and TLS handshake when asked, together.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn connect_and_run(
     peer: SocketAddr,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     rx: mpsc::Receiver<Bytes>,
     net: mpsc::Sender<NetInput>,
     max: usize,
 ) {
-    match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(peer)).await {
-        Ok(Ok(stream)) => run_connection(stream, peer, rx, net, max).await,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "SIP TCP connect failed");
-            let _ = net.send(NetInput::TcpFailed(peer)).await;
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let connect = async {
+        let stream = TcpStream::connect(peer).await?;
+        let _ = stream.set_nodelay(true);
+        Ok::<_, io::Error>(stream)
+    };
+    let failed = |why: String| {
+        let net = net.clone();
+        async move {
+            tracing::info!(%peer, transport = transport.via_token(), error = %why, "SIP connection failed");
+            let _ = net.send(NetInput::Failed(transport, peer)).await;
         }
-        Err(_) => {
-            tracing::info!(%peer, "SIP TCP connect timed out");
-            let _ = net.send(NetInput::TcpFailed(peer)).await;
+    };
+    let run = async {
+        let stream = connect.await.map_err(|e| e.to_string())?;
+        match tls {
+            None => Ok(Ok(stream)),
+            Some((connector, name)) => {
+                let s = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                Ok(Err(s))
+            }
         }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, run).await {
+        Ok(Ok(Ok(tcp))) => run_connection(tcp, transport, peer, rx, net, max).await,
+        Ok(Ok(Err(tls))) => run_connection(tls, transport, peer, rx, net, max).await,
+        Ok(Err(why)) => failed(why).await,
+        Err(_) => failed("timed out".into()).await,
     }
 }
 
-async fn run_connection(
-    stream: TcpStream,
+/// Frames SIP messages off a byte stream (TCP, or TLS over TCP) for the driver and writes
+/// what the driver queues for this peer.
+async fn run_connection<S>(
+    stream: S,
+    transport: Transport,
     peer: SocketAddr,
     mut rx: mpsc::Receiver<Bytes>,
     net: mpsc::Sender<NetInput>,
     max: usize,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let write_net = net.clone();
     let writer_task = tokio::spawn(async move {
         while let Some(data) = rx.recv().await {
-            if let Err(e) = writer.write_all(&data).await {
-                tracing::debug!(%peer, error = %e, "SIP TCP write failed");
-                let _ = write_net.send(NetInput::TcpFailed(peer)).await;
+            // TLS buffers inside rustls: flush so that each message leaves now.
+            let sent = async {
+                writer.write_all(&data).await?;
+                writer.flush().await
+            };
+            if let Err(e) = sent.await {
+                tracing::debug!(%peer, error = %e, "SIP stream write failed");
+                let _ = write_net.send(NetInput::Failed(transport, peer)).await;
                 break;
             }
         }
+        let _ = writer.shutdown().await;
     });
     let mut buf = BytesMut::with_capacity(8192);
     loop {
@@ -377,7 +549,11 @@ async fn run_connection(
                 }
                 Frame::Message(n) => {
                     let msg = buf.split_to(n.min(buf.len())).freeze();
-                    if net.send(NetInput::Tcp(peer, msg)).await.is_err() {
+                    if net
+                        .send(NetInput::Stream(transport, peer, msg))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -386,19 +562,19 @@ async fn run_connection(
                     // naming it) when it can be; answers to the requests read before it still
                     // go out for a moment; then the core lets go of the writer, which writes
                     // what is queued and closes.
-                    tracing::info!(%peer, error = %e, "unframeable SIP over TCP; closing");
+                    tracing::info!(%peer, error = %e, "unframeable SIP over a stream; closing");
                     if let Some(answer) = e.answer() {
-                        let _ = net.send(NetInput::TcpAnswer(peer, answer)).await;
+                        let _ = net.send(NetInput::Answer(transport, peer, answer)).await;
                     }
                     tokio::time::sleep(TCP_CLOSE_LINGER).await;
-                    let _ = net.send(NetInput::TcpClosed(peer)).await;
+                    let _ = net.send(NetInput::Closed(transport, peer)).await;
                     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
                     return;
                 }
             }
         }
         if buf.len() > max {
-            tracing::info!(%peer, "SIP TCP message over the size limit; closing");
+            tracing::info!(%peer, "SIP stream message over the size limit; closing");
             break;
         }
         match reader.read_buf(&mut buf).await {
@@ -407,7 +583,7 @@ async fn run_connection(
         }
     }
     writer_task.abort();
-    let _ = net.send(NetInput::TcpClosed(peer)).await;
+    let _ = net.send(NetInput::Closed(transport, peer)).await;
 }
 
 /// The local address the OS would use to reach `dest` (no packet is sent).

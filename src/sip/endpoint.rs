@@ -26,11 +26,13 @@ use super::transaction::{
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS over TCP (RFC 3261 §26.2, RFC 5630): reliable and framed as TCP.
+    Tls,
 }
 
 impl Transport {
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
 
     /// The token used in Via and `transport=` URI parameters.
@@ -38,6 +40,15 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// The port a URI without one means (RFC 3261 §19.1.2: 5061 for TLS).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Udp | Transport::Tcp => 5060,
+            Transport::Tls => 5061,
         }
     }
 
@@ -45,6 +56,7 @@ impl Transport {
         match s.to_ascii_lowercase().as_str() {
             "udp" => Some(Transport::Udp),
             "tcp" => Some(Transport::Tcp),
+            "tls" => Some(Transport::Tls),
             _ => None,
         }
     }

@@ -1,9 +1,9 @@
 //! Locating a SIP server (RFC 3263 §4): where a request for a host goes. An IP literal or a
 //! host with an explicit port: that address (A/AAAA for a name). A name without a port:
-//! NAPTR records naming an SRV domain for our transport (`SIP+D2U`, `SIP+D2T`), else the
-//! `_sip._udp` / `_sip._tcp` SRV records of the name, each target resolved with A/AAAA, in
-//! priority order (weight breaking ties, highest first); without any SRV record, the name's
-//! A/AAAA at 5060. The result is the ordered list of addresses to try: the call layer fails
+//! NAPTR records naming an SRV domain for our transport (`SIP+D2U`, `SIP+D2T`, `SIPS+D2T`),
+//! else the `_sip._udp` / `_sip._tcp` / `_sips._tcp` SRV records of the name, each target
+//! resolved with A/AAAA, in priority order (weight breaking ties, highest first); without any
+//! SRV record, the name's A/AAAA at 5060 (5061 for TLS). The result is the ordered list of addresses to try: the call layer fails
 //! over to the next one on 503, a timeout or a transport error.
 //!
 //! The ordering ([`order_srv`], [`srv_domain_from_naptr`]) is plain functions; [`Locator`]
@@ -37,7 +37,8 @@ pub fn order_srv(mut records: Vec<Srv>) -> Vec<Srv> {
 }
 
 /// The SRV domain the NAPTR records point to for `transport`: records with flag `s` and
-/// service `SIP+D2U` (UDP) or `SIP+D2T` (TCP), the lowest order then preference first.
+/// service `SIP+D2U` (UDP), `SIP+D2T` (TCP) or `SIPS+D2T` (TLS), the lowest order then
+/// preference first.
 /// Records: (order, preference, flags, services, replacement).
 pub fn srv_domain_from_naptr(
     records: &[(u16, u16, String, String, String)],
@@ -46,6 +47,7 @@ pub fn srv_domain_from_naptr(
     let want = match transport {
         Transport::Udp => "SIP+D2U",
         Transport::Tcp => "SIP+D2T",
+        Transport::Tls => "SIPS+D2T",
     };
     records
         .iter()
@@ -111,7 +113,10 @@ impl Locator {
     ) -> Result<Vec<SocketAddr>, String> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, port.unwrap_or(5060))]);
+            return Ok(vec![SocketAddr::new(
+                ip,
+                port.unwrap_or(transport.default_port()),
+            )]);
         }
         if let (None, Some(_)) = (port, &self.resolver) {
             let srv = self.srv_records(host, transport).await;
@@ -129,7 +134,8 @@ impl Locator {
                 return Ok(out);
             }
         }
-        self.addresses(host, port.unwrap_or(5060)).await
+        self.addresses(host, port.unwrap_or(transport.default_port()))
+            .await
     }
 
     /// NAPTR → SRV domain, else `_sip._<transport>.host`; the SRV records found there.
@@ -160,11 +166,12 @@ impl Locator {
             };
         tracing::debug!(%host, ?naptr, "NAPTR");
         let domain = srv_domain_from_naptr(&naptr, transport).unwrap_or_else(|| {
-            let t = match transport {
-                Transport::Udp => "udp",
-                Transport::Tcp => "tcp",
+            let service = match transport {
+                Transport::Udp => "_sip._udp",
+                Transport::Tcp => "_sip._tcp",
+                Transport::Tls => "_sips._tcp",
             };
-            format!("_sip._{t}.{}", host.trim_end_matches('.'))
+            format!("{service}.{}", host.trim_end_matches('.'))
         });
         match r.srv_lookup(format!("{domain}.")).await {
             Ok(l) => l
@@ -285,6 +292,18 @@ mod tests {
             srv_domain_from_naptr(&recs, Transport::Tcp).as_deref(),
             Some("_sip._tcp.a.example")
         );
+        assert_eq!(srv_domain_from_naptr(&recs, Transport::Tls), None);
+        let tls = vec![(
+            10,
+            10,
+            "s".into(),
+            "SIPS+D2T".into(),
+            "_sips._tcp.a.example.".into(),
+        )];
+        assert_eq!(
+            srv_domain_from_naptr(&tls, Transport::Tls).as_deref(),
+            Some("_sips._tcp.a.example")
+        );
         assert_eq!(srv_domain_from_naptr(&[], Transport::Udp), None);
     }
 
@@ -298,6 +317,11 @@ mod tests {
         assert_eq!(
             l.locate("[::1]", Some(5070), Transport::Udp).await.unwrap(),
             vec!["[::1]:5070".parse::<SocketAddr>().unwrap()]
+        );
+        // RFC 3261 §19.1.2: TLS without a port means 5061.
+        assert_eq!(
+            l.locate("127.0.0.1", None, Transport::Tls).await.unwrap(),
+            vec!["127.0.0.1:5061".parse::<SocketAddr>().unwrap()]
         );
     }
 }

@@ -11,5 +11,6 @@ pub mod refer;
 pub mod sdp;
 pub mod session_timer;
 pub mod timer;
+pub mod tls;
 pub mod transaction;
 pub mod ua;

@@ -5,6 +5,7 @@
 //! answer into the addresses and codec the RTP layer needs. It opens no sockets and keeps no
 //! call state.
 
+use crate::rtp::srtp::CryptoAttribute;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -555,6 +556,33 @@ pub fn build_offer_lines(
         sd.media.push(m);
     }
     sd
+}
+
+/// The `a=crypto` lines of a media section (RFC 4568), parsed, in order; lines we cannot
+/// use are errors (the caller picks the first usable one).
+pub fn crypto_lines(
+    m: &MediaDescription,
+) -> impl Iterator<Item = Result<CryptoAttribute, crate::rtp::srtp::SdesError>> + '_ {
+    m.attributes
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("crypto"))
+        .map(|(_, v)| CryptoAttribute::parse(v.as_deref().unwrap_or("")))
+}
+
+/// Replaces a media section's `a=crypto` lines by `lines`.
+pub fn set_crypto_lines(m: &mut MediaDescription, lines: &[CryptoAttribute]) {
+    m.attributes
+        .retain(|(name, _)| !name.eq_ignore_ascii_case("crypto"));
+    m.attributes.extend(
+        lines
+            .iter()
+            .map(|c| ("crypto".to_string(), Some(c.to_sdp()))),
+    );
+}
+
+/// RTP/SAVP (or another secure RTP profile): the section requires SRTP.
+pub fn is_secure_proto(proto: &str) -> bool {
+    proto.to_ascii_uppercase().contains("SAVP")
 }
 
 /// Builds the gateway's offer: one `m=` per requested kind, RTCP on the next port.

@@ -135,7 +135,7 @@ fn bad(field: &str, why: impl std::fmt::Display) -> RequestError {
     RequestError::BadRequest(format!("{field}: {why}"))
 }
 
-/// Parses `sip:host[:port][;transport=tcp]` lists.
+/// Parses `sip:host[:port][;transport=tcp|tls]` (and `sips:host`) lists.
 pub fn parse_srs_list(list: &str) -> Result<Vec<SrsTarget>, RequestError> {
     let mut out = Vec::new();
     for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -144,12 +144,19 @@ pub fn parse_srs_list(list: &str) -> Result<Vec<SrsTarget>, RequestError> {
             return Err(bad("srs", format!("{raw:?} is not a SIP URI")));
         }
         let parsed = crate::sip::dialog::parse_uri(uri).map_err(|e| bad("srs", e))?;
-        if !uri.starts_with("sip:") {
-            return Err(bad("srs", format!("{raw:?}: only sip: URIs are supported")));
+        let sips = uri.starts_with("sips:");
+        if !uri.starts_with("sip:") && !sips {
+            return Err(bad(
+                "srs",
+                format!("{raw:?}: only sip: and sips: URIs are supported"),
+            ));
         }
         let transport = match parsed.transport() {
-            None | Some(rsip::Transport::Udp) => Transport::Udp,
-            Some(rsip::Transport::Tcp) => Transport::Tcp,
+            None if sips => Transport::Tls,
+            None => Transport::Udp,
+            Some(rsip::Transport::Tls) => Transport::Tls,
+            Some(rsip::Transport::Udp) if !sips => Transport::Udp,
+            Some(rsip::Transport::Tcp) if !sips => Transport::Tcp,
             Some(t) => {
                 return Err(bad(
                     "srs",
@@ -162,7 +169,7 @@ pub fn parse_srs_list(list: &str) -> Result<Vec<SrsTarget>, RequestError> {
             .host_with_port
             .port
             .map(|p| *p.value())
-            .unwrap_or(5060);
+            .unwrap_or(transport.default_port());
         out.push(SrsTarget {
             uri: uri.to_string(),
             transport,
@@ -326,6 +333,10 @@ mod tests {
             ("127.0.0.1", 5080, Transport::Udp)
         );
         assert_eq!((l[1].port, l[1].transport), (5060, Transport::Tcp));
+        let l = parse_srs_list("sips:srs.example.com, sip:10.0.0.1;transport=tls").unwrap();
+        assert_eq!((l[0].port, l[0].transport), (5061, Transport::Tls));
+        assert_eq!((l[1].port, l[1].transport), (5061, Transport::Tls));
+        assert!(parse_srs_list("sips:srs.example.com;transport=udp").is_err());
         assert!(parse_srs_list("").is_err());
         assert!(parse_srs_list("sip:a b").is_err());
         assert!(parse_srs_list("http://x").is_err());

@@ -448,6 +448,8 @@ pub fn startup_body(call_id: &str, port: u16, transport: &str) -> Value {
 pub struct Kamailio {
     child: Child,
     pub port: u16,
+    /// The TLS listener's port ([`Kamailio::start_tls`]), else 0.
+    pub tls_port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -472,27 +474,89 @@ impl Kamailio {
         )
     }
 
+    /// As [`Kamailio::start`], with a TLS listener too (kamailio's `tls` module, package
+    /// kamailio-tls-modules) on [`Kamailio::tls_port`], serving `cert_pem`/`key_pem`.
+    /// Kamailio does not check its clients' certificates.
+    pub fn start_tls(callee_port: u16, cert_pem: &Path, key_pem: &Path) -> Kamailio {
+        require("kamailio");
+        let tls_port = free_tcp_port();
+        let dir = tempdir();
+        let tls_cfg = dir.path().join("tls.cfg");
+        std::fs::write(
+            &tls_cfg,
+            format!(
+                "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n\
+                 require_certificate = no\nprivate_key = {}\ncertificate = {}\n\n\
+                 [client:default]\nmethod = TLSv1.2+\nverify_certificate = no\n\
+                 require_certificate = no\n",
+                key_pem.display(),
+                cert_pem.display()
+            ),
+        )
+        .unwrap();
+        let mut k = Self::start_in(
+            dir,
+            "kamailio.cfg",
+            callee_port,
+            &[
+                (
+                    "listen=tcp:127.0.0.1:@PORT@\n",
+                    format!(
+                        "listen=tcp:127.0.0.1:@PORT@\nlisten=tls:127.0.0.1:{tls_port}\nenable_tls=yes\n"
+                    ),
+                ),
+                (
+                    "loadmodule \"kex.so\"\n",
+                    format!(
+                        "loadmodule \"tls.so\"\nmodparam(\"tls\", \"config\", \"{}\")\nloadmodule \"kex.so\"\n",
+                        tls_cfg.display()
+                    ),
+                ),
+            ],
+        );
+        k.tls_port = tls_port;
+        k
+    }
+
     fn start_cfg(file: &str, callee_port: u16) -> Kamailio {
         Self::start_cfg_with(file, callee_port, "")
     }
 
     /// `auth_params`: lines put after the auth module is loaded.
     fn start_cfg_with(file: &str, callee_port: u16, auth_params: &str) -> Kamailio {
+        Self::start_in(
+            tempdir(),
+            file,
+            callee_port,
+            &[(
+                "loadmodule \"auth.so\"\n",
+                format!("loadmodule \"auth.so\"\n{auth_params}\n"),
+            )],
+        )
+    }
+
+    /// `edits`: (text, replacement) applied to the config file.
+    fn start_in(
+        dir: tempfile::TempDir,
+        file: &str,
+        callee_port: u16,
+        edits: &[(&str, String)],
+    ) -> Kamailio {
         require("kamailio");
-        let dir = tempdir();
         let port = free_udp_port();
-        let cfg = std::fs::read_to_string(
+        let mut cfg = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/kamailio")
                 .join(file),
         )
-        .unwrap()
-        .replace("@PORT@", &port.to_string())
-        .replace("@CALLEE@", &callee_port.to_string())
-        .replace(
-            "loadmodule \"auth.so\"\n",
-            &format!("loadmodule \"auth.so\"\n{auth_params}\n"),
-        );
+        .unwrap();
+        for (from, to) in edits {
+            assert!(cfg.contains(from), "{file} has no {from:?}");
+            cfg = cfg.replace(from, to);
+        }
+        let cfg = cfg
+            .replace("@PORT@", &port.to_string())
+            .replace("@CALLEE@", &callee_port.to_string());
         let cfg_path = dir.path().join("kamailio.cfg");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.path().join("kamailio.log");
@@ -520,6 +584,7 @@ impl Kamailio {
         let k = Kamailio {
             child,
             port,
+            tls_port: 0,
             log,
             _dir: dir,
         };
@@ -1310,6 +1375,16 @@ pub struct Baresip {
 
 impl Baresip {
     pub fn start(user: &str, kamailio_port: u16, tone_hz: u32) -> Baresip {
+        Self::start_with(user, kamailio_port, tone_hz, None)
+    }
+
+    /// As [`Baresip::start`], its calls encrypted by baresip's `srtp` module with SDES:
+    /// `mediaenc` is `srtp` (optional), `srtp-mand` (RTP/SAVP required) or `srtp-mandf`.
+    pub fn start_srtp(user: &str, kamailio_port: u16, tone_hz: u32, mediaenc: &str) -> Baresip {
+        Self::start_with(user, kamailio_port, tone_hz, Some(mediaenc))
+    }
+
+    fn start_with(user: &str, kamailio_port: u16, tone_hz: u32, mediaenc: Option<&str>) -> Baresip {
         require("baresip");
         let dir = tempdir();
         let (base, top) = port_block();
@@ -1337,15 +1412,23 @@ impl Baresip {
              module sndfile.so\n\
              snd_path {}\n\
              module_app account.so\n\
-             module_app menu.so\n",
+             module_app menu.so\n{}",
             base + 10,
-            dir.path().display()
+            dir.path().display(),
+            if mediaenc.is_some() {
+                "module srtp.so\n"
+            } else {
+                ""
+            }
         );
+        let mediaenc = mediaenc
+            .map(|m| format!(";mediaenc={m}"))
+            .unwrap_or_default();
         std::fs::write(dir.path().join("config"), config).unwrap();
         std::fs::write(
             dir.path().join("accounts"),
             format!(
-                "<sip:{user}@sipstream.test>;auth_pass=pw{user};outbound=\"sip:127.0.0.1:{kamailio_port}\";regint=600;answermode=auto;audio_codecs=PCMU,PCMA\n"
+                "<sip:{user}@sipstream.test>;auth_pass=pw{user};outbound=\"sip:127.0.0.1:{kamailio_port}\";regint=600;answermode=auto;audio_codecs=PCMU,PCMA{mediaenc}\n"
             ),
         )
         .unwrap();
