@@ -96,12 +96,14 @@ async fn recordings_play(gw: &Gateway, ids: &[String], min_seconds: f64) {
     }
 }
 
-fn loss_is_counted(id: &str, (packets, lost): (u64, u64)) {
+fn loss_is_counted(id: &str, (packets, lost): (u64, u64), relay: &Relay) {
     let ratio = lost as f64 / (packets + lost) as f64;
     eprintln!("{id}: {packets} RTP packets received, {lost} counted lost ({ratio:.3})");
     assert!(
         (0.10..=0.30).contains(&ratio) && packets > 100,
-        "{id}: {packets} received, {lost} lost: the loss the relay made is 20 %"
+        "{id}: {packets} received, {lost} lost: the loss the relay made is 20 %; relay RTP from sipp {:?}, from the gateway {:?} (sipp's messages follow)",
+        relay.rtp(Side::B),
+        relay.rtp(Side::A),
     );
 }
 
@@ -120,7 +122,7 @@ async fn recorded_calls_survive_loss_delay_and_reordering_over_udp() {
         eprintln!("{cid}: {}", relay.media(&cid));
     }
     for id in &ids {
-        loss_is_counted(id, rtp_counts(&gw, &format!("{id}_stream")).await);
+        loss_is_counted(id, rtp_counts(&gw, &format!("{id}_stream")).await, &relay);
     }
     let ended = end_calls(&gw, &ids).await;
     for call in &ended {
@@ -163,7 +165,7 @@ async fn a_recorded_call_over_slow_tcp_with_lossy_rtp() {
     let ids = vec!["slowtcp".to_string()];
     start_calls(&gw, &relay, &ids, "tcp").await;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    loss_is_counted("slowtcp", rtp_counts(&gw, "slowtcp_stream").await);
+    loss_is_counted("slowtcp", rtp_counts(&gw, "slowtcp_stream").await, &relay);
     let ended = end_calls(&gw, &ids).await;
     assert_eq!(ended[0]["status"], "FINISH", "{}", ended[0]);
     assert_eq!(sipp.wait_async(T).await, Some(0), "{}", sipp.messages());
