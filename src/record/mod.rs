@@ -742,7 +742,15 @@ mod tests {
         }
         let publishing = started.elapsed();
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while rec.info().fragments_dropped < 10 && Instant::now() < deadline {
+        // Until the recorder has taken all 20 s (its drop count stops moving).
+        let mut last = (u64::MAX, Instant::now());
+        while Instant::now() < deadline {
+            let dropped = rec.info().fragments_dropped;
+            if dropped != last.0 {
+                last = (dropped, Instant::now());
+            } else if dropped >= 10 && last.1.elapsed() > std::time::Duration::from_millis(300) {
+                break;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let stuck = rec.info();

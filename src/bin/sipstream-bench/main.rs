@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 
 mod agents;
 mod exchanges;
+mod soak;
 mod two_party;
 
 const UAS_HOLD: &str = include_str!("../../../benches/sipp/uas_hold.xml");
@@ -77,6 +78,11 @@ struct Opts {
     properties: PathBuf,
     /// The `exchanges` step's kinds (`--exchange-kinds fetch,send`).
     exchange_kinds: Vec<String>,
+    /// The `soak` step (not in the default steps): calls at once, minutes, and the range of
+    /// a call's life in seconds (`--soak-calls 500 --soak-minutes 10 --soak-life 30-90`).
+    soak_calls: usize,
+    soak_minutes: u64,
+    soak_life: (u64, u64),
 }
 
 fn usage() -> ! {
@@ -85,7 +91,7 @@ fn usage() -> ! {
          \x20 [--out FILE.json] [--gateway PATH] [--calls 100,500,1000] [--readers 0,1,3] [--hold SECS]\n\
          \x20 [--fanout 1,10,100,1000] [--setup-rates 250,500,...] [--setup-secs N]\n\
          \x20 [--log-level warn] [--set key=value ...] [--properties FILE]\n\
-         \x20 [--exchange-kinds fetch,send]\n\
+         \x20 [--exchange-kinds fetch,send] [--soak-calls 500] [--soak-minutes 10] [--soak-life 30-90]\n\
          sipstream-bench --plot FILE.json   (the SVG plot of an earlier run)"
     );
     std::process::exit(2)
@@ -112,6 +118,9 @@ fn parse_opts() -> Opts {
         sets: Vec::new(),
         properties: Path::new(env!("CARGO_MANIFEST_DIR")).join("properties/sipstream.properties"),
         exchange_kinds: list("fetch,send"),
+        soak_calls: 500,
+        soak_minutes: 10,
+        soak_life: (30, 90),
     };
     let mut explicit_hold = false;
     let mut args = std::env::args().skip(1);
@@ -149,6 +158,16 @@ fn parse_opts() -> Opts {
             "--setup-secs" => o.setup_secs = val().parse().unwrap_or_else(|_| usage()),
             "--log-level" => o.log_level = val(),
             "--exchange-kinds" => o.exchange_kinds = list(&val()),
+            "--soak-calls" => o.soak_calls = val().parse().unwrap_or_else(|_| usage()),
+            "--soak-minutes" => o.soak_minutes = val().parse().unwrap_or_else(|_| usage()),
+            "--soak-life" => {
+                let v = val();
+                let (a, b) = v.split_once('-').unwrap_or_else(|| usage());
+                match (a.parse(), b.parse()) {
+                    (Ok(a), Ok(b)) if a <= b => o.soak_life = (a, b),
+                    _ => usage(),
+                }
+            }
             "--set" => {
                 let kv = val();
                 let (k, v) = kv.split_once('=').unwrap_or_else(|| usage());
@@ -2002,6 +2021,10 @@ fn main() -> Result<()> {
     if has("agents") {
         let res = rt.block_on(agents::step_agents(&o, &dir)).map(Value::Array);
         record(&mut r, "agents", res);
+    }
+    if has("soak") {
+        let res = rt.block_on(soak::step_soak(&o, &dir));
+        record(&mut r, "soak", res);
     }
     if has("exchanges") {
         let res = rt
