@@ -349,6 +349,9 @@ pub async fn step_soak(o: &Opts, dir: &std::path::Path) -> Result<Value> {
     std::fs::create_dir_all(&dir)?;
     let (n, minutes) = (o.soak_calls, o.soak_minutes);
     let life = o.soak_life;
+    if n == 0 || minutes == 0 {
+        bail!("the soak needs --soak-calls and --soak-minutes above 0");
+    }
     // 4 RTP ports per call (the call's pair, the player's), and the players are WebRTC.
     let gw = Gateway::start(
         o,
