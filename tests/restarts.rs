@@ -76,12 +76,8 @@ async fn kill_9_during_50_recorded_calls_leaves_playable_files_marked_interrupte
     for car in &cars {
         let file = dir.join(car["fileName"].as_str().unwrap());
         let call = car["callId"].as_str().unwrap();
-        let probe = common::ffprobe(file.to_str().unwrap(), T)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let duration: f64 = probe["format"]["duration"]
-            .as_str()
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(0.0);
+        let duration =
+            common::media_seconds(&file, T).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let lived = killed.duration_since(up[call]).as_secs_f64();
         assert!(
             duration >= lived - 2.0,

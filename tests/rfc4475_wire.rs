@@ -19,7 +19,7 @@ use sipstream::sip::transaction::TransactionKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use common::Gateway;
+use common::{sip_header, Gateway};
 
 /// One torture message: what RFC 4475 expects of an endpoint, and what the gateway answers
 /// over each transport (status codes in order; `closed` when it closes the connection after;
@@ -315,22 +315,14 @@ fn status_line(resp: &[u8]) -> String {
 }
 
 /// The first value of a header in a response we received (full names: the gateway writes
-/// them).
-fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
-    resp.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 /// ACK (and BYE after a 2xx) for an answered INVITE, so that the gateway stops resending its
 /// answer and the accepted call ends. `via` is our transport's Via value without branch.
 fn after_invite(final_resp: &str, request_uri: &str, via: &str) -> Vec<Vec<u8>> {
     let (Some(from), Some(to), Some(call_id), Some(cseq)) = (
-        header(final_resp, "From"),
-        header(final_resp, "To"),
-        header(final_resp, "Call-ID"),
-        header(final_resp, "CSeq"),
+        sip_header(final_resp, "From"),
+        sip_header(final_resp, "To"),
+        sip_header(final_resp, "Call-ID"),
+        sip_header(final_resp, "CSeq"),
     ) else {
         return Vec::new();
     };
@@ -339,7 +331,7 @@ fn after_invite(final_resp: &str, request_uri: &str, via: &str) -> Vec<Vec<u8>> 
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    let target = header(final_resp, "Contact")
+    let target = sip_header(final_resp, "Contact")
         .map(|c| c.trim_start_matches('<').split('>').next().unwrap_or(c))
         .unwrap_or(request_uri);
     let req = |method: &str, seq: u64, branch: &str| {

@@ -209,21 +209,6 @@ async fn unreachable_peer_fails_after_timer_b() {
     assert_eq!(health["rtpPortsInUse"], 0, "{health}");
 }
 
-/// A call through kamailio (tests/kamailio/kamailio.cfg) as its user alice, registering first.
-fn kamailio_call(call_id: &str, kamailio_port: u16) -> serde_json::Value {
-    json!({
-        "callId": call_id,
-        "callee": "10005",
-        "sipLogin": "alice",
-        "sipPassword": "s3cret-Pa55",
-        "sipDomain": "sipstream.test",
-        "sipOutboundProxy": "127.0.0.1",
-        "sipPort": kamailio_port,
-        "sipRegisterRequired": "true",
-        "toStream": format!("{call_id}_stream"),
-    })
-}
-
 /// kamailio on 127.0.0.1 as registrar and proxy: REGISTER answered 401, INVITE answered 407,
 /// both retried with digest credentials; the call is relayed to sipp and BYE follows the
 /// Record-Route; the account is un-REGISTERed when its last call ends.
@@ -234,7 +219,7 @@ async fn register_and_407_through_kamailio() {
     let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
     let mut kam = common::Kamailio::start(sipp.port);
     let (status, v) = gw
-        .post_json("/call/startup", kamailio_call("kam1", kam.port))
+        .post_json("/call/startup", common::kamailio_call("kam1", kam.port))
         .await;
     assert_eq!(status, 200, "{v}");
     gw.wait_status("kam1", &["ESTABLISHED"], T).await;
@@ -270,7 +255,7 @@ async fn sha256_digest_through_kamailio() {
     let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
     let mut kam = common::Kamailio::start_sha256(sipp.port);
     let (status, v) = gw
-        .post_json("/call/startup", kamailio_call("kam256", kam.port))
+        .post_json("/call/startup", common::kamailio_call("kam256", kam.port))
         .await;
     assert_eq!(status, 200, "{v}");
     gw.wait_status("kam256", &["ESTABLISHED"], T).await;

@@ -22,18 +22,9 @@ fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn tls_call(call_id: &str, tls_port: u16) -> serde_json::Value {
-    json!({
-        "callId": call_id,
-        "callee": "10005",
-        "sipLogin": "alice",
-        "sipPassword": "s3cret-Pa55",
-        "sipDomain": "sipstream.test",
-        "sipOutboundProxy": "127.0.0.1",
-        "sipPort": tls_port,
-        "sipTransport": "tls",
-        "sipRegisterRequired": "true",
-        "toStream": format!("{call_id}_stream"),
-    })
+    let mut body = common::kamailio_call(call_id, tls_port);
+    body["sipTransport"] = json!("tls");
+    body
 }
 
 /// REGISTER (401) and INVITE (407) over TLS to kamailio, whose certificate the gateway checks

@@ -400,6 +400,15 @@ impl Driver {
     }
 }
 
+/// The transport of a stream connection: TLS when it has a TLS layer.
+fn stream_transport(tls: bool) -> Transport {
+    if tls {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    }
+}
+
 /// Accepts TCP connections, and with `tls` runs the TLS handshake on each first (in the
 /// connection's own task: a slow handshake holds up no one else).
 async fn accept_loop(
@@ -408,11 +417,7 @@ async fn accept_loop(
     net: mpsc::Sender<NetInput>,
     max: usize,
 ) {
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
-    };
+    let transport = stream_transport(tls.is_some());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -471,11 +476,7 @@ async fn connect_and_run(
     net: mpsc::Sender<NetInput>,
     max: usize,
 ) {
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
-    };
+    let transport = stream_transport(tls.is_some());
     let connect = async {
         let stream = TcpStream::connect(peer).await?;
         let _ = stream.set_nodelay(true);

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sipstream::sip::message::{self, Frame};
+
+use super::sip_header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -275,8 +277,8 @@ impl Shared {
             .unwrap_or_else(|| start.split(' ').next().unwrap_or_default());
         let key = format!(
             "{start} | {} | {}",
-            header(&text, "CSeq").unwrap_or_default(),
-            header(&text, "Call-ID").unwrap_or_default()
+            sip_header(&text, "CSeq").unwrap_or_default(),
+            sip_header(&text, "Call-ID").unwrap_or_default()
         );
         let mut copies = self.copies.lock();
         let n = copies.entry(key).or_default();
@@ -290,7 +292,7 @@ impl Shared {
         let text = String::from_utf8_lossy(msg);
         let first = text.lines().next().unwrap_or_default();
         let is_invite_2xx = first.starts_with("SIP/2.0 2")
-            && header(&text, "CSeq").is_some_and(|c| c.ends_with("INVITE"));
+            && sip_header(&text, "CSeq").is_some_and(|c| c.ends_with("INVITE"));
         let forced = self.imp.drop_first
             && copy == 1
             && (first.starts_with("INVITE ") || first.starts_with("BYE ") || is_invite_2xx);
@@ -311,7 +313,7 @@ impl Shared {
         let (Some(ip), Some(port)) = (sdp_ip(body), sdp_audio_port(body)) else {
             return msg.to_vec();
         };
-        let Some(call_id) = header(head, "Call-ID").map(str::to_owned) else {
+        let Some(call_id) = sip_header(head, "Call-ID").map(str::to_owned) else {
             return msg.to_vec();
         };
         let media_addr = SocketAddr::new(ip, port);
@@ -397,14 +399,6 @@ impl Shared {
             .join("\r\n");
         format!("{head}\r\n\r\n{body}").into_bytes()
     }
-}
-
-fn header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    head.split("\r\n").skip(1).find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
 }
 
 fn sdp_ip(body: &str) -> Option<std::net::IpAddr> {

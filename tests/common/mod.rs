@@ -445,6 +445,31 @@ pub fn startup_body(call_id: &str, port: u16, transport: &str) -> Value {
     })
 }
 
+/// The first value of header `name` (full name; the gateway and sipp write full names) in a
+/// SIP message's text, from its header block only.
+pub fn sip_header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.split("\r\n").skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A call through kamailio (tests/kamailio/kamailio.cfg) as its user alice, registering first.
+pub fn kamailio_call(call_id: &str, kamailio_port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "callId": call_id,
+        "callee": "10005",
+        "sipLogin": "alice",
+        "sipPassword": "s3cret-Pa55",
+        "sipDomain": "sipstream.test",
+        "sipOutboundProxy": "127.0.0.1",
+        "sipPort": kamailio_port,
+        "sipRegisterRequired": "true",
+        "toStream": format!("{call_id}_stream"),
+    })
+}
+
 pub struct Kamailio {
     child: Child,
     pub port: u16,
@@ -796,6 +821,15 @@ pub fn ffprobe(input: &str, timeout: Duration) -> Result<Value, String> {
 }
 
 /// Decodes a media file completely (`ffmpeg -v error -xerror -i FILE -f null -`); returns
+/// The duration ffprobe reads from a media file's container, in seconds.
+pub fn media_seconds(file: &Path, timeout: Duration) -> Result<f64, String> {
+    let probe = ffprobe(file.to_str().unwrap_or_default(), timeout)?;
+    probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| format!("no duration: {probe}"))
+}
+
 /// ffmpeg's complaints, empty when the file decodes cleanly.
 pub fn ffmpeg_decode_errors(file: &Path) -> Result<String, String> {
     require("ffmpeg");
