@@ -163,6 +163,13 @@ pub struct Config {
     pub inbound_call_id: InboundCallId,
     /// `inbound_stream_name`: the stream name, `{user}` and `{callId}` replaced.
     pub inbound_stream_name: String,
+    /// `inbound_answer=api`: an inbound call rings (180) until `/call/answer`; `auto`
+    /// (false) answers it at once.
+    pub inbound_answer_by_api: bool,
+    /// `inbound_ring_timeout_s`: how long an inbound call waits for `/call/answer` (480).
+    pub inbound_ring_timeout: Duration,
+    /// `transfer_timeout_s`: how long a transfer of ours waits for its final NOTIFY.
+    pub transfer_timeout: Duration,
     /// WHEP ICE sockets bind here; empty: rtp_address.
     pub webrtc_address: Option<IpAddr>,
     pub webrtc_port_min: u16,
@@ -298,6 +305,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("inbound_user_pattern", ""),
     ("inbound_call_id", "sip"),
     ("inbound_stream_name", "{user}"),
+    ("inbound_answer", "auto"),
+    ("inbound_ring_timeout_s", "60"),
+    ("transfer_timeout_s", "60"),
     ("webrtc_address", ""),
     ("webrtc_port_min", "33000"),
     ("webrtc_port_max", "33999"),
@@ -509,6 +519,13 @@ impl Config {
                 "reject" => false,
                 _ => return Err(r.err("inbound_calls", "expected accept or reject".into())),
             },
+            inbound_answer_by_api: match r.string("inbound_answer").as_str() {
+                "auto" => false,
+                "api" => true,
+                _ => return Err(r.err("inbound_answer", "expected auto or api".into())),
+            },
+            inbound_ring_timeout: r.positive_secs("inbound_ring_timeout_s")?,
+            transfer_timeout: r.positive_secs("transfer_timeout_s")?,
             inbound_user_pattern: match r.string("inbound_user_pattern") {
                 p if p.is_empty() => None,
                 p => Some(
@@ -877,6 +894,14 @@ impl Reader<'_> {
             .0
             .parse()
             .map_err(|e: T::Err| self.err(key, e.to_string()))
+    }
+
+    /// A duration in whole seconds, at least one.
+    fn positive_secs(&self, key: &str) -> Result<Duration, ConfigError> {
+        match self.parse::<u64>(key)? {
+            0 => Err(self.err(key, "must be at least 1".into())),
+            n => Ok(Duration::from_secs(n)),
+        }
     }
 
     fn opt_parse<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ConfigError>

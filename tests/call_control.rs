@@ -6,40 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{startup_body, Gateway, Sipp};
+use common::{startup_body, Gateway, Sipp, GATEWAY_HANGS_UP, SIPP_HANGS_UP};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(15);
-
-/// sipp hangs up itself after streaming for a while.
-const SIPP_HANGS_UP: &str = r#"  <pause milliseconds="3000"/>
-  <send retrans="500"><![CDATA[
-
-BYE sip:@USER@@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:alice@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:@USER@@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>"#;
-
-/// sipp waits for the gateway's BYE.
-const GATEWAY_HANGS_UP: &str = r#"  <recv request="BYE"/>
-  <send><![CDATA[
-
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>"#;
 
 fn uac(gw: &Gateway, user: &str, end: &str) -> Sipp {
     let what = if end == SIPP_HANGS_UP {

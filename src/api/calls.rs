@@ -125,6 +125,20 @@ pub async fn terminate(
     Ok(HttpResponse::Ok().json(state.calls.terminate(&req.call_id)?))
 }
 
+/// Answer an inbound call that rings for the API (`inbound_answer=api`): the gateway sets up
+/// its media and sends 200 OK. `ESTABLISHED` follows as an event; 409 when the call is not
+/// waiting for an answer.
+#[utoipa::path(post, path = "/rest-api/call/answer", request_body = CallIdRequest,
+    responses((status = 200, body = CallInfo), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody),
+        (status = 409, description = "Not an inbound call waiting for an answer", body = ErrorBody)))]
+pub async fn answer(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req: CallIdRequest = parse_body(&body)?;
+    Ok(HttpResponse::Ok().json(state.calls.answer(&req.call_id)?))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HoldRequest {

@@ -51,6 +51,10 @@ pub static METHODS: &[Method] = &[
         call: with_body!(calls::terminate),
     },
     Method {
+        path: "/call/answer",
+        call: with_body!(calls::answer),
+    },
+    Method {
         path: "/call/hold",
         call: with_body!(calls::hold),
     },

@@ -14,6 +14,7 @@ use utoipa::OpenApi;
     paths(
         super::calls::startup,
         super::calls::terminate,
+        super::calls::answer,
         super::calls::hold,
         super::calls::unhold,
         super::calls::send_dtmf,

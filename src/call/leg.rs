@@ -48,9 +48,12 @@ pub(super) struct CallLeg {
     pub(super) alternates: Vec<std::net::SocketAddr>,
     /// SRTP with SDES (RFC 4568) on this leg's media lines.
     pub(super) srtp: SrtpPolicy,
-    /// The far end's SDP could not give the SRTP the policy demands: the leg was hung up and
-    /// ends FAILED (488) with this reason.
-    pub(super) srtp_failure: Option<String>,
+    /// We ended the leg for a reason of ours: it ends with this phase, SIP status and reason
+    /// whatever the UA reports (the far end's SDP could not give the SRTP the policy demands:
+    /// FAILED 488; an inbound call nobody answered: FAILED 480).
+    pub(super) end_as: Option<(CallPhase, u16, String)>,
+    /// When the transfer in progress fails for want of its final NOTIFY.
+    pub(super) transfer_deadline: Option<std::time::Instant>,
 }
 
 /// The API's name of a leg: `caller` or `callee`.
@@ -100,7 +103,8 @@ impl CallLeg {
             send_only: false,
             music: None,
             srtp: SrtpPolicy::Off,
-            srtp_failure: None,
+            end_as: None,
+            transfer_deadline: None,
         }
     }
 

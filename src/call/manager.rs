@@ -9,7 +9,7 @@
 //! behind one mutex that is never held across an `.await`; media work (binding ports,
 //! stopping legs) happens outside it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +19,12 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
+use super::core::{
+    control_event, hold_status, recorded_call, CallTable, Effect, Entry, LegState, Now, Routed,
+    Timeouts,
+};
 use super::leg::{CallLeg, MediaLeg};
-use super::model::{CallInfo, CallSpec, ExchangeLink, LegInfo};
+use super::model::{CallInfo, CallSpec, ExchangeLink};
 use crate::config::Config;
 use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus};
@@ -46,8 +50,18 @@ pub struct CallMedia {
     pub direction: String,
 }
 
-/// How many ended calls `/call/find` still shows.
-const HISTORY: usize = 1000;
+/// What the shell does once the call table is unlocked: a core effect, or the end of a
+/// call's media taken out of the table.
+enum After {
+    Effect(Effect),
+    /// SIPREC's snapshot of the call, taken under the lock.
+    Siprec(super::siprec::RecordedCall),
+    Release {
+        publisher: Option<Arc<Publisher>>,
+        media: Vec<MediaLeg>,
+        why: &'static str,
+    },
+}
 
 #[derive(Clone)]
 pub struct CallManager {
@@ -60,7 +74,9 @@ pub(super) struct Inner {
     pub(super) registry: Registry,
     pub(super) ports: PortPool,
     pub(super) bus: EventBus,
-    pub(super) state: Mutex<State>,
+    pub(super) state: Mutex<CallTable>,
+    /// Woken when a timer of the call core is armed from outside its event loop.
+    timers_changed: Notify,
     pub(super) next_key: Arc<AtomicU64>,
     /// SIPREC, fed the calls' phases and its dialogs' events.
     pub(super) siprec: super::siprec::SiprecController,
@@ -74,112 +90,6 @@ pub(super) struct Inner {
     hold_music: Option<Arc<Vec<i16>>>,
 }
 
-#[derive(Default)]
-pub(super) struct State {
-    pub(super) calls: HashMap<String, Entry>,
-    pub(super) keys: HashMap<CallKey, String>,
-    pub(super) history: VecDeque<String>,
-    pub(super) active: usize,
-}
-
-impl State {
-    /// The call `call_id` when it is established (or held): what hold, transfer and DTMF
-    /// act on. `what`: the request's verb for the error ("held", "transferred"...).
-    pub(super) fn established(
-        &mut self,
-        call_id: &str,
-        what: &str,
-    ) -> Result<&mut Entry, RequestError> {
-        let entry = self
-            .calls
-            .get_mut(call_id)
-            .ok_or_else(|| RequestError::NotFound(format!("callId {call_id:?}: no such call")))?;
-        if !matches!(entry.info.status, CallPhase::Established | CallPhase::Hold) {
-            return Err(RequestError::Conflict(format!(
-                "callId {call_id:?} is {}: only an established call can be {what}",
-                entry.info.status.as_str()
-            )));
-        }
-        Ok(entry)
-    }
-
-    /// The call a UA key belongs to (the router from UA events to calls).
-    pub(super) fn by_key(&mut self, key: CallKey) -> Option<&mut Entry> {
-        let id = self.keys.get(&key)?;
-        self.calls.get_mut(id)
-    }
-}
-
-pub(super) struct Entry {
-    pub(super) info: CallInfo,
-    pub(super) publisher: Option<Arc<Publisher>>,
-    /// The call's SIP legs: one (the callee we called, or the caller who called us), or
-    /// two for a two-party call (caller first, then callee), bridged through the gateway.
-    pub(super) legs: Vec<CallLeg>,
-    /// Two-party: the INVITE to the callee, sent once the caller has answered.
-    pub(super) pending_callee: Option<Box<PlaceCall>>,
-    /// Two-party: the media bridge between the legs, one sink per direction: the index of
-    /// the leg it plays into, its pause flag (set while we hold that leg), the sink, and
-    /// where it feeds that leg's player while other audio is mixed in.
-    pub(super) bridge: Vec<super::bridge::BridgeDirection>,
-    /// Two-party: the task that publishes the mixed (stereo) track.
-    pub(super) mixer: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Entry {
-    fn new(info: CallInfo, key: CallKey, leg: Leg, uri: &str) -> Self {
-        Self {
-            info,
-            publisher: None,
-            legs: vec![CallLeg::new(leg, key, uri)],
-            pending_callee: None,
-            bridge: Vec::new(),
-            mixer: None,
-        }
-    }
-
-    /// The leg a UA key belongs to.
-    pub(super) fn leg_index(&self, key: CallKey) -> Option<usize> {
-        self.legs.iter().position(|l| l.key == key)
-    }
-
-    pub(super) fn leg_mut(&mut self, key: CallKey) -> Option<&mut CallLeg> {
-        self.legs.iter_mut().find(|l| l.key == key)
-    }
-
-    /// The legs a request's `leg` names: `caller`, `callee`, `both` (default: all).
-    pub(super) fn select(&self, leg: Option<&str>) -> Result<Vec<usize>, RequestError> {
-        match leg {
-            None | Some("both") => Ok((0..self.legs.len()).collect()),
-            Some(name) => match self.legs.iter().position(|l| l.name_str() == name) {
-                Some(i) => Ok(vec![i]),
-                None => {
-                    let names: Vec<&str> = self.legs.iter().map(CallLeg::name_str).collect();
-                    Err(RequestError::BadRequest(format!(
-                        "leg: {name:?}: this call's legs are {names:?} (or use both)"
-                    )))
-                }
-            },
-        }
-    }
-
-    /// One leg for a request that acts on one (transfer, DTMF): named, or the only one, or
-    /// the callee of a two-party call.
-    pub(super) fn select_one(&self, leg: Option<&str>) -> Result<usize, RequestError> {
-        match leg {
-            Some("both") if self.legs.len() > 1 => Err(RequestError::BadRequest(
-                "leg: both: this request acts on one leg; name caller or callee".into(),
-            )),
-            None | Some("both") => Ok(self.legs.len() - 1),
-            Some(_) => Ok(self.select(leg)?[0]),
-        }
-    }
-
-    fn leg_infos(&self) -> Vec<LegInfo> {
-        self.legs.iter().map(CallLeg::info).collect()
-    }
-}
-
 impl CallManager {
     pub fn new(
         cfg: Arc<Config>,
@@ -191,6 +101,10 @@ impl CallManager {
         media: MediaThreads,
     ) -> Self {
         let locator = crate::sip::locate::Locator::new(&cfg.sip_dns_servers);
+        let timeouts = Timeouts {
+            ring: cfg.inbound_ring_timeout,
+            transfer: cfg.transfer_timeout,
+        };
         let next_key = Arc::new(AtomicU64::new(1));
         // Checked when the configuration was loaded; a file gone since then means silence.
         let hold_music = cfg.hold_music_file.as_ref().and_then(|p| {
@@ -224,7 +138,8 @@ impl CallManager {
                 registry,
                 ports,
                 bus,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(CallTable::new(timeouts)),
+                timers_changed: Notify::new(),
                 next_key,
                 idle: Notify::new(),
                 recordings,
@@ -874,7 +789,26 @@ impl CallManager {
 
     /// Follows the UA's events until the SIP driver stops.
     pub async fn run(self, mut events: mpsc::Receiver<UaEvent>) {
-        while let Some(ev) = events.recv().await {
+        loop {
+            let deadline = self.inner.state.lock().next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ev = tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => ev,
+                    None => break,
+                },
+                () = sleep => {
+                    self.on_timers();
+                    continue;
+                }
+                // A timer armed by an API request: sleep until the earliest again.
+                () = self.inner.timers_changed.notified() => continue,
+            };
             match ev {
                 UaEvent::CallState {
                     key,
@@ -883,7 +817,16 @@ impl CallManager {
                     reason,
                     sdp,
                     sip_call_id,
-                } => self.on_call_state(key, phase, sip_status, reason, sdp, sip_call_id),
+                } => self.on_call_state(
+                    key,
+                    LegState {
+                        phase,
+                        sip_status,
+                        reason,
+                        sdp,
+                        sip_call_id,
+                    },
+                ),
                 UaEvent::RemoteMedia { key, sdp } => self.on_remote_media(key, &sdp),
                 UaEvent::Dtmf {
                     key,
@@ -937,292 +880,161 @@ impl CallManager {
         }
     }
 
-    fn on_call_state(
-        &self,
-        key: CallKey,
-        phase: CallPhase,
-        sip_status: Option<u16>,
-        reason: Option<String>,
-        sdp: Option<String>,
-        sip_call_id: String,
-    ) {
-        let mut ended: Option<(Option<Arc<Publisher>>, Vec<MediaLeg>, String)> = None;
-        let mut events = Vec::new();
-        let mut bridge_now = false;
-        let mut siprec_phase = None;
-        let mut exchange_party = None;
-        let info = {
+    /// A leg's phase changed: the call core decides, the shell carries it out.
+    fn on_call_state(&self, key: CallKey, s: LegState) {
+        let now = Now::real();
+        let routed = {
             let mut st = self.inner.state.lock();
-            let Some(call_id) = st.keys.get(&key).cloned() else {
-                drop(st);
+            match st.on_leg_state(key, s, now) {
+                Routed::Call(fx) => Ok(self.media_effects(&mut st, fx)),
+                other => Err(other),
+            }
+        };
+        match routed {
+            Ok(after) => self.effects(after),
+            Err(Routed::Replacement(s)) => self.on_replacement_state(
+                key,
+                s.phase,
+                s.sip_status,
+                s.reason,
+                s.sdp,
+                s.sip_call_id,
+            ),
+            Err(Routed::Foreign(s)) => {
                 self.inner.siprec.on_dialog(
                     key,
                     super::siprec::DialogUpdate {
-                        phase,
-                        sip_status,
-                        reason,
-                        sdp,
-                        sip_call_id: &sip_call_id,
+                        phase: s.phase,
+                        sip_status: s.sip_status,
+                        reason: s.reason,
+                        sdp: s.sdp,
+                        sip_call_id: &s.sip_call_id,
                     },
                 );
-                return;
-            };
-            let Some(entry) = st.calls.get_mut(&call_id) else {
-                return;
-            };
-            let Some(idx) = entry.leg_index(key) else {
-                let replacing = entry
-                    .legs
-                    .iter()
-                    .any(|l| l.replacement.as_ref().is_some_and(|r| r.0 == key));
-                if phase.is_final() && !replacing {
-                    // A dialog this call left behind (the old leg of a transfer).
-                    st.keys.remove(&key);
-                }
-                drop(st);
-                if replacing {
-                    self.on_replacement_state(key, phase, sip_status, reason, sdp, sip_call_id);
-                }
-                return;
-            };
-            // A leg we hung up because its SDP could not give the SRTP asked for ends FAILED
-            // with that reason, not as an ordinary hang-up.
-            let (phase, sip_status, reason) = match &entry.legs[idx].srtp_failure {
-                Some(why) if phase.is_final() => (CallPhase::Failed, Some(488), Some(why.clone())),
-                _ => (phase, sip_status, reason),
-            };
-            // RFC 3263 §4.3: a 503, a timeout or a transport failure before any answer moves
-            // the INVITE to the next target.
-            let retry = {
-                let leg = &mut entry.legs[idx];
-                let unanswered = !matches!(leg.status, CallPhase::Established | CallPhase::Hold);
-                let failover = phase == CallPhase::Failed
-                    && matches!(sip_status, Some(503) | Some(408) | None)
-                    && unanswered
-                    && !leg.alternates.is_empty()
-                    && leg.template.is_some();
-                if failover {
-                    let next = leg.alternates.remove(0);
-                    let mut place = leg.template.clone().expect("checked");
-                    place.route.dest = next;
-                    place.sip_call_id = None;
-                    leg.template = Some(place.clone());
-                    Some((next, place, leg.name_str()))
-                } else {
-                    None
-                }
-            };
-            if let Some((next, place, leg_name)) = retry {
-                let why = format!(
-                    "{} from the previous target; trying {next}",
-                    sip_status.map_or("no answer".to_string(), |s| s.to_string())
-                );
-                tracing::info!(%call_id, leg = leg_name, %next, "failover to the next SRV target");
-                let event = control_event(&call_id, leg_name, "Failover", sip_status, Some(why));
-                drop(st);
-                self.inner.bus.publish(event);
-                self.inner.sip.command(Command::PlaceCall(place));
-                return;
             }
-            {
-                let leg = &mut entry.legs[idx];
-                leg.status = phase;
-                leg.sip_status = sip_status.or(leg.sip_status);
-                leg.sip_call_id = Some(sip_call_id.clone());
-            }
-            if phase.is_final() {
-                st.keys.remove(&key);
-            }
-            let Some(entry) = st.calls.get_mut(&call_id) else {
-                return;
-            };
-            if entry.info.status.is_final() {
-                // A leg of a call that has already ended (its BYE completed): only its own
-                // status in the call object moves.
-                if let Some(l) = entry.info.legs.get_mut(idx) {
-                    l.status = phase.as_str().to_string();
-                }
-                return;
-            }
-            if let Some(sdp) = &sdp {
-                self.apply_remote_sdp(entry, idx, sdp, None);
-            }
-            let leg_name = entry.legs[idx].name_str();
-            let two_party = entry.legs.len() > 1 || entry.pending_callee.is_some();
-            if two_party && phase == CallPhase::Established {
-                if let Some(place) = entry.pending_callee.take() {
-                    // The caller answered: now the callee (call-api's CallerAnswered).
-                    tracing::info!(%call_id, "caller answered; calling the callee");
-                    events.push(control_event(
-                        &call_id,
-                        leg_name,
-                        "CallerAnswered",
-                        sip_status,
-                        None,
-                    ));
-                    if !self.inner.sip.command(Command::PlaceCall(place)) {
-                        tracing::warn!(%call_id, "the SIP stack is shutting down; callee not called");
+            Err(Routed::Call(_)) => {}
+        }
+    }
+
+    /// Carries out the core's media effects while the call table is locked (they touch the
+    /// calls' legs); returns the rest, for [`CallManager::effects`] once it is released.
+    fn media_effects(&self, st: &mut CallTable, fx: Vec<Effect>) -> Vec<After> {
+        let mut after = Vec::new();
+        for e in fx {
+            match e {
+                Effect::RemoteSdp { call_id, leg, sdp } => {
+                    if let Some(entry) = st.calls.get_mut(&call_id) {
+                        self.apply_remote_sdp(entry, leg, &sdp, None);
                     }
-                } else if idx > 0 {
-                    events.push(control_event(
-                        &call_id,
-                        leg_name,
-                        "CalleeAnswered",
-                        sip_status,
-                        None,
-                    ));
-                    bridge_now = true;
                 }
+                Effect::PauseBridge {
+                    call_id,
+                    leg,
+                    paused,
+                } => {
+                    for b in st.calls.get(&call_id).into_iter().flat_map(|e| &e.bridge) {
+                        if b.to == leg {
+                            b.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+                Effect::StopMusic { call_id, leg } => {
+                    if let Some(l) = st.calls.get_mut(&call_id).and_then(|e| e.legs.get_mut(leg)) {
+                        l.stop_music();
+                    }
+                }
+                Effect::SiprecPhase { call_id, phase } => {
+                    if let Some(entry) = st.calls.get(&call_id) {
+                        let mut call = recorded_call(entry);
+                        call.status = phase;
+                        after.push(After::Siprec(call));
+                    }
+                }
+                Effect::Release { call_id, why } => {
+                    let Some(entry) = st.calls.get_mut(&call_id) else {
+                        continue;
+                    };
+                    entry.info.legs = entry.leg_infos();
+                    entry.bridge.clear();
+                    for l in entry.legs.iter_mut() {
+                        l.stop_music();
+                    }
+                    if let Some(m) = entry.mixer.take() {
+                        m.abort();
+                    }
+                    let media = entry
+                        .legs
+                        .iter_mut()
+                        .flat_map(|l| std::mem::take(&mut l.media))
+                        .collect();
+                    after.push(After::Release {
+                        publisher: entry.publisher.take(),
+                        media,
+                        why,
+                    });
+                }
+                other => after.push(After::Effect(other)),
             }
-            let call_phase = call_phase(&entry.legs, entry.pending_callee.is_some());
-            let changed = call_phase != entry.info.status;
-            entry.info.status = call_phase;
-            if sip_status.is_some() {
-                entry.info.sip_status = sip_status;
-            }
-            entry.info.reason = if two_party {
-                reason.clone().map(|r| format!("{leg_name}: {r}"))
-            } else {
-                reason.clone()
-            }
-            .or(entry.info.reason.take().filter(|_| !phase.is_final()));
-            if idx == 0 {
-                entry.info.sip_call_id = Some(sip_call_id);
-            }
-            let established_now =
-                call_phase == CallPhase::Established && entry.info.established_at.is_none();
-            if established_now {
-                entry.info.established_at = Some(unix_ms());
-            }
-            if established_now {
-                siprec_phase = Some(recorded_call(entry));
-            }
-            // An exchange's call joins or leaves the call it exchanges media with: the
-            // SIPREC metadata of that call lists it.
-            if let Some(link) = &entry.info.exchange_of {
-                let joined = established_now;
-                let left = call_phase.is_final() && entry.info.established_at.is_some();
-                if joined || left {
-                    exchange_party = Some(super::siprec::ExchangeParty {
-                        call_id: link.call_id.clone(),
-                        exchange_id: call_id.clone(),
-                        kind: link.kind.clone(),
-                        leg: link.leg.clone(),
-                        uri: match (&entry.info.caller, entry.info.direction.as_str()) {
-                            (Some(from), "inbound") => from.clone(),
-                            _ => entry.info.callee.clone(),
-                        },
-                        joined,
+        }
+        after
+    }
+
+    /// Carries out what the core decided, outside the call table's lock.
+    fn effects(&self, after: Vec<After>) {
+        for a in after {
+            match a {
+                After::Effect(Effect::Sip(cmd)) => {
+                    if !self.inner.sip.command(cmd) {
+                        tracing::warn!("the SIP stack is shutting down; command not sent");
+                    }
+                }
+                After::Effect(Effect::Publish(event)) => self.inner.bus.publish(event),
+                After::Effect(Effect::Status(info)) => {
+                    tracing::info!(call_id = %info.call_id, status = info.status.as_str(), sip_status = info.sip_status, reason = info.reason.as_deref().unwrap_or(""), "call status");
+                    self.publish_status(&info);
+                }
+                After::Effect(Effect::Bridge(key)) => self.start_bridge(key),
+                After::Siprec(call) => self.inner.siprec.on_call_phase(call),
+                After::Effect(Effect::SiprecExchange(party)) => {
+                    self.inner.siprec.on_exchange(party)
+                }
+                After::Effect(
+                    Effect::RemoteSdp { .. }
+                    | Effect::Release { .. }
+                    | Effect::PauseBridge { .. }
+                    | Effect::StopMusic { .. }
+                    | Effect::SiprecPhase { .. },
+                ) => unreachable!("media effects are carried out under the lock"),
+                After::Release {
+                    publisher,
+                    media,
+                    why,
+                } => {
+                    if let Some(p) = publisher {
+                        p.end(why);
+                    }
+                    // Stopping a leg waits for its task; the ports return to the pool when
+                    // it is done.
+                    tokio::spawn(async move {
+                        for leg in media {
+                            if let Some((h, _)) = leg.running {
+                                h.stop().await;
+                            }
+                        }
                     });
                 }
             }
-            if call_phase.is_final() {
-                for leg in entry.legs.iter_mut() {
-                    if let Some(to) = &leg.transferred_to {
-                        entry.info.reason = Some(format!("transferred to {to}"));
-                    }
-                    if let Some(t) = leg.transfer.as_mut() {
-                        for step in t.on_call_ended() {
-                            if let super::transfer::Step::Event {
-                                name,
-                                sip_status,
-                                reason,
-                            } = step
-                            {
-                                events.push(control_event(
-                                    &call_id,
-                                    leg.name_str(),
-                                    name,
-                                    sip_status,
-                                    reason,
-                                ));
-                            }
-                        }
-                    }
-                    if !leg.status.is_final() {
-                        // The other party of a two-party call: hang it up too.
-                        self.inner.sip.command(Command::Hangup(leg.key));
-                    }
-                }
-                entry.info.ended_at = Some(unix_ms());
-                entry.info.legs = entry.leg_infos();
-                entry.bridge.clear();
-                for l in entry.legs.iter_mut() {
-                    l.stop_music();
-                }
-                if let Some(m) = entry.mixer.take() {
-                    m.abort();
-                }
-                let media = entry
-                    .legs
-                    .iter_mut()
-                    .flat_map(|l| std::mem::take(&mut l.media))
-                    .collect();
-                ended = Some((
-                    entry.publisher.take(),
-                    media,
-                    call_phase.as_str().to_string(),
-                ));
-                siprec_phase = Some(recorded_call(entry));
-                // Keys of legs that will report no more: a callee never called, an ended leg.
-                let mut gone: Vec<CallKey> = entry
-                    .pending_callee
-                    .take()
-                    .map(|p| p.key)
-                    .into_iter()
-                    .collect();
-                gone.extend(
-                    entry
-                        .legs
-                        .iter()
-                        .filter(|l| l.status.is_final())
-                        .map(|l| l.key),
-                );
-                for k in gone {
-                    st.keys.remove(&k);
-                }
-                st.active = st.active.saturating_sub(1);
-                st.history.push_back(call_id.clone());
-                while st.history.len() > HISTORY {
-                    if let Some(old) = st.history.pop_front() {
-                        st.calls.remove(&old);
-                    }
-                }
-            }
-            st.calls
-                .get(&call_id)
-                .filter(|e| changed || e.legs.len() == 1)
-                .map(|e| e.info.clone())
+        }
+    }
+
+    /// The core's timers that are due.
+    fn on_timers(&self) {
+        let after = {
+            let mut st = self.inner.state.lock();
+            let fx = st.on_timeout(Now::real());
+            self.media_effects(&mut st, fx)
         };
-        for e in events {
-            self.inner.bus.publish(e);
-        }
-        if let Some(call) = siprec_phase {
-            self.inner.siprec.on_call_phase(call);
-        }
-        if let Some(party) = exchange_party {
-            self.inner.siprec.on_exchange(party);
-        }
-        if bridge_now {
-            self.start_bridge(key);
-        }
-        if let Some(info) = info {
-            tracing::info!(call_id = %info.call_id, status = info.status.as_str(), sip_status, reason = info.reason.as_deref().unwrap_or(""), "call status");
-            self.publish_status(&info);
-        }
-        if let Some((publisher, media, why)) = ended {
-            if let Some(p) = publisher {
-                p.end(&why);
-            }
-            // Stopping a leg waits for its task; the ports return to the pool when it is done.
-            tokio::spawn(async move {
-                for leg in media {
-                    if let Some((h, _)) = leg.running {
-                        h.stop().await;
-                    }
-                }
-            });
-        }
+        self.effects(after);
     }
 
     /// The far end's answer to an offer we made in a 2xx (it came in the ACK).
@@ -1307,53 +1119,22 @@ impl CallManager {
     /// The answer to our own re-INVITE (hold, unhold): the media follows it, and the
     /// progress goes out as events.
     fn on_reinvited(&self, key: CallKey, status: u16, answer: Option<String>) {
-        let (event, info) = {
+        let after = {
             let mut st = self.inner.state.lock();
-            let Some(entry) = st.by_key(key) else {
+            let Some(mut fx) = st.on_reinvited(key, status, answer) else {
                 drop(st);
                 if !self.inner.siprec.on_reinvited(key, status) && !(200..300).contains(&status) {
                     tracing::warn!(key, status, "re-INVITE refused");
                 }
                 return;
             };
-            let Some(idx) = entry.leg_index(key) else {
-                return;
-            };
-            let Some(on) = entry.legs[idx].hold.pending.take() else {
-                return;
-            };
-            let ok = (200..300).contains(&status);
-            if on && !ok {
-                entry.legs[idx].stop_music();
+            let mut after = self.media_effects(&mut st, std::mem::take(&mut fx));
+            if let Some(info) = st.by_key(key).and_then(hold_status) {
+                after.push(After::Effect(Effect::Status(Box::new(info))));
             }
-            if ok {
-                entry.legs[idx].hold.ours = on;
-            }
-            // The bridge into this leg follows whether we hold it now.
-            let held = entry.legs[idx].hold.ours;
-            for b in &entry.bridge {
-                if b.to == idx {
-                    b.paused.store(held, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            if ok {
-                if let Some(sdp) = &answer {
-                    self.apply_remote_sdp(entry, idx, sdp, None);
-                }
-            }
-            let name = match (on, ok) {
-                (true, true) => "CallHoldSuccessful",
-                (true, false) => "CallHoldFailed",
-                (false, true) => "CallUnholdSuccessful",
-                (false, false) => "CallUnholdFailed",
-            };
-            let leg_name = entry.legs[idx].name_str();
-            tracing::info!(call_id = %entry.info.call_id, leg = leg_name, status, event = name, "hold");
-            let event = control_event(&entry.info.call_id, leg_name, name, Some(status), None);
-            (event, hold_status(entry))
+            after
         };
-        self.inner.bus.publish(event);
-        self.status_changed(info);
+        self.effects(after);
     }
 
     /// `/call/hold` (`on`) and `/call/unhold`: a re-INVITE with our media sendonly (or
@@ -1516,6 +1297,11 @@ impl CallManager {
                 replaces.as_ref().map(|r| r.0.clone()),
             );
             leg.transfer = Some(t);
+            let key = leg.key;
+            st.arm_transfer(call_id, key, Now::real());
+            self.inner.timers_changed.notify_one();
+            let entry = st.established(call_id, "transferred")?;
+            let leg = &mut entry.legs[idx];
             self.inner.sip.command(Command::Refer {
                 key: leg.key,
                 target: refer,
@@ -1547,41 +1333,12 @@ impl CallManager {
         key: CallKey,
         f: impl FnOnce(&mut super::transfer::Transfer) -> Vec<super::transfer::Step>,
     ) {
-        let mut events = Vec::new();
-        {
+        let after = {
             let mut st = self.inner.state.lock();
-            let Some(entry) = st.by_key(key) else {
-                return;
-            };
-            let call_id = entry.info.call_id.clone();
-            let Some(leg) = entry.leg_mut(key) else {
-                return;
-            };
-            let leg_name = leg.name_str();
-            let Some(t) = leg.transfer.as_mut() else {
-                return;
-            };
-            let target = t.target.clone();
-            for step in f(t) {
-                match step {
-                    super::transfer::Step::Event {
-                        name,
-                        sip_status,
-                        reason,
-                    } => {
-                        tracing::info!(%call_id, leg = leg_name, event = name, sip_status, "transfer");
-                        events.push(control_event(&call_id, leg_name, name, sip_status, reason));
-                    }
-                    super::transfer::Step::HangUp => {
-                        leg.transferred_to = Some(target.clone());
-                        self.inner.sip.command(Command::Hangup(key));
-                    }
-                }
-            }
-        }
-        for e in events {
-            self.inner.bus.publish(e);
-        }
+            let fx = st.on_transfer(key, f);
+            self.media_effects(&mut st, fx)
+        };
+        self.effects(after);
     }
 
     /// The far end REFERs us (a phone transfers the gateway): the UA answered 202; we call
@@ -2086,6 +1843,46 @@ impl CallManager {
                 call_id: call_id.clone(),
             });
         }
+        if cfg.inbound_answer_by_api && exchange.is_none() {
+            // It rings (180) until /call/answer, /call/terminate or inbound_ring_timeout_s.
+            let key = ic.key;
+            self.inner
+                .state
+                .lock()
+                .ring(&call_id, Box::new(ic), Now::real());
+            self.inner.timers_changed.notify_one();
+            self.inner.sip.command(Command::Ring(key));
+            return;
+        }
+        self.answer_incoming(ic, call_id, stream, exchange);
+    }
+
+    /// `/call/answer`: answers an inbound call that rings for the API
+    /// (`inbound_answer=api`). Answers at once; `ESTABLISHED` (or the failure) follows as
+    /// events.
+    pub fn answer(&self, call_id: &str) -> Result<CallInfo, RequestError> {
+        let (ic, info) = {
+            let mut st = self.inner.state.lock();
+            let ic = st.answer(call_id)?;
+            let entry = st
+                .calls
+                .get(call_id)
+                .ok_or_else(|| RequestError::Internal("call vanished".into()))?;
+            (ic, self.snapshot(entry))
+        };
+        tracing::info!(call_id, "inbound call answered by the API");
+        self.answer_incoming(*ic, call_id.to_string(), info.to_stream.clone(), None);
+        Ok(info)
+    }
+
+    /// Sets up an inbound call's media off the event loop and answers its INVITE.
+    fn answer_incoming(
+        &self,
+        ic: IncomingCall,
+        call_id: String,
+        stream: String,
+        exchange: Option<ExchangeLink>,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             let key = ic.key;
@@ -2491,8 +2288,8 @@ impl CallManager {
             leg.srtp_keys = keys;
         }
         if let Some(why) = srtp_failure {
-            if call_leg.srtp_failure.is_none() {
-                call_leg.srtp_failure = Some(why);
+            if call_leg.end_as.is_none() {
+                call_leg.end_as = Some((CallPhase::Failed, 488, why));
                 self.inner.sip.command(Command::Hangup(key));
             }
         }
@@ -2627,19 +2424,6 @@ fn sanitize_id(text: &str) -> String {
     }
 }
 
-/// The status a change of directions gives: HOLD while either side of any leg holds the
-/// other.
-fn hold_status(entry: &mut Entry) -> Option<CallInfo> {
-    let held = entry.legs.iter().any(|l| l.hold.ours || l.peer_holds());
-    let next = match (entry.info.status, held) {
-        (CallPhase::Established, true) => CallPhase::Hold,
-        (CallPhase::Hold, false) => CallPhase::Established,
-        _ => return None,
-    };
-    entry.info.status = next;
-    Some(entry.info.clone())
-}
-
 /// A transfer target: a sip:/sips:/tel: URI, or a user (number) at the host of the call's
 /// far end. No header injection: the URI is checked as a Refer-To would be read.
 fn transfer_target(target: &str, remote_uri: &str) -> Result<String, RequestError> {
@@ -2674,28 +2458,6 @@ fn transfer_target(target: &str, remote_uri: &str) -> Result<String, RequestErro
     Ok(uri)
 }
 
-/// The call as SIPREC records it.
-fn recorded_call(entry: &Entry) -> super::siprec::RecordedCall {
-    super::siprec::RecordedCall {
-        call_id: entry.info.call_id.clone(),
-        sip_call_id: entry.info.sip_call_id.clone(),
-        caller: entry
-            .info
-            .caller
-            .clone()
-            .unwrap_or_else(|| format!("sip:{}@{}", entry.info.sip_login, entry.info.sip_domain)),
-        callee: entry.info.callee.clone(),
-        stream: entry.info.to_stream.clone(),
-        codec: entry
-            .legs
-            .iter()
-            .flat_map(|l| l.media.iter())
-            .find(|m| m.kind == TrackKind::Audio)
-            .and_then(|m| m.codec.clone()),
-        status: entry.info.status,
-    }
-}
-
 fn dtmf_event(
     call_id: &str,
     leg: &str,
@@ -2713,49 +2475,6 @@ fn dtmf_event(
     }
 }
 
-fn control_event(
-    call_id: &str,
-    leg: &str,
-    name: &str,
-    sip_status: Option<u16>,
-    reason: Option<String>,
-) -> Event {
-    Event::CallControlEvent {
-        call_id: call_id.to_string(),
-        event: name.to_string(),
-        leg: Some(leg.to_string()),
-        sip_status,
-        reason,
-        timestamp: unix_ms(),
-    }
-}
-
-/// The call's status from its legs'. One leg: that leg's. Two-party: a leg's end ends the
-/// call; before that the caller's progress, then the callee's, and ESTABLISHED when both
-/// answered.
-fn call_phase(legs: &[CallLeg], callee_pending: bool) -> CallPhase {
-    if let Some(l) = legs.iter().find(|l| l.status.is_final()) {
-        return l.status;
-    }
-    match legs {
-        [] => CallPhase::Pending,
-        [one] if !callee_pending => one.status,
-        [caller] => match caller.status {
-            CallPhase::Established | CallPhase::Hold => CallPhase::Trying,
-            other => other,
-        },
-        [caller, rest @ ..] => {
-            if caller.status != CallPhase::Established {
-                return caller.status;
-            }
-            rest.iter()
-                .map(|l| l.status)
-                .find(|s| *s != CallPhase::Established)
-                .unwrap_or(CallPhase::Established)
-        }
-    }
-}
-
 pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RequestError> {
     crate::sip::locate::resolve(host, port)
         .await
@@ -2765,54 +2484,6 @@ pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, Request
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn legs(statuses: &[CallPhase]) -> Vec<CallLeg> {
-        statuses
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let name = if i == 0 && statuses.len() > 1 {
-                    Leg::Caller
-                } else {
-                    Leg::Callee
-                };
-                let mut l = CallLeg::new(name, i as u64 + 1, "sip:x@h");
-                l.status = *s;
-                l
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_one_leg_call_has_its_legs_status() {
-        for s in [
-            CallPhase::Trying,
-            CallPhase::Ring,
-            CallPhase::Established,
-            CallPhase::Busy,
-        ] {
-            assert_eq!(call_phase(&legs(&[s]), false), s);
-        }
-    }
-
-    #[test]
-    fn a_two_party_call_follows_the_caller_then_the_callee() {
-        use CallPhase::*;
-        // The caller rings; the callee is not called yet.
-        assert_eq!(call_phase(&legs(&[Ring, Pending]), true), Ring);
-        // The caller answered: the callee's INVITE is next, the call is still in progress.
-        assert_eq!(call_phase(&legs(&[Established]), true), Trying);
-        assert_eq!(call_phase(&legs(&[Established, Pending]), false), Pending);
-        assert_eq!(call_phase(&legs(&[Established, Ring]), false), Ring);
-        assert_eq!(
-            call_phase(&legs(&[Established, Established]), false),
-            Established
-        );
-        // Either leg's end ends the call with that leg's status.
-        assert_eq!(call_phase(&legs(&[Busy, Pending]), true), Busy);
-        assert_eq!(call_phase(&legs(&[Established, Failed]), false), Failed);
-        assert_eq!(call_phase(&legs(&[Finish, Established]), false), Finish);
-    }
 
     #[test]
     fn uri_parameters_are_read_after_the_host() {
@@ -2825,48 +2496,6 @@ mod tests {
             Some("caller")
         );
         assert_eq!(uri_param("sip:listen-c1@gw", "leg"), None);
-    }
-
-    #[test]
-    fn legs_are_chosen_by_name_and_both_is_refused_where_one_is_needed() {
-        let info = initial_info(&CallSpec {
-            direction: Direction::SendRecv,
-            audio_codecs: None,
-            audio_labels: Vec::new(),
-            exchange: None,
-            call_id: "c1".into(),
-            callee_uri: "sip:b@h".into(),
-            caller: None,
-            sip_login: "gw".into(),
-            auth_name: "gw".into(),
-            password: Default::default(),
-            domain: "h".into(),
-            proxy_host: "h".into(),
-            proxy_port: 5060,
-            locate: false,
-            sticky: false,
-            registrar: ("h".into(), 5060),
-            transport: crate::sip::endpoint::Transport::Udp,
-            srtp: None,
-            register: false,
-            has_audio: true,
-            has_video: false,
-            stream: "s".into(),
-            record: false,
-            headers: Vec::new(),
-        });
-        let mut e = Entry::new(info, 1, Leg::Caller, "sip:a@h");
-        e.legs.push(CallLeg::new(Leg::Callee, 2, "sip:b@h"));
-        assert_eq!(e.select(None).unwrap(), [0, 1]);
-        assert_eq!(e.select(Some("both")).unwrap(), [0, 1]);
-        assert_eq!(e.select(Some("callee")).unwrap(), [1]);
-        let err = e.select(Some("bob")).unwrap_err().to_string();
-        assert!(err.contains("caller") && err.contains("callee"), "{err}");
-        assert_eq!(e.select_one(None).unwrap(), 1, "the callee by default");
-        assert_eq!(e.select_one(Some("caller")).unwrap(), 0);
-        assert!(e.select_one(Some("both")).is_err());
-        assert_eq!(e.leg_index(2), Some(1));
-        assert_eq!(e.leg_index(9), None);
     }
 
     #[test]

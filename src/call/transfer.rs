@@ -122,6 +122,20 @@ impl Transfer {
         steps
     }
 
+    /// No final NOTIFY came in time (`transfer_timeout_s`): the transfer failed and the call
+    /// goes on, so that another one can be tried.
+    pub fn on_timeout(&mut self, waited_s: u64) -> Vec<Step> {
+        if self.stage == Stage::Done {
+            return Vec::new();
+        }
+        self.stage = Stage::Done;
+        vec![event(
+            "TransferFailed",
+            Some(408),
+            Some(format!("no final NOTIFY within {waited_s} s")),
+        )]
+    }
+
     /// The call ended before the transfer's outcome was known.
     pub fn on_call_ended(&mut self) -> Vec<Step> {
         if self.stage == Stage::Done {
@@ -220,5 +234,27 @@ mod tests {
         let (mut t, _) = Transfer::start("sip:x@h".into(), None);
         t.on_answer(202);
         assert_eq!(names(&t.on_call_ended()), ["TransferFailed"]);
+    }
+
+    #[test]
+    fn a_transfer_without_a_final_notify_times_out_once() {
+        let (mut t, _) = Transfer::start("sip:x@h".into(), None);
+        t.on_answer(202);
+        t.on_progress(100, "100 Trying", false);
+        let steps = t.on_timeout(60);
+        assert_eq!(
+            steps,
+            vec![Step::Event {
+                name: "TransferFailed",
+                sip_status: Some(408),
+                reason: Some("no final NOTIFY within 60 s".into())
+            }]
+        );
+        assert!(t.is_done());
+        assert!(t.on_timeout(60).is_empty());
+        assert!(
+            t.on_progress(200, "200 OK", true).is_empty(),
+            "a late NOTIFY changes nothing"
+        );
     }
 }

@@ -1872,3 +1872,33 @@ impl AvSource {
         out
     }
 }
+
+/// The end of `uac_inbound.xml`: sipp hangs up itself after streaming for a while.
+pub const SIPP_HANGS_UP: &str = r#"  <pause milliseconds="3000"/>
+  <send retrans="500"><![CDATA[
+
+BYE sip:@USER@@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:alice@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:@USER@@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>"#;
+
+/// sipp waits for the gateway's BYE.
+pub const GATEWAY_HANGS_UP: &str = r#"  <recv request="BYE"/>
+  <send><![CDATA[
+
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>"#;
