@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::call_request::CallStartupRequest;
+use super::call_schema;
 use super::error::{ApiError, ErrorBody};
 use super::json::parse_body;
 use super::AppState;
@@ -17,6 +18,7 @@ use crate::exchange::{ExchangeInfo, InjectionInfo};
 #[serde(rename_all = "camelCase")]
 pub struct CallView {
     #[serde(flatten)]
+    #[schema(value_type = call_schema::CallInfo)]
     pub call: CallInfo,
     /// Its media exchanges (`/media/*`, listen-in, barge-in), oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -68,7 +70,7 @@ pub struct CallFilter {
 /// Place a SIP call whose media becomes a stream.
 #[utoipa::path(post, path = "/rest-api/call/startup", request_body = CallStartupRequest,
     responses(
-        (status = 200, description = "Call accepted; status PENDING or TRYING, progress follows", body = CallInfo),
+        (status = 200, description = "Call accepted; status PENDING or TRYING, progress follows", body = call_schema::CallInfo),
         (status = 400, description = "A field is missing or invalid (the message names it)", body = ErrorBody),
         (status = 409, description = "callId or toStream is in use", body = ErrorBody),
         (status = 502, description = "The SIP proxy could not be resolved or reached", body = ErrorBody),
@@ -116,7 +118,7 @@ pub async fn startup(
 
 /// Hang up a call: BYE when established, CANCEL while ringing.
 #[utoipa::path(post, path = "/rest-api/call/terminate", request_body = CallIdRequest,
-    responses((status = 200, body = CallInfo), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody)))]
+    responses((status = 200, body = call_schema::CallInfo), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody)))]
 pub async fn terminate(
     state: web::Data<AppState>,
     body: web::Bytes,
@@ -155,7 +157,7 @@ pub struct HoldRequest {
 /// `CallHolding`, `CallHoldStart`, then `CallHoldSuccessful` (status HOLD) or
 /// `CallHoldFailed` with the SIP status follow.
 #[utoipa::path(post, path = "/rest-api/call/hold", request_body = HoldRequest,
-    responses((status = 200, description = "re-INVITE sent (or already held)", body = CallInfo),
+    responses((status = 200, description = "re-INVITE sent (or already held)", body = call_schema::CallInfo),
         (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody),
         (status = 409, description = "The call is not established, or a hold is in progress", body = ErrorBody)))]
 pub async fn hold(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
@@ -172,7 +174,7 @@ pub async fn hold(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpRe
 /// Resume a held call: a re-INVITE with our media `sendrecv`; events `CallUnholding`,
 /// `CallUnholdStart`, then `CallUnholdSuccessful` (status ESTABLISHED) or `CallUnholdFailed`.
 #[utoipa::path(post, path = "/rest-api/call/unhold", request_body = HoldRequest,
-    responses((status = 200, description = "re-INVITE sent (or not held)", body = CallInfo),
+    responses((status = 200, description = "re-INVITE sent (or not held)", body = call_schema::CallInfo),
         (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody),
         (status = 409, description = "The call is not established, or a hold is in progress", body = ErrorBody)))]
 pub async fn unhold(
@@ -206,7 +208,7 @@ pub struct DtmfRequest {
 /// Send DTMF digits into a call: RFC 4733 telephone-events in the RTP (end packet sent
 /// three times, a pause between digits), or one SIP INFO per digit, in order.
 #[utoipa::path(post, path = "/rest-api/call/send_dtmf", request_body = DtmfRequest,
-    responses((status = 200, description = "Digits queued", body = CallInfo),
+    responses((status = 200, description = "Digits queued", body = call_schema::CallInfo),
         (status = 400, description = "A digit, type or duration is invalid", body = ErrorBody),
         (status = 404, description = "Unknown callId", body = ErrorBody),
         (status = 409, description = "The call is not established; or for RFC2833 the far end did not take telephone-event or does not receive our audio", body = ErrorBody)))]
@@ -247,7 +249,7 @@ pub struct TransferRequest {
 /// `TransferPending`, then `TransferSuccessful` (our dialog then ends, reason "transferred
 /// to ...") or `TransferFailed` with the SIP status (the call goes on).
 #[utoipa::path(post, path = "/rest-api/call/transfer", request_body = TransferRequest,
-    responses((status = 200, description = "REFER sent", body = CallInfo),
+    responses((status = 200, description = "REFER sent", body = call_schema::CallInfo),
         (status = 400, description = "target is not a SIP URI or number, or a leg is wrong", body = ErrorBody),
         (status = 404, description = "Unknown callId or replaceCallId", body = ErrorBody),
         (status = 409, description = "The call (or replaceCallId) is not established, or a transfer is in progress", body = ErrorBody)))]

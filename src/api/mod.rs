@@ -3,6 +3,7 @@
 //! JSON and the call manager / registry; they hold no state of their own.
 pub mod auth;
 pub mod call_request;
+pub mod call_schema;
 pub mod calls;
 pub mod error;
 pub mod examples;

@@ -1,9 +1,9 @@
 //! The call as the API sees it: the validated startup request ([`CallSpec`]) and the call
 //! object returned by `/call/find`, with its legs. The JSON request and its validation live in
-//! `api/call_request.rs`: the call layer takes only checked values.
+//! `api/call_request.rs`: the call layer takes only checked values. The OpenAPI schemas of
+//! the call object are mirrors in `api/call_schema.rs`, whose test fails when they differ.
 
 use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::sip::endpoint::Transport;
 use crate::sip::sdp::{Direction, RtpMap};
@@ -64,7 +64,7 @@ pub struct CallSpec {
 }
 
 /// A call the gateway placed (or took) for a media exchange of another call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExchangeLink {
     /// The call whose media this one exchanges.
@@ -77,7 +77,7 @@ pub struct ExchangeLink {
 }
 
 /// One media leg of a call as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LegInfo {
     /// `callee` (the party an outbound call reached) or `caller` (who called in).
@@ -90,7 +90,7 @@ pub struct LegInfo {
     pub tracks: Vec<LegTrackInfo>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LegTrackInfo {
     /// audio or video
@@ -113,7 +113,7 @@ pub struct LegTrackInfo {
 }
 
 /// The call object of `/call/startup`, `/call/find` and `/call/find_all`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallInfo {
     pub call_id: String,

@@ -14,17 +14,7 @@ use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 /// When a call uses SRTP (`sip_srtp`, the REST `srtp` field).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SrtpPolicy {
     /// Plain RTP; a far end's crypto lines are not answered.

@@ -224,7 +224,7 @@ pub fn is_inbound_key(key: CallKey) -> bool {
 }
 
 /// WCS's call status set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CallPhase {
     Pending,
