@@ -131,7 +131,7 @@ pub async fn terminate(
 /// its media and sends 200 OK. `ESTABLISHED` follows as an event; 409 when the call is not
 /// waiting for an answer.
 #[utoipa::path(post, path = "/rest-api/call/answer", request_body = CallIdRequest,
-    responses((status = 200, body = CallInfo), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody),
+    responses((status = 200, body = call_schema::CallInfo), (status = 400, body = ErrorBody), (status = 404, description = "Unknown callId", body = ErrorBody),
         (status = 409, description = "Not an inbound call waiting for an answer", body = ErrorBody)))]
 pub async fn answer(
     state: web::Data<AppState>,
