@@ -510,3 +510,57 @@ async fn a_pcmu_caller_and_an_opus_callee_hear_each_other_transcoded() {
         .await;
     gw.wait_status("tp9", &["FINISH"], T).await;
 }
+
+/// The packets of track `i` of `stream`.
+async fn track_packets(gw: &Gateway, stream: &str, i: usize) -> u64 {
+    gw.stream(stream).await.unwrap()["tracks"][i]["packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_mixed_track_is_encoded_only_while_someone_follows_the_stream() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMA", 1000.0).await;
+    start_between(&gw, "mx1", &alice, &bob).await;
+    gw.wait_status("mx1", &["ESTABLISHED"], T).await;
+    heard(&bob, 8, 1.0).await;
+    // The bridge works, but nobody records, plays or pushes: no mixed frame is made.
+    let stream = gw.stream("mx1_stream").await.unwrap();
+    assert_eq!(stream["tracks"][0]["leg"], "mixed", "{stream}");
+    assert_eq!(track_packets(&gw, "mx1_stream", 0).await, 0, "{stream}");
+    assert!(track_packets(&gw, "mx1_stream", 1).await > 25, "{stream}");
+
+    // A recorder follows the stream: the mix starts within a quarter second.
+    let (s, rec) = gw
+        .post_json("/stream/startRecording", json!({"name": "mx1_stream"}))
+        .await;
+    assert_eq!(s, 200, "{rec}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mixed = track_packets(&gw, "mx1_stream", 0).await;
+    assert!(
+        (40..=80).contains(&mixed),
+        "about 50 frames a second once recorded, got {mixed}"
+    );
+    // Stopped: the mix stops with it.
+    let (s, done) = gw
+        .post_json(
+            "/recorder/terminate",
+            json!({"mediaSessionId": rec["mediaSessionId"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{done}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = track_packets(&gw, "mx1_stream", 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        track_packets(&gw, "mx1_stream", 0).await,
+        stopped,
+        "no frames once nobody follows"
+    );
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "mx1"}))
+        .await;
+    assert_eq!(s, 200);
+}

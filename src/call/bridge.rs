@@ -14,6 +14,9 @@ use crate::media::transcode::{AudioCodec, PcmDecoder, Transcoder};
 use crate::registry::{InlineSink, Leg, MediaUnit, TrackId, TrackKind, TrackSpec};
 use crate::rtp::driver::Injector;
 
+/// The bridge's reader kind in the registry.
+pub(super) const READER_KIND: &str = "bridge";
+
 pub(super) struct BridgeSink {
     /// The leg whose audio this direction carries.
     from: Leg,

@@ -477,7 +477,11 @@ impl CallManager {
                 entry.legs[to].hold.ours,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            match self.inner.registry.attach(&stream, "bridge", sink) {
+            match self
+                .inner
+                .registry
+                .attach(&stream, super::bridge::READER_KIND, sink)
+            {
                 Ok(h) => entry.bridge.push(super::bridge::BridgeDirection {
                     to,
                     paused,

@@ -4,7 +4,9 @@
 //! downmix) hear both voices.
 //!
 //! [`StereoMix`] is the sans-IO part (samples in per leg, 20 ms stereo Opus frames out);
-//! [`spawn`] runs it as a reader of the stream that publishes every 20 ms.
+//! [`spawn`] runs it as a reader of the stream that publishes every 20 ms, while someone
+//! besides the gateway's own readers (the mixer, the bridge) follows the stream: a call
+//! nobody records, plays or pushes costs no decoding and no Opus encoding.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +26,15 @@ const RATE: u32 = 8000;
 const FRAME: usize = 160;
 /// 20 ms on the Opus RTP clock.
 const FRAME_TS: u32 = 960;
+const FRAME_TIME: Duration = Duration::from_millis(20);
+/// How often an idle mixer (nobody to mix for) looks whether someone came.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
 /// Samples kept per leg beyond one frame: a burst from a leg adds at most this delay.
 const MAX_BACKLOG: usize = 3 * FRAME;
+/// The gateway's own readers of a two-party call's stream: they do not need the mix.
+const OWN_READERS: &[&str] = &[READER_KIND, super::bridge::READER_KIND];
+/// The mixer's reader kind.
+const READER_KIND: &str = "mixer";
 /// The payload type announced for the mixed track.
 pub(super) const MIXED_PT: u8 = 111;
 
@@ -65,6 +74,12 @@ impl StereoMix {
             let excess = fifo.len() - MAX_BACKLOG;
             fifo.drain(..excess);
         }
+    }
+
+    /// Forgets what is buffered (the mix stopped; it starts again from now).
+    pub fn clear(&mut self) {
+        self.left.clear();
+        self.right.clear();
     }
 
     /// One 20 ms frame, or None when neither leg has anything (the track then has a gap,
@@ -110,7 +125,7 @@ pub(super) fn spawn(
     call_id: &str,
 ) -> Result<tokio::task::JoinHandle<()>, RegistryError> {
     let track = publisher.add_track(track_spec())?;
-    let mut reader = registry.subscribe(publisher.name(), "mixer")?;
+    let registry = registry.clone();
     let mut mix = match StereoMix::new() {
         Ok(m) => m,
         Err(e) => {
@@ -124,61 +139,87 @@ pub(super) fn spawn(
             // Source tracks: (leg, payload type, decoder).
             let mut sources: HashMap<TrackId, (Leg, u8, PcmDecoder)> = HashMap::new();
             let mut pcm = Vec::with_capacity(6 * FRAME);
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(FRAME_TIME);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let ssrc: u32 = rand::random();
             let (mut seq, mut ts): (u16, u32) = (rand::random(), rand::random());
-            let mut first = true;
+            let mut stopped = std::time::Instant::now();
             loop {
-                tokio::select! {
-                    ev = reader.recv() => match ev {
-                        Some(ReaderEvent::TrackChanged(id, spec)) => {
-                            if id == track || spec.kind != TrackKind::Audio || spec.leg == Leg::Mixed {
-                                continue;
-                            }
-                            match AudioCodec::from_encoding(&spec.codec).map(|c| PcmDecoder::new(c, RATE)) {
-                                Some(Ok(d)) => {
-                                    sources.insert(id, (spec.leg, spec.payload_type, d));
-                                }
-                                _ => {
-                                    tracing::warn!(codec = %spec.codec, "mixer: codec not decodable; leg not mixed");
-                                    sources.remove(&id);
-                                }
-                            }
-                        }
-                        Some(ReaderEvent::Media(u)) => {
-                            let Some((leg, pt, dec)) = sources.get_mut(&u.track) else { continue };
-                            if u.payload_type != *pt {
-                                continue;
-                            }
-                            pcm.clear();
-                            if dec.decode(&u.payload, &mut pcm).is_ok() {
-                                mix.push(*leg, &pcm);
-                            }
-                        }
-                        Some(ReaderEvent::Ended(_)) | None => break,
-                    },
-                    _ = tick.tick() => {
-                        match mix.tick() {
-                            Ok(Some(payload)) => {
-                                publisher.publish(MediaUnit {
-                                    track,
-                                    payload_type: MIXED_PT,
-                                    seq,
-                                    timestamp: ts,
-                                    marker: std::mem::take(&mut first),
-                                    ssrc,
-                                    payload,
-                                    arrival: std::time::Instant::now(),
-                                });
-                                seq = seq.wrapping_add(1);
-                            }
-                            Ok(None) => first = true,
-                            Err(e) => tracing::debug!(error = %e, "mixer: frame not encoded"),
-                        }
-                        ts = ts.wrapping_add(FRAME_TS);
-                    }
+                // Nobody but our own readers follows the stream: no subscription (the legs'
+                // packets are not even queued to us); look again every IDLE_CHECK.
+                if !publisher.has_readers_besides(OWN_READERS) {
+                    tokio::time::sleep(IDLE_CHECK).await;
+                    continue;
                 }
+                let Ok(mut reader) = registry.subscribe(publisher.name(), READER_KIND) else {
+                    break;
+                };
+                tracing::debug!("mixing");
+                // The RTP clock went on while we did not mix: a new talkspurt after the gap.
+                let idle_frames = stopped.elapsed().as_millis() / FRAME_TIME.as_millis();
+                ts = ts.wrapping_add((idle_frames as u32).wrapping_mul(FRAME_TS));
+                let mut first = true;
+                sources.clear();
+                mix.clear();
+                let ended = loop {
+                    tokio::select! {
+                        ev = reader.recv() => match ev {
+                            Some(ReaderEvent::TrackChanged(id, spec)) => {
+                                if id == track || spec.kind != TrackKind::Audio || spec.leg == Leg::Mixed {
+                                    continue;
+                                }
+                                match AudioCodec::from_encoding(&spec.codec).map(|c| PcmDecoder::new(c, RATE)) {
+                                    Some(Ok(d)) => {
+                                        sources.insert(id, (spec.leg, spec.payload_type, d));
+                                    }
+                                    _ => {
+                                        tracing::warn!(codec = %spec.codec, "mixer: codec not decodable; leg not mixed");
+                                        sources.remove(&id);
+                                    }
+                                }
+                            }
+                            Some(ReaderEvent::Media(u)) => {
+                                let Some((leg, pt, dec)) = sources.get_mut(&u.track) else { continue };
+                                if u.payload_type != *pt {
+                                    continue;
+                                }
+                                pcm.clear();
+                                if dec.decode(&u.payload, &mut pcm).is_ok() {
+                                    mix.push(*leg, &pcm);
+                                }
+                            }
+                            Some(ReaderEvent::Ended(_)) | None => break true,
+                        },
+                        _ = tick.tick() => {
+                            if !publisher.has_readers_besides(OWN_READERS) {
+                                break false;
+                            }
+                            match mix.tick() {
+                                Ok(Some(payload)) => {
+                                    publisher.publish(MediaUnit {
+                                        track,
+                                        payload_type: MIXED_PT,
+                                        seq,
+                                        timestamp: ts,
+                                        marker: std::mem::take(&mut first),
+                                        ssrc,
+                                        payload,
+                                        arrival: std::time::Instant::now(),
+                                    });
+                                    seq = seq.wrapping_add(1);
+                                }
+                                Ok(None) => first = true,
+                                Err(e) => tracing::debug!(error = %e, "mixer: frame not encoded"),
+                            }
+                            ts = ts.wrapping_add(FRAME_TS);
+                        }
+                    }
+                };
+                if ended {
+                    break;
+                }
+                tracing::debug!("mixing stopped: nobody follows the stream");
+                stopped = std::time::Instant::now();
             }
             tracing::debug!("mixer ended");
         },

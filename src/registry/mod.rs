@@ -815,6 +815,16 @@ impl Publisher {
         }
     }
 
+    /// Whether the stream has a reader whose kind is not one of `kinds`: work done only for
+    /// someone (the two-party mix) is skipped while only the gateway's own readers follow.
+    pub fn has_readers_besides(&self, kinds: &[&str]) -> bool {
+        self.stream
+            .readers
+            .read()
+            .iter()
+            .any(|o| !kinds.contains(&o.slot.kind.as_str()))
+    }
+
     pub fn readers(&self) -> Vec<ReaderInfo> {
         self.stream
             .readers

@@ -411,3 +411,18 @@ fn totals_only_grow_as_streams_end_and_readers_leave() {
     let t2 = reg.totals();
     assert_eq!((t2.streams, t2.audio.packets), (2, 6));
 }
+
+#[test]
+fn readers_besides_the_gateways_own_are_told_apart_and_leave_with_their_reader() {
+    let reg = Registry::new(8);
+    let p = reg.create("s", None).unwrap();
+    let own = ["mixer", "bridge"];
+    assert!(!p.has_readers_besides(&own), "no reader at all");
+    let mixer = reg.subscribe("s", "mixer").unwrap();
+    assert!(!p.has_readers_besides(&own), "only our own");
+    let recorder = reg.subscribe("s", "recorder").unwrap();
+    assert!(p.has_readers_besides(&own));
+    drop(recorder);
+    assert!(!p.has_readers_besides(&own), "the recorder left");
+    drop(mixer);
+}
