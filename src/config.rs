@@ -236,6 +236,9 @@ pub struct Config {
     pub media_stream_reconnect_max_attempts: u32,
     /// Audio kept for a slow or absent agent server before the oldest is dropped.
     pub media_stream_send_queue: Duration,
+    /// `media_stream_socket_send_buffer_kb`: the kernel's send buffer of an agent's socket
+    /// (0: the kernel's autotuning, up to megabytes of unsendable audio).
+    pub media_stream_socket_send_buffer: usize,
     /// Agent audio queued for playing into the leg, at most.
     pub media_stream_play_queue: Duration,
     /// `media_listen_pattern`: a Request-URI user matching it (its first group: a callId)
@@ -358,6 +361,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("media_stream_reconnect_max_ms", "5000"),
     ("media_stream_reconnect_max_attempts", "20"),
     ("media_stream_send_queue_ms", "2000"),
+    ("media_stream_socket_send_buffer_kb", "32"),
     ("media_stream_play_queue_s", "120"),
     ("media_listen_pattern", "listen-(.+)"),
     ("media_barge_pattern", "barge-(.+)"),
@@ -631,6 +635,9 @@ impl Config {
             ),
             media_stream_reconnect_max_attempts: r.parse("media_stream_reconnect_max_attempts")?,
             media_stream_send_queue: Duration::from_millis(r.parse("media_stream_send_queue_ms")?),
+            media_stream_socket_send_buffer: r
+                .parse::<usize>("media_stream_socket_send_buffer_kb")?
+                * 1024,
             media_stream_play_queue: Duration::from_secs(r.parse("media_stream_play_queue_s")?),
             media_listen_pattern: exchange_pattern(&r, "media_listen_pattern")?,
             media_barge_pattern: exchange_pattern(&r, "media_barge_pattern")?,

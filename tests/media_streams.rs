@@ -783,3 +783,108 @@ async fn a_two_party_call_streams_both_parties_with_their_track_labels() {
     assert_eq!(s, 200);
     conn.event("stop").await;
 }
+
+/// An agent server that stops reading: the gateway's send queue (`media_stream_send_queue_ms`)
+/// drops its oldest audio, counted, and the call's media goes on untouched; when the server
+/// reads again it gets the newest audio, not a backlog.
+#[tokio::test]
+async fn a_server_that_stops_reading_loses_the_oldest_audio_and_the_call_goes_on() {
+    let gw = Gateway::start(&[("media_stream_send_queue_ms", "200".into())]).await;
+    let mut sipp = Sipp::uas("uas_pcmu_stream.xml", "udp", false);
+    // A small receive buffer, so that the socket fills in a second or two, not minutes.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(1).unwrap();
+    let url = format!("ws://{}/slow", listener.local_addr().unwrap());
+    let mut body = startup_body("slow1", sipp.port, "udp");
+    body["mediaStreamUrl"] = json!(url);
+    body["mediaStream"] = json!({"bidirectional": false});
+    let (s, call) = gw.post_json("/call/startup", body).await;
+    assert_eq!(s, 200, "{call}");
+    let (tcp, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    // Read until the first media message.
+    loop {
+        let m = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if matches!(&m, Message::Text(t) if t.as_str().contains(r#""event":"media""#)) {
+            break;
+        }
+    }
+
+    // The server reads nothing: once the kernel's buffers (ours about 3 s) and the 200 ms
+    // queue are full, the oldest audio is dropped, a second's worth within a few seconds.
+    let rx_before = gw.call("slow1").await["legs"][0]["tracks"][0]["packetsReceived"]
+        .as_u64()
+        .unwrap();
+    let paused = Instant::now();
+    let info = loop {
+        let info = stream_of(&gw, "slow1").await;
+        if info["framesDropped"].as_u64().unwrap() >= 50 {
+            break info;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(10),
+            "audio the server does not read is dropped: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(info["status"], "STREAMING", "{info}");
+    let call = gw.call("slow1").await;
+    assert_eq!(call["status"], "ESTABLISHED", "{call}");
+    let rx_after = call["legs"][0]["tracks"][0]["packetsReceived"]
+        .as_u64()
+        .unwrap();
+    let expected = (paused.elapsed().as_secs_f64() * 50.0 * 0.8) as u64;
+    assert!(
+        rx_after - rx_before >= expected,
+        "the call's RTP went on at 50 pps: {rx_before} -> {rx_after} in {:?}",
+        paused.elapsed()
+    );
+
+    // Reading again: what was kept (at most the queue) comes, then live audio; the
+    // chunk numbers jump over what was dropped.
+    let started = Instant::now();
+    let mut chunks = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        let m = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["event"] == "media" {
+                chunks.push(
+                    v["media"]["chunk"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap(),
+                );
+            }
+        }
+    }
+    assert!(
+        chunks.windows(2).any(|w| w[1] > w[0] + 1),
+        "a gap where audio was dropped: {chunks:?}"
+    );
+    assert!(
+        chunks.len() >= 100,
+        "live audio again: {} frames",
+        chunks.len()
+    );
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "slow1"}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("slow1", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}

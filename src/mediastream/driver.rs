@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Request};
@@ -298,7 +299,48 @@ pub(super) struct ConnectionConfig {
     pub(super) reconnect_initial: Duration,
     pub(super) reconnect_max: Duration,
     pub(super) reconnect_max_attempts: u32,
+    /// SO_SNDBUF in bytes (0: the kernel's autotuning). What the kernel holds for a server
+    /// that does not read is audio the outbox can no longer drop: it only adds delay.
+    pub(super) socket_send_buffer: usize,
     pub(super) tls: Arc<rustls::ClientConfig>,
+}
+
+/// The TCP connection to the agent's server, with our send buffer and without Nagle.
+async fn connect_tcp(req: &Request<()>, send_buffer: usize) -> Result<TcpStream, String> {
+    let uri = req.uri();
+    let host = uri.host().ok_or("url: no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
+    let mut last = format!("{host}: no address");
+    for addr in tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("{host}: {e}"))?
+    {
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| e.to_string())?;
+        if send_buffer > 0 {
+            sock.set_send_buffer_size(send_buffer as u32)
+                .map_err(|e| e.to_string())?;
+        }
+        match sock.connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                return Ok(stream);
+            }
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 enum SessionEnd {
@@ -336,19 +378,21 @@ pub(super) async fn connection(
                 .max_message_size(Some(MAX_MESSAGE))
                 .max_frame_size(Some(MAX_MESSAGE));
             let connector = tokio_tungstenite::Connector::Rustls(cfg.tls.clone());
-            match tokio::time::timeout(
-                cfg.connect_timeout,
-                tokio_tungstenite::connect_async_tls_with_config(
+            match tokio::time::timeout(cfg.connect_timeout, async {
+                let tcp = connect_tcp(&req, cfg.socket_send_buffer).await?;
+                tokio_tungstenite::client_async_tls_with_config(
                     req,
+                    tcp,
                     Some(ws_cfg),
-                    true,
                     Some(connector),
-                ),
-            )
+                )
+                .await
+                .map_err(|e| e.to_string())
+            })
             .await
             {
                 Ok(Ok((ws, _))) => Ok(ws),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(format!(
                     "no connection within {} ms",
                     cfg.connect_timeout.as_millis()

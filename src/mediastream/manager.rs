@@ -33,6 +33,8 @@ pub struct MediaStreamConfig {
     pub reconnect_max_attempts: u32,
     /// Audio frames (20 ms) the outbox keeps for a slow server.
     pub send_queue_frames: usize,
+    /// SO_SNDBUF of the agents' sockets in bytes (0: the kernel's).
+    pub socket_send_buffer: usize,
     pub play_queue_ms: u64,
     pub inbound_url: Option<String>,
     pub inbound_format: Format,
@@ -46,6 +48,7 @@ impl MediaStreamConfig {
             reconnect_max: cfg.media_stream_reconnect_max,
             reconnect_max_attempts: cfg.media_stream_reconnect_max_attempts,
             send_queue_frames: (cfg.media_stream_send_queue.as_millis() as usize / 20).max(1),
+            socket_send_buffer: cfg.media_stream_socket_send_buffer,
             play_queue_ms: cfg.media_stream_play_queue.as_millis() as u64,
             inbound_url: cfg.inbound_media_stream_url.clone(),
             inbound_format: if cfg.inbound_media_stream_format == "raw" {
@@ -298,6 +301,7 @@ impl MediaStreamManager {
             reconnect_initial: self.inner.cfg.reconnect_initial,
             reconnect_max: self.inner.cfg.reconnect_max,
             reconnect_max_attempts: self.inner.cfg.reconnect_max_attempts,
+            socket_send_buffer: self.inner.cfg.socket_send_buffer,
             tls: self.inner.tls.clone(),
         };
         self.inner.state.lock().streams.insert(
