@@ -22,7 +22,8 @@ use super::transfer::Step;
 use crate::error::RequestError;
 use crate::events::{unix_ms, Event};
 use crate::registry::{Leg, TrackKind};
-use crate::sip::ua::{CallKey, CallPhase, Command, IncomingCall, PlaceCall};
+use crate::sip::sdp::Direction;
+use crate::sip::ua::{CallKey, CallPhase, Command, IncomingCall, PlaceCall, ReferTarget};
 
 /// How many ended calls `/call/find` still shows.
 pub(super) const HISTORY: usize = 1000;
@@ -44,7 +45,7 @@ impl Now {
 }
 
 /// What the shell does for the core, in order. The effects that read or change a call's
-/// media (`RemoteSdp`, `SiprecPhase`, `Release`, `PauseBridge`, `StopMusic`) are done while
+/// media (`RemoteSdp`, `SiprecPhase`, `Release`, `PauseBridge`, the music) are done while
 /// the call table is still locked, the rest after it is released.
 #[derive(Debug)]
 pub(super) enum Effect {
@@ -71,6 +72,11 @@ pub(super) enum Effect {
     },
     /// The music on hold into leg `leg` stops.
     StopMusic {
+        call_id: String,
+        leg: usize,
+    },
+    /// The music on hold (`hold_music_file`) plays into leg `leg`, looped.
+    StartMusic {
         call_id: String,
         leg: usize,
     },
@@ -631,6 +637,199 @@ impl CallTable {
         transfer_effects(&call_id, leg, steps, &mut fx);
         fx
     }
+}
+
+/// `/call/transfer`'s choices, checked by [`CallTable::transfer`].
+pub(super) struct TransferRequest<'a> {
+    pub leg: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub replace_call_id: Option<&'a str>,
+    pub replace_leg: Option<&'a str>,
+}
+
+impl CallTable {
+    /// `/call/hold` (`on`) and `/call/unhold` of the chosen legs: a re-INVITE with our
+    /// media sendonly (or sendrecv again) to each leg not already there, the bridge into it
+    /// paused (the held party hears neither the other party nor, after unhold, stale audio)
+    /// and, with `music`, the music on hold into it.
+    pub(super) fn hold(
+        &mut self,
+        call_id: &str,
+        leg: Option<&str>,
+        on: bool,
+        music: bool,
+    ) -> Result<Vec<Effect>, RequestError> {
+        let entry = self.established(call_id, if on { "held" } else { "resumed" })?;
+        let chosen = entry.select(leg)?;
+        if chosen.iter().any(|i| entry.legs[*i].hold.pending.is_some()) {
+            return Err(RequestError::Conflict(format!(
+                "callId {call_id:?}: a hold or unhold is already in progress"
+            )));
+        }
+        let (first_event, leg_event) = if on {
+            ("CallHolding", "CallHoldStart")
+        } else {
+            ("CallUnholding", "CallUnholdStart")
+        };
+        let mut fx = Vec::new();
+        let mut first = true;
+        for i in chosen {
+            fx.push(Effect::PauseBridge {
+                call_id: call_id.to_string(),
+                leg: i,
+                paused: on,
+            });
+            let leg = &mut entry.legs[i];
+            if leg.hold.ours == on {
+                // Already where the caller wants it: nothing to send.
+                continue;
+            }
+            leg.hold.pending = Some(on);
+            let want = if on {
+                Direction::SendOnly
+            } else {
+                Direction::SendRecv
+            };
+            let ours = leg.local_sdp(want);
+            fx.push(Effect::Sip(Command::Reinvite {
+                key: leg.key,
+                sdp: leg.sdp.stamp(ours),
+                body: None,
+            }));
+            let music_effect = if !on {
+                Some(Effect::StopMusic {
+                    call_id: call_id.to_string(),
+                    leg: i,
+                })
+            } else if music {
+                Some(Effect::StartMusic {
+                    call_id: call_id.to_string(),
+                    leg: i,
+                })
+            } else {
+                None
+            };
+            fx.extend(music_effect);
+            tracing::info!(
+                call_id,
+                leg = leg.name_str(),
+                hold = on,
+                "hold re-INVITE sent"
+            );
+            if std::mem::take(&mut first) {
+                fx.push(Effect::Publish(control_event(
+                    call_id,
+                    leg.name_str(),
+                    first_event,
+                    None,
+                    None,
+                )));
+            }
+            fx.push(Effect::Publish(control_event(
+                call_id,
+                leg.name_str(),
+                leg_event,
+                None,
+                None,
+            )));
+        }
+        Ok(fx)
+    }
+
+    /// `/call/transfer`: a REFER to one leg's far end asking it to call `target` (blind), or
+    /// to join the far end of another call of ours (attended, RFC 3891 Replaces). One
+    /// transfer at a time per leg; it fails unless its final NOTIFY comes within
+    /// `transfer_timeout_s`.
+    pub(super) fn transfer(
+        &mut self,
+        call_id: &str,
+        req: TransferRequest<'_>,
+        now: Now,
+    ) -> Result<Vec<Effect>, RequestError> {
+        let replaces = match req.replace_call_id {
+            None => None,
+            Some(other) if other == call_id => {
+                return Err(RequestError::BadRequest(
+                    "replaceCallId: must be another call than callId".into(),
+                ))
+            }
+            Some(other) => {
+                let o = self.calls.get(other).ok_or_else(|| {
+                    RequestError::NotFound(format!("replaceCallId {other:?}: no such call"))
+                })?;
+                if o.info.status != CallPhase::Established {
+                    return Err(RequestError::Conflict(format!(
+                        "replaceCallId {other:?} is {}: only an established call can be joined",
+                        o.info.status.as_str()
+                    )));
+                }
+                let l = &o.legs[o.select_one(req.replace_leg)?];
+                Some((other.to_string(), l.key, l.uri.clone()))
+            }
+        };
+        let entry = self.established(call_id, "transferred")?;
+        let idx = entry.select_one(req.leg)?;
+        let leg = &mut entry.legs[idx];
+        if leg.transfer.as_ref().is_some_and(|t| !t.is_done()) {
+            return Err(RequestError::Conflict(format!(
+                "callId {call_id:?}: a transfer is already in progress"
+            )));
+        }
+        let (target_uri, refer) = match (&replaces, req.target) {
+            (Some((_, key, uri)), _) => (uri.clone(), ReferTarget::Replaces(*key)),
+            (None, Some(t)) => {
+                let uri = transfer_target(t, &leg.uri)?;
+                (uri.clone(), ReferTarget::Uri(uri))
+            }
+            (None, None) => {
+                return Err(RequestError::BadRequest(
+                    "target: missing field (a SIP URI or a number; or replaceCallId)".into(),
+                ))
+            }
+        };
+        let (t, steps) = super::transfer::Transfer::start(target_uri, replaces.map(|r| r.0));
+        leg.transfer = Some(t);
+        let key = leg.key;
+        let mut fx = vec![Effect::Sip(Command::Refer { key, target: refer })];
+        tracing::info!(call_id, leg = leg.name_str(), "transfer: REFER sent");
+        transfer_effects(call_id, leg, steps, &mut fx);
+        self.arm_transfer(call_id, key, now);
+        Ok(fx)
+    }
+}
+
+/// A transfer target: a sip:/sips:/tel: URI, or a user (number) at the host of the call's
+/// far end. No header injection: the URI is checked as a Refer-To would be read.
+fn transfer_target(target: &str, remote_uri: &str) -> Result<String, RequestError> {
+    let target = target.trim();
+    let lower = target.to_ascii_lowercase();
+    let uri =
+        if lower.starts_with("sip:") || lower.starts_with("sips:") || lower.starts_with("tel:") {
+            target.to_string()
+        } else if !target.is_empty()
+            && target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()&=$,;?/".contains(c))
+        {
+            let host = remote_uri
+                .split_once('@')
+                .map(|(_, h)| h)
+                .unwrap_or_else(|| remote_uri.split_once(':').map(|(_, h)| h).unwrap_or(""));
+            let host = host.split([';', '>', '?']).next().unwrap_or("");
+            format!("sip:{target}@{host}")
+        } else {
+            return Err(RequestError::BadRequest(format!(
+                "target: {target:?} is neither a SIP URI nor a number"
+            )));
+        };
+    if uri.contains(['<', '>', '"']) {
+        return Err(RequestError::BadRequest(format!(
+            "target: {uri:?} must be a bare URI (no <>, no quotes)"
+        )));
+    }
+    crate::sip::refer::parse_refer_to(&uri)
+        .map_err(|e| RequestError::BadRequest(format!("target: {e}")))?;
+    Ok(uri)
 }
 
 /// The effects of a transfer's steps on `leg`; a finished transfer needs no timer.

@@ -37,8 +37,7 @@ use crate::rtp::threads::MediaThreads;
 use crate::sip::driver::{local_ip_for, SipHandle};
 use crate::sip::sdp::{self, Direction, MediaKind, SessionDescription};
 use crate::sip::ua::{
-    Account, CallKey, CallPhase, Command, IncomingCall, PlaceCall, ReferTarget, RegStatus, Route,
-    UaEvent,
+    Account, CallKey, CallPhase, Command, IncomingCall, PlaceCall, RegStatus, Route, UaEvent,
 };
 
 /// A call's stream and legs, for outputs that follow its legs ([`CallManager::call_media`]).
@@ -942,6 +941,13 @@ impl CallManager {
                         }
                     }
                 }
+                Effect::StartMusic { call_id, leg } => {
+                    let Some(l) = st.calls.get_mut(&call_id).and_then(|e| e.legs.get_mut(leg))
+                    else {
+                        continue;
+                    };
+                    self.start_music(l);
+                }
                 Effect::StopMusic { call_id, leg } => {
                     if let Some(l) = st.calls.get_mut(&call_id).and_then(|e| e.legs.get_mut(leg)) {
                         l.stop_music();
@@ -1007,6 +1013,7 @@ impl CallManager {
                     | Effect::Release { .. }
                     | Effect::PauseBridge { .. }
                     | Effect::StopMusic { .. }
+                    | Effect::StartMusic { .. }
                     | Effect::SiprecPhase { .. },
                 ) => unreachable!("media effects are carried out under the lock"),
                 After::Release {
@@ -1028,6 +1035,30 @@ impl CallManager {
                     });
                 }
             }
+        }
+    }
+
+    /// Music on hold into `leg` (our media is sendonly now): one more source of its audio
+    /// line's player, looped until resumed.
+    fn start_music(&self, leg: &mut CallLeg) {
+        let Some(samples) = &self.inner.hold_music else {
+            return;
+        };
+        leg.stop_music();
+        let audio = leg.audio_line(0).and_then(|m| {
+            let (handle, codec) = m.running.as_ref().map(|r| &r.0).zip(m.codec.as_ref())?;
+            let c = crate::media::transcode::AudioCodec::from_encoding(&codec.encoding)?;
+            Some((handle.injector(), c, &mut m.player))
+        });
+        if let Some((injector, c, slot)) = audio {
+            leg.music = Some(super::play::play(
+                slot,
+                self.inner.media.pick(),
+                injector,
+                c,
+                self.inner.cfg.rtp_ptime_ms,
+                Box::new(crate::media::mix::Samples::new(samples.clone(), true)),
+            ));
         }
     }
 
@@ -1152,90 +1183,18 @@ impl CallManager {
         on: bool,
         music: bool,
     ) -> Result<CallInfo, RequestError> {
-        let (events, info) = {
+        let music = music && self.inner.hold_music.is_some();
+        let (after, info) = {
             let mut st = self.inner.state.lock();
-            let entry = st.established(call_id, if on { "held" } else { "resumed" })?;
-            let chosen = entry.select(leg)?;
-            if chosen.iter().any(|i| entry.legs[*i].hold.pending.is_some()) {
-                return Err(RequestError::Conflict(format!(
-                    "callId {call_id:?}: a hold or unhold is already in progress"
-                )));
-            }
-            let (a, b) = if on {
-                ("CallHolding", "CallHoldStart")
-            } else {
-                ("CallUnholding", "CallUnholdStart")
-            };
-            let mut events = Vec::new();
-            let mut first = true;
-            for i in chosen {
-                for b in &entry.bridge {
-                    if b.to == i {
-                        // The held party hears neither the other party nor, after unhold,
-                        // stale audio.
-                        b.paused.store(on, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                let leg = &mut entry.legs[i];
-                if leg.hold.ours == on {
-                    // Already where the caller wants it: nothing to send.
-                    continue;
-                }
-                leg.hold.pending = Some(on);
-                let want = if on {
-                    Direction::SendOnly
-                } else {
-                    Direction::SendRecv
-                };
-                let ours = leg.local_sdp(want);
-                let sdp = leg.sdp.stamp(ours);
-                self.inner.sip.command(Command::Reinvite {
-                    key: leg.key,
-                    sdp,
-                    body: None,
-                });
-                if !on {
-                    leg.stop_music();
-                } else if let (true, Some(samples)) = (music, &self.inner.hold_music) {
-                    // Our media is sendonly now: the held party hears the music.
-                    leg.stop_music();
-                    let audio = leg.audio_line(0).and_then(|m| {
-                        let (handle, codec) =
-                            m.running.as_ref().map(|r| &r.0).zip(m.codec.as_ref())?;
-                        let c =
-                            crate::media::transcode::AudioCodec::from_encoding(&codec.encoding)?;
-                        Some((handle.injector(), c, &mut m.player))
-                    });
-                    if let Some((injector, c, slot)) = audio {
-                        // One more source of the line's player, looped until resumed.
-                        let music = Some(super::play::play(
-                            slot,
-                            self.inner.media.pick(),
-                            injector,
-                            c,
-                            self.inner.cfg.rtp_ptime_ms,
-                            Box::new(crate::media::mix::Samples::new(samples.clone(), true)),
-                        ));
-                        leg.music = music;
-                    }
-                }
-                tracing::info!(
-                    call_id,
-                    leg = leg.name_str(),
-                    hold = on,
-                    "hold re-INVITE sent"
-                );
-                if first {
-                    events.push(control_event(call_id, leg.name_str(), a, None, None));
-                    first = false;
-                }
-                events.push(control_event(call_id, leg.name_str(), b, None, None));
-            }
-            (events, self.snapshot(entry))
+            let fx = st.hold(call_id, leg, on, music)?;
+            let after = self.media_effects(&mut st, fx);
+            let entry = st
+                .calls
+                .get(call_id)
+                .ok_or_else(|| RequestError::Internal("call vanished".into()))?;
+            (after, self.snapshot(entry))
         };
-        for e in events {
-            self.inner.bus.publish(e);
-        }
+        self.effects(after);
         Ok(info)
     }
 
@@ -1243,7 +1202,8 @@ impl CallManager {
     /// `replace_call_id` to join the far end of that call of ours (attended, Replaces).
     /// Answers at once; `Transferring → TransferStart → TransferPending →
     /// TransferSuccessful` (or `TransferFailed` with the SIP status) follow as events, and
-    /// after success our dialog ends (status FINISH, reason "transferred to ...").
+    /// after success our dialog ends (status FINISH, reason "transferred to ..."); without a
+    /// final NOTIFY within `transfer_timeout_s` it fails (408) and the call goes on.
     pub fn transfer(
         &self,
         call_id: &str,
@@ -1252,82 +1212,27 @@ impl CallManager {
         replace_call_id: Option<&str>,
         replace_leg: Option<&str>,
     ) -> Result<CallInfo, RequestError> {
-        let (events, info) = {
+        let (after, info) = {
             let mut st = self.inner.state.lock();
-            let replaces = match replace_call_id {
-                None => None,
-                Some(other) if other == call_id => {
-                    return Err(RequestError::BadRequest(
-                        "replaceCallId: must be another call than callId".into(),
-                    ))
-                }
-                Some(other) => {
-                    let o = st.calls.get(other).ok_or_else(|| {
-                        RequestError::NotFound(format!("replaceCallId {other:?}: no such call"))
-                    })?;
-                    if o.info.status != CallPhase::Established {
-                        return Err(RequestError::Conflict(format!(
-                            "replaceCallId {other:?} is {}: only an established call can be joined",
-                            o.info.status.as_str()
-                        )));
-                    }
-                    let i = o.select_one(replace_leg)?;
-                    let l = &o.legs[i];
-                    Some((other.to_string(), l.key, l.uri.clone()))
-                }
-            };
-            let entry = st.established(call_id, "transferred")?;
-            let idx = entry.select_one(leg)?;
-            let leg = &mut entry.legs[idx];
-            if leg.transfer.as_ref().is_some_and(|t| !t.is_done()) {
-                return Err(RequestError::Conflict(format!(
-                    "callId {call_id:?}: a transfer is already in progress"
-                )));
-            }
-            let (target_uri, refer) = match (&replaces, target) {
-                (Some((_, key, uri)), _) => (uri.clone(), ReferTarget::Replaces(*key)),
-                (None, Some(t)) => {
-                    let uri = transfer_target(t, &leg.uri)?;
-                    (uri.clone(), ReferTarget::Uri(uri))
-                }
-                (None, None) => {
-                    return Err(RequestError::BadRequest(
-                        "target: missing field (a SIP URI or a number; or replaceCallId)".into(),
-                    ))
-                }
-            };
-            let (t, steps) = super::transfer::Transfer::start(
-                target_uri,
-                replaces.as_ref().map(|r| r.0.clone()),
-            );
-            leg.transfer = Some(t);
-            let key = leg.key;
-            st.arm_transfer(call_id, key, Now::real());
-            self.inner.timers_changed.notify_one();
-            let entry = st.established(call_id, "transferred")?;
-            let leg = &mut entry.legs[idx];
-            self.inner.sip.command(Command::Refer {
-                key: leg.key,
-                target: refer,
-            });
-            let leg_name = leg.name_str();
-            tracing::info!(call_id, leg = leg_name, "transfer: REFER sent");
-            let events = steps
-                .into_iter()
-                .filter_map(|s| match s {
-                    super::transfer::Step::Event {
-                        name,
-                        sip_status,
-                        reason,
-                    } => Some(control_event(call_id, leg_name, name, sip_status, reason)),
-                    super::transfer::Step::HangUp => None,
-                })
-                .collect::<Vec<_>>();
-            (events, self.snapshot(entry))
+            let fx = st.transfer(
+                call_id,
+                super::core::TransferRequest {
+                    leg,
+                    target,
+                    replace_call_id,
+                    replace_leg,
+                },
+                Now::real(),
+            )?;
+            let after = self.media_effects(&mut st, fx);
+            let entry = st
+                .calls
+                .get(call_id)
+                .ok_or_else(|| RequestError::Internal("call vanished".into()))?;
+            (after, self.snapshot(entry))
         };
-        for e in events {
-            self.inner.bus.publish(e);
-        }
+        self.inner.timers_changed.notify_one();
+        self.effects(after);
         Ok(info)
     }
 
@@ -2428,40 +2333,6 @@ fn sanitize_id(text: &str) -> String {
     }
 }
 
-/// A transfer target: a sip:/sips:/tel: URI, or a user (number) at the host of the call's
-/// far end. No header injection: the URI is checked as a Refer-To would be read.
-fn transfer_target(target: &str, remote_uri: &str) -> Result<String, RequestError> {
-    let target = target.trim();
-    let lower = target.to_ascii_lowercase();
-    let uri =
-        if lower.starts_with("sip:") || lower.starts_with("sips:") || lower.starts_with("tel:") {
-            target.to_string()
-        } else if !target.is_empty()
-            && target
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()&=$,;?/".contains(c))
-        {
-            let host = remote_uri
-                .split_once('@')
-                .map(|(_, h)| h)
-                .unwrap_or_else(|| remote_uri.split_once(':').map(|(_, h)| h).unwrap_or(""));
-            let host = host.split([';', '>', '?']).next().unwrap_or("");
-            format!("sip:{target}@{host}")
-        } else {
-            return Err(RequestError::BadRequest(format!(
-                "target: {target:?} is neither a SIP URI nor a number"
-            )));
-        };
-    if uri.contains(['<', '>', '"']) {
-        return Err(RequestError::BadRequest(format!(
-            "target: {uri:?} must be a bare URI (no <>, no quotes)"
-        )));
-    }
-    crate::sip::refer::parse_refer_to(&uri)
-        .map_err(|e| RequestError::BadRequest(format!("target: {e}")))?;
-    Ok(uri)
-}
-
 fn dtmf_event(
     call_id: &str,
     leg: &str,
@@ -2500,27 +2371,5 @@ mod tests {
             Some("caller")
         );
         assert_eq!(uri_param("sip:listen-c1@gw", "leg"), None);
-    }
-
-    #[test]
-    fn transfer_targets_are_uris_or_numbers_and_nothing_else() {
-        assert_eq!(
-            transfer_target("1002", "sip:bob@10.0.0.1:5070").unwrap(),
-            "sip:1002@10.0.0.1:5070"
-        );
-        assert_eq!(
-            transfer_target("sip:carol@h", "sip:bob@x").unwrap(),
-            "sip:carol@h"
-        );
-        for bad in [
-            "<sip:a@b>",
-            "sip:a@b\r\nX: y",
-            "http://h",
-            "a b",
-            "\"q\"@h",
-            "",
-        ] {
-            assert!(transfer_target(bad, "sip:bob@x").is_err(), "{bad:?}");
-        }
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::sip::endpoint::Transport;
-use crate::sip::ua::{Account, Route};
+use crate::sip::ua::{Account, ReferTarget, Route};
 
 const RING: Duration = Duration::from_secs(30);
 const TRANSFER: Duration = Duration::from_secs(60);
@@ -136,6 +136,7 @@ fn names(fx: &[Effect]) -> Vec<String> {
             Effect::Release { why, .. } => format!("release:{why}"),
             Effect::PauseBridge { leg, paused, .. } => format!("pause:{leg}:{paused}"),
             Effect::StopMusic { leg, .. } => format!("stop-music:{leg}"),
+            Effect::StartMusic { leg, .. } => format!("start-music:{leg}"),
             Effect::Bridge(k) => format!("bridge:{k}"),
             Effect::SiprecPhase { phase, .. } => format!("siprec:{}", phase.as_str()),
             Effect::SiprecExchange(_) => "siprec-exchange".into(),
@@ -545,4 +546,122 @@ fn the_history_of_ended_calls_is_bounded() {
     assert_eq!(t.history.len(), HISTORY);
     assert!(!t.calls.contains_key("c0") && t.calls.contains_key("c5"));
     assert_eq!(t.active, 0);
+}
+
+#[test]
+fn transfer_targets_are_uris_or_numbers_and_nothing_else() {
+    assert_eq!(
+        transfer_target("1002", "sip:bob@10.0.0.1:5070").unwrap(),
+        "sip:1002@10.0.0.1:5070"
+    );
+    assert_eq!(
+        transfer_target("sip:carol@h", "sip:bob@x").unwrap(),
+        "sip:carol@h"
+    );
+    for bad in [
+        "<sip:a@b>",
+        "sip:a@b\r\nX: y",
+        "http://h",
+        "a b",
+        "\"q\"@h",
+        "",
+    ] {
+        assert!(transfer_target(bad, "sip:bob@x").is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn hold_reinvites_each_chosen_leg_once_and_refuses_a_second_while_pending() {
+    let t0 = Instant::now();
+    let mut t = table();
+    two_party(&mut t);
+    effects(t.on_leg_state(10, state(CallPhase::Established, Some(200)), at(t0, 0)));
+    effects(t.on_leg_state(11, state(CallPhase::Established, Some(200)), at(t0, 1)));
+    let fx = t.hold("tp", None, true, true).unwrap();
+    let n = names(&fx);
+    assert_eq!(
+        n.iter().filter(|e| e.starts_with("sip:Reinvite")).count(),
+        2,
+        "{n:?}"
+    );
+    assert_eq!(
+        n.iter()
+            .filter(|e| e.starts_with("event:") || e.starts_with("pause:"))
+            .collect::<Vec<_>>(),
+        [
+            "pause:0:true",
+            "event:CallHolding",
+            "event:CallHoldStart",
+            "pause:1:true",
+            "event:CallHoldStart"
+        ]
+    );
+    assert_eq!(n.iter().filter(|e| e.starts_with("start-music")).count(), 2);
+    let err = t.hold("tp", Some("caller"), false, false).unwrap_err();
+    assert!(matches!(err, RequestError::Conflict(_)), "{err}");
+    // A ringing call cannot be held; an unknown leg names the legs.
+    let mut r = table();
+    one_leg(&mut r);
+    assert!(matches!(
+        r.hold("c1", None, true, false),
+        Err(RequestError::Conflict(_))
+    ));
+    let err = t
+        .hold("tp", Some("bob"), true, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("caller"), "{err}");
+}
+
+#[test]
+fn a_transfer_refers_once_per_leg_and_arms_its_timer() {
+    let t0 = Instant::now();
+    let mut t = table();
+    one_leg(&mut t);
+    effects(t.on_leg_state(1, state(CallPhase::Established, Some(200)), at(t0, 0)));
+    let req = |target| TransferRequest {
+        leg: None,
+        target,
+        replace_call_id: None,
+        replace_leg: None,
+    };
+    let err = t
+        .transfer("c1", req(None), at(t0, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("target"), "{err}");
+    let err = t
+        .transfer("c1", req(Some("<sip:x@h>")), at(t0, 1))
+        .unwrap_err();
+    assert!(matches!(err, RequestError::BadRequest(_)), "{err}");
+    let fx = t.transfer("c1", req(Some("1002")), at(t0, 1)).unwrap();
+    assert_eq!(names(&fx)[1], "event:Transferring");
+    match &fx[0] {
+        Effect::Sip(Command::Refer {
+            key: 1,
+            target: ReferTarget::Uri(u),
+        }) => assert_eq!(u, "sip:1002@h"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        t.next_deadline(),
+        Some(t0 + Duration::from_secs(1) + TRANSFER)
+    );
+    let err = t.transfer("c1", req(Some("1003")), at(t0, 2)).unwrap_err();
+    assert!(
+        matches!(err, RequestError::Conflict(_)),
+        "one at a time: {err}"
+    );
+    // Attended: the other call must exist and be established.
+    let err = t
+        .transfer(
+            "c1",
+            TransferRequest {
+                replace_call_id: Some("nope"),
+                ..req(None)
+            },
+            at(t0, 2),
+        )
+        .unwrap_err();
+    assert!(matches!(err, RequestError::NotFound(_)), "{err}");
 }
