@@ -2,7 +2,8 @@
 //! stream takes one leg's audio track, transcodes it to the other leg's codec and packet
 //! time when they differ, and plays it into the other leg's RTP session. It runs on the
 //! publishing leg's media thread, inside `publish`: no task, no queue hop, never waits
-//! (a full leg queue is a counted drop). Telephone-events and video are not carried.
+//! (a full leg queue is a counted drop). Video goes the same way without transcoding
+//! ([`VideoBridgeSink`]); telephone-events are relayed by the call layer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub(super) struct BridgeSink {
 pub(super) struct BridgeDirection {
     /// The index of the leg it plays into.
     pub(super) to: usize,
+    /// Audio (transcoded, mutable, mixable) or video (relayed).
+    pub(super) kind: TrackKind,
     pub(super) paused: Arc<AtomicBool>,
     pub(super) muted: Arc<AtomicBool>,
     pub(super) mix_into: MixInto,
@@ -153,6 +156,65 @@ impl InlineSink for BridgeSink {
             }
         }
         ok
+    }
+
+    fn on_end(&self, _reason: &str) {}
+}
+
+/// The video of a two-party call: one leg's video track relayed into the other leg as it
+/// came (the legs negotiated the same codec, H.264: no transcoding), with its timestamps
+/// and marker bits; the receiving leg passes its far end's keyframe requests back to the
+/// source track. Like the audio sink it runs inside `publish` and never waits.
+pub(super) struct VideoBridgeSink {
+    from: Leg,
+    to: Injector,
+    /// Set while the receiving leg is on hold.
+    pub(super) paused: Arc<AtomicBool>,
+    /// The source track and its payload type.
+    source: Mutex<Option<(TrackId, u8)>>,
+    pub(super) forwarded: AtomicU64,
+    pub(super) dropped: AtomicU64,
+}
+
+impl VideoBridgeSink {
+    pub(super) fn new(from: Leg, to: Injector) -> Self {
+        Self {
+            from,
+            to,
+            paused: Arc::new(AtomicBool::new(false)),
+            source: Mutex::new(None),
+            forwarded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl InlineSink for VideoBridgeSink {
+    fn on_track(&self, id: TrackId, spec: &TrackSpec) {
+        if spec.kind == TrackKind::Video && spec.leg == self.from {
+            *self.source.lock() = Some((id, spec.payload_type));
+        }
+    }
+
+    fn on_media(&self, unit: &MediaUnit) -> bool {
+        if self.paused.load(Ordering::Relaxed)
+            || *self.source.lock() != Some((unit.track, unit.payload_type))
+        {
+            return true;
+        }
+        match self
+            .to
+            .relay(unit.payload.clone(), unit.marker, unit.timestamp)
+        {
+            Ok(()) => {
+                self.forwarded.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     fn on_end(&self, _reason: &str) {}

@@ -291,7 +291,7 @@ impl CallManager {
                     m.push(audio);
                 }
             }
-            if spec.has_video && legs == 1 {
+            if spec.has_video {
                 m.push(self.media_leg(TrackKind::Video).await?);
             }
             media.push(m);
@@ -483,12 +483,58 @@ impl CallManager {
             {
                 Ok(h) => entry.bridge.push(super::bridge::BridgeDirection {
                     to,
+                    kind: TrackKind::Audio,
                     paused,
                     muted,
                     mix_into,
                     _sink: h,
                 }),
                 Err(e) => tracing::warn!(%call_id, error = %e, "bridge not attached"),
+            }
+        }
+        // Video, when both legs have it: relayed as it came (both negotiated H.264), and
+        // each leg's keyframe requests go back to the other's track.
+        for (from, to) in [(0, 1), (1, 0)] {
+            let running = |i: usize| {
+                entry.legs[i]
+                    .media
+                    .iter()
+                    .find(|m| m.kind == TrackKind::Video)
+                    .and_then(|m| m.running.as_ref())
+            };
+            let (Some((_, source_track)), Some((target, _))) = (running(from), running(to)) else {
+                continue;
+            };
+            let sink = Arc::new(super::bridge::VideoBridgeSink::new(
+                entry.legs[from].name,
+                target.injector(),
+            ));
+            let paused = sink.paused.clone();
+            paused.store(
+                entry.legs[to].hold.ours,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if let Err(e) = target.update(LegUpdate::KeyframeSource(Some(*source_track))) {
+                tracing::warn!(%call_id, error = %e, "video bridge: keyframe requests not passed on");
+            }
+            // The receiving party needs a keyframe to start decoding.
+            if let Some(p) = &entry.publisher {
+                p.request_keyframe(*source_track);
+            }
+            match self
+                .inner
+                .registry
+                .attach(&stream, super::bridge::READER_KIND, sink)
+            {
+                Ok(h) => entry.bridge.push(super::bridge::BridgeDirection {
+                    to,
+                    kind: TrackKind::Video,
+                    paused,
+                    muted: Arc::default(),
+                    mix_into: Arc::default(),
+                    _sink: h,
+                }),
+                Err(e) => tracing::warn!(%call_id, error = %e, "video bridge not attached"),
             }
         }
         tracing::info!(%call_id, directions = entry.bridge.len(), "legs bridged");
@@ -714,7 +760,11 @@ impl CallManager {
             source,
         );
         // A bridged leg: the other party's audio goes through this player too, mixed.
-        if let Some(b) = entry.bridge.iter().find(|b| b.to == li && line == 0) {
+        if let Some(b) = entry
+            .bridge
+            .iter()
+            .find(|b| b.to == li && b.kind == TrackKind::Audio && line == 0)
+        {
             let mut m = b.mix_into.lock();
             let fed = m.as_ref().is_some_and(|f| !f.lock().detached);
             if !fed {
@@ -741,7 +791,11 @@ impl CallManager {
                 super::leg::leg_name(leg)
             )));
         };
-        for b in entry.bridge.iter().filter(|b| b.to == li) {
+        for b in entry
+            .bridge
+            .iter()
+            .filter(|b| b.to == li && b.kind == TrackKind::Audio)
+        {
             b.muted.store(muted, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())

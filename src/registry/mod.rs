@@ -797,6 +797,12 @@ impl Publisher {
         last.send_media(unit);
     }
 
+    /// Asks the publisher of `track` (this stream's, maybe another leg's) for a keyframe:
+    /// a leg that relays that track's video heard its far end ask (RTCP PLI/FIR).
+    pub fn request_keyframe(&self, track: TrackId) {
+        self.stream.want_keyframe(track);
+    }
+
     /// Whether a reader asked for a keyframe on `track` since the last call (clears it).
     /// The RTP leg turns it into an RTCP PLI towards the far end.
     pub fn take_keyframe_request(&self, track: TrackId) -> bool {

@@ -90,6 +90,9 @@ pub enum LegUpdate {
     },
     /// New SDES keys from a re-INVITE (None: plain RTP from now on).
     Srtp(Option<SrtpKeys>),
+    /// This leg relays the video of that track of its stream (None: no more): keyframe
+    /// requests (RTCP PLI/FIR) from our far end are passed on to it.
+    KeyframeSource(Option<TrackId>),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -104,6 +107,8 @@ enum Control {
     Update(LegUpdate),
     Inject(Bytes),
     InjectLive(Bytes),
+    /// A packet of another leg's video: payload, marker, the source's timestamp.
+    Relay(Bytes, bool, u32),
     Stop,
 }
 
@@ -117,12 +122,19 @@ pub struct Injector {
 impl Injector {
     /// Live media (see [`RtpSession::inject_live`]): the leg keeps only the newest few.
     pub fn inject(&self, payload: Bytes) -> Result<(), LegError> {
-        self.ctrl
-            .try_send(Control::InjectLive(payload))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => LegError::Busy,
-                mpsc::error::TrySendError::Closed(_) => LegError::Stopped,
-            })
+        self.try_send(Control::InjectLive(payload))
+    }
+
+    /// Another leg's packet (video), sent as it came (see [`RtpSession::relay`]).
+    pub fn relay(&self, payload: Bytes, marker: bool, timestamp: u32) -> Result<(), LegError> {
+        self.try_send(Control::Relay(payload, marker, timestamp))
+    }
+
+    fn try_send(&self, c: Control) -> Result<(), LegError> {
+        self.ctrl.try_send(c).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LegError::Busy,
+            mpsc::error::TrySendError::Closed(_) => LegError::Stopped,
+        })
     }
 }
 
@@ -231,6 +243,7 @@ pub fn spawn_leg_on(
         last_snapshot: now,
         send_ahead,
         dtmf: None,
+        keyframe_source: None,
         srtp: Srtp::from_keys(srtp.as_ref()),
     };
     let task = rt.spawn(
@@ -443,6 +456,9 @@ struct Leg {
         crate::media::dtmf::TelephoneEvents,
         tokio::sync::mpsc::UnboundedSender<crate::media::dtmf::Digit>,
     )>,
+    /// The track whose video this leg relays: a keyframe request from our far end goes to
+    /// that track's publisher (and from there to its far end).
+    keyframe_source: Option<TrackId>,
 }
 
 fn clock() -> Instant {
@@ -480,6 +496,7 @@ impl Leg {
                     Some(Control::InjectLive(p)) => {
                         self.session.inject_live(clock(), p);
                     }
+                    Some(Control::Relay(p, marker, ts)) => self.session.relay(p, marker, ts),
                 },
                 r = socks.rtp.readable() => {
                     if let Some(e) = recv_ready(r, &mut rtp_in) {
@@ -543,6 +560,7 @@ impl Leg {
                 }
             }
             LegUpdate::Srtp(keys) => self.srtp = Srtp::from_keys(keys.as_ref()),
+            LegUpdate::KeyframeSource(track) => self.keyframe_source = track,
         }
     }
 
@@ -621,6 +639,9 @@ impl Leg {
                 }
                 if sum.keyframe_request {
                     self.extra.keyframe_requests += 1;
+                    if let Some(source) = self.keyframe_source {
+                        self.publisher.request_keyframe(source);
+                    }
                 }
             }
             Ok(None) => {}

@@ -37,6 +37,8 @@ pub use crate::sip::sdp::Direction;
 pub const INJECT_QUEUE_MAX: usize = 100;
 /// Live payloads waiting at most: two ptimes of added delay.
 pub const LIVE_INJECT_MAX: usize = 2;
+/// Relayed packets waiting to go out ([`RtpSession::relay`]): a keyframe's burst fits.
+pub const RELAY_QUEUE_MAX: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
@@ -206,6 +208,11 @@ pub struct RtpSession {
     /// A PLI to send (the sender's SSRC), and when the last one went.
     pending_pli: Option<u32>,
     last_pli: Option<Instant>,
+    /// Another leg's packets to send as they are ([`RtpSession::relay`]): payload, marker,
+    /// the source's timestamp.
+    relay: VecDeque<(Bytes, bool, u32)>,
+    /// Source timestamp + this = ours, fixed by the first relayed packet.
+    relay_offset: Option<u32>,
 }
 
 impl RtpSession {
@@ -233,6 +240,8 @@ impl RtpSession {
             cfg,
             pending_pli: None,
             last_pli: None,
+            relay: VecDeque::new(),
+            relay_offset: None,
         };
         // RFC 3550 §6.2: the first report after half an interval.
         s.next_rtcp = now + s.rtcp_delay() / 2;
@@ -393,6 +402,18 @@ impl RtpSession {
         self.next_tick = now;
     }
 
+    /// Relays another leg's packet (video) as it came: it goes out at the next
+    /// `poll_transmit` with our SSRC, sequence number and payload type, its marker bit, and
+    /// its timestamp moved onto our clock by a fixed offset (frames keep their spacing). At
+    /// most [`RELAY_QUEUE_MAX`] wait; beyond, the oldest is dropped and counted.
+    pub fn relay(&mut self, payload: Bytes, marker: bool, timestamp: u32) {
+        while self.relay.len() >= RELAY_QUEUE_MAX {
+            self.relay.pop_front();
+            self.counters.inject_overflow += 1;
+        }
+        self.relay.push_back((payload, marker, timestamp));
+    }
+
     /// Live media is pacing the sends ([`RtpSession::inject_live`]).
     pub fn is_live(&self) -> bool {
         self.live_last.is_some()
@@ -517,6 +538,33 @@ impl RtpSession {
 
     /// The next datagram due at `now`, if any. Call until `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some((payload, marker, ts)) = self.relay.pop_front() {
+            match self.remote_rtp().filter(|_| self.cfg.direction.sends()) {
+                Some(to) => {
+                    let offset = *self
+                        .relay_offset
+                        .get_or_insert_with(|| self.tx_ts.wrapping_sub(ts));
+                    let header = RtpHeader {
+                        pt: self.cfg.payload_type,
+                        marker,
+                        seq: self.tx_seq,
+                        timestamp: ts.wrapping_add(offset),
+                        ssrc: self.cfg.local_ssrc,
+                    };
+                    self.tx_seq = self.tx_seq.wrapping_add(1);
+                    self.counters.tx_packets += 1;
+                    self.counters.tx_bytes += payload.len() as u64;
+                    self.sent_since_report = true;
+                    return Some(Transmit {
+                        to,
+                        data: header.to_vec(&payload),
+                        rtcp: false,
+                    });
+                }
+                // Nowhere to send (held, or no address yet): relayed media does not wait.
+                None => self.relay.clear(),
+            }
+        }
         if now >= self.next_tick {
             if let Some(t) = self.tick(now) {
                 return Some(t);
@@ -754,6 +802,54 @@ mod tests {
             now = next;
         }
         out
+    }
+
+    #[test]
+    fn relayed_packets_go_out_at_once_with_our_ssrc_and_their_spacing_and_markers() {
+        let t0 = Instant::now();
+        let mut c = SessionConfig::for_codec(0x1234_5678, "H264", 96, 90000);
+        c.initial_seq = 1000;
+        c.remote_rtp = Some(addr(7000));
+        let mut s = RtpSession::new(c, t0);
+        // A frame of two packets, then the next frame 3600 ticks later.
+        for (payload, marker, ts) in [(1u8, false, 500u32), (2, true, 500), (3, true, 4100)] {
+            s.relay(Bytes::from(vec![payload]), marker, ts);
+        }
+        let sent: Vec<Transmit> = std::iter::from_fn(|| s.poll_transmit(t0))
+            .filter(|t| !t.rtcp)
+            .collect();
+        assert_eq!(sent.len(), 3);
+        let hdr = |t: &Transmit| {
+            let p = RtpPacket::parse(&t.data).unwrap();
+            (
+                p.seq(),
+                p.timestamp(),
+                p.marker(),
+                p.ssrc(),
+                p.pt(),
+                p.payload()[0],
+            )
+        };
+        let (seq0, ts0, m0, ssrc, pt, b0) = hdr(&sent[0]);
+        assert_eq!((seq0, m0, ssrc, pt, b0), (1000, false, 0x1234_5678, 96, 1));
+        let (seq1, ts1, m1, ..) = hdr(&sent[1]);
+        assert_eq!(
+            (seq1, ts1, m1),
+            (1001, ts0, true),
+            "one frame, one timestamp"
+        );
+        let (seq2, ts2, ..) = hdr(&sent[2]);
+        assert_eq!(
+            (seq2, ts2.wrapping_sub(ts0)),
+            (1002, 3600),
+            "the frames' spacing"
+        );
+        // Held (we do not send): relayed packets are dropped, not kept for later.
+        s.set_direction(Direction::RecvOnly);
+        s.relay(Bytes::from_static(b"x"), true, 7700);
+        assert!(std::iter::from_fn(|| s.poll_transmit(t0)).all(|t| t.rtcp));
+        s.set_direction(Direction::SendRecv);
+        assert!(std::iter::from_fn(|| s.poll_transmit(t0)).all(|t| t.rtcp));
     }
 
     #[test]

@@ -923,9 +923,104 @@ pub async fn wait_event(
 /// (Arrival times too, for tests that time what the gateway sends.)
 type Heard = std::sync::Arc<std::sync::Mutex<Vec<(u8, Vec<u8>, Instant)>>>;
 
+/// One RTP packet a test peer received.
+#[derive(Debug, Clone)]
+pub struct RtpSeen {
+    pub pt: u8,
+    pub marker: bool,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub payload: Vec<u8>,
+}
+
+/// The video side of a [`RawUas`]: an RTP/RTCP socket pair, what arrived on each, and where
+/// the gateway's video is (from its offer).
+struct RawVideo {
+    rtp: std::sync::Arc<tokio::net::UdpSocket>,
+    rtcp: std::sync::Arc<tokio::net::UdpSocket>,
+    received: std::sync::Arc<std::sync::Mutex<Vec<RtpSeen>>>,
+    rtcp_received: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    remote: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+}
+
+impl RawVideo {
+    async fn bind() -> RawVideo {
+        use std::sync::{Arc, Mutex};
+        // An even port and the next one (RTCP), both free.
+        let (rtp, rtcp) = loop {
+            let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let p = a.local_addr().unwrap().port();
+            if p % 2 != 0 || p == u16::MAX {
+                continue;
+            }
+            if let Ok(b) = tokio::net::UdpSocket::bind(("127.0.0.1", p + 1)).await {
+                break (Arc::new(a), Arc::new(b));
+            }
+        };
+        let v = RawVideo {
+            rtp,
+            rtcp,
+            received: Arc::new(Mutex::new(Vec::new())),
+            rtcp_received: Arc::new(Mutex::new(Vec::new())),
+            remote: Arc::new(Mutex::new(None)),
+        };
+        let (sock, seen) = (v.rtp.clone(), v.received.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+                if n > 12 {
+                    seen.lock().unwrap().push(RtpSeen {
+                        pt: buf[1] & 0x7f,
+                        marker: buf[1] & 0x80 != 0,
+                        seq: u16::from_be_bytes([buf[2], buf[3]]),
+                        timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                        ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+                        payload: buf[12..n].to_vec(),
+                    });
+                }
+            }
+        });
+        let (sock, seen) = (v.rtcp.clone(), v.rtcp_received.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+                seen.lock().unwrap().push(buf[..n].to_vec());
+            }
+        });
+        v
+    }
+
+    /// Sends "video" every 40 ms: frames of three packets (the last one marked), 3600 ticks
+    /// of the 90 kHz clock apart, each payload naming its frame and packet.
+    fn stream(&self, pt: u8, ssrc: u32, dest: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+        let rtp = self.rtp.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(40));
+            let (mut seq, mut ts) = (100u16, 9000u32);
+            for frame in 0u32.. {
+                tick.tick().await;
+                for i in 0..3u8 {
+                    let mut p = vec![0x80, pt | if i == 2 { 0x80 } else { 0 }];
+                    p.extend_from_slice(&seq.to_be_bytes());
+                    p.extend_from_slice(&ts.to_be_bytes());
+                    p.extend_from_slice(&ssrc.to_be_bytes());
+                    p.push(0x41);
+                    p.extend_from_slice(&frame.to_be_bytes());
+                    p.push(i);
+                    let _ = rtp.send_to(&p, dest).await;
+                    seq = seq.wrapping_add(1);
+                }
+                ts = ts.wrapping_add(3600);
+            }
+        })
+    }
+}
+
 pub struct RawUas {
     pub port: u16,
     pub rtp_port: u16,
+    video: Option<RawVideo>,
     received: Heard,
     requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     invites: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -936,6 +1031,12 @@ pub struct RawUas {
 
 impl RawUas {
     pub async fn start(codec: &'static str, tone_hz: f64) -> RawUas {
+        Self::start_av(codec, tone_hz, false).await
+    }
+
+    /// As [`RawUas::start`]; with `video`, an offer's H.264 line is answered too, and the
+    /// peer sends its own "video" ([`RawUas::video_seen`] is what it gets back).
+    pub async fn start_av(codec: &'static str, tone_hz: f64, video: bool) -> RawUas {
         use std::sync::atomic::AtomicUsize;
         use std::sync::{Arc, Mutex};
         let sip = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -977,8 +1078,27 @@ impl RawUas {
                 }
             });
         }
+        let video = if video {
+            Some(RawVideo::bind().await)
+        } else {
+            None
+        };
+        let video_side = video.as_ref().map(|v| {
+            (
+                v.rtp.local_addr().unwrap().port(),
+                v.remote.clone(),
+                RawVideo {
+                    rtp: v.rtp.clone(),
+                    rtcp: v.rtcp.clone(),
+                    received: v.received.clone(),
+                    rtcp_received: v.rtcp_received.clone(),
+                    remote: v.remote.clone(),
+                },
+            )
+        });
         let (inv, bye) = (invites.clone(), byes.clone());
         tokio::spawn(async move {
+            let mut video_stream: Option<tokio::task::JoinHandle<()>> = None;
             let mut buf = vec![0u8; 65536];
             let mut dialog: Option<(std::net::SocketAddr, String, String, String, String)> = None;
             let mut streaming: Option<tokio::task::JoinHandle<()>> = None;
@@ -1020,9 +1140,20 @@ impl RawUas {
                             } else {
                                 format!("{};tag=raw{port}", header("To"))
                             };
-                            let sdp = format!(
+                            let mut sdp = format!(
                                 "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {rtpmap}\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n"
                             );
+                            // Video: the offer's H.264 payload type, answered with ours.
+                            let offered_video = msg.lines().find_map(|l| l.strip_prefix("m=video ")).and_then(|l| l.split(' ').next()).and_then(|p| p.parse::<u16>().ok());
+                            let h264 = msg.lines().find_map(|l| l.strip_prefix("a=rtpmap:").and_then(|r| r.strip_suffix(" H264/90000")).and_then(|n| n.parse::<u8>().ok()));
+                            if let (Some((vport, remote, side)), Some(rport), Some(vpt)) = (&video_side, offered_video, h264) {
+                                sdp.push_str(&format!("m=video {vport} RTP/AVP {vpt}\r\na=rtpmap:{vpt} H264/90000\r\na=fmtp:{vpt} packetization-mode=1\r\na=sendrecv\r\n"));
+                                let dest = std::net::SocketAddr::from(([127, 0, 0, 1], rport));
+                                *remote.lock().unwrap() = Some(dest);
+                                if video_stream.is_none() {
+                                    video_stream = Some(side.stream(vpt, 0x7100_0000 | u32::from(port), dest));
+                                }
+                            }
                             let contact = format!("Contact: <sip:raw@127.0.0.1:{port}>\r\nContent-Type: application/sdp\r\n");
                             let ok = reply("200 OK", &to, &contact, &sdp);
                             let _ = sip.send_to(ok.as_bytes(), from).await;
@@ -1102,6 +1233,9 @@ impl RawUas {
                             if let Some(s) = streaming.take() {
                                 s.abort();
                             }
+                            if let Some(v) = video_stream.take() {
+                                v.abort();
+                            }
                         } else if msg.starts_with("SIP/2.0 ") || msg.starts_with("ACK ") {
                             // The answer to our BYE, or the gateway's ACK.
                         } else {
@@ -1127,6 +1261,7 @@ impl RawUas {
         RawUas {
             port,
             rtp_port,
+            video,
             received,
             requests,
             invites,
@@ -1134,6 +1269,48 @@ impl RawUas {
             hangup,
             dtmf,
         }
+    }
+
+    /// The video packets received (a peer started with video).
+    pub fn video_seen(&self) -> Vec<RtpSeen> {
+        self.video
+            .as_ref()
+            .map(|v| v.received.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// The RTCP packets received on the video line's RTCP port.
+    pub fn video_rtcp_seen(&self) -> Vec<Vec<u8>> {
+        self.video
+            .as_ref()
+            .map(|v| v.rtcp_received.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Asks the gateway for a keyframe of the video it sends us: an RTCP RR and a PLI
+    /// (RFC 4585 §6.3.1) about the SSRC we receive, to its video RTCP port (RTP + 1).
+    pub async fn send_pli(&self) {
+        let v = self.video.as_ref().expect("a peer with video");
+        let media_ssrc = v
+            .received
+            .lock()
+            .unwrap()
+            .last()
+            .expect("video received")
+            .ssrc;
+        let to = v
+            .remote
+            .lock()
+            .unwrap()
+            .expect("the gateway's video address");
+        let to = std::net::SocketAddr::new(to.ip(), to.port() + 1);
+        let me = 0x7200_0000u32 | u32::from(self.port);
+        let mut p = vec![0x80, 201, 0, 1];
+        p.extend_from_slice(&me.to_be_bytes());
+        p.extend_from_slice(&[0x81, 206, 0, 2]);
+        p.extend_from_slice(&me.to_be_bytes());
+        p.extend_from_slice(&media_ssrc.to_be_bytes());
+        v.rtcp.send_to(&p, to).await.unwrap();
     }
 
     /// Sends a DTMF digit (RFC 4733 event code) in its RTP.
