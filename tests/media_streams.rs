@@ -602,20 +602,7 @@ async fn the_gateway_reconnects_when_the_agent_server_goes_away() {
 async fn inbound_calls_stream_to_the_configured_agent() {
     let mut agent = Agent::start().await;
     let gw = Gateway::start(&[("inbound_media_stream_url", agent.url.clone())]).await;
-    let hangs_up = r#"  <pause milliseconds="3000"/>
-  <send retrans="500"><![CDATA[
-
-BYE sip:@USER@@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:alice@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:@USER@@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>"#;
+    let hangs_up = common::SIPP_HANGS_UP;
     let mut sipp = Sipp::uac(
         "uac_inbound.xml",
         gw.sip_port,
