@@ -446,6 +446,106 @@ async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
     assert_eq!(srs.wait(T), Some(0), "{}", srs.messages());
 }
 
+/// The RTP arriving on `sock` for `window`: the payload types seen, and the G.711 audio
+/// decoded by its payload type (0: µ-law, 8: A-law).
+async fn rtp_g711(sock: &tokio::net::UdpSocket, window: Duration) -> (Vec<u8>, Vec<i16>) {
+    let mut buf = [0u8; 2048];
+    let (mut pts, mut pcm) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        if n <= 12 {
+            continue;
+        }
+        let pt = buf[1] & 0x7f;
+        if !pts.contains(&pt) {
+            pts.push(pt);
+        }
+        match pt {
+            0 => sipstream::media::g711::decode_ulaw(&buf[12..n], &mut pcm),
+            8 => sipstream::media::g711::decode_alaw(&buf[12..n], &mut pcm),
+            _ => {}
+        }
+    }
+    (pts, pcm)
+}
+
+/// The audio lines of the first SDP offer the SRS received (sipp's message log): for each
+/// `m=audio`, its label and its formats with their rtpmaps, e.g. `("1", "8 | 8 PCMA/8000")`.
+fn offered_audio_lines(messages: &str) -> Vec<(String, String)> {
+    let invite = messages.find("INVITE sip:").expect("an INVITE");
+    let offer = &messages[invite..];
+    let offer = &offer[..offer.find("</recording>").unwrap_or(offer.len())];
+    let mut lines: Vec<(String, String)> = Vec::new();
+    for l in offer.lines().map(str::trim) {
+        if let Some(m) = l.strip_prefix("m=audio ") {
+            let fmts = m.splitn(3, ' ').nth(2).unwrap_or("").to_string();
+            lines.push((String::new(), fmts + " |"));
+        } else if let (Some(last), Some(map)) = (lines.last_mut(), l.strip_prefix("a=rtpmap:")) {
+            last.1 = format!("{} {map}", last.1);
+        } else if let (Some(last), Some(label)) = (lines.last_mut(), l.strip_prefix("a=label:")) {
+            last.0 = label.to_string();
+        }
+    }
+    lines
+}
+
+#[tokio::test]
+async fn siprec_of_a_pcmu_caller_and_a_pcma_callee_sends_each_stream_in_its_own_codec() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMA", 1000.0).await;
+    start_between(&gw, "tp7b", &alice, &bob).await;
+    let call = gw.wait_status("tp7b", &["ESTABLISHED"], T).await;
+    assert_eq!(call["legs"][0]["tracks"][0]["codec"], "PCMU", "{call}");
+    assert_eq!(call["legs"][1]["tracks"][0]["codec"], "PCMA", "{call}");
+    // The SRS (sipp) answers both lines with PCMU and PCMA; the media goes to our sockets.
+    let (p1, p2) = common::rtp_sink_pair().await;
+    let mut srs = common::Sipp::uas_with(
+        "srs_accept.xml",
+        "udp",
+        false,
+        &[
+            ("P1", p1.local_addr().unwrap().port().to_string()),
+            ("P2", p2.local_addr().unwrap().port().to_string()),
+        ],
+    );
+    let (s, e) = gw
+        .post_json(
+            "/siprec/start",
+            json!({"callId": "tp7b", "srs": format!("sip:srs@127.0.0.1:{}", srs.port)}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    // First m-line: the callee's PCMA, second: the caller's PCMU, each under its own
+    // payload type, each carrying that party's tone.
+    let (callee_pts, callee_stream) = rtp_g711(&p1, Duration::from_millis(1500)).await;
+    let (caller_pts, caller_stream) = rtp_g711(&p2, Duration::from_millis(500)).await;
+    assert_eq!(callee_pts, [8], "the callee's stream is PCMA");
+    assert_eq!(caller_pts, [0], "the caller's stream is PCMU");
+    assert!(callee_stream.len() > 4000, "{}", callee_stream.len());
+    assert!(caller_stream.len() > 2000, "{}", caller_stream.len());
+    let c = tone_share(&callee_stream[callee_stream.len() - 4000..], 8000, 1000.0);
+    let a = tone_share(&caller_stream[caller_stream.len() - 2000..], 8000, 440.0);
+    eprintln!("shares: callee stream 1 kHz {c:.3}, caller stream 440 Hz {a:.3}");
+    assert!(c > 0.5, "the callee's 1 kHz on the first stream: {c}");
+    assert!(a > 0.5, "the caller's 440 Hz on the second stream: {a}");
+    gw.post_json("/call/terminate", json!({"callId": "tp7b"}))
+        .await;
+    gw.wait_status("tp7b", &["FINISH"], T).await;
+    assert_eq!(srs.wait(T), Some(0), "{}", srs.messages());
+    // The offer the SRS got: each line in its own party's codec, nothing else.
+    let offered = offered_audio_lines(&srs.messages());
+    assert_eq!(
+        offered,
+        [
+            ("1".to_string(), "8 | 8 PCMA/8000".to_string()),
+            ("2".to_string(), "0 | 0 PCMU/8000".to_string()),
+        ],
+        "{}",
+        srs.messages()
+    );
+}
+
 #[tokio::test]
 async fn digits_one_party_presses_reach_the_other_as_telephone_events() {
     let (url, mut rx) = common::webhook().await;

@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sipstream::sip::sdp::{self, Direction, SessionDescription};
-use sipstream::siprec::body::{multipart, srs_sdp};
+use sipstream::siprec::body::{multipart, srs_destinations, srs_sdp};
 use sipstream::siprec::metadata::{check_block, name_addr, Metadata, Participant, RECORDING_NS};
 use sipstream::siprec::{parse_headers, parse_srs_list};
 
@@ -26,42 +26,34 @@ fuzz_target!(|data: &[u8]| {
 
     // The SRS's answer (or re-offer), as `call/siprec.rs` reads it.
     if let Ok(answer) = SessionDescription::parse(text) {
-        for codec in [sdp::codec_pcmu(), sdp::codec_pcma(), sdp::codec_opus()] {
-            for (label, pos) in [(LABELS.0, 0), (LABELS.1, 1)] {
-                let m = answer
-                    .media
-                    .iter()
-                    .find(|m| m.label.as_deref() == Some(label))
-                    .or_else(|| answer.media.get(pos));
-                if let Some(m) = m {
-                    if let Ok(n) =
-                        sdp::negotiate(std::slice::from_ref(&codec), m, answer.connection)
-                    {
-                        if let Some(dest) = n.remote_rtp {
-                            assert_ne!(dest.port(), 0, "a destination on port 0");
-                        }
-                    }
+        let codecs = [sdp::codec_pcmu(), sdp::codec_pcma(), sdp::codec_opus()];
+        // Each recorded stream in its own codec (a two-party call's legs may differ).
+        for callee in &codecs {
+            for caller in &codecs {
+                let (d1, d2) = srs_destinations(&answer, (callee, caller), LABELS);
+                for dest in [d1, d2].into_iter().flatten() {
+                    assert_ne!(dest.port(), 0, "a destination on port 0");
                 }
-            }
-            for dir in [Direction::SendOnly, Direction::Inactive] {
-                let ours = srs_sdp(
-                    1,
-                    2,
-                    "192.0.2.1".parse().unwrap(),
-                    &codec,
-                    (4000, 4002),
-                    LABELS,
-                    dir,
-                );
-                let ours = SessionDescription::parse(&ours).expect("our SRS offer parses");
-                let reply = sdp::answer(&ours, &answer, dir);
-                assert_eq!(reply.media.len(), answer.media.len());
-                let written = reply.to_string();
-                assert_eq!(
-                    SessionDescription::parse(&written).as_ref(),
-                    Ok(&reply),
-                    "{written}"
-                );
+                for dir in [Direction::SendOnly, Direction::Inactive] {
+                    let ours = srs_sdp(
+                        1,
+                        2,
+                        "192.0.2.1".parse().unwrap(),
+                        (callee, caller),
+                        (4000, 4002),
+                        LABELS,
+                        dir,
+                    );
+                    let ours = SessionDescription::parse(&ours).expect("our SRS offer parses");
+                    let reply = sdp::answer(&ours, &answer, dir);
+                    assert_eq!(reply.media.len(), answer.media.len());
+                    let written = reply.to_string();
+                    assert_eq!(
+                        SessionDescription::parse(&written).as_ref(),
+                        Ok(&reply),
+                        "{written}"
+                    );
+                }
             }
         }
     }

@@ -892,6 +892,18 @@ pub(super) fn hold_status(entry: &mut Entry) -> Option<CallInfo> {
 
 /// The call as SIPREC records it.
 pub(super) fn recorded_call(entry: &Entry) -> RecordedCall {
+    // The first audio format of one party's leg (None: of any leg).
+    let audio = |party: Option<Leg>| {
+        entry
+            .legs
+            .iter()
+            .filter(|l| party.is_none_or(|p| l.name == p))
+            .flat_map(|l| l.media.iter())
+            .find(|m| m.kind == TrackKind::Audio)
+            .and_then(|m| m.codec.clone())
+    };
+    // Each stream in its own party's codec; a one-leg call's only leg gives both.
+    let any = audio(None);
     RecordedCall {
         call_id: entry.info.call_id.clone(),
         sip_call_id: entry.info.sip_call_id.clone(),
@@ -902,12 +914,8 @@ pub(super) fn recorded_call(entry: &Entry) -> RecordedCall {
             .unwrap_or_else(|| format!("sip:{}@{}", entry.info.sip_login, entry.info.sip_domain)),
         callee: entry.info.callee.clone(),
         stream: entry.info.to_stream.clone(),
-        codec: entry
-            .legs
-            .iter()
-            .flat_map(|l| l.media.iter())
-            .find(|m| m.kind == TrackKind::Audio)
-            .and_then(|m| m.codec.clone()),
+        callee_codec: audio(Some(Leg::Callee)).or_else(|| any.clone()),
+        caller_codec: audio(Some(Leg::Caller)).or(any),
         status: entry.info.status,
     }
 }

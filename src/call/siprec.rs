@@ -22,13 +22,12 @@ use crate::error::RequestError;
 use crate::events::{unix_ms, Event, EventBus, SiprecEventParams};
 use crate::registry::Registry;
 use crate::rtp::ports::{BoundPair, PortPool};
-use crate::rtp::session::silence_payload;
 use crate::sip::driver::{local_ip_for, SipHandle};
 use crate::sip::locate::resolve;
 use crate::sip::sdp::{self, Direction, RtpMap, SessionDescription};
 use crate::sip::ua::{Account, CallKey, CallPhase, Command, PlaceCall, Route};
-use crate::siprec::body::{multipart, srs_sdp};
-use crate::siprec::fork::{self, ForkConfig, ForkHandle};
+use crate::siprec::body::{multipart, srs_destinations, srs_sdp};
+use crate::siprec::fork::{self, ForkConfig, ForkHandle, ForkStream};
 use crate::siprec::metadata::{self, ExchangeMeta, Metadata, Participant};
 use crate::siprec::{SiprecInfo, SiprecSpec, SiprecStartRequest, SiprecState, SrsAttempt};
 
@@ -42,7 +41,8 @@ pub struct SiprecSession {
     pairs: Option<(BoundPair, BoundPair)>,
     ports: (u16, u16),
     fork: Option<ForkHandle>,
-    codec: Option<RtpMap>,
+    /// The audio format of (callee stream, caller stream), set when the INVITE goes out.
+    codecs: Option<(RtpMap, RtpMap)>,
     ids: Ids,
     sdp_version: u64,
     sdp_session: u64,
@@ -132,12 +132,12 @@ impl SiprecSession {
     }
 
     fn sdp(&self, ip: IpAddr, direction: Direction) -> Option<String> {
-        let codec = self.codec.as_ref()?;
+        let (callee, caller) = self.codecs.as_ref()?;
         Some(srs_sdp(
             self.sdp_session,
             self.sdp_version,
             ip,
-            codec,
+            (callee, caller),
             self.ports,
             LABELS,
             direction,
@@ -154,8 +154,13 @@ pub(super) struct RecordedCall {
     pub caller: String,
     pub callee: String,
     pub stream: String,
-    /// The call's negotiated audio format, once answered.
-    pub codec: Option<RtpMap>,
+    /// The negotiated audio format of the callee's stream (first m-line), once answered: the
+    /// callee leg's codec (a one-leg call's only leg).
+    pub callee_codec: Option<RtpMap>,
+    /// The caller's stream (second m-line): the caller leg's codec, which in a two-party call
+    /// may differ from the callee's; a one-leg call's only leg (what the gateway sends, in an
+    /// outbound call).
+    pub caller_codec: Option<RtpMap>,
     pub status: CallPhase,
 }
 
@@ -300,7 +305,7 @@ impl SiprecController {
             pairs: Some(pairs),
             ports,
             fork: None,
-            codec: None,
+            codecs: None,
             ids: Ids {
                 caller: metadata::new_id(),
                 callee: metadata::new_id(),
@@ -449,12 +454,16 @@ impl SiprecController {
         idx: usize,
     ) {
         let call_id = entry.call.call_id.clone();
-        let audio = entry.call.codec.clone();
+        let audio = entry
+            .call
+            .callee_codec
+            .clone()
+            .zip(entry.call.caller_codec.clone());
         let dlg_callid = entry.call.sip_call_id.clone();
         let Some(s) = entry.sessions.get_mut(idx) else {
             return;
         };
-        let Some(codec) = audio else {
+        let Some(codecs) = audio else {
             s.info.attempts.push(SrsAttempt {
                 server: "-".into(),
                 sip_status: None,
@@ -463,7 +472,7 @@ impl SiprecController {
             self.session_failed(s, &call_id, &dlg_callid);
             return;
         };
-        s.codec = Some(codec);
+        s.codecs = Some(codecs);
         while let Some(target) = s.spec.srs.get(s.next_srs).cloned() {
             s.next_srs += 1;
             let Some(dest) = target.addr else {
@@ -748,8 +757,8 @@ impl SiprecController {
     }
 
     /// The SRS re-offers inside a recording dialog (e.g. a session refresh): we answer from
-    /// our own description, sendonly (inactive while paused), with the offer's subset of our
-    /// codec. None when `key` is not a SIPREC dialog.
+    /// our own description, sendonly (inactive while paused), with the offer's subset of each
+    /// line's codec. None when `key` is not a SIPREC dialog.
     pub(super) fn answer_offer(
         &self,
         key: CallKey,
@@ -830,31 +839,20 @@ impl SiprecController {
                     self.inner.sip.command(Command::Hangup(key));
                     return true;
                 };
-                let codec = s.codec.clone().unwrap_or_else(sdp::codec_pcmu);
-                let dest = |label: &str, pos: usize| {
-                    let m = answer
-                        .media
-                        .iter()
-                        .find(|m| m.label.as_deref() == Some(label))
-                        .or_else(|| answer.media.get(pos))?;
-                    sdp::negotiate(std::slice::from_ref(&codec), m, answer.connection)
-                        .ok()?
-                        .remote_rtp
-                };
-                let (callee_dest, caller_dest) = (dest(LABELS.0, 0), dest(LABELS.1, 1));
+                let (callee_codec, caller_codec) = s
+                    .codecs
+                    .clone()
+                    .unwrap_or_else(|| (sdp::codec_pcmu(), sdp::codec_pcmu()));
+                // Each line of the answer against its own stream's codec.
+                let (callee_dest, caller_dest) =
+                    srs_destinations(&answer, (&callee_codec, &caller_codec), LABELS);
                 if let Some(pairs) = s.pairs.take() {
                     let span = tracing::info_span!("siprec", %call_id, %instance);
+                    let ptime = self.inner.cfg.rtp_ptime_ms;
                     let cfg = ForkConfig {
-                        callee_dest,
-                        caller_dest,
-                        payload_type: codec.pt,
-                        clock_rate: codec.clock_rate,
-                        ptime_ms: self.inner.cfg.rtp_ptime_ms,
-                        caller_payload: silence_payload(
-                            &codec.encoding,
-                            codec.clock_rate,
-                            self.inner.cfg.rtp_ptime_ms,
-                        ),
+                        callee: ForkStream::new(callee_dest, &callee_codec, ptime),
+                        caller: ForkStream::new(caller_dest, &caller_codec, ptime),
+                        ptime_ms: ptime,
                     };
                     match fork::spawn(&self.inner.registry, &stream, pairs, cfg, span) {
                         Ok(f) => s.fork = Some(f),
@@ -867,7 +865,7 @@ impl SiprecController {
                 }
                 s.set_state(SiprecState::Recording);
                 let server = s.info.server.clone().unwrap_or_default();
-                tracing::info!(%call_id, %instance, %server, ?callee_dest, ?caller_dest, "SIPREC recording");
+                tracing::info!(%call_id, %instance, %server, ?callee_dest, ?caller_dest, callee_codec = %callee_codec, caller_codec = %caller_codec, "SIPREC recording");
                 self.inner
                     .bus
                     .publish(Event::SiprecStart(SiprecEventParams {
@@ -989,4 +987,102 @@ fn rfc3339_now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::core::{recorded_call, Entry};
+    use super::super::leg::{CallLeg, MediaLeg};
+    use super::super::model::CallInfo;
+    use crate::registry::{Leg, TrackKind};
+    use crate::sip::sdp::{codec_pcma, codec_pcmu, RtpMap};
+    use crate::sip::ua::CallPhase;
+
+    fn info() -> CallInfo {
+        CallInfo {
+            call_id: "c".into(),
+            direction: "outbound".into(),
+            caller: None,
+            callee: "sip:bob@h".into(),
+            sip_login: "gw".into(),
+            sip_domain: "h".into(),
+            sip_outbound_proxy: "h".into(),
+            sip_port: 5060,
+            sip_transport: "udp".into(),
+            srtp: Default::default(),
+            sip_register_required: false,
+            has_audio: true,
+            has_video: false,
+            to_stream: "c".into(),
+            record: false,
+            status: CallPhase::Established,
+            sip_status: None,
+            reason: None,
+            sip_call_id: None,
+            created_at: 1_000_000,
+            established_at: None,
+            ended_at: None,
+            legs: Vec::new(),
+            exchange_of: None,
+        }
+    }
+
+    /// A leg's negotiated audio line.
+    fn audio(codec: RtpMap) -> MediaLeg {
+        MediaLeg {
+            kind: TrackKind::Audio,
+            offered: vec![codec.clone()],
+            local_port: 4000,
+            pair: None,
+            running: None,
+            codec: Some(codec),
+            remote: None,
+            direction: None,
+            dtmf: None,
+            label: None,
+            player: None,
+            crypto: Vec::new(),
+            srtp: None,
+            srtp_keys: None,
+            srtp_savp: false,
+        }
+    }
+
+    fn leg(name: Leg, key: u64, codec: Option<RtpMap>) -> CallLeg {
+        let mut l = CallLeg::new(name, key, "sip:x@h");
+        l.media.extend(codec.map(audio));
+        l
+    }
+
+    fn codecs(e: &Entry) -> (Option<String>, Option<String>) {
+        let c = recorded_call(e);
+        let name = |c: Option<RtpMap>| c.map(|c| format!("{} {c}", c.pt));
+        (name(c.callee_codec), name(c.caller_codec))
+    }
+
+    #[test]
+    fn each_recorded_stream_takes_its_own_partys_codec() {
+        let some = |s: &str| Some(s.to_string());
+        // Two-party: the caller (first leg) PCMU, the callee PCMA.
+        let mut e = Entry::new(info(), 10, Leg::Caller, "sip:alice@h");
+        e.legs = vec![
+            leg(Leg::Caller, 10, Some(codec_pcmu())),
+            leg(Leg::Callee, 11, Some(codec_pcma())),
+        ];
+        assert_eq!(codecs(&e), (some("8 PCMA/8000"), some("0 PCMU/8000")));
+        // One-leg outbound (the callee): both streams in its codec, as before.
+        e.legs = vec![leg(Leg::Callee, 1, Some(codec_pcma()))];
+        assert_eq!(codecs(&e), (some("8 PCMA/8000"), some("8 PCMA/8000")));
+        // One-leg inbound (the caller).
+        e.legs = vec![leg(Leg::Caller, 1, Some(codec_pcmu()))];
+        assert_eq!(codecs(&e), (some("0 PCMU/8000"), some("0 PCMU/8000")));
+        // A leg without negotiated audio takes the other's; none at all: nothing to record.
+        e.legs = vec![
+            leg(Leg::Caller, 10, Some(codec_pcmu())),
+            leg(Leg::Callee, 11, None),
+        ];
+        assert_eq!(codecs(&e), (some("0 PCMU/8000"), some("0 PCMU/8000")));
+        e.legs = vec![leg(Leg::Callee, 1, None)];
+        assert_eq!(codecs(&e), (None, None));
+    }
 }

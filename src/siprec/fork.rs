@@ -5,7 +5,9 @@
 //! queue and no extra task wake-up per packet. When the stream has no caller track (an
 //! outbound call: the gateway itself is the caller), the caller's stream is what the gateway
 //! sends, silence, paced by a small task. Either exists only when the SRS accepted that
-//! stream. Paused means nothing is sent.
+//! stream. Paused means nothing is sent. Each stream has its own format ([`ForkStream`]:
+//! payload type, clock rate, silence), its party's codec, since the two legs of a
+//! two-party call may speak different ones.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +27,8 @@ use crate::registry::{
 };
 use crate::rtp::packet::RtpHeader;
 use crate::rtp::ports::{BoundPair, PortLease};
+use crate::rtp::session::silence_payload;
+use crate::sip::sdp::RtpMap;
 
 /// The reader kind forks show under in `/stream/find`.
 pub const READER_KIND: &str = "siprec";
@@ -36,16 +40,41 @@ pub struct ForkCounters {
     pub send_errors: AtomicU64,
 }
 
-/// Where and how to send.
-pub struct ForkConfig {
-    /// SRS address for the callee's stream (first m-line) and the caller's (second).
-    pub callee_dest: Option<SocketAddr>,
-    pub caller_dest: Option<SocketAddr>,
+/// One recorded stream: where it goes and in which format (its own party's codec: the legs
+/// of a two-party call may differ).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkStream {
+    /// The SRS's address for it; None: the SRS did not take it.
+    pub dest: Option<SocketAddr>,
     pub payload_type: u8,
     pub clock_rate: u32,
+    /// One packet of silence in the stream's codec, for when the gateway itself is that
+    /// party (empty: the codec has none, nothing is sent).
+    pub silence: Bytes,
+}
+
+impl ForkStream {
+    /// The stream of a party whose audio is in `codec`, sent to `dest`.
+    pub fn new(dest: Option<SocketAddr>, codec: &RtpMap, ptime_ms: u32) -> Self {
+        Self {
+            dest,
+            payload_type: codec.pt,
+            clock_rate: codec.clock_rate,
+            silence: silence_payload(&codec.encoding, codec.clock_rate, ptime_ms),
+        }
+    }
+
+    /// The RTP timestamp step of one `ptime_ms` packet.
+    fn samples(&self, ptime_ms: u32) -> u32 {
+        self.clock_rate.saturating_mul(ptime_ms) / 1000
+    }
+}
+
+/// Where and how to send: the callee's stream (first m-line) and the caller's (second).
+pub struct ForkConfig {
+    pub callee: ForkStream,
+    pub caller: ForkStream,
     pub ptime_ms: u32,
-    /// What the gateway sends to the callee (silence in the call's codec).
-    pub caller_payload: Bytes,
 }
 
 pub struct ForkHandle {
@@ -217,7 +246,8 @@ pub fn spawn(
     // The SRS only receives on the callee stream's socket (its RTCP goes to the RTCP port),
     // so connecting it filters nothing it needs.
     let connected = cfg
-        .callee_dest
+        .callee
+        .dest
         .is_some_and(|d| callee_sock.connect(d).is_ok());
     // The caller's stream carries the caller's audio when the stream has it (an inbound call,
     // a two-party call); else the gateway is the caller, and it sends silence.
@@ -229,9 +259,9 @@ pub fn spawn(
     let sink = Arc::new(LegSink {
         leg: Leg::Callee,
         sock: callee_sock,
-        dest: cfg.callee_dest,
+        dest: cfg.callee.dest,
         connected,
-        payload_type: cfg.payload_type,
+        payload_type: cfg.callee.payload_type,
         audio_track: AtomicUsize::new(NO_TRACK),
         paused: paused.clone(),
         counters: counters.clone(),
@@ -240,7 +270,7 @@ pub fn spawn(
     let attachment = registry.attach(stream, READER_KIND, sink)?;
     let mut caller_attachment = None;
     // The second stream only when the SRS took it (port ≠ 0) and there is something to send.
-    let ticker = match cfg.caller_dest {
+    let ticker = match cfg.caller.dest {
         Some(dest) if has_caller => {
             let connected = caller_sock.connect(dest).is_ok();
             let sink = Arc::new(LegSink {
@@ -248,7 +278,7 @@ pub fn spawn(
                 sock: caller_sock,
                 dest: Some(dest),
                 connected,
-                payload_type: cfg.payload_type,
+                payload_type: cfg.caller.payload_type,
                 audio_track: AtomicUsize::new(NO_TRACK),
                 paused: paused.clone(),
                 counters: counters.clone(),
@@ -257,9 +287,16 @@ pub fn spawn(
             caller_attachment = Some(registry.attach(stream, READER_KIND, sink)?);
             None
         }
-        Some(dest) if !cfg.caller_payload.is_empty() => Some(tokio::spawn(
-            caller_stream(caller_sock, dest, cfg, paused.clone(), counters.clone())
-                .instrument(span),
+        Some(dest) if !cfg.caller.silence.is_empty() => Some(tokio::spawn(
+            caller_stream(
+                caller_sock,
+                dest,
+                cfg.caller,
+                cfg.ptime_ms,
+                paused.clone(),
+                counters.clone(),
+            )
+            .instrument(span),
         )),
         _ => None,
     };
@@ -273,16 +310,18 @@ pub fn spawn(
     })
 }
 
+/// The gateway's own stream as the caller: `stream`'s silence every `ptime_ms`.
 async fn caller_stream(
     sock: UdpSocket,
     dest: SocketAddr,
-    cfg: ForkConfig,
+    stream: ForkStream,
+    ptime_ms: u32,
     paused: Arc<AtomicBool>,
     counters: Arc<ForkCounters>,
 ) {
     let mut out = Outgoing::new();
-    let ptime = cfg.ptime_ms.max(10);
-    let samples = cfg.clock_rate.saturating_mul(ptime) / 1000;
+    let ptime = ptime_ms.max(10);
+    let samples = stream.samples(ptime);
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(ptime)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ts: u32 = 0;
@@ -293,8 +332,139 @@ async fn caller_stream(
         if paused.load(Ordering::Relaxed) {
             continue;
         }
-        let data = out.packet(cfg.payload_type, first, ts, &cfg.caller_payload);
+        let data = out.packet(stream.payload_type, first, ts, &stream.silence);
         first = false;
         send(&sock, data, dest, false, &counters);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtp::packet::RtpPacket;
+    use crate::rtp::ports::PortPool;
+    use crate::sip::sdp::{codec_opus, codec_pcma, codec_pcmu};
+
+    #[test]
+    fn each_stream_has_its_own_partys_format() {
+        let to = Some(SocketAddr::from(([127, 0, 0, 1], 5000)));
+        let pcma = ForkStream::new(to, &codec_pcma(), 20);
+        let pcmu = ForkStream::new(None, &codec_pcmu(), 20);
+        assert_eq!((pcma.payload_type, pcma.clock_rate), (8, 8000));
+        assert_eq!((pcmu.payload_type, pcmu.clock_rate), (0, 8000));
+        // G.711 silence differs per law: A-law 0xD5, µ-law 0xFF.
+        assert_eq!(pcma.silence.len(), 160);
+        assert!(pcma.silence.iter().all(|b| *b == 0xD5));
+        assert!(pcmu.silence.iter().all(|b| *b == 0xFF));
+        assert_eq!((pcma.dest, pcmu.dest), (to, None));
+        let opus = ForkStream::new(to, &codec_opus(), 20);
+        assert_eq!((opus.payload_type, opus.samples(20)), (111, 960));
+        assert_eq!(pcma.samples(20), 160);
+    }
+
+    fn unit(track: TrackId, pt: u8, seq: u16, byte: u8) -> MediaUnit {
+        MediaUnit {
+            track,
+            payload_type: pt,
+            seq,
+            timestamp: u32::from(seq) * 160,
+            marker: false,
+            ssrc: 7,
+            payload: Bytes::from(vec![byte; 160]),
+            arrival: std::time::Instant::now(),
+        }
+    }
+
+    /// Payload types (and first payload byte) of the datagrams arriving on `sock` in 300 ms.
+    fn received(sock: &UdpSocket) -> Vec<(u8, u8)> {
+        let end = std::time::Instant::now() + Duration::from_millis(300);
+        let mut buf = [0u8; 2048];
+        let mut out = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            sock.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = sock.recv(&mut buf) {
+                let p = RtpPacket::parse(&buf[..n]).unwrap();
+                out.push((p.pt(), p.payload()[0]));
+            }
+        }
+    }
+
+    fn sink() -> (UdpSocket, SocketAddr) {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = s.local_addr().unwrap();
+        (s, a)
+    }
+
+    #[tokio::test]
+    async fn a_two_party_fork_sends_each_party_in_its_own_payload_type() {
+        let registry = Registry::new(16);
+        let publisher = registry.create("fork_tp", None).unwrap();
+        let track = |leg, codec: &RtpMap| TrackSpec {
+            leg,
+            ..TrackSpec::audio(&codec.encoding, codec.clock_rate, codec.pt)
+        };
+        // The caller speaks PCMU, the callee PCMA.
+        let caller = publisher
+            .add_track(track(Leg::Caller, &codec_pcmu()))
+            .unwrap();
+        let callee = publisher
+            .add_track(track(Leg::Callee, &codec_pcma()))
+            .unwrap();
+        let pool = PortPool::new(46000, 46999).unwrap();
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let pairs = (
+            pool.allocate(ip).await.unwrap(),
+            pool.allocate(ip).await.unwrap(),
+        );
+        let ((srs1, a1), (srs2, a2)) = (sink(), sink());
+        let cfg = ForkConfig {
+            callee: ForkStream::new(Some(a1), &codec_pcma(), 20),
+            caller: ForkStream::new(Some(a2), &codec_pcmu(), 20),
+            ptime_ms: 20,
+        };
+        let fork = spawn(&registry, "fork_tp", pairs, cfg, tracing::Span::none()).unwrap();
+        for seq in 0..5 {
+            publisher.publish(unit(callee, 8, seq, 0x11));
+            publisher.publish(unit(caller, 0, seq, 0x22));
+        }
+        // Each stream carries its own party's audio under its own payload type.
+        assert_eq!(received(&srs1), vec![(8, 0x11); 5]);
+        assert_eq!(received(&srs2), vec![(0, 0x22); 5]);
+        assert_eq!(fork.packets(), 10);
+        fork.stop();
+    }
+
+    #[tokio::test]
+    async fn an_outbound_fork_sends_the_gateways_silence_in_the_caller_streams_codec() {
+        let registry = Registry::new(16);
+        let publisher = registry.create("fork_out", None).unwrap();
+        let callee = publisher
+            .add_track(TrackSpec::audio("PCMA", 8000, 8))
+            .unwrap();
+        let pool = PortPool::new(47000, 47999).unwrap();
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let pairs = (
+            pool.allocate(ip).await.unwrap(),
+            pool.allocate(ip).await.unwrap(),
+        );
+        let ((srs1, a1), (srs2, a2)) = (sink(), sink());
+        let cfg = ForkConfig {
+            callee: ForkStream::new(Some(a1), &codec_pcma(), 20),
+            caller: ForkStream::new(Some(a2), &codec_pcma(), 20),
+            ptime_ms: 20,
+        };
+        let fork = spawn(&registry, "fork_out", pairs, cfg, tracing::Span::none()).unwrap();
+        publisher.publish(unit(callee, 8, 1, 0x33));
+        assert_eq!(received(&srs1), vec![(8, 0x33)]);
+        let silence = tokio::task::spawn_blocking(move || received(&srs2))
+            .await
+            .unwrap();
+        assert!(silence.len() >= 5, "{silence:?}");
+        assert!(silence.iter().all(|p| *p == (8, 0xD5)), "{silence:?}");
+        fork.stop();
     }
 }
