@@ -44,7 +44,7 @@ shopt -s nullglob
 testdata=(tests/fixtures)
 [ -n "${FUZZ_TESTDATA:-}" ] && [ -d "$FUZZ_TESTDATA" ] && testdata+=("$FUZZ_TESTDATA")
 for d in "${testdata[@]}"; do
-    seed sip_message "$d"/rfc4475/*.dat
+    seed sip_message "$d"/rfc4475/*.dat "$d"/rfc5118/*.sip
     for t in sdp siprec_body whep_offer rtsp_source; do
         seed "$t" "$d"/*.sdp
     done

@@ -11,15 +11,7 @@
 
 mod common;
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
-
-use sipstream::sip::message::{self, Frame};
-use sipstream::sip::transaction::TransactionKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
-
-use common::{sip_header, Gateway};
+use common::torture::{cell, check_readme, over_tcp, over_udp, probe_options, Target};
 
 /// One torture message: what RFC 4475 expects of an endpoint, and what the gateway answers
 /// over each transport (status codes in order; `closed` when it closes the connection after;
@@ -270,164 +262,6 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// What came back: each response's status line, and whether the connection was closed.
-#[derive(Default)]
-struct Observed {
-    lines: Vec<String>,
-    closed: bool,
-}
-
-impl Observed {
-    fn codes(&self) -> String {
-        let mut parts: Vec<String> = self
-            .lines
-            .iter()
-            .map(|l| l.split(' ').nth(1).unwrap_or("?").to_string())
-            .collect();
-        if self.closed {
-            parts.push("closed".into());
-        }
-        if parts.is_empty() {
-            "-".into()
-        } else {
-            parts.join(" ")
-        }
-    }
-
-    /// The final answer's status line (for the README): the last one that is not 1xx.
-    fn final_line(&self) -> String {
-        self.lines
-            .iter()
-            .rev()
-            .find(|l| !l.starts_with("SIP/2.0 1"))
-            .map(|l| l.trim_start_matches("SIP/2.0 ").to_string())
-            .unwrap_or_default()
-    }
-
-    fn has_final(&self) -> bool {
-        self.lines.iter().any(|l| !l.starts_with("SIP/2.0 1"))
-    }
-}
-
-fn status_line(resp: &[u8]) -> String {
-    let text = String::from_utf8_lossy(resp);
-    text.lines().next().unwrap_or_default().to_string()
-}
-
-/// The first value of a header in a response we received (full names: the gateway writes
-/// ACK (and BYE after a 2xx) for an answered INVITE, so that the gateway stops resending its
-/// answer and the accepted call ends. `via` is our transport's Via value without branch.
-fn after_invite(final_resp: &str, request_uri: &str, via: &str) -> Vec<Vec<u8>> {
-    let (Some(from), Some(to), Some(call_id), Some(cseq)) = (
-        sip_header(final_resp, "From"),
-        sip_header(final_resp, "To"),
-        sip_header(final_resp, "Call-ID"),
-        sip_header(final_resp, "CSeq"),
-    ) else {
-        return Vec::new();
-    };
-    let n: u64 = cseq
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
-    let target = sip_header(final_resp, "Contact")
-        .map(|c| c.trim_start_matches('<').split('>').next().unwrap_or(c))
-        .unwrap_or(request_uri);
-    let req = |method: &str, seq: u64, branch: &str| {
-        format!(
-            "{method} {target} SIP/2.0\r\nVia: {via};branch=z9hG4bK{branch}\r\nFrom: {from}\r\nTo: {to}\r\n\
-             Call-ID: {call_id}\r\nCSeq: {seq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        )
-        .into_bytes()
-    };
-    let mut out = vec![req("ACK", n, &format!("ack{n}"))];
-    if final_resp.starts_with("SIP/2.0 2") {
-        out.push(req("BYE", n + 1, &format!("bye{n}")));
-    }
-    out
-}
-
-fn request_uri(bytes: &[u8]) -> Option<String> {
-    let line = status_line(bytes);
-    let mut parts = line.split(' ');
-    let method = parts.next()?;
-    (method == "INVITE").then(|| parts.next().map(str::to_owned))?
-}
-
-async fn over_udp(gw: &Gateway, bytes: &[u8]) -> Observed {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let to = format!("127.0.0.1:{}", gw.sip_port);
-    let via = format!("SIP/2.0/UDP {}", sock.local_addr().unwrap());
-    sock.send_to(bytes, &to).await.unwrap();
-    let mut seen = Observed::default();
-    let mut buf = vec![0u8; 65536];
-    let mut last = String::new();
-    loop {
-        // Wait longer for a final answer than for anything after it (a second answer would
-        // be a fault: dblreq's trailing octets).
-        let wait = if seen.has_final() { 300 } else { 700 };
-        match tokio::time::timeout(Duration::from_millis(wait), sock.recv_from(&mut buf)).await {
-            Ok(Ok((n, _))) => {
-                let resp = &buf[..n];
-                let line = status_line(resp);
-                // The gateway resends a final answer to an INVITE until it is ACKed.
-                if seen.lines.last() != Some(&line) {
-                    seen.lines.push(line);
-                }
-                last = String::from_utf8_lossy(resp).into_owned();
-            }
-            _ => break,
-        }
-    }
-    if let (Some(uri), true) = (request_uri(bytes), seen.has_final()) {
-        for m in after_invite(&last, &uri, &via) {
-            sock.send_to(&m, &to).await.unwrap();
-        }
-    }
-    seen
-}
-
-async fn over_tcp(gw: &Gateway, bytes: &[u8]) -> Observed {
-    let mut stream = TcpStream::connect(("127.0.0.1", gw.sip_port))
-        .await
-        .unwrap();
-    let via = format!("SIP/2.0/TCP {}", stream.local_addr().unwrap());
-    stream.write_all(bytes).await.unwrap();
-    let mut seen = Observed::default();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 65536];
-    let mut last = String::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        // After a final answer, long enough to see the close that follows a framing error.
-        let wait = 700;
-        match tokio::time::timeout(Duration::from_millis(wait), stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                seen.closed = true;
-                break;
-            }
-            Ok(Ok(n)) => {
-                buf.extend_from_slice(&chunk[..n]);
-                while let Frame::Message(len) = message::frame(&buf) {
-                    let resp: Vec<u8> = buf.drain(..len).collect();
-                    seen.lines.push(status_line(&resp));
-                    last = String::from_utf8_lossy(&resp).into_owned();
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    if let (Some(uri), true, false) = (request_uri(bytes), seen.has_final(), seen.closed) {
-        for m in after_invite(&last, &uri, &via) {
-            stream.write_all(&m).await.unwrap();
-        }
-        // Let the BYE's answer come before the socket goes.
-        let _ = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut chunk)).await;
-    }
-    seen
-}
-
 fn readme_table(rows: &[(String, String)]) -> String {
     let mut out = String::from(
         "| message | RFC 4475 | what RFC 4475 asks of an endpoint | UDP answer | TCP answer |\n\
@@ -442,64 +276,8 @@ fn readme_table(rows: &[(String, String)]) -> String {
     out
 }
 
-/// One README cell: the codes, with the final answer's reason phrase (it names the fault).
-fn cell(seen: &Observed, stream: bool) -> String {
-    if seen.lines.is_empty() {
-        return match (seen.closed, stream) {
-            (true, _) => "closed, no answer".into(),
-            (false, true) => "no answer; the connection stays open".into(),
-            (false, false) => "no answer".into(),
-        };
-    }
-    let mut s = seen
-        .lines
-        .iter()
-        .map(|l| l.split(' ').nth(1).unwrap_or("?").to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let last = seen.final_line();
-    if let Some((_, reason)) = last.split_once(' ') {
-        s.push_str(&format!(" ({})", reason.replace('|', "/")));
-    }
-    if seen.closed {
-        s.push_str(", then closed");
-    }
-    s
-}
-
 const BEGIN: &str = "<!-- rfc4475:begin (generated by tests/rfc4475_wire.rs) -->\n";
 const END: &str = "<!-- rfc4475:end -->";
-
-/// A gateway and the server-transaction keys the messages sent to it have used.
-struct Target {
-    gw: Gateway,
-    keys: HashSet<TransactionKey>,
-}
-
-impl Target {
-    async fn start() -> Target {
-        Target {
-            gw: Gateway::start(&[]).await,
-            keys: HashSet::new(),
-        }
-    }
-
-    /// The gateway to send `bytes` to: this one, or a fresh one when it already saw a
-    /// transaction with the same key.
-    async fn for_message(&mut self, bytes: &[u8]) -> &Gateway {
-        let key = match message::parse(bytes) {
-            Ok(rsip::SipMessage::Request(req)) => TransactionKey::from_request(&req).ok(),
-            _ => None,
-        };
-        if let Some(key) = key {
-            if !self.keys.insert(key.clone()) {
-                *self = Target::start().await;
-                self.keys.insert(key);
-            }
-        }
-        &self.gw
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_49_torture_messages_over_udp_and_tcp() {
@@ -539,34 +317,11 @@ async fn all_49_torture_messages_over_udp_and_tcp() {
         rows.push((cell(&udp, false), cell(&tcp, true)));
     }
     // Garbage or not, the gateways still work: a plain OPTIONS gets 200 over each transport.
-    let options = |port: u16| {
-        format!(
-            "OPTIONS sip:probe@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKprobe{port}\r\n\
-             From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:probe@127.0.0.1>\r\nCall-ID: probe{port}\r\n\
-             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        )
-        .into_bytes()
-    };
-    let udp = over_udp(&udp_target.gw, &options(udp_target.gw.sip_port)).await;
-    let tcp = over_tcp(&tcp_target.gw, &options(tcp_target.gw.sip_port)).await;
+    let udp = over_udp(&udp_target.gw, &probe_options(udp_target.gw.sip_port)).await;
+    let tcp = over_tcp(&tcp_target.gw, &probe_options(tcp_target.gw.sip_port)).await;
     assert_eq!((udp.codes().as_str(), tcp.codes().as_str()), ("200", "200"));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
     let table = readme_table(&rows);
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-    let readme = std::fs::read_to_string(path).unwrap();
-    let (Some(b), Some(e)) = (readme.find(BEGIN), readme.find(END)) else {
-        panic!("README.md has no {BEGIN:?} … {END:?} section");
-    };
-    let current = &readme[b + BEGIN.len()..e];
-    if current != table {
-        if std::env::var_os("UPDATE_RFC4475").is_some() {
-            let updated = format!("{}{BEGIN}{table}{}", &readme[..b], &readme[e..]);
-            std::fs::write(path, updated).unwrap();
-        } else {
-            panic!(
-                "README.md's RFC 4475 table is stale; run UPDATE_RFC4475=1 cargo test --test rfc4475_wire.\nObserved:\n{table}"
-            );
-        }
-    }
+    check_readme(BEGIN, END, &table, "UPDATE_RFC4475", "rfc4475_wire");
 }

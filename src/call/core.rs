@@ -325,6 +325,7 @@ impl CallTable {
                     fx.push(Effect::Sip(Command::Reject {
                         key: leg.key,
                         status: 480,
+                        warning: None,
                     }));
                 }
                 Timer::Transfer(call_id, key) => {

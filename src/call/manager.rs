@@ -38,6 +38,7 @@ use crate::sip::driver::{local_ip_for, SipHandle};
 use crate::sip::sdp::{self, Direction, MediaKind, SessionDescription};
 use crate::sip::ua::{
     Account, CallKey, CallPhase, Command, IncomingCall, PlaceCall, RegStatus, Route, UaEvent,
+    Warning,
 };
 
 /// A call's stream and legs, for outputs that follow its legs ([`CallManager::call_media`]).
@@ -1191,7 +1192,11 @@ impl CallManager {
             let ours = leg.local_sdp(want);
             return Ok(leg.sdp.stamp(ours));
         };
-        let remote = SessionDescription::parse(text).map_err(|_| 488u16)?;
+        let mut remote = SessionDescription::parse(text).map_err(|_| 488u16)?;
+        let unreachable = sdp::refuse_unreachable(&mut remote, self.inner.cfg.rtp_address);
+        if !unreachable.is_empty() {
+            tracing::info!(call_id = %entry.info.call_id, ?unreachable, "re-offered media at addresses we cannot reach");
+        }
         let mut answer = sdp::answer(&leg.local_sdp(want), &remote, want);
         if answer.media.iter().all(|m| m.port == 0) {
             tracing::info!(call_id = %entry.info.call_id, "offer has no media we can take");
@@ -1734,6 +1739,7 @@ impl CallManager {
             self.inner.sip.command(Command::Reject {
                 key: ic.key,
                 status,
+                warning: None,
             });
         };
         if !cfg.inbound_accept {
@@ -1863,10 +1869,17 @@ impl CallManager {
                         this.start_outputs(&info, false, participants).await;
                     }
                 }
-                Err((status, why)) => {
+                Err(Refusal { status, why, warn }) => {
                     tracing::info!(%call_id, status, why = %why, "inbound call not answered");
+                    // A refused offer says why in a Warning (RFC 3261 §20.43): the caller's
+                    // trace shows what to change, not only that something failed.
+                    let warning = warn.map(|code| Warning::new(code, why));
                     // The UA's final CallState ends the entry and frees what it holds.
-                    this.inner.sip.command(Command::Reject { key, status });
+                    this.inner.sip.command(Command::Reject {
+                        key,
+                        status,
+                        warning,
+                    });
                 }
             }
         });
@@ -1932,13 +1945,35 @@ impl CallManager {
         call_id: &str,
         stream: &str,
         send_only: bool,
-    ) -> Result<CallInfo, (u16, String)> {
-        let offer = match &ic.sdp {
-            Some(text) => {
-                Some(SessionDescription::parse(text).map_err(|e| (488, format!("offer: {e}")))?)
-            }
+    ) -> Result<CallInfo, Refusal> {
+        let mut offer = match &ic.sdp {
+            Some(text) => Some(
+                SessionDescription::parse(text)
+                    .map_err(|e| Refusal::warned(488, 399, format!("offer: {e}")))?,
+            ),
             None => None,
         };
+        // Sections at addresses our RTP sockets cannot send to (IPv6 while they are IPv4,
+        // RFC 5118 §4.6 and §4.8) are refused, not answered with media that goes nowhere.
+        let unreachable = match offer.as_mut() {
+            Some(o) => sdp::refuse_unreachable(o, self.inner.cfg.rtp_address),
+            None => Vec::new(),
+        };
+        let unreachable_text = (!unreachable.is_empty()).then(|| {
+            let list: Vec<String> = unreachable.iter().map(ToString::to_string).collect();
+            let family = if self.inner.cfg.rtp_address.is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            };
+            format!(
+                "{} unreachable from our {family} RTP sockets",
+                list.join(", ")
+            )
+        });
+        if !unreachable.is_empty() {
+            tracing::info!(%call_id, refused = ?unreachable_text, "offered media at addresses we cannot reach");
+        }
         let (has_audio, has_video) = match &offer {
             Some(o) => (
                 o.media
@@ -1951,7 +1986,12 @@ impl CallManager {
             None => (true, false),
         };
         if !has_audio && !has_video {
-            return Err((488, "the offer has no audio or video".into()));
+            return Err(match unreachable_text {
+                // 301: "one or more network address formats contained in the session
+                // description are not available".
+                Some(text) => Refusal::warned(488, 301, text),
+                None => Refusal::warned(488, 304, "the offer has no audio or video"),
+            });
         }
         let local_ip = self.local_ip(ic.source).map_err(|e| (500, e.to_string()))?;
         let sip_port = self
@@ -1976,7 +2016,7 @@ impl CallManager {
                     Ok(m) => media.push(m),
                     Err(e) => {
                         publisher.end("FAILED");
-                        return Err((503, e.to_string()));
+                        return Err((503, e.to_string()).into());
                     }
                 }
             }
@@ -1987,7 +2027,7 @@ impl CallManager {
             let Some(entry) = st.calls.get_mut(call_id).filter(|_| live) else {
                 // CANCELled (or ended) while we were setting up.
                 publisher.end("FINISH");
-                return Err((487, "the call ended during set-up".into()));
+                return Err((487, "the call ended during set-up".to_string()).into());
             };
             entry.publisher = Some(publisher.clone());
             entry.info.has_audio = has_audio;
@@ -2042,11 +2082,15 @@ impl CallManager {
                 Some(o) => {
                     let mut answer = sdp::answer(&entry.legs[0].local_sdp(want), o, want);
                     if answer.media.iter().all(|m| m.port == 0) {
-                        return Err((488, "no codec of the offer is one we take".into()));
+                        return Err(Refusal::warned(
+                            488,
+                            305,
+                            "no codec of the offer is one we take",
+                        ));
                     }
                     entry.legs[0]
                         .secure_answer(&mut answer, o)
-                        .map_err(|why| (488, why))?;
+                        .map_err(|why| Refusal::warned(488, 399, why))?;
                     if let Some(text) = &ic.sdp {
                         self.apply_remote_sdp(entry, 0, text, Some(want));
                     }
@@ -2065,6 +2109,7 @@ impl CallManager {
             key: ic.key,
             sdp,
             local: SocketAddr::new(local_ip, sip_port),
+            warning: unreachable_text.map(|text| Warning::new(301, text)),
         });
         Ok(info)
     }
@@ -2083,7 +2128,7 @@ impl CallManager {
         let leg_name = call_leg.name;
         let srtp_policy = call_leg.srtp;
         let mut srtp_failure: Option<String> = None;
-        let remote = match SessionDescription::parse(text) {
+        let mut remote = match SessionDescription::parse(text) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "unreadable remote SDP ignored");
@@ -2091,6 +2136,9 @@ impl CallManager {
             }
         };
         let cfg = &self.inner.cfg;
+        // The media of a section we cannot reach gets no remote address (as our answer
+        // refused it), rather than RTP sent where it cannot go.
+        sdp::refuse_unreachable(&mut remote, cfg.rtp_address);
         let key = call_leg.key;
         for (i, leg) in call_leg.media.iter_mut().enumerate() {
             let kind = match leg.kind {
@@ -2320,6 +2368,35 @@ fn initial_info(spec: &CallSpec) -> CallInfo {
         ended_at: None,
         legs: Vec::new(),
         exchange_of: spec.exchange.clone(),
+    }
+}
+
+/// Why an inbound call was not answered: the SIP status, what went wrong, and the Warning
+/// code (RFC 3261 §20.43) that tells the caller, when the caller can act on it.
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    why: String,
+    warn: Option<u16>,
+}
+
+impl Refusal {
+    fn warned(status: u16, warn: u16, why: impl Into<String>) -> Self {
+        Self {
+            status,
+            why: why.into(),
+            warn: Some(warn),
+        }
+    }
+}
+
+impl From<(u16, String)> for Refusal {
+    fn from((status, why): (u16, String)) -> Self {
+        Self {
+            status,
+            why,
+            warn: None,
+        }
     }
 }
 

@@ -72,11 +72,23 @@ pub struct UriError {
     pub message: String,
 }
 
-/// Parses a SIP URI with rsip, keeping the input in the error.
+/// Parses a SIP URI with rsip, keeping the input in the error. rsip splits `host:port` at
+/// the first colon, so a URI with an IPv6 reference (a peer's Contact `sip:a@[2001:db8::1]`,
+/// RFC 5118) is read by the message parser's URI reader instead.
 pub fn parse_uri(uri: &str) -> Result<rsip::Uri, UriError> {
-    rsip::Uri::try_from(uri).map_err(|e| UriError {
-        uri: uri.to_string(),
-        message: e.to_string(),
+    rsip::Uri::try_from(uri).or_else(|e| {
+        let ipv6 = uri.contains('[');
+        match ipv6.then(|| super::message::parse_sip_uri(uri)) {
+            Some(Ok(parsed)) => Ok(parsed),
+            Some(Err(kind)) => Err(UriError {
+                uri: uri.to_string(),
+                message: kind.to_string(),
+            }),
+            None => Err(UriError {
+                uri: uri.to_string(),
+                message: e.to_string(),
+            }),
+        }
     })
 }
 
@@ -135,7 +147,7 @@ pub fn build_response(
             | rsip::Header::CSeq(_)
             | rsip::Header::RecordRoute(_) => headers.push(h.clone()),
             rsip::Header::To(to) => {
-                let has_tag = to.typed().ok().and_then(|t| t.tag().cloned()).is_some();
+                let has_tag = super::message::tag_param(to.value()).is_some();
                 match to_tag {
                     Some(tag) if !has_tag && code != 100 => headers
                         .push(rsip::headers::To::new(format!("{};tag={}", to.value(), tag)).into()),
@@ -189,8 +201,7 @@ impl Dialog {
         if let Some(tag) = resp
             .to_header()
             .ok()
-            .and_then(|h| h.typed().ok())
-            .and_then(|t| t.tag().map(|t| t.value().to_string()))
+            .and_then(|h| super::message::tag_param(h.value()))
         {
             self.remote = format!("<{}>;tag={}", self.remote_uri, tag);
             self.remote_tag = Some(tag);
@@ -225,11 +236,7 @@ impl Dialog {
         let call_id = req.call_id_header().ok()?.value().to_string();
         let from = req.from_header().ok()?.value().to_string();
         let to = req.to_header().ok()?.value().to_string();
-        let remote_tag = req
-            .from_header()
-            .ok()
-            .and_then(|h| h.typed().ok())
-            .and_then(|f| f.tag().map(|t| t.value().to_string()));
+        let remote_tag = super::message::tag_param(&from);
         let remote_uri = angle_uri(&from)?;
         let remote_target = req
             .headers
@@ -298,18 +305,31 @@ pub fn angle_uri(value: &str) -> Option<String> {
 /// `sip:user@1.2.3.4:5070;transport=udp` → 1.2.3.4:5070 (5060 when no port, 5061 for
 /// `sips:` or `transport=tls`); None for names.
 pub fn uri_socket_addr(uri: &str) -> Option<SocketAddr> {
-    let parsed = rsip::Uri::try_from(uri).ok()?;
+    let parsed = parse_uri(uri).ok()?;
     let ip: std::net::IpAddr = match &parsed.host_with_port.host {
         rsip::Host::IpAddr(ip) => *ip,
-        rsip::Host::Domain(d) => d.to_string().parse().ok()?,
+        rsip::Host::Domain(d) => {
+            let d = d.to_string();
+            match d.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                Some(v6) => super::message::parse_ipv6_reference(v6)?.into(),
+                None => d.parse().ok()?,
+            }
+        }
     };
+    // An IPv4-mapped address (RFC 5118 §4.9) is the IPv4 host it names.
+    let ip = ip.to_canonical();
     let port = parsed
         .host_with_port
         .port
         .map(|p| *p.value())
         .unwrap_or_else(|| {
+            // As text too: the message parser keeps a parameter it would not write back
+            // as received untyped (`transport=tls`).
             let tls = matches!(parsed.scheme, Some(rsip::Scheme::Sips))
-                || matches!(parsed.transport(), Some(rsip::Transport::Tls));
+                || parsed
+                    .params
+                    .iter()
+                    .any(|p| p.to_string().eq_ignore_ascii_case(";transport=tls"));
             if tls {
                 5061
             } else {
@@ -352,6 +372,72 @@ mod tests {
         ] {
             assert_eq!(uri_socket_addr(uri).map(|a| a.port()), Some(port), "{uri}");
         }
+    }
+
+    /// RFC 5118: a peer whose From, To and Contact hold IPv6 references. rsip's typed
+    /// headers and URI parser cannot read them; the dialog still has the remote tag, our
+    /// answers one To tag, and our requests reach the Contact.
+    #[test]
+    fn dialog_with_ipv6_references() {
+        let raw = "INVITE sip:rec@[2001:db8::10] SIP/2.0\r\n\
+Via: SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bK6\r\n\
+From: \"Alice\" <sip:alice@[2001:db8::9:1]>;tag=a6\r\n\
+To: <sip:rec@[2001:db8::10]>\r\n\
+Call-ID: c6@x\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@[2001:db8::9:1]:5070;transport=tcp>\r\n\
+Content-Length: 0\r\n\r\n";
+        let req = match super::super::message::parse(raw.as_bytes()) {
+            Ok(rsip::SipMessage::Request(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        let d = Dialog::from_request(&req, "ours".into()).unwrap();
+        assert_eq!(d.remote_tag.as_deref(), Some("a6"));
+        assert_eq!(
+            d.remote_target,
+            "sip:alice@[2001:db8::9:1]:5070;transport=tcp"
+        );
+        assert_eq!(d.next_hop(), Some("[2001:db8::9:1]:5070".parse().unwrap()));
+        let resp = build_response(&req, 200, Some("ours"), vec![], None);
+        let to = resp.to_header().unwrap().value().to_string();
+        assert_eq!(to, "<sip:rec@[2001:db8::10]>;tag=ours");
+        // In the dialog the To already has its tag: none added.
+        let mut again = req.clone();
+        again.headers.retain(|h| !matches!(h, rsip::Header::To(_)));
+        again
+            .headers
+            .push(rsip::headers::To::new(to.clone()).into());
+        let resp = build_response(&again, 200, Some("other"), vec![], None);
+        assert_eq!(resp.to_header().unwrap().value(), to);
+        let bye = build_request(RequestSpec {
+            method: rsip::Method::Bye,
+            uri: &d.remote_target,
+            local: &local(),
+            branch: "z9hG4bKbye",
+            from: &d.local,
+            to: &d.remote,
+            call_id: &d.call_id,
+            cseq: 2,
+            contact: None,
+            routes: &[],
+            extra: &[],
+            body: None,
+        })
+        .expect("a request to an IPv6 Contact");
+        assert!(bye
+            .to_string()
+            .starts_with("BYE sip:alice@[2001:db8::9:1]:5070;transport=tcp SIP/2.0\r\n"));
+        for (uri, addr) in [
+            ("sip:t@[::ffff:192.0.2.2]", "192.0.2.2:5060"),
+            (
+                "sips:t@[2001:db8:::192.0.2.1]:5071",
+                "[2001:db8::c000:201]:5071",
+            ),
+            ("sip:[2001:db8::1];transport=tls", "[2001:db8::1]:5061"),
+        ] {
+            assert_eq!(uri_socket_addr(uri), Some(addr.parse().unwrap()), "{uri}");
+        }
+        assert!(parse_uri("sip:[2001:db8::1").is_err());
     }
 
     #[test]

@@ -260,9 +260,30 @@ impl Endpoint {
         source: SocketAddr,
         req: rsip::Request,
     ) {
-        let Ok(key) = TransactionKey::from_request(&req) else {
-            self.stats.malformed += 1;
-            return;
+        let key = match TransactionKey::from_request(&req) {
+            Ok(key) => key,
+            Err(e) => {
+                // The parser let it through, so it can be answered: a stateless 400 naming
+                // the fault rather than a silence the client retransmits into. Never to an
+                // ACK (RFC 3261 §17.2.3: no response to it).
+                self.stats.malformed += 1;
+                tracing::debug!(%source, error = %e, "request matches no transaction key");
+                if req.method != rsip::Method::Ack {
+                    let mut resp = super::dialog::build_response(&req, 400, None, vec![], None);
+                    let reason: String = format!("Bad Request ({e})")
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(120)
+                        .collect();
+                    resp.status_code = rsip::StatusCode::Other(400, reason);
+                    self.transmits.push_back(Transmit {
+                        transport,
+                        dest: source,
+                        data: message::response_bytes(&resp),
+                    });
+                }
+                return;
+            }
         };
         if let Some(entry) = self.servers.get_mut(&key) {
             // A retransmission, or the ACK of a non-2xx final: the transaction absorbs it.
@@ -403,5 +424,57 @@ impl Endpoint {
         } else if let Some(at) = entry.tx.poll_timeout() {
             self.deadlines.push(at, (false, key.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsip::headers::UntypedHeader;
+
+    fn source() -> SocketAddr {
+        "127.0.0.1:5070".parse().unwrap()
+    }
+
+    /// Requests with IPv6 in their Vias (RFC 5118) are answered; a request the parser let
+    /// through but whose top Via keys no transaction gets a 400 naming why, never silence,
+    /// and an ACK gets nothing.
+    #[test]
+    fn every_request_gets_an_answer_or_is_an_ack() {
+        let t0 = Instant::now();
+        let mut ep = Endpoint::new(Timers::default());
+        let options = "OPTIONS sip:[2001:db8::10]:5070 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP [2001:db8::9:1]:6050;branch=z9hG4bKa\r\n\
+            Via: SIP/2.0/TCP [2001:db8::9:255];branch=z9hG4bKb;received=192.0.2.200\r\n\
+            From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>\r\nCall-ID: ep6\r\n\
+            CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        ep.handle_input(t0, Transport::Udp, source(), options.as_bytes());
+        assert!(matches!(
+            ep.poll_event(),
+            Some(EndpointEvent::Request { .. })
+        ));
+        // A Via rsip-free reading still refuses (no sent-protocol transport): built by hand,
+        // since the parser would have answered it already.
+        let mut req = match message::parse(options.as_bytes()) {
+            Ok(rsip::SipMessage::Request(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        req.headers.retain(|h| !matches!(h, rsip::Header::Via(_)));
+        req.headers
+            .push(rsip::headers::Via::new("SIP/2.0 [2001:db8::9:1];branch=z9hG4bKc").into());
+        ep.handle_request(t0, Transport::Udp, source(), req.clone());
+        let out = ep.poll_transmit().expect("a 400");
+        let text = String::from_utf8_lossy(&out.data).into_owned();
+        assert!(
+            text.starts_with(
+                "SIP/2.0 400 Bad Request (unparsable Via header: sent-protocol is not name/version/transport)\r\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(out.dest, source());
+        req.method = rsip::Method::Ack;
+        ep.handle_request(t0, Transport::Udp, source(), req);
+        assert!(ep.poll_transmit().is_none(), "no answer to an ACK");
+        assert_eq!(ep.stats().malformed, 2);
     }
 }

@@ -3,11 +3,14 @@
 //! This module owns the bytes-to-`rsip::SipMessage` boundary: framing (datagrams and TCP
 //! streams), normalisation of what RFC 3261 allows but rsip does not parse (line folding, LWS
 //! around colons, compact header names, comma-joined values), the syntax checks RFC 4475 asks
-//! a UA to reject, and serialisation back to wire bytes. It does not interpret messages:
+//! a UA to reject, IPv6 references in hosts (RFC 5118: `[...]` required, the RFC 3261 ABNF's
+//! extra colon tolerated), and serialisation back to wire bytes. It does not interpret messages:
 //! transactions, dialogs and answers live elsewhere. A rejected request keeps the headers
 //! needed to answer it ([`ParseError::reply`]).
 //!
 //! Nothing here panics on input: every index is checked and every size is bounded.
+
+use std::net::Ipv6Addr;
 
 use bytes::Bytes;
 use rsip::{Header, Headers, Method, SipMessage, StatusCode};
@@ -34,6 +37,8 @@ pub enum ParseErrorKind {
     UnsupportedUriScheme(String),
     #[error("malformed Request-URI")]
     BadRequestUri,
+    #[error("Request-URI host: {0}")]
+    BadUriHost(&'static str),
     #[error("malformed header line")]
     BadHeaderLine,
     #[error("header line is not UTF-8")]
@@ -452,7 +457,85 @@ fn check_via(value: &str) -> Result<(), &'static str> {
     if sent_by.is_empty() || sent_by.contains([' ', ',', '"', '<', '>']) {
         return Err("Via sent-by is malformed");
     }
+    split_hostport(sent_by).map_err(|e| match e {
+        HostError::Unbracketed => "Via sent-by: IPv6 address not enclosed in [ ]",
+        HostError::BadReference => "Via sent-by: not an IPv6 address inside [ ]",
+        HostError::Malformed => "Via sent-by is malformed",
+        HostError::BadPort => "Via sent-by port is not a number up to 65535",
+    })?;
+    // `received=` is left alone: RFC 5118 §4.5 asks to accept it with or without [ ].
     check_params(rest)
+}
+
+/// What is wrong with a `host[:port]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostError {
+    /// Several colons outside `[...]`: an IPv6 address written without its brackets
+    /// (RFC 5118 §4.2).
+    Unbracketed,
+    /// `[...]` that does not hold an IPv6 address.
+    BadReference,
+    /// Brackets out of place, an empty host, or characters no host has.
+    Malformed,
+    BadPort,
+}
+
+impl HostError {
+    fn uri(self) -> ParseErrorKind {
+        ParseErrorKind::BadUriHost(match self {
+            HostError::Unbracketed => "IPv6 address not enclosed in [ ]",
+            HostError::BadReference => "not an IPv6 address inside [ ]",
+            HostError::Malformed => "malformed host",
+            HostError::BadPort => "port is not a number up to 65535",
+        })
+    }
+}
+
+/// An IPv6 address as RFC 3261's `IPv6reference` holds it between its brackets. RFC 3261's
+/// ABNF (taken from RFC 2373) also derives an extra colon before an embedded IPv4 address,
+/// `2001:db8:::192.0.2.1`; RFC 5118 §4.10 asks to tolerate it as `2001:db8::192.0.2.1`.
+pub fn parse_ipv6_reference(text: &str) -> Option<Ipv6Addr> {
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    let (head, v4) = text.rsplit_once(":::")?;
+    if !v4.contains('.') {
+        return None;
+    }
+    format!("{head}::{v4}").parse().ok()
+}
+
+/// Splits RFC 3261's `hostport` (`host [ ":" port ]`), where host is a name, an IPv4 address
+/// or an IPv6 reference in `[...]` (the only place a host may hold colons).
+fn split_hostport(text: &str) -> Result<(&str, Option<u16>), HostError> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or(HostError::Malformed)?;
+        parse_ipv6_reference(inner).ok_or(HostError::BadReference)?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(HostError::Malformed)?),
+        };
+        (text.get(..inner.len() + 2).unwrap_or(text), port)
+    } else {
+        if text.matches(':').count() > 1 {
+            return Err(HostError::Unbracketed);
+        }
+        match text.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() || !(host.starts_with('[') || host.bytes().all(is_token_char)) {
+        return Err(HostError::Malformed);
+    }
+    let port = match port {
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().map_err(|_| HostError::BadPort)?)
+        }
+        Some(_) => return Err(HostError::BadPort),
+        None => None,
+    };
+    Ok((host, port))
 }
 
 fn check_addr(value: &str, name: &str) -> Result<(), &'static str> {
@@ -670,25 +753,8 @@ fn parse_uri(text: &str) -> Result<rsip::Uri, ParseErrorKind> {
     };
     let mut segments = hostpart.split(';');
     let hostport = segments.next().unwrap_or_default();
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !p.contains(']') => (h, Some(p)),
-        _ => (hostport, None),
-    };
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| is_token_char(b) || b"[]:".contains(&b))
-    {
-        return Err(ParseErrorKind::BadRequestUri);
-    }
-    let port = match port {
-        Some(p) => Some(
-            p.parse::<u16>()
-                .map(rsip::Port::from)
-                .map_err(|_| ParseErrorKind::BadRequestUri)?,
-        ),
-        None => None,
-    };
+    let (host, port) = split_hostport(hostport).map_err(HostError::uri)?;
+    let port = port.map(rsip::Port::from);
     let mut params = Vec::new();
     for seg in segments {
         let (k, v) = match seg.split_once('=') {
@@ -1137,6 +1203,19 @@ fn param_of(value: &str, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The `tag` parameter of a From or To value (`<uri>;tag=x`, or an addr-spec without
+/// brackets), read as text: rsip's typed From/To cannot read a URI with an IPv6 reference.
+pub fn tag_param(value: &str) -> Option<String> {
+    param_of(value, "tag")
+}
+
+/// A `sip:`/`sips:` URI read as the Request-URI is (userinfo with `;` and `.`, IPv6
+/// references with a port outside the brackets, RFC 5118), for URIs rsip's own parser
+/// cannot read.
+pub fn parse_sip_uri(text: &str) -> Result<rsip::Uri, ParseErrorKind> {
+    parse_uri(text)
+}
+
 /// The `branch` of the topmost Via: the transaction key (RFC 3261 §17.2.3).
 pub fn top_via_branch(msg: &SipMessage) -> Option<String> {
     use rsip::headers::UntypedHeader;
@@ -1283,5 +1362,146 @@ v=0\r\nextra";
             msg.contact_header().map(|c| c.to_string()).ok().as_deref(),
             Some("Contact: *")
         );
+    }
+
+    fn options(uri: &str, via: &str) -> Vec<u8> {
+        format!(
+            "OPTIONS {uri} SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@[2001:db8::1]>;tag=f1\r\n\
+             To: sip:b@[2001:db8:::192.0.2.1]\r\nCall-ID: v6\r\nCSeq: 1 OPTIONS\r\n\
+             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    const V6_VIA: &str = "SIP/2.0/UDP [2001:db8::9:1]:5070;branch=z9hG4bKv6";
+
+    /// RFC 5118 §4.1, §4.3, §4.4, §4.10: IPv6 references in the Request-URI, with the port
+    /// outside the brackets, inside them (well formed, another address), and with the extra
+    /// colon RFC 3261's ABNF allows.
+    #[test]
+    fn ipv6_references_in_the_request_uri() {
+        for (uri, host, port) in [
+            ("sip:[2001:db8::10]", "[2001:db8::10]", None),
+            ("sip:[2001:db8::10]:5070", "[2001:db8::10]", Some(5070)),
+            ("sip:[2001:db8::10:5070]", "[2001:db8::10:5070]", None),
+            (
+                "sip:u@[2001:db8:::192.0.2.1];transport=tcp",
+                "[2001:db8:::192.0.2.1]",
+                None,
+            ),
+            (
+                "sip:u@[::ffff:192.0.2.2]:19823",
+                "[::ffff:192.0.2.2]",
+                Some(19823),
+            ),
+        ] {
+            let msg = parse(&options(uri, V6_VIA)).unwrap_or_else(|e| panic!("{uri}: {e}"));
+            let SipMessage::Request(req) = msg else {
+                panic!("{uri}: not a request");
+            };
+            assert_eq!(req.uri.host_with_port.host.to_string(), host, "{uri}");
+            assert_eq!(
+                req.uri.host_with_port.port.map(|p| *p.value()),
+                port,
+                "{uri}"
+            );
+            // Written back as received: the brackets stay (rsip would drop them).
+            assert_eq!(req.uri.to_string(), uri);
+        }
+    }
+
+    /// RFC 5118 §4.2: an IPv6 address without brackets is no host; the 400 says so. Other
+    /// broken references are named too.
+    #[test]
+    fn malformed_ipv6_references_in_the_request_uri_are_named() {
+        for (uri, why) in [
+            ("sip:2001:db8::10", "IPv6 address not enclosed in [ ]"),
+            (
+                "sip:u@2001:db8::10:5070",
+                "IPv6 address not enclosed in [ ]",
+            ),
+            ("sip:[2001:db8::10", "malformed host"),
+            ("sip:[2001:db8::10]5070", "malformed host"),
+            ("sip:[example.com]", "not an IPv6 address inside [ ]"),
+            (
+                "sip:[2001:db8::10]:99999",
+                "port is not a number up to 65535",
+            ),
+            ("sip:host:", "port is not a number up to 65535"),
+            ("sip:ho[st", "malformed host"),
+        ] {
+            let err = parse(&options(uri, V6_VIA)).expect_err(uri);
+            assert_eq!(err.kind, ParseErrorKind::BadUriHost(why), "{uri}");
+            let (code, reason) = err.status();
+            assert_eq!(
+                (code, reason.as_str()),
+                (
+                    400,
+                    format!("Bad Request (Request-URI host: {why})").as_str()
+                )
+            );
+            assert!(err.answer().is_some(), "{uri}: answerable");
+        }
+    }
+
+    /// RFC 5118 §4.5, §4.7, §4.9: IPv6 sent-by with and without port, `received=` with and
+    /// without brackets, IPv4-mapped addresses; an unbracketed IPv6 sent-by is a 400.
+    #[test]
+    fn ipv6_in_via_sent_by_and_received() {
+        for via in [
+            "SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];branch=z9hG4bK1",
+            "SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bK1",
+            "SIP/2.0/TCP [2001:db8::9:255];branch=z9hG4bK1;received=192.0.2.200",
+            "SIP/2.0/UDP [::ffff:192.0.2.10]:19823;branch=z9hG4bK1",
+        ] {
+            let msg =
+                parse(&options("sip:[2001:db8::10]", via)).unwrap_or_else(|e| panic!("{via}: {e}"));
+            assert_eq!(top_via_branch(&msg).as_deref(), Some("z9hG4bK1"), "{via}");
+        }
+        let err = parse(&options(
+            "sip:[2001:db8::10]",
+            "SIP/2.0/UDP 2001:db8::9:1;branch=z9hG4bK1",
+        ))
+        .expect_err("unbracketed sent-by");
+        assert_eq!(
+            err.status().1,
+            "Bad Request (malformed header value: Via sent-by: IPv6 address not enclosed in [ ])"
+        );
+    }
+
+    #[test]
+    fn the_extra_colon_of_rfc_3261s_abnf_is_tolerated() {
+        let ip: std::net::Ipv6Addr = "2001:db8::c000:201".parse().unwrap();
+        assert_eq!(parse_ipv6_reference("2001:db8:::192.0.2.1"), Some(ip));
+        assert_eq!(parse_ipv6_reference("2001:db8::192.0.2.1"), Some(ip));
+        assert_eq!(
+            parse_ipv6_reference(":::192.0.2.1"),
+            Some("::192.0.2.1".parse().unwrap())
+        );
+        for bad in [
+            "2001:db8:::1",
+            "::::192.0.2.1",
+            "2001:db8:::",
+            "",
+            "example.com",
+        ] {
+            assert_eq!(parse_ipv6_reference(bad), None, "{bad}");
+        }
+    }
+
+    /// Tags are read as text: rsip's typed From/To fail on an IPv6 reference.
+    #[test]
+    fn tags_of_addresses_with_ipv6_references() {
+        assert_eq!(
+            tag_param("\"A\" <sip:a@[2001:db8::1]:5070;transport=tcp>;tag=x1").as_deref(),
+            Some("x1")
+        );
+        assert_eq!(
+            tag_param("sip:b@[2001:db8:::192.0.2.1];tag=y2").as_deref(),
+            Some("y2")
+        );
+        assert_eq!(tag_param("<sip:b@[2001:db8::1];tag=inside>"), None);
+        let msg = parse(&options("sip:[2001:db8::10]", V6_VIA)).unwrap();
+        assert_eq!(from_tag(&msg).as_deref(), Some("f1"));
     }
 }

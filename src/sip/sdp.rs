@@ -663,15 +663,15 @@ pub fn negotiate(
                     .any(|o| o.is_dtmf() && o.clock_rate == a.clock_rate)
         })
         .cloned();
-    let conn = answer
-        .connection
-        .or(session_conn)
-        .filter(|ip| !ip.is_unspecified());
+    let conn = media_address(answer, session_conn);
     let remote_rtp = conn
         .filter(|_| answer.port != 0)
         .map(|ip| SocketAddr::new(ip, answer.port));
     let remote_rtcp = remote_rtp.and_then(|rtp| match answer.rtcp {
-        Some((port, ip)) => Some(SocketAddr::new(ip.unwrap_or(rtp.ip()), port)),
+        Some((port, ip)) => Some(SocketAddr::new(
+            ip.map_or(rtp.ip(), |ip| ip.to_canonical()),
+            port,
+        )),
         None if answer.rtcp_mux => Some(rtp),
         None => rtp
             .port()
@@ -686,6 +686,59 @@ pub fn negotiate(
         direction: answer.direction,
         ptime: answer.ptime,
     })
+}
+
+/// Where a media section's RTP goes: its own `c=`, else the session's. An IPv4-mapped IPv6
+/// address (`c=IN IP6 ::ffff:192.0.2.1`, RFC 5118 §4.9) is the IPv4 address it holds, which
+/// an IPv4 socket reaches. None without an address, or with an unspecified one (hold).
+pub fn media_address(m: &MediaDescription, session_conn: Option<IpAddr>) -> Option<IpAddr> {
+    m.connection
+        .or(session_conn)
+        .map(|ip| ip.to_canonical())
+        .filter(|ip| !ip.is_unspecified())
+}
+
+/// Whether an RTP socket bound to `bind` can send to `addr`: an IPv4 socket reaches IPv4
+/// only, one bound to a given IPv6 address IPv6 only, and one bound to `::` (dual-stack)
+/// both.
+pub fn reaches(bind: IpAddr, addr: IpAddr) -> bool {
+    match (bind, addr.to_canonical()) {
+        (IpAddr::V4(_), a) => a.is_ipv4(),
+        (IpAddr::V6(b), _) if b.is_unspecified() => true,
+        (IpAddr::V6(_), a) => a.is_ipv6(),
+    }
+}
+
+/// A media section of an offer refused because its address cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreachable {
+    pub kind: MediaKind,
+    pub address: IpAddr,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {}", self.kind, self.address)
+    }
+}
+
+/// Refuses (port 0, so that [`answer`] rejects it, RFC 3264 §6) each offered section whose
+/// address RTP sockets bound to `bind` cannot send to: an IPv6 `c=` line when our sockets are
+/// IPv4 (RFC 5118 §4.6, §4.8). Answering it would promise media that goes nowhere. Returns
+/// the sections refused, in order.
+pub fn refuse_unreachable(offer: &mut SessionDescription, bind: IpAddr) -> Vec<Unreachable> {
+    let session = offer.connection;
+    let mut refused = Vec::new();
+    for m in offer.media.iter_mut().filter(|m| m.port != 0) {
+        if let Some(address) = media_address(m, session).filter(|a| !reaches(bind, *a)) {
+            m.port = 0;
+            refused.push(Unreachable {
+                kind: m.kind.clone(),
+                address,
+            });
+        }
+    }
+    refused
 }
 
 /// The direction of our answer to an offered `offer` direction, given what we want
@@ -911,6 +964,54 @@ mod tests {
         m.rtpmaps = vec![codec_pcma(), codec_pcmu()];
         let n = negotiate(&offered_audio(), &m, sdp.connection).expect("codec");
         assert_eq!(n.codec, codec_pcma());
+    }
+
+    /// RFC 5118 §4.6, §4.8, §4.9: IPv6 `c=` lines. Sections our IPv4 sockets cannot reach are
+    /// refused (port 0), an IPv4-mapped address is the IPv4 address it holds, and a socket on
+    /// `::` reaches both families.
+    #[test]
+    fn offers_with_ipv6_addresses() {
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let mixed = "v=0\r\no=t 1 1 IN IP4 host.example\r\ns=-\r\nt=0 0\r\n\
+            m=audio 49170 RTP/AVP 0\r\nc=IN IP4 192.0.2.30\r\n\
+            m=video 49172 RTP/AVP 96\r\nc=IN IP6 2001:db8::30\r\na=rtpmap:96 H264/90000\r\n\
+            m=audio 49174 RTP/AVP 0\r\nc=IN IP6 ::\r\n";
+        let mut offer = SessionDescription::parse(mixed).unwrap();
+        let refused = refuse_unreachable(&mut offer, v4);
+        assert_eq!(
+            refused,
+            vec![Unreachable {
+                kind: MediaKind::Video,
+                address: "2001:db8::30".parse().unwrap(),
+            }]
+        );
+        assert_eq!(refused[0].to_string(), "video at 2001:db8::30");
+        // The unspecified address is hold, not an address of the other family.
+        let ports: Vec<u16> = offer.media.iter().map(|m| m.port).collect();
+        assert_eq!(ports, vec![49170, 0, 49174]);
+        let ans = answer(&our_audio(), &offer, Direction::SendRecv);
+        assert_eq!(ans.media.iter().map(|m| m.port).collect::<Vec<_>>()[1], 0);
+
+        let six = "v=0\r\no=t 1 1 IN IP6 2001:db8::20\r\ns=-\r\nc=IN IP6 2001:db8::20\r\nt=0 0\r\n\
+            m=audio 6000 RTP/AVP 0\r\n";
+        let mut offer = SessionDescription::parse(six).unwrap();
+        assert!(refuse_unreachable(&mut offer.clone(), "::".parse().unwrap()).is_empty());
+        assert!(refuse_unreachable(&mut offer.clone(), "2001:db8::1".parse().unwrap()).is_empty());
+        assert_eq!(refuse_unreachable(&mut offer, v4).len(), 1);
+        assert_eq!(offer.media[0].port, 0);
+
+        let mapped =
+            "v=0\r\no=t 1 1 IN IP6 ::ffff:192.0.2.2\r\ns=-\r\nc=IN IP6 ::ffff:192.0.2.2\r\n\
+            t=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtcp:6005 IN IP6 ::ffff:192.0.2.3\r\n";
+        let mut offer = SessionDescription::parse(mapped).unwrap();
+        assert!(refuse_unreachable(&mut offer, v4).is_empty());
+        assert!(!reaches(
+            "2001:db8::1".parse().unwrap(),
+            "::ffff:192.0.2.2".parse().unwrap()
+        ));
+        let n = negotiate(&offered_audio(), &offer.media[0], offer.connection).unwrap();
+        assert_eq!(n.remote_rtp, Some("192.0.2.2:6000".parse().unwrap()));
+        assert_eq!(n.remote_rtcp, Some("192.0.2.3:6005".parse().unwrap()));
     }
 
     #[test]

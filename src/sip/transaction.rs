@@ -215,7 +215,7 @@ impl TransactionKey {
         match rfc3261_branch(&via) {
             Ok(branch) => Ok(TransactionKey::Server {
                 branch,
-                sent_by: via.uri.host_with_port.to_string().to_ascii_lowercase(),
+                sent_by: via.sent_by.clone(),
                 method: method.to_string(),
             }),
             Err(TransactionError::MissingBranch | TransactionError::NoMagicCookie(_)) => {
@@ -235,7 +235,7 @@ impl TransactionKey {
                     from_tag,
                     call_id,
                     cseq: cseq(request)?.seq,
-                    top_via: via.to_string(),
+                    top_via: via.value.clone(),
                     method: method.to_string(),
                 })
             }
@@ -920,11 +920,11 @@ impl ServerTransaction {
             return Err(TransactionError::Terminated);
         }
         let via = top_via(&response)?;
-        let branch = via.branch().map(|b| b.to_string()).unwrap_or_default();
+        let branch = via.branch.clone().unwrap_or_default();
         let cs = cseq(&response)?;
         let same_via = match &self.key {
             // No branch to compare: the answer copies the request's top Via whole.
-            TransactionKey::Rfc2543 { top_via, .. } => via.to_string() == *top_via,
+            TransactionKey::Rfc2543 { top_via, .. } => via.value == *top_via,
             key => branch == key.branch(),
         };
         if !same_via || cs.method != self.request.method {
@@ -1073,17 +1073,62 @@ fn after(now: Instant, d: Duration) -> Option<Instant> {
     now.checked_add(d)
 }
 
-/// The top Via of a message, typed. A header line carrying several comma-separated Via values
-/// yields its first value.
-fn top_via<M: HeadersExt>(msg: &M) -> Result<rsip::typed::Via, TransactionError> {
-    let value = top_via_value(msg).ok_or(TransactionError::MissingHeader("Via"))?;
-    let first = first_list_value(&value);
-    rsip::headers::Via::new(first)
-        .typed()
-        .map_err(|e| TransactionError::BadHeader {
+/// The parts of a Via value that transactions key on. Read as text rather than with rsip's
+/// typed Via, which splits `host:port` at the first colon and so fails on every IPv6
+/// reference (`SIP/2.0/UDP [2001:db8::1]:5060`, RFC 5118): such requests went unanswered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TopVia {
+    /// The whole value (one Via, parameters included), as the RFC 2543 key compares it.
+    value: String,
+    /// `host[:port]`, lowercased.
+    sent_by: String,
+    branch: Option<String>,
+}
+
+impl TopVia {
+    /// Reads `SIP/2.0/UDP host[:port][;params]` (the parser has removed LWS around `/`).
+    fn parse(value: &str) -> Result<Self, TransactionError> {
+        let bad = |reason: &str| TransactionError::BadHeader {
             header: "Via",
-            reason: e.to_string(),
+            reason: reason.to_owned(),
+        };
+        let value = value.trim();
+        let (proto, rest) = value
+            .split_once([' ', '\t'])
+            .ok_or_else(|| bad("no sent-by"))?;
+        let mut parts = proto.split('/');
+        let well_formed = matches!(
+            (parts.next(), parts.next(), parts.next(), parts.next()),
+            (Some(n), Some(v), Some(t), None) if !n.is_empty() && !v.is_empty() && !t.is_empty()
+        );
+        if !well_formed {
+            return Err(bad("sent-protocol is not name/version/transport"));
+        }
+        let mut fields = rest.trim_start().split(';');
+        let sent_by = fields.next().unwrap_or_default().trim();
+        if sent_by.is_empty() {
+            return Err(bad("empty sent-by"));
+        }
+        let branch = fields
+            .find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("branch").then(|| v.trim())
+            })
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned);
+        Ok(Self {
+            value: value.to_owned(),
+            sent_by: sent_by.to_ascii_lowercase(),
+            branch,
         })
+    }
+}
+
+/// The top Via of a message. A header line carrying several comma-separated Via values
+/// yields its first value.
+fn top_via<M: HeadersExt>(msg: &M) -> Result<TopVia, TransactionError> {
+    let value = top_via_value(msg).ok_or(TransactionError::MissingHeader("Via"))?;
+    TopVia::parse(first_list_value(&value))
 }
 
 /// The value of the first Via header line (full or compact form), possibly a list.
@@ -1111,11 +1156,8 @@ fn first_list_value(value: &str) -> &str {
     value.trim()
 }
 
-fn rfc3261_branch(via: &rsip::typed::Via) -> Result<String, TransactionError> {
-    let branch = via
-        .branch()
-        .ok_or(TransactionError::MissingBranch)?
-        .to_string();
+fn rfc3261_branch(via: &TopVia) -> Result<String, TransactionError> {
+    let branch = via.branch.clone().ok_or(TransactionError::MissingBranch)?;
     if !branch.starts_with(MAGIC_COOKIE) {
         return Err(TransactionError::NoMagicCookie(branch));
     }
@@ -1366,10 +1408,7 @@ Content-Length: 0
         assert_eq!(ack.uri.to_string(), "sip:bob@127.0.0.1:5070");
         let vias: Vec<_> = ack.headers.iter().filter(|h| is_via(h)).collect();
         assert_eq!(vias.len(), 1, "one Via: {}", text(&ack_bytes));
-        assert_eq!(
-            top_via(&ack).unwrap().branch().unwrap().to_string(),
-            "z9hG4bK776asdhds"
-        );
+        assert_eq!(top_via(&ack).unwrap().branch.unwrap(), "z9hG4bK776asdhds");
         let routes: Vec<String> = ack
             .headers
             .iter()
@@ -1612,6 +1651,54 @@ Content-Length: 0
         let client =
             ClientTransaction::new(Instant::now(), invite(), false, Timers::default()).unwrap();
         assert_ne!(client.key(), &inv);
+    }
+
+    /// RFC 5118: a top Via with an IPv6 reference keys a transaction (rsip's typed Via cannot
+    /// read it, and such requests went unanswered), and the answer goes through it.
+    #[test]
+    fn ipv6_sent_by_keys_server_transactions() {
+        let wire = |via: &str| {
+            format!(
+                "INVITE sip:rec@[2001:db8::10] SIP/2.0\r\nVia: {via}\r\n\
+                 Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKup\r\nFrom: <sip:a@[2001:db8::9:1]>;tag=f\r\n\
+                 To: <sip:rec@[2001:db8::10]>\r\nCall-ID: v6k\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let req = |via: &str| match crate::sip::message::parse(wire(via).as_bytes()) {
+            Ok(rsip::SipMessage::Request(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        let inv =
+            req("SIP/2.0/UDP [2001:DB8::9:1]:5070;received=[2001:db8::9:ff];branch=z9hG4bKv6");
+        let key = TransactionKey::from_request(&inv).unwrap();
+        assert_eq!(
+            key,
+            TransactionKey::Server {
+                branch: "z9hG4bKv6".into(),
+                sent_by: "[2001:db8::9:1]:5070".into(),
+                method: "INVITE".into(),
+            }
+        );
+        let t0 = Instant::now();
+        let mut tx = ServerTransaction::new(t0, inv.clone(), true, Timers::default()).unwrap();
+        let ok = crate::sip::dialog::build_response(&inv, 486, Some("t"), vec![], None);
+        tx.respond(t0, ok).unwrap();
+        assert!(text(&tx.poll_transmit().unwrap()).starts_with("SIP/2.0 486"));
+        // Without the magic cookie: RFC 2543 matching, keyed on the whole top Via.
+        let old = req("SIP/2.0/UDP [2001:db8::9:1];branch=1234");
+        match TransactionKey::from_request(&old).unwrap() {
+            TransactionKey::Rfc2543 { top_via, .. } => {
+                assert_eq!(top_via, "SIP/2.0/UDP [2001:db8::9:1];branch=1234")
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "SIP/2.0/UDP",
+            "SIP/2.0 host",
+            "SIP/2.0/UDP ;branch=z9hG4bK1",
+        ] {
+            assert!(TopVia::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

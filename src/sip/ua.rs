@@ -124,16 +124,20 @@ pub enum Command {
     /// Inbound: 180 Ringing for an incoming call.
     Ring(CallKey),
     /// Inbound: 200 OK with our SDP (the answer, or our offer when the INVITE had none).
-    /// `local` is our address as the caller reaches it (Contact).
+    /// `local` is our address as the caller reaches it (Contact). `warning`: what of the
+    /// offer was refused (a section answered with port 0), as a Warning header.
     Answer {
         key: CallKey,
         sdp: String,
         local: SocketAddr,
+        warning: Option<Warning>,
     },
-    /// Inbound: a final non-2xx answer (486 busy, 480, 488 no common codec, 603 decline...).
+    /// Inbound: a final non-2xx answer (486 busy, 480, 488 no common codec, 603 decline...),
+    /// with a Warning header saying why when there is one.
     Reject {
         key: CallKey,
         status: u16,
+        warning: Option<Warning>,
     },
     /// The call layer's reply to [`UaEvent::RemoteOffer`]: `Ok(sdp)` → 200 with that SDP,
     /// `Err(status)` → that status (488 when nothing in the offer is acceptable).
@@ -634,8 +638,17 @@ impl UserAgent {
             Command::Hangup(key) => self.hangup(now, key, None),
             Command::Reinvite { key, sdp, body } => self.send_reinvite(now, key, sdp, body),
             Command::Ring(key) => self.ring(now, key),
-            Command::Answer { key, sdp, local } => self.answer(now, key, sdp, local),
-            Command::Reject { key, status } => self.reject(now, key, status),
+            Command::Answer {
+                key,
+                sdp,
+                local,
+                warning,
+            } => self.answer(now, key, sdp, local, warning),
+            Command::Reject {
+                key,
+                status,
+                warning,
+            } => self.reject(now, key, status, warning),
             Command::AnswerOffer { key, result } => self.answer_offer(now, key, result),
             Command::Info {
                 key,
@@ -2293,7 +2306,14 @@ impl UserAgent {
         self.set_phase(c, CallPhase::Ring, Some(180), None, None);
     }
 
-    fn answer(&mut self, now: Instant, c: CallKey, sdp: String, local: SocketAddr) {
+    fn answer(
+        &mut self,
+        now: Instant,
+        c: CallKey,
+        sdp: String,
+        local: SocketAddr,
+        warning: Option<Warning>,
+    ) {
         let Some(call) = self.calls.get_mut(&c) else {
             return;
         };
@@ -2341,7 +2361,12 @@ impl UserAgent {
             now,
             c,
             200,
-            [vec![contact, allow], timer_headers].concat(),
+            [
+                vec![contact, allow],
+                timer_headers,
+                warning.iter().map(Warning::header).collect(),
+            ]
+            .concat(),
             Some(("application/sdp", sdp.into_bytes())),
         ) else {
             return;
@@ -2372,7 +2397,7 @@ impl UserAgent {
         self.set_phase(c, CallPhase::Established, Some(200), None, None);
     }
 
-    fn reject(&mut self, now: Instant, c: CallKey, status: u16) {
+    fn reject(&mut self, now: Instant, c: CallKey, status: u16, warning: Option<Warning>) {
         if self
             .calls
             .get(&c)
@@ -2385,7 +2410,8 @@ impl UserAgent {
         } else {
             500
         };
-        self.respond_invite(now, c, status, vec![], None);
+        let extra = warning.iter().map(Warning::header).collect();
+        self.respond_invite(now, c, status, extra, None);
         let phase = match status {
             486 | 600 => CallPhase::Busy,
             _ => CallPhase::Failed,
@@ -2486,7 +2512,12 @@ fn in_dialog_dest(call: &Call) -> (Transport, SocketAddr) {
     let dest = if call.route.sticky {
         call.route.dest
     } else {
-        call.dialog.next_hop().unwrap_or(call.route.dest)
+        // A hop of the other address family than the one the call's signalling uses (an
+        // IPv6 Contact reached us over IPv4) is not one our socket can send to.
+        call.dialog
+            .next_hop()
+            .filter(|hop| hop.is_ipv4() == call.route.dest.is_ipv4())
+            .unwrap_or(call.route.dest)
     };
     (call.route.transport, dest)
 }
@@ -2564,10 +2595,8 @@ pub fn new_call_id(local: std::net::IpAddr) -> String {
 }
 
 fn to_tag(req: &rsip::Request) -> Option<String> {
-    req.to_header()
-        .ok()
-        .and_then(|h| h.typed().ok())
-        .and_then(|t| t.tag().map(|t| t.value().to_string()))
+    // As text: rsip's typed To fails on a URI with an IPv6 reference (RFC 5118).
+    super::message::tag_param(req.to_header().ok()?.value())
 }
 
 /// The key of the dialog a request belongs to: (Call-ID, our tag = its To tag).
@@ -2584,13 +2613,43 @@ fn reason_phrase(resp: &rsip::Response) -> String {
     super::message::status_line(&resp.status_code)
 }
 
+/// A Warning header (RFC 3261 §20.43) to send with a response: its warn-code (3xx: 301
+/// "incompatible network address formats", 304 media type, 305 media format, 399 anything
+/// else) and a text saying what, for the person reading the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Warning {
+    pub fn new(code: u16, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// `Warning: <code> sipstream "<text>"`, the text bounded and without quotes or controls.
+    pub fn header(&self) -> rsip::Header {
+        let clean: String = self
+            .text
+            .chars()
+            .map(|c| if c == '"' || c.is_control() { '\'' } else { c })
+            .take(200)
+            .collect();
+        let code = if (300..400).contains(&self.code) {
+            self.code
+        } else {
+            399
+        };
+        rsip::Header::Other("Warning".into(), format!("{code} sipstream \"{clean}\""))
+    }
+}
+
 /// `Warning: 399 sipstream "<text>"` (RFC 3261 §20.43): why a request was refused.
 fn warning(text: &str) -> rsip::Header {
-    let clean: String = text
-        .chars()
-        .map(|c| if c == '"' || c.is_control() { '\'' } else { c })
-        .collect();
-    rsip::Header::Other("Warning".into(), format!("399 sipstream \"{clean}\""))
+    Warning::new(399, text).header()
 }
 
 /// A header by name (or compact form) whatever rsip made of it: typed headers are read back
@@ -3199,6 +3258,7 @@ mod tests {
                 key,
                 sdp: OFFER.replace("6000", "4000"),
                 local: "127.0.0.1:5060".parse().unwrap(),
+                warning: None,
             },
         );
         let ok = sent(ua).remove(0);
@@ -3242,7 +3302,14 @@ mod tests {
         assert_eq!(ua.active_calls(), 3);
         // Overloaded: shed too, even with room.
         let key = ua.calls.keys().next().copied().unwrap();
-        ua.handle_command(t0, Command::Reject { key, status: 486 });
+        ua.handle_command(
+            t0,
+            Command::Reject {
+                key,
+                status: 486,
+                warning: None,
+            },
+        );
         let _ = sent(&mut ua);
         let _ = events(&mut ua);
         ua.set_overloaded(true);
@@ -3300,6 +3367,105 @@ mod tests {
             vec![(CallPhase::Finish, Some(200))]
         );
         assert_eq!(ua.active_calls(), 0);
+    }
+
+    /// RFC 5118 §4.5: a caller whose Via (with `received=[...]`), From, To and Contact hold
+    /// IPv6 references, reaching us over IPv4. The call is answered once (one To tag), its
+    /// ACK and BYE find the dialog, and our own BYE goes to where the caller's requests come
+    /// from, since our IPv4 socket cannot send to its IPv6 Contact.
+    #[test]
+    fn a_caller_with_ipv6_in_its_headers() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let invite = incoming_invite("z9hG4bKv6in", OFFER)
+            .replace(
+                "Via: SIP/2.0/UDP 127.0.0.1:5070;",
+                "Via: SIP/2.0/UDP [2001:db8::7:2]:5070;received=[2001:db8::7:ff];",
+            )
+            .replace("sip:alice@127.0.0.1:5070", "sip:alice@[2001:db8::7:2]:5070")
+            .replace("To: <sip:rec@127.0.0.1>", "To: <sip:rec@[2001:db8::5e10]>");
+        ua.handle_input(t0, Transport::Udp, peer, invite.as_bytes());
+        assert!(sent(&mut ua)[0].starts_with("SIP/2.0 100"));
+        let key = incoming_key(&events(&mut ua));
+        ua.handle_command(
+            t0,
+            Command::Answer {
+                key,
+                sdp: OFFER.replace("6000", "4000"),
+                local: "127.0.0.1:5060".parse().unwrap(),
+                warning: Some(Warning::new(301, "video at 2001:db8::30 unreachable")),
+            },
+        );
+        let ok = sent(&mut ua).remove(0);
+        assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+        assert_eq!(header(&ok, "To").matches(";tag=").count(), 1, "{ok}");
+        assert_eq!(
+            header(&ok, "Warning"),
+            "301 sipstream \"video at 2001:db8::30 unreachable\""
+        );
+        assert_eq!(
+            header(&ok, "Via"),
+            "SIP/2.0/UDP [2001:db8::7:2]:5070;received=[2001:db8::7:ff];branch=z9hG4bKv6in"
+        );
+        events(&mut ua);
+        let ack = format!(
+            "ACK sip:rec@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::7:2]:5070;branch=z9hG4bKv6ack\r\n\
+             From: {}\r\nTo: {}\r\nCall-ID: in-1@peer\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            header(&ok, "From"),
+            header(&ok, "To")
+        );
+        ua.handle_input(t0, Transport::Udp, peer, ack.as_bytes());
+        ua.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(sent(&mut ua).is_empty(), "the ACK found the dialog");
+        ua.handle_command(t0 + Duration::from_secs(10), Command::Hangup(key));
+        let bye = ua.poll_transmit().expect("our BYE");
+        let text = String::from_utf8_lossy(&bye.data).into_owned();
+        assert!(
+            text.starts_with("BYE sip:alice@[2001:db8::7:2]:5070 SIP/2.0\r\n"),
+            "{text}"
+        );
+        assert_eq!(bye.dest, peer, "sent where the caller is reachable");
+        assert!(header(&text, "To").contains("tag=caller1"), "{text}");
+    }
+
+    /// A refused call says why in a Warning header (RFC 3261 §20.43).
+    #[test]
+    fn a_rejected_call_carries_its_warning() {
+        let t0 = Instant::now();
+        let mut ua = ua(t0);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        ua.handle_input(
+            t0,
+            Transport::Udp,
+            peer,
+            incoming_invite("z9hG4bKw", OFFER).as_bytes(),
+        );
+        sent(&mut ua);
+        let key = incoming_key(&events(&mut ua));
+        let warning = Warning::new(301, "audio at 2001:db8::20 \"unreachable\"\r\nX: y");
+        ua.handle_command(
+            t0,
+            Command::Reject {
+                key,
+                status: 488,
+                warning: Some(warning),
+            },
+        );
+        let resp = sent(&mut ua).remove(0);
+        assert!(
+            resp.starts_with("SIP/2.0 488 Not Acceptable Here\r\n"),
+            "{resp}"
+        );
+        assert_eq!(
+            header(&resp, "Warning"),
+            "301 sipstream \"audio at 2001:db8::20 'unreachable'''X: y\""
+        );
+        // Codes outside 3xx are not warn-codes: 399.
+        assert!(matches!(
+            Warning::new(488, "x").header(),
+            rsip::Header::Other(_, v) if v == "399 sipstream \"x\""
+        ));
     }
 
     #[test]
@@ -3394,7 +3560,14 @@ mod tests {
         );
         sent(&mut ua);
         let key = incoming_key(&events(&mut ua));
-        ua.handle_command(t0, Command::Reject { key, status: 486 });
+        ua.handle_command(
+            t0,
+            Command::Reject {
+                key,
+                status: 486,
+                warning: None,
+            },
+        );
         assert!(sent(&mut ua)[0].starts_with("SIP/2.0 486"));
         assert_eq!(phases(&events(&mut ua)), vec![(CallPhase::Busy, Some(486))]);
     }
@@ -3462,7 +3635,14 @@ mod tests {
             events(&mut ua).is_empty(),
             "a retransmission is not a new call"
         );
-        ua.handle_command(t0, Command::Reject { key, status: 486 });
+        ua.handle_command(
+            t0,
+            Command::Reject {
+                key,
+                status: 486,
+                warning: None,
+            },
+        );
         assert!(sent(&mut ua).iter().any(|m| m.starts_with("SIP/2.0 486")));
         assert_eq!(phases(&events(&mut ua)), vec![(CallPhase::Busy, Some(486))]);
         // The ACK of the 486 ends the transaction's retransmissions; it is no new request.
@@ -3672,6 +3852,7 @@ mod tests {
                 key,
                 sdp: OFFER.replace("6000", "4000"),
                 local: "127.0.0.1:5060".parse().unwrap(),
+                warning: None,
             },
         );
         let ok = sent(&mut ua).remove(0);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod impair;
+pub mod torture;
 
 pub fn free_udp_port() -> u16 {
     // A port free for both UDP and TCP, as SIP uses both.

@@ -127,7 +127,7 @@ fn names(fx: &[Effect]) -> Vec<String> {
         .map(|e| match e {
             Effect::Sip(Command::PlaceCall(p)) => format!("place:{}@{}", p.key, p.route.dest),
             Effect::Sip(Command::Hangup(k)) => format!("hangup:{k}"),
-            Effect::Sip(Command::Reject { key, status }) => format!("reject:{key}:{status}"),
+            Effect::Sip(Command::Reject { key, status, .. }) => format!("reject:{key}:{status}"),
             Effect::Sip(other) => format!("sip:{other:?}"),
             Effect::Publish(Event::CallControlEvent { event, .. }) => format!("event:{event}"),
             Effect::Publish(other) => format!("publish:{other:?}"),
