@@ -72,6 +72,14 @@ async fn the_cli_places_follows_and_ends_a_call() {
         "{out}"
     );
 
+    // `call answer` reaches /call/answer: an outbound call does not wait for one (409).
+    let (code, out, err) = cli(&gw, &["call", "answer", "cli1"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("waiting for an answer"),
+        "{out}{err}"
+    );
+
     let (code, out, err) = cli(&gw, &["call", "terminate", "cli1"]);
     assert_eq!(code, 0, "{out}{err}");
     gw.wait_status("cli1", &["FINISH"], T).await;

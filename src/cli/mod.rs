@@ -82,7 +82,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Calls: start, find, list, terminate, hold, unhold, dtmf, transfer.
+    /// Calls: start, find, list, answer, terminate, hold, unhold, dtmf, transfer.
     #[command(subcommand)]
     Call(CallCmd),
     /// RTMP pushes of streams.
@@ -119,6 +119,8 @@ pub enum CallCmd {
         #[arg(long)]
         status: Option<String>,
     },
+    /// Answers an inbound call that rings for the API (`/call/answer`, `inbound_answer=api`).
+    Answer { call_id: String },
     /// Hangs up (`/call/terminate`).
     Terminate { call_id: String },
     /// Puts a leg (or the call) on hold.
@@ -369,6 +371,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                     None => json!({}),
                 };
                 let v = client.post("/call/find_all", body).await?;
+                show(out, &v, Some(CALLS));
+            }
+            CallCmd::Answer { call_id } => {
+                let v = client
+                    .post("/call/answer", json!({ "callId": call_id }))
+                    .await?;
                 show(out, &v, Some(CALLS));
             }
             CallCmd::Terminate { call_id } => {
