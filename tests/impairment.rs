@@ -60,6 +60,27 @@ async fn rtp_counts(gw: &Gateway, stream: &str) -> (u64, u64) {
     )
 }
 
+/// Waits until each call's stream has had `want` RTP packets. With 20 % loss each way, a
+/// sipp UAS starts its RTP only once an ACK got through, which can take several rounds
+/// of 2xx retransmission (0.5, 1, 2, 4 s apart): a fixed wait then saw a call with no RTP
+/// yet about once in 15 runs. Seconds of media are what the loss is measured on.
+async fn media_flows(gw: &Gateway, ids: &[String], want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    for id in ids {
+        loop {
+            let (packets, lost) = rtp_counts(gw, &format!("{id}_stream")).await;
+            if packets + lost >= want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id}: only {packets} RTP packets in 40 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 async fn end_calls(gw: &Gateway, ids: &[String]) -> Vec<Value> {
     for id in ids {
         let (s, v) = gw.post_json("/call/terminate", json!({"callId": id})).await;
@@ -119,7 +140,7 @@ async fn recorded_calls_survive_loss_delay_and_reordering_over_udp() {
     let gw = Gateway::start(&[]).await;
     let ids: Vec<String> = (0..calls).map(|i| format!("lossy{i}")).collect();
     start_calls(&gw, &relay, &ids, "udp").await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    media_flows(&gw, &ids, 400).await;
     for cid in relay.call_ids() {
         eprintln!("{cid}: {}", relay.media(&cid));
     }
@@ -167,7 +188,7 @@ async fn a_recorded_call_over_slow_tcp_with_lossy_rtp() {
     let gw = Gateway::start(&[]).await;
     let ids = vec!["slowtcp".to_string()];
     start_calls(&gw, &relay, &ids, "tcp").await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    media_flows(&gw, &ids, 400).await;
     loss_is_counted("slowtcp", rtp_counts(&gw, "slowtcp_stream").await, &relay);
     let ended = end_calls(&gw, &ids).await;
     assert_eq!(ended[0]["status"], "FINISH", "{}", ended[0]);
