@@ -771,6 +771,52 @@ async fn a_transfer_the_target_refuses_fails_with_its_status_and_the_call_goes_o
     assert!(msgs.contains("X-Refer-To: <sip:1002@127.0.0.1"), "{msgs}");
 }
 
+/// The far end accepts the REFER (202) and never reports the new call: after
+/// `transfer_timeout_s` the transfer fails (408) and the call goes on.
+#[tokio::test]
+async fn a_transfer_without_a_final_notify_fails_after_the_timeout_and_the_call_goes_on() {
+    let (url, mut rx) = common::webhook().await;
+    let gw = Gateway::start(&[
+        ("webhook_url", url),
+        ("transfer_timeout_s", "2".to_string()),
+    ])
+    .await;
+    let mut sipp = Sipp::uas("uas_refer_silent.xml", "udp", false);
+    let (status, _) = gw
+        .post_json("/call/startup", startup_body("bt3", sipp.port, "udp"))
+        .await;
+    assert_eq!(status, 200);
+    gw.wait_status("bt3", &["ESTABLISHED"], T).await;
+    let started = std::time::Instant::now();
+    let (s, e) = gw
+        .post_json("/call/transfer", json!({"callId": "bt3", "target": "1002"}))
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let events =
+        control_events_until(&mut rx, "bt3", &["TransferSuccessful", "TransferFailed"]).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        names(&events),
+        ["Transferring", "TransferStart", "TransferFailed"],
+        "{events:?}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["sipStatus"], 408, "{last}");
+    assert_eq!(last["reason"], "no final NOTIFY within 2 s", "{last}");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+        "failed after about 2 s, not {waited:?}"
+    );
+    // The call goes on.
+    assert_eq!(gw.call("bt3").await["status"], "ESTABLISHED");
+    let (s, _) = gw
+        .post_json("/call/terminate", json!({"callId": "bt3"}))
+        .await;
+    assert_eq!(s, 200);
+    gw.wait_status("bt3", &["FINISH"], T).await;
+    assert_eq!(sipp.wait(T), Some(0), "{}", sipp.messages());
+}
+
 #[tokio::test]
 async fn attended_transfer_refers_with_replaces_naming_the_other_dialog() {
     let (url, mut rx) = common::webhook().await;
