@@ -399,24 +399,14 @@ async fn a_held_leg_of_a_two_party_call_stops_hearing_the_other_until_unhold() {
     gw.wait_status("tp6", &["FINISH"], T).await;
 }
 
-#[tokio::test]
-async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
-    let gw = Gateway::start(&[]).await;
-    let alice = RawUas::start("PCMU", 440.0).await;
-    let bob = RawUas::start("PCMU", 1000.0).await;
-    start_between(&gw, "tp7", &alice, &bob).await;
-    gw.wait_status("tp7", &["ESTABLISHED"], T).await;
-    // Two sinks as the SRS's media ports (first m-line: the callee, second: the caller).
-    let (p1, p2) = loop {
-        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p % 2 == 0 {
-            if let Ok(b) = tokio::net::UdpSocket::bind(("127.0.0.1", p + 2)).await {
-                break (a, b);
-            }
-        }
-    };
-    let mut srs = common::Sipp::uas_with(
+/// `/siprec/start` of `call_id` to a sipp SRS that points both media lines at two sockets
+/// of the test (the first m-line's, the callee's, then the caller's).
+async fn siprec_to_sinks(
+    gw: &Gateway,
+    call_id: &str,
+) -> (Sipp, tokio::net::UdpSocket, tokio::net::UdpSocket) {
+    let (p1, p2) = common::rtp_sink_pair().await;
+    let srs = Sipp::uas_with(
         "srs_accept.xml",
         "udp",
         false,
@@ -428,10 +418,22 @@ async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
     let (s, e) = gw
         .post_json(
             "/siprec/start",
-            json!({"callId": "tp7", "srs": format!("sip:srs@127.0.0.1:{}", srs.port)}),
+            json!({"callId": call_id, "srs": format!("sip:srs@127.0.0.1:{}", srs.port)}),
         )
         .await;
     assert_eq!(s, 200, "{e}");
+    (srs, p1, p2)
+}
+
+#[tokio::test]
+async fn siprec_of_a_two_party_call_records_each_party_on_its_own_stream() {
+    let gw = Gateway::start(&[]).await;
+    let alice = RawUas::start("PCMU", 440.0).await;
+    let bob = RawUas::start("PCMU", 1000.0).await;
+    start_between(&gw, "tp7", &alice, &bob).await;
+    gw.wait_status("tp7", &["ESTABLISHED"], T).await;
+    // Two sinks as the SRS's media ports (first m-line: the callee, second: the caller).
+    let (mut srs, p1, p2) = siprec_to_sinks(&gw, "tp7").await;
     let callee_stream = common::rtp_pcmu(&p1, Duration::from_millis(1500)).await;
     let caller_stream = common::rtp_pcmu(&p2, Duration::from_millis(500)).await;
     assert!(callee_stream.len() > 4000, "{}", callee_stream.len());
@@ -499,23 +501,7 @@ async fn siprec_of_a_pcmu_caller_and_a_pcma_callee_sends_each_stream_in_its_own_
     assert_eq!(call["legs"][0]["tracks"][0]["codec"], "PCMU", "{call}");
     assert_eq!(call["legs"][1]["tracks"][0]["codec"], "PCMA", "{call}");
     // The SRS (sipp) answers both lines with PCMU and PCMA; the media goes to our sockets.
-    let (p1, p2) = common::rtp_sink_pair().await;
-    let mut srs = common::Sipp::uas_with(
-        "srs_accept.xml",
-        "udp",
-        false,
-        &[
-            ("P1", p1.local_addr().unwrap().port().to_string()),
-            ("P2", p2.local_addr().unwrap().port().to_string()),
-        ],
-    );
-    let (s, e) = gw
-        .post_json(
-            "/siprec/start",
-            json!({"callId": "tp7b", "srs": format!("sip:srs@127.0.0.1:{}", srs.port)}),
-        )
-        .await;
-    assert_eq!(s, 200, "{e}");
+    let (mut srs, p1, p2) = siprec_to_sinks(&gw, "tp7b").await;
     // First m-line: the callee's PCMA, second: the caller's PCMU, each under its own
     // payload type, each carrying that party's tone.
     let (callee_pts, callee_stream) = rtp_g711(&p1, Duration::from_millis(1500)).await;

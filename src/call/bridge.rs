@@ -170,10 +170,19 @@ pub(super) struct VideoBridgeSink {
     to: Injector,
     /// Set while the receiving leg is on hold.
     pub(super) paused: Arc<AtomicBool>,
-    /// The source track and its payload type.
-    source: Mutex<Option<(TrackId, u8)>>,
+    /// The source track and its payload type, packed (`track << 8 | pt`; `NO_SOURCE`
+    /// before the track is known): read for every unit of the stream, audio included, so
+    /// without a lock.
+    source: AtomicU64,
     pub(super) forwarded: AtomicU64,
     pub(super) dropped: AtomicU64,
+}
+
+/// No video source track yet (no packed key equals it).
+const NO_SOURCE: u64 = u64::MAX;
+
+fn source_key(track: TrackId, payload_type: u8) -> u64 {
+    (track as u64) << 8 | u64::from(payload_type)
 }
 
 impl VideoBridgeSink {
@@ -182,7 +191,7 @@ impl VideoBridgeSink {
             from,
             to,
             paused: Arc::new(AtomicBool::new(false)),
-            source: Mutex::new(None),
+            source: AtomicU64::new(NO_SOURCE),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
@@ -192,13 +201,14 @@ impl VideoBridgeSink {
 impl InlineSink for VideoBridgeSink {
     fn on_track(&self, id: TrackId, spec: &TrackSpec) {
         if spec.kind == TrackKind::Video && spec.leg == self.from {
-            *self.source.lock() = Some((id, spec.payload_type));
+            self.source
+                .store(source_key(id, spec.payload_type), Ordering::Relaxed);
         }
     }
 
     fn on_media(&self, unit: &MediaUnit) -> bool {
         if self.paused.load(Ordering::Relaxed)
-            || *self.source.lock() != Some((unit.track, unit.payload_type))
+            || self.source.load(Ordering::Relaxed) != source_key(unit.track, unit.payload_type)
         {
             return true;
         }

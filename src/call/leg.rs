@@ -393,10 +393,19 @@ impl MediaLeg {
         pair: BoundPair,
     ) -> Self {
         Self {
+            pair: Some(pair),
+            ..Self::unbound(kind, offered, local_port)
+        }
+    }
+
+    /// A media line with no ports of its own (yet): the base of [`MediaLeg::new`], and of
+    /// lines the tests build.
+    pub(super) fn unbound(kind: TrackKind, offered: Vec<RtpMap>, local_port: u16) -> Self {
+        Self {
             kind,
             offered,
             local_port,
-            pair: Some(pair),
+            pair: None,
             running: None,
             codec: None,
             remote: None,
@@ -421,23 +430,7 @@ mod tests {
 
     fn leg(policy: SrtpPolicy) -> CallLeg {
         let mut l = CallLeg::new(Leg::Callee, 1, "sip:a@b");
-        let m = MediaLeg {
-            kind: TrackKind::Audio,
-            offered: vec![codec_pcmu()],
-            local_port: 30000,
-            pair: None,
-            running: None,
-            codec: None,
-            remote: None,
-            direction: None,
-            dtmf: None,
-            label: None,
-            player: None,
-            crypto: Vec::new(),
-            srtp: None,
-            srtp_keys: None,
-            srtp_savp: false,
-        };
+        let m = MediaLeg::unbound(TrackKind::Audio, vec![codec_pcmu()], 30000);
         l.media.push(m);
         l.srtp = policy;
         l

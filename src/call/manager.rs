@@ -1215,14 +1215,15 @@ impl CallManager {
     fn on_reinvited(&self, key: CallKey, status: u16, answer: Option<String>) {
         let after = {
             let mut st = self.inner.state.lock();
-            let Some(mut fx) = st.on_reinvited(key, status, answer) else {
+            let Some(fx) = st.on_reinvited(key, status, answer) else {
                 drop(st);
                 if !self.inner.siprec.on_reinvited(key, status) && !(200..300).contains(&status) {
                     tracing::warn!(key, status, "re-INVITE refused");
                 }
                 return;
             };
-            let mut after = self.media_effects(&mut st, std::mem::take(&mut fx));
+            // The status after the media followed the answer (the far end's directions).
+            let mut after = self.media_effects(&mut st, fx);
             if let Some(info) = st.by_key(key).and_then(hold_status) {
                 after.push(After::Effect(Effect::Status(Box::new(info))));
             }

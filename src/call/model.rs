@@ -152,3 +152,37 @@ pub struct CallInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exchange_of: Option<ExchangeLink>,
 }
+
+#[cfg(test)]
+impl CallInfo {
+    /// A call object for the call layer's unit tests: `call_id` streams to a stream of the
+    /// same name, pending, nothing negotiated.
+    pub(crate) fn sample(call_id: &str, direction: &str) -> Self {
+        Self {
+            call_id: call_id.into(),
+            direction: direction.into(),
+            caller: None,
+            callee: "sip:bob@h".into(),
+            sip_login: "gw".into(),
+            sip_domain: "h".into(),
+            sip_outbound_proxy: "h".into(),
+            sip_port: 5060,
+            sip_transport: "udp".into(),
+            srtp: Default::default(),
+            sip_register_required: false,
+            has_audio: true,
+            has_video: false,
+            to_stream: call_id.into(),
+            record: false,
+            status: CallPhase::Pending,
+            sip_status: None,
+            reason: None,
+            sip_call_id: None,
+            created_at: 1_000_000,
+            established_at: None,
+            ended_at: None,
+            legs: Vec::new(),
+            exchange_of: None,
+        }
+    }
+}

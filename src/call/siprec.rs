@@ -999,53 +999,16 @@ mod tests {
     use crate::sip::ua::CallPhase;
 
     fn info() -> CallInfo {
-        CallInfo {
-            call_id: "c".into(),
-            direction: "outbound".into(),
-            caller: None,
-            callee: "sip:bob@h".into(),
-            sip_login: "gw".into(),
-            sip_domain: "h".into(),
-            sip_outbound_proxy: "h".into(),
-            sip_port: 5060,
-            sip_transport: "udp".into(),
-            srtp: Default::default(),
-            sip_register_required: false,
-            has_audio: true,
-            has_video: false,
-            to_stream: "c".into(),
-            record: false,
-            status: CallPhase::Established,
-            sip_status: None,
-            reason: None,
-            sip_call_id: None,
-            created_at: 1_000_000,
-            established_at: None,
-            ended_at: None,
-            legs: Vec::new(),
-            exchange_of: None,
-        }
+        let mut i = CallInfo::sample("c", "outbound");
+        i.status = CallPhase::Established;
+        i
     }
 
     /// A leg's negotiated audio line.
     fn audio(codec: RtpMap) -> MediaLeg {
-        MediaLeg {
-            kind: TrackKind::Audio,
-            offered: vec![codec.clone()],
-            local_port: 4000,
-            pair: None,
-            running: None,
-            codec: Some(codec),
-            remote: None,
-            direction: None,
-            dtmf: None,
-            label: None,
-            player: None,
-            crypto: Vec::new(),
-            srtp: None,
-            srtp_keys: None,
-            srtp_savp: false,
-        }
+        let mut m = MediaLeg::unbound(TrackKind::Audio, vec![codec.clone()], 4000);
+        m.codec = Some(codec);
+        m
     }
 
     fn leg(name: Leg, key: u64, codec: Option<RtpMap>) -> CallLeg {

@@ -25,32 +25,7 @@ fn at(t0: Instant, secs: u64) -> Now {
 }
 
 fn info(call_id: &str, direction: &str) -> CallInfo {
-    CallInfo {
-        call_id: call_id.into(),
-        direction: direction.into(),
-        caller: None,
-        callee: "sip:bob@h".into(),
-        sip_login: "gw".into(),
-        sip_domain: "h".into(),
-        sip_outbound_proxy: "h".into(),
-        sip_port: 5060,
-        sip_transport: "udp".into(),
-        srtp: Default::default(),
-        sip_register_required: false,
-        has_audio: true,
-        has_video: false,
-        to_stream: call_id.into(),
-        record: false,
-        status: CallPhase::Pending,
-        sip_status: None,
-        reason: None,
-        sip_call_id: None,
-        created_at: 1_000_000,
-        established_at: None,
-        ended_at: None,
-        legs: Vec::new(),
-        exchange_of: None,
-    }
+    CallInfo::sample(call_id, direction)
 }
 
 fn place(key: CallKey, dest: &str) -> Box<PlaceCall> {
